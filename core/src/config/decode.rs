@@ -1,0 +1,458 @@
+//! Reads the YAML node tree into the config model, collecting every error.
+//!
+//! Each component is read on its own and every problem is recorded with
+//! its position, so one run of `projector check` shows them all: unknown
+//! keys (with the keys allowed there), values of the wrong shape, missing
+//! required keys, duplicates.
+
+use std::path::{Path, PathBuf};
+
+use super::model::*;
+use super::yaml::{Node, NodeKind, Pos, ScalarKind};
+use super::{ConfigError, Diagnostics};
+
+/// Reads a whole config from its root node.
+pub(super) fn pipeline(root: Option<&Node>, file: &str, base_dir: &Path, diags: &mut Diagnostics) -> PipelineConfig {
+    let mut config =
+        PipelineConfig { file: file.to_string(), version: 1, sources: Vec::new(), views: Vec::new(), sinks: Vec::new() };
+    let Some(root) = root else {
+        diags.push(Pos { line: 1, column: 1 }, "config", "", "the file is empty; declare at least `views:`".to_string());
+        return config;
+    };
+    let component = "config";
+    let Some(mut top) = Fields::new(root, component, "", diags) else { return config };
+    if let Some(node) = top.take("version") {
+        match plain_integer(node) {
+            Some(1) => {}
+            _ => diags.push(node.pos, component, "version", format!("must be 1 (got {})", describe(node))),
+        }
+    }
+    if let Some(node) = top.take("sources")
+        && let Some(entries) = named_entries(node, component, "sources", diags)
+    {
+        for (name, key, value) in entries {
+            if let Some(source) = source(name, key.pos, value, base_dir, diags) {
+                config.sources.push(source);
+            }
+        }
+    }
+    match top.take("views") {
+        Some(node) => {
+            if let Some(entries) = named_entries(node, component, "views", diags) {
+                for (name, key, value) in entries {
+                    if let Some(view) = view(name, key.pos, value, diags) {
+                        config.views.push(view);
+                    }
+                }
+            }
+        }
+        None => diags.push(root.pos, component, "views", "is missing; declare at least one view".to_string()),
+    }
+    if let Some(node) = top.take("sinks")
+        && let Some(entries) = named_entries(node, component, "sinks", diags)
+    {
+        for (name, key, value) in entries {
+            if let Some(sink) = sink(name, key.pos, value, base_dir, diags) {
+                config.sinks.push(sink);
+            }
+        }
+    }
+    top.finish(&["version", "sources", "views", "sinks"], diags);
+    config
+}
+
+fn source(name: &str, pos: Pos, node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<SourceConfig> {
+    let component = format!("source {name:?}");
+    let mut fields = Fields::new(node, &component, "", diags)?;
+    let kind = match component_type(&mut fields, &component, &["file"], diags)?.as_str() {
+        "file" => {
+            let path = required(&mut fields, "path", diags).and_then(|n| path_value(n, &component, "path", base_dir, diags));
+            let batch_records = match fields.take("batch_records") {
+                Some(n) => positive(n, &component, "batch_records", diags)?,
+                None => 100_000,
+            };
+            let dead_letters = fields.take("dead_letters").and_then(|n| path_value(n, &component, "dead_letters", base_dir, diags));
+            fields.finish(&["type", "path", "batch_records", "dead_letters"], diags);
+            SourceKind::File(FileSourceConfig { path: path?, batch_records, dead_letters })
+        }
+        _ => return None,
+    };
+    Some(SourceConfig { name: name.to_string(), pos, kind })
+}
+
+fn view(name: &str, pos: Pos, node: &Node, diags: &mut Diagnostics) -> Option<ViewConfig> {
+    let component = format!("view {name:?}");
+    let mut fields = Fields::new(node, &component, "", diags)?;
+    let description = fields.take("description").and_then(|n| text(n, &component, "description", diags)).map(|s| s.value);
+    let from = required(&mut fields, "from", diags).and_then(|n| text(n, &component, "from", diags));
+    let filter = fields.take("filter").and_then(|n| text(n, &component, "filter", diags));
+    let having = fields.take("having").and_then(|n| text(n, &component, "having", diags));
+    let mut group_by = Vec::new();
+    if let Some(node) = fields.take("group_by") {
+        match &node.kind {
+            NodeKind::Seq(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    if let Some(key) = group_key(item, &component, index, diags) {
+                        group_by.push(key);
+                    }
+                }
+            }
+            _ => diags.push(
+                node.pos,
+                &component,
+                "group_by",
+                format!("must be a list of field names or `name: expression` entries (got a {})", node.type_name()),
+            ),
+        }
+    }
+    let mut measures = Vec::new();
+    if let Some(node) = fields.take("measures")
+        && let Some(entries) = named_entries(node, &component, "measures", diags)
+    {
+        for (measure_name, key, value) in entries {
+            if let Some(m) = measure(measure_name, key, value, &component, diags) {
+                measures.push(m);
+            }
+        }
+    }
+    let mut labels = Vec::new();
+    if let Some(node) = fields.take("labels")
+        && let Some(entries) = named_entries(node, &component, "labels", diags)
+    {
+        for (label_name, key, value) in entries {
+            if let Some(l) = label(label_name, key, value, &component, diags) {
+                labels.push(l);
+            }
+        }
+    }
+    fields.finish(&["description", "from", "filter", "group_by", "measures", "labels", "having"], diags);
+    Some(ViewConfig { name: name.to_string(), pos, description, from: from?, filter, group_by, measures, labels, having })
+}
+
+fn group_key(item: &Node, component: &str, index: usize, diags: &mut Diagnostics) -> Option<GroupByConfig> {
+    let field = format!("group_by[{index}]");
+    match &item.kind {
+        NodeKind::Scalar { .. } if !item.is_null() => {
+            let name = text(item, component, &field, diags)?;
+            Some(GroupByConfig { name: name.clone(), expr: name })
+        }
+        NodeKind::Map(entries) if entries.len() == 1 => {
+            let (key, value) = &entries[0];
+            let name = text(key, component, &field, diags)?;
+            let expr = text(value, component, &format!("{field}.{}", name.value), diags)?;
+            Some(GroupByConfig { name, expr })
+        }
+        _ => {
+            diags.push(
+                item.pos,
+                component,
+                &field,
+                format!("must be a field name or one `name: expression` entry (got a {})", item.type_name()),
+            );
+            None
+        }
+    }
+}
+
+fn measure(name: &str, key: &Node, node: &Node, component: &str, diags: &mut Diagnostics) -> Option<MeasureConfig> {
+    let path = format!("measures.{name}");
+    let mut fields = Fields::new(node, component, &path, diags)?;
+    let mut chosen: Vec<(MeasureFunction, &'static str, &Node)> = Vec::new();
+    for (function, function_key) in MeasureFunction::ALL {
+        if let Some(value) = fields.take(function_key) {
+            chosen.push((function, function_key, value));
+        }
+    }
+    let filter = fields.take("where").and_then(|n| text(n, component, &format!("{path}.where"), diags));
+    let allowed: Vec<&str> = MeasureFunction::ALL.iter().map(|(_, k)| *k).chain(["where"]).collect();
+    fields.finish(&allowed, diags);
+    let functions = MeasureFunction::ALL.iter().map(|(_, k)| *k).collect::<Vec<_>>().join(", ");
+    let (function, function_key, value) = match chosen.as_slice() {
+        [one] => *one,
+        [] => {
+            diags.push(node.pos, component, &path, format!("needs one aggregate function: {functions}"));
+            return None;
+        }
+        [first, second, ..] => {
+            diags.push(
+                second.2.pos,
+                component,
+                &path,
+                format!("has both '{}' and '{}'; a measure computes one function", first.1, second.1),
+            );
+            return None;
+        }
+    };
+    let input = text(value, component, &format!("{path}.{function_key}"), diags)?;
+    if function == MeasureFunction::Count && input.value != "*" {
+        diags.push(
+            value.pos,
+            component,
+            &format!("{path}.count"),
+            format!("must be \"*\" (count rows; got {:?}); use count_distinct to count distinct values", input.value),
+        );
+        return None;
+    }
+    Some(MeasureConfig { name: spanned_key(key, name), function, input, filter })
+}
+
+fn label(name: &str, key: &Node, node: &Node, component: &str, diags: &mut Diagnostics) -> Option<LabelConfig> {
+    let path = format!("labels.{name}");
+    let NodeKind::Seq(items) = &node.kind else {
+        diags.push(
+            node.pos,
+            component,
+            &path,
+            format!("must be a list of rules like `- {{ when: \"order_count >= 2\", value: returning }}` (got a {})", node.type_name()),
+        );
+        return None;
+    };
+    let mut rules = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let rule_path = format!("{path}[{index}]");
+        let Some(mut fields) = Fields::new(item, component, &rule_path, diags) else { continue };
+        let when = fields.take("when").and_then(|n| text(n, component, &format!("{rule_path}.when"), diags));
+        let value = required(&mut fields, "value", diags).and_then(|n| text(n, component, &format!("{rule_path}.value"), diags));
+        fields.finish(&["when", "value"], diags);
+        if let Some(value) = value {
+            rules.push(LabelRule { when, value });
+        }
+    }
+    Some(LabelConfig { name: spanned_key(key, name), rules })
+}
+
+fn sink(name: &str, pos: Pos, node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<SinkConfig> {
+    let component = format!("sink {name:?}");
+    let mut fields = Fields::new(node, &component, "", diags)?;
+    let view = required(&mut fields, "view", diags).and_then(|n| text(n, &component, "view", diags));
+    let kind = match component_type(&mut fields, &component, &["file"], diags)?.as_str() {
+        "file" => {
+            let path = required(&mut fields, "path", diags).and_then(|n| path_value(n, &component, "path", base_dir, diags));
+            fields.finish(&["type", "view", "path"], diags);
+            SinkKind::File(FileSinkConfig { path: path? })
+        }
+        _ => return None,
+    };
+    Some(SinkConfig { name: name.to_string(), pos, view: view?, kind })
+}
+
+// ------------------------------------------------------------- helpers --
+
+/// The entries of a mapping, taken one by one; what is left at the end is
+/// reported as unknown keys.
+struct Fields<'n> {
+    node: &'n Node,
+    component: String,
+    path: String,
+    entries: Vec<(&'n str, &'n Node, &'n Node, bool)>,
+}
+
+impl<'n> Fields<'n> {
+    /// Reads a mapping; reports a non-mapping or duplicate keys.
+    fn new(node: &'n Node, component: &str, path: &str, diags: &mut Diagnostics) -> Option<Fields<'n>> {
+        let NodeKind::Map(raw) = &node.kind else {
+            let what = if path.is_empty() { "its declaration " } else { "" };
+            diags.push(
+                node.pos,
+                component,
+                path,
+                format!("{what}must be a mapping of `key: value` entries (got a {})", node.type_name()),
+            );
+            return None;
+        };
+        let mut entries: Vec<(&'n str, &'n Node, &'n Node, bool)> = Vec::new();
+        for (key, value) in raw {
+            let Some(name) = key.as_scalar() else {
+                diags.push(key.pos, component, path, "keys must be plain names".to_string());
+                continue;
+            };
+            if let Some((_, first, _, _)) = entries.iter().find(|(n, ..)| *n == name) {
+                let first_line = first.pos.line;
+                diags.push(key.pos, component, &join(path, name), format!("is declared twice (first on line {first_line})"));
+                continue;
+            }
+            entries.push((name, key, value, false));
+        }
+        Some(Fields { node, component: component.to_string(), path: path.to_string(), entries })
+    }
+
+    /// Takes the value of `key`, if present.
+    fn take(&mut self, key: &str) -> Option<&'n Node> {
+        let entry = self.entries.iter_mut().find(|(name, ..)| *name == key)?;
+        entry.3 = true;
+        Some(entry.2)
+    }
+
+    /// Reports every key not taken, with the keys allowed here.
+    fn finish(self, allowed: &[&str], diags: &mut Diagnostics) {
+        for (name, key, _, taken) in &self.entries {
+            if !taken {
+                let hint = match closest(name, allowed) {
+                    Some(best) => format!(" (did you mean '{best}'?)"),
+                    None => String::new(),
+                };
+                diags.push(
+                    key.pos,
+                    &self.component,
+                    &join(&self.path, name),
+                    format!("is not a known key{hint}; allowed here: {}", allowed.join(", ")),
+                );
+            }
+        }
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+}
+
+/// The entries of a `name: declaration` mapping (sources, views, sinks,
+/// measures, labels), with names checked.
+fn named_entries<'n>(
+    node: &'n Node,
+    component: &str,
+    path: &str,
+    diags: &mut Diagnostics,
+) -> Option<Vec<(&'n str, &'n Node, &'n Node)>> {
+    if node.is_null() {
+        return Some(Vec::new());
+    }
+    let fields = Fields::new(node, component, path, diags)?;
+    let mut out = Vec::new();
+    for (name, key, value, _) in fields.entries {
+        if !is_identifier(name) {
+            diags.push(
+                key.pos,
+                component,
+                &join(path, name),
+                "is not a valid name; use lowercase letters, digits and '_', starting with a letter or '_'".to_string(),
+            );
+            continue;
+        }
+        out.push((name, key, value));
+    }
+    Some(out)
+}
+
+/// A name usable as a file name, a ClickHouse column and a Redis key part.
+pub(crate) fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn required<'n>(fields: &mut Fields<'n>, key: &str, diags: &mut Diagnostics) -> Option<&'n Node> {
+    let value = fields.take(key);
+    if value.is_none() {
+        let pos = fields.node.pos;
+        let component = fields.component.clone();
+        let path = join(&fields.path, key);
+        diags.push(pos, &component, &path, "is required but missing".to_string());
+    }
+    value
+}
+
+/// Reads `type` and checks it is one of `allowed`.
+fn component_type(fields: &mut Fields<'_>, component: &str, allowed: &[&str], diags: &mut Diagnostics) -> Option<String> {
+    let node = required(fields, "type", diags)?;
+    let kind = text(node, component, "type", diags)?;
+    if !allowed.contains(&kind.value.as_str()) {
+        diags.push(node.pos, component, "type", format!("{:?} is not a known type; allowed: {}", kind.value, allowed.join(", ")));
+        return None;
+    }
+    Some(kind.value)
+}
+
+/// A scalar as text.
+fn text(node: &Node, component: &str, path: &str, diags: &mut Diagnostics) -> Option<Spanned<String>> {
+    match &node.kind {
+        NodeKind::Scalar { text, style } if !node.is_null() => {
+            let exact = match style {
+                ScalarKind::Plain => !text.contains('\n'),
+                ScalarKind::Quoted => !text.contains(['\n', '\\', '\'', '"']),
+                ScalarKind::Block => false,
+            };
+            let pos = if *style == ScalarKind::Quoted { node.pos.shifted(1) } else { node.pos };
+            Some(Spanned { value: text.clone(), pos, exact })
+        }
+        _ => {
+            diags.push(node.pos, component, path, format!("must be a single value (got a {})", node.type_name()));
+            None
+        }
+    }
+}
+
+fn spanned_key(key: &Node, name: &str) -> Spanned<String> {
+    Spanned { value: name.to_string(), pos: key.pos, exact: true }
+}
+
+fn path_value(node: &Node, component: &str, key: &str, base_dir: &Path, diags: &mut Diagnostics) -> Option<PathBuf> {
+    let value = text(node, component, key, diags)?;
+    if value.value.trim().is_empty() {
+        diags.push(node.pos, component, key, "must not be empty".to_string());
+        return None;
+    }
+    let path = PathBuf::from(&value.value);
+    Some(if path.is_absolute() { path } else { base_dir.join(path) })
+}
+
+fn plain_integer(node: &Node) -> Option<i128> {
+    match &node.kind {
+        NodeKind::Scalar { text, style: ScalarKind::Plain } => text.replace('_', "").parse().ok(),
+        _ => None,
+    }
+}
+
+fn positive(node: &Node, component: &str, key: &str, diags: &mut Diagnostics) -> Option<u64> {
+    match plain_integer(node) {
+        Some(n) if n >= 1 && n <= i128::from(u64::MAX) => Some(n as u64),
+        _ => {
+            diags.push(node.pos, component, key, format!("must be a whole number of at least 1 (got {})", describe(node)));
+            None
+        }
+    }
+}
+
+fn describe(node: &Node) -> String {
+    match node.as_scalar() {
+        Some(text) if !node.is_null() => text.to_string(),
+        _ => format!("a {}", node.type_name()),
+    }
+}
+
+/// The allowed word nearest to a misspelt one, if it is close.
+fn closest<'a>(word: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    allowed
+        .iter()
+        .map(|candidate| (edit_distance(word, candidate), *candidate))
+        .filter(|(distance, candidate)| *distance <= 2.max(candidate.len() / 4) && *distance < candidate.len())
+        .min()
+        .map(|(_, candidate)| candidate)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            current.push((previous[j] + cost).min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+impl Diagnostics {
+    /// Records an error about `path` (`'path' message`).
+    pub(crate) fn push(&mut self, pos: Pos, component: &str, path: &str, message: String) {
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            pos,
+            component: component.to_string(),
+            field: path.to_string(),
+            message,
+        });
+    }
+}

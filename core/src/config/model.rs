@@ -1,0 +1,211 @@
+//! The `pipelines.yaml` model: plain data describing sources, views and
+//! sinks, as written by a data engineer.
+//!
+//! Nothing here runs anything (Materialize keeps such descriptions apart
+//! from the code that runs them). [`super::decode`] builds these structs from
+//! YAML; [`super::plan`] checks them and compiles the views. The doc comment
+//! of every field is the user documentation of the YAML key it reads.
+
+use std::path::PathBuf;
+
+use super::yaml::Pos;
+
+/// A value with the place in the config file it was read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spanned<T> {
+    /// The value.
+    pub value: T,
+    /// Where its text starts.
+    pub pos: Pos,
+    /// Whether character offsets into the text map one to one to columns
+    /// (a plain or simply quoted one-line scalar).
+    pub exact: bool,
+}
+
+impl<T> Spanned<T> {
+    /// The position `offset` characters into the value's text.
+    pub fn pos_at(&self, offset: usize) -> Pos {
+        if self.exact { self.pos.shifted(offset) } else { self.pos }
+    }
+}
+
+/// A whole `pipelines.yaml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineConfig {
+    /// The file it was read from, as given (used in messages).
+    pub file: String,
+    /// `version`: the config format version; only `1` exists.
+    pub version: u32,
+    /// `sources`: where events come from, by name. All sources feed one log.
+    pub sources: Vec<SourceConfig>,
+    /// `views`: the read models, by name.
+    pub views: Vec<ViewConfig>,
+    /// `sinks`: where views are materialized, by name.
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// A named source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceConfig {
+    /// The source's name (its key under `sources`).
+    pub name: String,
+    /// Where it is declared.
+    pub pos: Pos,
+    /// `type` and the options of that type.
+    pub kind: SourceKind,
+}
+
+/// Every source type. A new source type is one variant here, its options
+/// struct, and its runtime in `connectors/<type>/`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceKind {
+    /// `type: file`: a JSON Lines file of events.
+    File(FileSourceConfig),
+}
+
+/// Options of `type: file` sources.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileSourceConfig {
+    /// `path`: the JSON Lines file, one event per line; relative paths are
+    /// relative to the folder of the config file.
+    pub path: PathBuf,
+    /// `batch_records` (default 100000): lines per batch. The dataflow
+    /// completes, and sinks commit, one batch at a time.
+    pub batch_records: u64,
+    /// `dead_letters` (optional): a JSON Lines file that receives every bad
+    /// record with its line number and the reason. Without it bad records
+    /// are logged and counted.
+    pub dead_letters: Option<PathBuf>,
+}
+
+/// A named view (read model).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewConfig {
+    /// The view's name (its key under `views`); also its output file name.
+    pub name: String,
+    /// Where it is declared.
+    pub pos: Pos,
+    /// `description` (optional): what the view is for, for people.
+    pub description: Option<String>,
+    /// `from`: the relation it reads: `orders` or `order_lines`.
+    pub from: Spanned<String>,
+    /// `filter` (optional): a condition rows must meet to count at all.
+    pub filter: Option<Spanned<String>>,
+    /// `group_by`: the key fields: a field name, or `name: expression` for
+    /// a derived key such as `date: date(created_at)`.
+    pub group_by: Vec<GroupByConfig>,
+    /// `measures`: the aggregated fields, in output order.
+    pub measures: Vec<MeasureConfig>,
+    /// `labels` (optional): fields derived from keys and measures by
+    /// ordered rules; the first rule whose `when` holds gives the value.
+    pub labels: Vec<LabelConfig>,
+    /// `having` (optional): a condition over the output row; rows that fail
+    /// it are not part of the view.
+    pub having: Option<Spanned<String>>,
+}
+
+/// One key of a view.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupByConfig {
+    /// The output field name.
+    pub name: Spanned<String>,
+    /// The expression computing it (the field itself for a plain name).
+    pub expr: Spanned<String>,
+}
+
+/// What a measure computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MeasureFunction {
+    /// `count: "*"`: rows.
+    Count,
+    /// `count_distinct: field`: distinct values.
+    CountDistinct,
+    /// `sum: field`: sum of an integer field.
+    Sum,
+    /// `min: field`: smallest value.
+    Min,
+    /// `max: field`: largest value.
+    Max,
+    /// `avg: field`: sum divided by count, integer division, 0 when empty.
+    Avg,
+}
+
+impl MeasureFunction {
+    /// Every function, with its YAML key.
+    pub const ALL: [(MeasureFunction, &'static str); 6] = [
+        (MeasureFunction::Count, "count"),
+        (MeasureFunction::CountDistinct, "count_distinct"),
+        (MeasureFunction::Sum, "sum"),
+        (MeasureFunction::Min, "min"),
+        (MeasureFunction::Max, "max"),
+        (MeasureFunction::Avg, "avg"),
+    ];
+
+    /// The YAML key of the function.
+    pub fn key(self) -> &'static str {
+        MeasureFunction::ALL.iter().find(|(f, _)| *f == self).map_or("count", |(_, k)| k)
+    }
+}
+
+/// One measure of a view, e.g. `revenue_cents: { sum: total_cents, where: "status = 'placed'" }`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeasureConfig {
+    /// The output field name.
+    pub name: Spanned<String>,
+    /// The aggregate function (the key `count`, `sum`, ...).
+    pub function: MeasureFunction,
+    /// Its argument: an expression over the relation, `"*"` for `count`.
+    pub input: Spanned<String>,
+    /// `where` (optional): only rows meeting this condition count in this
+    /// measure. The row still makes its group exist.
+    pub filter: Option<Spanned<String>>,
+}
+
+/// A derived label such as the customer segment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelConfig {
+    /// The output field name.
+    pub name: Spanned<String>,
+    /// The rules, first match wins.
+    pub rules: Vec<LabelRule>,
+}
+
+/// One rule of a label.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelRule {
+    /// `when` (optional): a condition over keys and measures; a rule
+    /// without it always matches (the default, written last).
+    pub when: Option<Spanned<String>>,
+    /// `value`: the label's text when this rule is the first to match.
+    pub value: Spanned<String>,
+}
+
+/// A named sink.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SinkConfig {
+    /// The sink's name (its key under `sinks`).
+    pub name: String,
+    /// Where it is declared.
+    pub pos: Pos,
+    /// `view`: the view it materializes.
+    pub view: Spanned<String>,
+    /// `type` and the options of that type.
+    pub kind: SinkKind,
+}
+
+/// Every sink type. A new sink type is one variant here, its options
+/// struct, and its runtime in `sinks/<type>/`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SinkKind {
+    /// `type: file`: the view's rows as JSON Lines.
+    File(FileSinkConfig),
+}
+
+/// Options of `type: file` sinks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileSinkConfig {
+    /// `path`: the file that holds the view's current rows, one JSON object
+    /// per line, sorted by key; replaced atomically at each commit. Relative
+    /// paths are relative to the folder of the config file.
+    pub path: PathBuf,
+}

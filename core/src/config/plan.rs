@@ -1,0 +1,236 @@
+//! Checks a decoded config for meaning and compiles its views.
+//!
+//! Everything here is without I/O: relations and fields exist, types fit
+//! each measure, names are unique, sinks name declared views. Every
+//! problem is reported, not just the first.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::expr::{Scope, compile, compile_condition};
+use super::model::*;
+use super::{Diagnostics, PipelinePlan};
+use crate::relation::Relation;
+use crate::value::{FieldType, Value};
+use crate::view::{KeyPlan, LabelPlan, MeasurePlan, ViewPlan};
+
+/// Checks `config` and compiles its views; problems go to `diags`.
+pub(super) fn plan(config: PipelineConfig, diags: &mut Diagnostics) -> PipelinePlan {
+    let mut views = Vec::new();
+    for view in &config.views {
+        if let Some(plan) = view_plan(view, diags) {
+            views.push(Arc::new(plan));
+        }
+    }
+    let declared: Vec<&str> = config.views.iter().map(|v| v.name.as_str()).collect();
+    let mut outputs: BTreeMap<std::path::PathBuf, String> = BTreeMap::new();
+    for source in &config.sources {
+        let SourceKind::File(file) = &source.kind;
+        if let Some(path) = &file.dead_letters {
+            outputs.insert(path.clone(), format!("source {:?}", source.name));
+        }
+    }
+    for sink in &config.sinks {
+        let component = format!("sink {:?}", sink.name);
+        if !declared.contains(&sink.view.value.as_str()) {
+            let list = if declared.is_empty() { "none".to_string() } else { declared.join(", ") };
+            diags.push(
+                sink.view.pos,
+                &component,
+                "view",
+                format!("names {:?}, which is not a declared view; declared views: {list}", sink.view.value),
+            );
+        }
+        let SinkKind::File(file) = &sink.kind;
+        if let Some(other) = outputs.insert(file.path.clone(), component.clone()) {
+            diags.push(
+                sink.pos,
+                &component,
+                "path",
+                format!("{} is also written by {other}; each file needs one writer", file.path.display()),
+            );
+        }
+    }
+    PipelinePlan { config, views }
+}
+
+fn view_plan(view: &ViewConfig, diags: &mut Diagnostics) -> Option<ViewPlan> {
+    let component = format!("view {:?}", view.name);
+    let Some(relation) = Relation::from_name(&view.from.value) else {
+        let known: Vec<&str> = Relation::ALL.iter().map(|r| r.name()).collect();
+        diags.push(
+            view.from.pos,
+            &component,
+            "from",
+            format!("names {:?}, which is not a relation; relations: {}", view.from.value, known.join(", ")),
+        );
+        return None;
+    };
+    let scope = Scope::new(
+        format!("relation '{}'", relation.name()),
+        relation.fields().iter().map(|f| (f.name.to_string(), f.ty)),
+    );
+    let mut ok = true;
+    let condition = |text: &Spanned<String>, path: &str, scope: &Scope, diags: &mut Diagnostics| {
+        match compile_condition(&text.value, scope) {
+            Ok(expr) => Some(expr),
+            Err(error) => {
+                diags.push(text.pos_at(error.offset), &component, path, error.message);
+                None
+            }
+        }
+    };
+    let filter = match &view.filter {
+        Some(text) => {
+            let expr = condition(text, "filter", &scope, diags);
+            ok &= expr.is_some();
+            expr
+        }
+        None => None,
+    };
+    let mut names: Vec<(String, usize)> = Vec::new();
+    let mut check_name = |name: &Spanned<String>, path: &str, diags: &mut Diagnostics| -> bool {
+        if !super::decode::is_identifier(&name.value) {
+            diags.push(
+                name.pos,
+                &format!("view {:?}", view.name),
+                path,
+                format!(
+                    "{:?} is not a valid field name; use lowercase letters, digits and '_', starting with a letter or '_'",
+                    name.value
+                ),
+            );
+            return false;
+        }
+        if let Some((_, first_line)) = names.iter().find(|(n, _)| *n == name.value) {
+            diags.push(
+                name.pos,
+                &format!("view {:?}", view.name),
+                path,
+                format!("output field {:?} is already defined on line {}; output field names must be unique", name.value, first_line),
+            );
+            return false;
+        }
+        names.push((name.value.clone(), name.pos.line));
+        true
+    };
+
+    let mut keys = Vec::new();
+    for (index, key) in view.group_by.iter().enumerate() {
+        let path = format!("group_by[{index}]");
+        ok &= check_name(&key.name, &path, diags);
+        match compile(&key.expr.value, &scope) {
+            Ok((expr, ty)) => keys.push(KeyPlan { name: key.name.value.clone(), expr, ty }),
+            Err(error) => {
+                diags.push(key.expr.pos_at(error.offset), &component, &path, error.message);
+                ok = false;
+            }
+        }
+    }
+
+    let mut measures = Vec::new();
+    for measure in &view.measures {
+        let path = format!("measures.{}", measure.name.value);
+        ok &= check_name(&measure.name, &path, diags);
+        let filter = match &measure.filter {
+            Some(text) => match condition(text, &format!("{path}.where"), &scope, diags) {
+                Some(expr) => Some(expr),
+                None => {
+                    ok = false;
+                    None
+                }
+            },
+            None => None,
+        };
+        let function_path = format!("{path}.{}", measure.function.key());
+        let (input, ty) = if measure.function == MeasureFunction::Count {
+            (None, FieldType::UInt)
+        } else {
+            match compile(&measure.input.value, &scope) {
+                Ok((expr, input_ty)) => {
+                    let ty = match measure.function {
+                        MeasureFunction::Sum | MeasureFunction::Avg if !input_ty.is_numeric() => {
+                            diags.push(
+                                measure.input.pos,
+                                &component,
+                                &function_path,
+                                format!(
+                                    "needs an integer field, but {:?} is a {input_ty}; integer fields of relation '{}': {}",
+                                    measure.input.value,
+                                    relation.name(),
+                                    numeric_fields(relation)
+                                ),
+                            );
+                            ok = false;
+                            continue;
+                        }
+                        MeasureFunction::Sum | MeasureFunction::Avg => FieldType::Int,
+                        MeasureFunction::CountDistinct => FieldType::UInt,
+                        MeasureFunction::Min | MeasureFunction::Max => input_ty,
+                        MeasureFunction::Count => FieldType::UInt,
+                    };
+                    (Some(expr), ty)
+                }
+                Err(error) => {
+                    diags.push(measure.input.pos_at(error.offset), &component, &function_path, error.message);
+                    ok = false;
+                    continue;
+                }
+            }
+        };
+        measures.push(MeasurePlan { name: measure.name.value.clone(), function: measure.function, input, filter, ty });
+    }
+
+    let output_scope = |keys: &[KeyPlan], measures: &[MeasurePlan], labels: &[LabelPlan]| {
+        Scope::new(
+            format!("view '{}'", view.name),
+            keys.iter()
+                .map(|k| (k.name.clone(), k.ty))
+                .chain(measures.iter().map(|m| (m.name.clone(), m.ty)))
+                .chain(labels.iter().map(|l| (l.name.clone(), FieldType::Text))),
+        )
+    };
+    let mut labels = Vec::new();
+    for label in &view.labels {
+        let path = format!("labels.{}", label.name.value);
+        ok &= check_name(&label.name, &path, diags);
+        let rule_scope = output_scope(&keys, &measures, &[]);
+        let mut rules = Vec::new();
+        for (index, rule) in label.rules.iter().enumerate() {
+            let when = match &rule.when {
+                Some(text) => match condition(text, &format!("{path}[{index}].when"), &rule_scope, diags) {
+                    Some(expr) => Some(expr),
+                    None => {
+                        ok = false;
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            rules.push((when, Value::Text(rule.value.value.clone())));
+        }
+        if label.rules.is_empty() {
+            diags.push(label.name.pos, &component, &path, "has no rules; add at least one `- { value: ... }`".to_string());
+            ok = false;
+        }
+        labels.push(LabelPlan { name: label.name.value.clone(), rules });
+    }
+
+    let having = match &view.having {
+        Some(text) => {
+            let expr = condition(text, "having", &output_scope(&keys, &measures, &labels), diags);
+            ok &= expr.is_some();
+            expr
+        }
+        None => None,
+    };
+    if keys.is_empty() && measures.is_empty() && labels.is_empty() && ok {
+        diags.push(view.pos, &component, "", "has no output fields; declare `group_by` and/or `measures`".to_string());
+        ok = false;
+    }
+    ok.then(|| ViewPlan { name: view.name.clone(), relation, filter, keys, measures, labels, having })
+}
+
+fn numeric_fields(relation: Relation) -> String {
+    relation.fields().iter().filter(|f| f.ty.is_numeric()).map(|f| f.name).collect::<Vec<_>>().join(", ")
+}

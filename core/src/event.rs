@@ -1,0 +1,593 @@
+//! Domain events (contract section 2): decoding, validation and encoding.
+//!
+//! [`decode_event`] turns one record's bytes into an [`Event`] or a
+//! [`BadRecord`] that says what is wrong and where (a JSON path such as
+//! `payload.line_items[1].quantity`). It never panics, whatever the bytes.
+//! [`Event::to_json_line`] writes the same format back, for the generator
+//! and the command API.
+//!
+//! Decoding has a fast path (plain serde) and only on failure decodes again
+//! with path tracking, so that good records pay nothing for good messages.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::order::{LineItem, OrderChange, OrderContent, OrderEvent, OrderHeader};
+use crate::value::Timestamp;
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The event types of the contract.
+pub const EVENT_TYPES: [&str; 5] =
+    ["OrderCreated", "OrderUpdated", "OrderCancelled", "InventoryReserved", "PaymentInitiated"];
+
+/// A decoded, valid event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique id; a repeated id is a redelivery and changes nothing.
+    pub event_id: String,
+    /// The aggregate (order) the event belongs to; the Kafka record key.
+    pub aggregate_id: String,
+    /// Position of the event within its aggregate, from 1.
+    pub sequence: u64,
+    /// The store the event belongs to.
+    pub store_id: u64,
+    /// When the event happened.
+    #[serde(with = "rfc3339")]
+    pub occurred_at: Timestamp,
+    /// Groups the events of one command.
+    pub correlation_id: Option<String>,
+    /// The event that caused this one, if any.
+    pub causation_id: Option<String>,
+    /// What happened.
+    pub payload: Payload,
+}
+
+/// The payload of an event, by `event_type`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event_type", content = "payload")]
+pub enum Payload {
+    /// An order was placed.
+    OrderCreated(OrderCreated),
+    /// An order's items and total were replaced.
+    OrderUpdated(OrderUpdated),
+    /// An order was cancelled.
+    OrderCancelled(OrderCancelled),
+    /// Stock was reserved for an order.
+    InventoryReserved(InventoryReserved),
+    /// A payment was started for an order.
+    PaymentInitiated(PaymentInitiated),
+}
+
+impl Payload {
+    /// The `event_type` string of this payload.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Payload::OrderCreated(_) => "OrderCreated",
+            Payload::OrderUpdated(_) => "OrderUpdated",
+            Payload::OrderCancelled(_) => "OrderCancelled",
+            Payload::InventoryReserved(_) => "InventoryReserved",
+            Payload::PaymentInitiated(_) => "PaymentInitiated",
+        }
+    }
+}
+
+/// Payload of `OrderCreated`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCreated {
+    /// The order; equal to the envelope's `aggregate_id`.
+    pub order_id: String,
+    /// Who ordered.
+    pub customer_id: u64,
+    /// ISO 4217 code of the money fields.
+    pub currency: String,
+    /// When the order was placed; its UTC date is the order's day.
+    #[serde(with = "rfc3339")]
+    pub created_at: Timestamp,
+    /// One or more items.
+    pub line_items: Vec<LineItem>,
+    /// Order total in cents, at least 0.
+    pub total_cents: i64,
+}
+
+/// Payload of `OrderUpdated`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderUpdated {
+    /// The order; equal to the envelope's `aggregate_id`.
+    pub order_id: String,
+    /// The order's new items (one or more).
+    pub line_items: Vec<LineItem>,
+    /// The order's new total in cents, at least 0.
+    pub total_cents: i64,
+}
+
+/// Payload of `OrderCancelled`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    /// The order; equal to the envelope's `aggregate_id`.
+    pub order_id: String,
+    /// Why, for people.
+    pub reason: String,
+}
+
+/// Payload of `InventoryReserved`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryReserved {
+    /// The order the stock is reserved for.
+    pub order_id: String,
+    /// Id of the reservation.
+    pub reservation_id: String,
+    /// What was reserved.
+    pub items: Vec<ReservedItem>,
+}
+
+/// One reserved SKU.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservedItem {
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Units reserved, at least 1.
+    pub quantity: i64,
+}
+
+/// Payload of `PaymentInitiated`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentInitiated {
+    /// The order being paid.
+    pub order_id: String,
+    /// Amount in cents, at least 0.
+    pub amount_cents: i64,
+    /// Payment gateway name.
+    pub gateway: String,
+    /// The gateway's transaction id.
+    pub transaction_id: String,
+}
+
+/// What kind of problem a bad record has; the label of the dead-letter metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum BadRecordKind {
+    /// Not UTF-8 JSON, or not one JSON value.
+    InvalidJson,
+    /// A required field is absent.
+    MissingField,
+    /// A field has the wrong type or an unreadable value (a float for cents,
+    /// text for an id, a timestamp that is not RFC 3339).
+    InvalidField,
+    /// `event_type` is not one of the contract's.
+    UnknownEventType,
+    /// `schema_version` is not one this build reads.
+    UnsupportedSchemaVersion,
+    /// A contract rule is broken: quantity 0, negative money, no line items,
+    /// sequence 0, an empty id, `order_id` differing from `aggregate_id`.
+    RuleViolation,
+}
+
+impl BadRecordKind {
+    /// Snake-case name, as in metrics and dead-letter headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadRecordKind::InvalidJson => "invalid_json",
+            BadRecordKind::MissingField => "missing_field",
+            BadRecordKind::InvalidField => "invalid_field",
+            BadRecordKind::UnknownEventType => "unknown_event_type",
+            BadRecordKind::UnsupportedSchemaVersion => "unsupported_schema_version",
+            BadRecordKind::RuleViolation => "rule_violation",
+        }
+    }
+}
+
+/// Why a record is not a valid event.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct BadRecord {
+    /// The kind of problem.
+    pub kind: BadRecordKind,
+    /// What is wrong and where in the record.
+    pub reason: String,
+}
+
+impl BadRecord {
+    fn rule(reason: impl Into<String>) -> BadRecord {
+        BadRecord { kind: BadRecordKind::RuleViolation, reason: reason.into() }
+    }
+}
+
+/// The envelope as it is on the wire; the payload is decoded once the
+/// event type is known.
+#[derive(Deserialize)]
+struct WireEnvelope<'a> {
+    event_id: String,
+    #[serde(borrow)]
+    event_type: Cow<'a, str>,
+    schema_version: i64,
+    aggregate_id: String,
+    sequence: i64,
+    store_id: u64,
+    #[serde(with = "rfc3339")]
+    occurred_at: Timestamp,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    causation_id: Option<String>,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+/// Decodes and validates one event. Never panics.
+pub fn decode_event(bytes: &[u8]) -> Result<Event, BadRecord> {
+    let envelope: WireEnvelope<'_> = match serde_json::from_slice(bytes) {
+        Ok(envelope) => envelope,
+        Err(_) => return Err(explain::<WireEnvelope<'_>>(bytes, "")),
+    };
+    if envelope.schema_version != i64::from(SCHEMA_VERSION) {
+        return Err(BadRecord {
+            kind: BadRecordKind::UnsupportedSchemaVersion,
+            reason: format!(
+                "schema_version {} is not supported (this build reads version {SCHEMA_VERSION})",
+                envelope.schema_version
+            ),
+        });
+    }
+    let payload_bytes = envelope.payload.get().as_bytes();
+    let payload = match envelope.event_type.as_ref() {
+        "OrderCreated" => Payload::OrderCreated(decode_payload(payload_bytes)?),
+        "OrderUpdated" => Payload::OrderUpdated(decode_payload(payload_bytes)?),
+        "OrderCancelled" => Payload::OrderCancelled(decode_payload(payload_bytes)?),
+        "InventoryReserved" => Payload::InventoryReserved(decode_payload(payload_bytes)?),
+        "PaymentInitiated" => Payload::PaymentInitiated(decode_payload(payload_bytes)?),
+        other => {
+            return Err(BadRecord {
+                kind: BadRecordKind::UnknownEventType,
+                reason: format!("unknown event_type {other:?}; known types are {}", EVENT_TYPES.join(", ")),
+            });
+        }
+    };
+    let sequence = envelope.sequence;
+    if sequence < 1 {
+        return Err(BadRecord::rule(format!("sequence must be at least 1 (got {sequence})")));
+    }
+    let event = Event {
+        event_id: envelope.event_id,
+        aggregate_id: envelope.aggregate_id,
+        sequence: sequence as u64,
+        store_id: envelope.store_id,
+        occurred_at: envelope.occurred_at,
+        correlation_id: envelope.correlation_id,
+        causation_id: envelope.causation_id,
+        payload,
+    };
+    event.check_rules()?;
+    Ok(event)
+}
+
+fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BadRecord> {
+    serde_json::from_slice(bytes).map_err(|_| explain::<T>(bytes, "payload."))
+}
+
+/// Decodes again with path tracking to say where a decoding error is.
+fn explain<'de, T: Deserialize<'de>>(bytes: &'de [u8], prefix: &str) -> BadRecord {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let error = match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
+        Ok(_) => match deserializer.end() {
+            Err(inner) => {
+                return BadRecord { kind: BadRecordKind::InvalidJson, reason: format!("not valid JSON: {inner}") };
+            }
+            // Both decodings read the same bytes the same way, so this is
+            // not reached; answer something true rather than panic.
+            Ok(()) => {
+                return BadRecord { kind: BadRecordKind::InvalidField, reason: "the record could not be decoded".into() };
+            }
+        },
+        Err(error) => error,
+    };
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    let message = strip_position(&inner.to_string());
+    match inner.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof | serde_json::error::Category::Io => {
+            BadRecord { kind: BadRecordKind::InvalidJson, reason: format!("not valid JSON: {inner}") }
+        }
+        serde_json::error::Category::Data => {
+            let kind = if message.starts_with("missing field") {
+                BadRecordKind::MissingField
+            } else {
+                BadRecordKind::InvalidField
+            };
+            let reason = if path == "." || path.is_empty() {
+                if prefix.is_empty() {
+                    format!("event: {message}")
+                } else {
+                    format!("{}: {message}", prefix.trim_end_matches('.'))
+                }
+            } else {
+                format!("{prefix}{path}: {message}")
+            };
+            BadRecord { kind, reason }
+        }
+    }
+}
+
+/// serde_json appends " at line L column C"; inside one record the JSON path
+/// says more, so drop it.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_string(),
+        None => message.to_string(),
+    }
+}
+
+impl Event {
+    /// Checks the contract's rules that types alone do not express.
+    fn check_rules(&self) -> Result<(), BadRecord> {
+        non_empty("event_id", &self.event_id)?;
+        non_empty("aggregate_id", &self.aggregate_id)?;
+        let order_id = match &self.payload {
+            Payload::OrderCreated(created) => {
+                check_items(&created.line_items)?;
+                non_negative("payload.total_cents", created.total_cents)?;
+                Some(&created.order_id)
+            }
+            Payload::OrderUpdated(updated) => {
+                check_items(&updated.line_items)?;
+                non_negative("payload.total_cents", updated.total_cents)?;
+                Some(&updated.order_id)
+            }
+            Payload::OrderCancelled(cancelled) => Some(&cancelled.order_id),
+            Payload::InventoryReserved(reserved) => {
+                non_empty("payload.order_id", &reserved.order_id)?;
+                for (index, item) in reserved.items.iter().enumerate() {
+                    if item.quantity < 1 {
+                        return Err(BadRecord::rule(format!(
+                            "payload.items[{index}].quantity must be at least 1 (got {})",
+                            item.quantity
+                        )));
+                    }
+                }
+                None
+            }
+            Payload::PaymentInitiated(payment) => {
+                non_empty("payload.order_id", &payment.order_id)?;
+                non_negative("payload.amount_cents", payment.amount_cents)?;
+                None
+            }
+        };
+        if let Some(order_id) = order_id
+            && *order_id != self.aggregate_id
+        {
+            return Err(BadRecord::rule(format!(
+                "payload.order_id {order_id:?} differs from aggregate_id {:?}; an order's events must use its order id as aggregate id",
+                self.aggregate_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// The event's effect on its order, if it is an order event
+    /// (`OrderCreated`, `OrderUpdated`, `OrderCancelled`).
+    pub fn order_event(&self) -> Option<OrderEvent> {
+        let change = match &self.payload {
+            Payload::OrderCreated(created) => OrderChange::Created(
+                OrderHeader {
+                    store_id: self.store_id,
+                    customer_id: created.customer_id,
+                    currency: created.currency.clone(),
+                    created_at: created.created_at,
+                },
+                OrderContent { line_items: created.line_items.clone(), total_cents: created.total_cents },
+            ),
+            Payload::OrderUpdated(updated) => OrderChange::Updated(OrderContent {
+                line_items: updated.line_items.clone(),
+                total_cents: updated.total_cents,
+            }),
+            Payload::OrderCancelled(_) => OrderChange::Cancelled,
+            Payload::InventoryReserved(_) | Payload::PaymentInitiated(_) => return None,
+        };
+        Some(OrderEvent { order_id: self.aggregate_id.clone(), sequence: self.sequence, change })
+    }
+
+    /// The event as one JSON line (no line break), in the contract's layout.
+    pub fn to_json_line(&self) -> String {
+        // Serializing plain data with string keys cannot fail.
+        serde_json::to_string(&WireOut::from(self)).unwrap_or_default()
+    }
+}
+
+/// The contract's field order for writing events.
+#[derive(Serialize)]
+struct WireOut<'a> {
+    event_id: &'a str,
+    event_type: &'static str,
+    schema_version: u32,
+    aggregate_id: &'a str,
+    sequence: u64,
+    store_id: u64,
+    #[serde(serialize_with = "rfc3339::serialize")]
+    occurred_at: &'a Timestamp,
+    correlation_id: &'a Option<String>,
+    causation_id: &'a Option<String>,
+    payload: PayloadOut<'a>,
+}
+
+struct PayloadOut<'a>(&'a Payload);
+
+impl Serialize for PayloadOut<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Payload::OrderCreated(p) => p.serialize(serializer),
+            Payload::OrderUpdated(p) => p.serialize(serializer),
+            Payload::OrderCancelled(p) => p.serialize(serializer),
+            Payload::InventoryReserved(p) => p.serialize(serializer),
+            Payload::PaymentInitiated(p) => p.serialize(serializer),
+        }
+    }
+}
+
+impl<'a> From<&'a Event> for WireOut<'a> {
+    fn from(event: &'a Event) -> Self {
+        WireOut {
+            event_id: &event.event_id,
+            event_type: event.payload.event_type(),
+            schema_version: SCHEMA_VERSION,
+            aggregate_id: &event.aggregate_id,
+            sequence: event.sequence,
+            store_id: event.store_id,
+            occurred_at: &event.occurred_at,
+            correlation_id: &event.correlation_id,
+            causation_id: &event.causation_id,
+            payload: PayloadOut(&event.payload),
+        }
+    }
+}
+
+fn non_empty(field: &str, value: &str) -> Result<(), BadRecord> {
+    if value.is_empty() {
+        return Err(BadRecord::rule(format!("{field} must not be empty")));
+    }
+    Ok(())
+}
+
+fn non_negative(field: &str, cents: i64) -> Result<(), BadRecord> {
+    if cents < 0 {
+        return Err(BadRecord::rule(format!("{field} must not be negative (got {cents})")));
+    }
+    Ok(())
+}
+
+fn check_items(items: &[LineItem]) -> Result<(), BadRecord> {
+    if items.is_empty() {
+        return Err(BadRecord::rule("payload.line_items must hold at least one item (got none)"));
+    }
+    for (index, item) in items.iter().enumerate() {
+        if item.quantity < 1 {
+            return Err(BadRecord::rule(format!(
+                "payload.line_items[{index}].quantity must be at least 1 (got {})",
+                item.quantity
+            )));
+        }
+        non_negative(&format!("payload.line_items[{index}].unit_price_cents"), item.unit_price_cents)?;
+    }
+    Ok(())
+}
+
+/// serde helpers for RFC 3339 instants.
+pub mod rfc3339 {
+    use super::*;
+
+    /// Writes an instant as RFC 3339 UTC.
+    pub fn serialize<S: Serializer>(value: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&value.to_rfc3339())
+    }
+
+    /// Reads an RFC 3339 instant.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
+        let text: Cow<'de, str> = Cow::deserialize(deserializer)?;
+        Timestamp::parse_rfc3339(&text).ok_or_else(|| {
+            serde::de::Error::custom(format_args!(
+                "expected an RFC 3339 timestamp between years 1678 and 2261 such as \"2024-03-01T12:00:00Z\", got {:?}",
+                text
+            ))
+        })
+    }
+}
+
+impl fmt::Display for BadRecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CREATED: &str = r#"{"event_id":"e1","event_type":"OrderCreated","schema_version":1,"aggregate_id":"o-1","sequence":1,"store_id":7,"occurred_at":"2024-03-01T12:00:00Z","correlation_id":"c","causation_id":null,"payload":{"order_id":"o-1","customer_id":501,"currency":"USD","created_at":"2024-03-01T12:00:00Z","line_items":[{"product_id":9001,"sku":"T","title":"T-shirt","quantity":2,"unit_price_cents":1999}],"total_cents":3998}}"#;
+
+    fn bad(text: &str) -> BadRecord {
+        decode_event(text.as_bytes()).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn decodes_and_round_trips_the_contract_example() {
+        let event = decode_event(CREATED.as_bytes()).unwrap();
+        assert_eq!(event.sequence, 1);
+        let again = decode_event(event.to_json_line().as_bytes()).unwrap();
+        assert_eq!(event, again);
+    }
+
+    #[test]
+    fn names_the_path_of_a_wrong_type() {
+        let record = bad(&CREATED.replace(r#""quantity":2"#, r#""quantity":"2""#));
+        assert_eq!(record.kind, BadRecordKind::InvalidField);
+        assert!(record.reason.starts_with("payload.line_items[0].quantity: invalid type: string"), "{}", record.reason);
+    }
+
+    #[test]
+    fn names_a_missing_field() {
+        let record = bad(&CREATED.replace(r#""customer_id":501,"#, ""));
+        assert_eq!(record.kind, BadRecordKind::MissingField);
+        assert_eq!(record.reason, "payload: missing field `customer_id`");
+        let record = bad(&CREATED.replace(r#""event_id":"e1","#, ""));
+        assert_eq!(record.reason, "event: missing field `event_id`");
+    }
+
+    #[test]
+    fn rejects_rule_violations() {
+        assert_eq!(bad(&CREATED.replace(r#""quantity":2"#, r#""quantity":0"#)).kind, BadRecordKind::RuleViolation);
+        assert_eq!(bad(&CREATED.replace("3998", "-1")).reason, "payload.total_cents must not be negative (got -1)");
+        assert_eq!(bad(&CREATED.replace(r#""sequence":1"#, r#""sequence":0"#)).kind, BadRecordKind::RuleViolation);
+        let items = CREATED.find(r#""line_items":"#).unwrap();
+        let end = CREATED.find(r#","total_cents""#).unwrap();
+        let empty = format!("{}\"line_items\":[]{}", &CREATED[..items], &CREATED[end..]);
+        assert_eq!(bad(&empty).kind, BadRecordKind::RuleViolation);
+        assert_eq!(bad(&CREATED.replace(r#""order_id":"o-1""#, r#""order_id":"o-2""#)).kind, BadRecordKind::RuleViolation);
+    }
+
+    #[test]
+    fn rejects_money_as_float_and_bad_timestamps() {
+        assert_eq!(bad(&CREATED.replace("1999", "19.99")).kind, BadRecordKind::InvalidField);
+        let record = bad(&CREATED.replace(r#""created_at":"2024-03-01T12:00:00Z""#, r#""created_at":"yesterday""#));
+        assert!(record.reason.starts_with("payload.created_at: expected an RFC 3339"), "{}", record.reason);
+    }
+
+    #[test]
+    fn classifies_unknown_types_versions_and_garbage() {
+        assert_eq!(bad(&CREATED.replace("OrderCreated", "OrderShipped")).kind, BadRecordKind::UnknownEventType);
+        assert_eq!(
+            bad(&CREATED.replace(r#""schema_version":1"#, r#""schema_version":2"#)).kind,
+            BadRecordKind::UnsupportedSchemaVersion
+        );
+        assert_eq!(bad("{not json").kind, BadRecordKind::InvalidJson);
+        assert_eq!(bad("").kind, BadRecordKind::InvalidJson);
+        assert_eq!(bad(&format!("{CREATED} trailing")).kind, BadRecordKind::InvalidJson);
+        assert_eq!(bad("[1,2]").kind, BadRecordKind::InvalidField);
+        assert_eq!(decode_event(&[0xff, 0xfe, b'{']).unwrap_err().kind, BadRecordKind::InvalidJson);
+    }
+
+    #[test]
+    fn accepts_escaped_event_type() {
+        let escaped = CREATED.replace(r#""event_type":"OrderCreated""#, r#""event_type":"Order\u0043reated""#);
+        assert_eq!(decode_event(escaped.as_bytes()).unwrap().payload.event_type(), "OrderCreated");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = decode_event(&bytes);
+        }
+
+        #[test]
+        fn never_panics_on_mutated_events(cut in 0usize..400, insert in ".{0,3}") {
+            let mut text = CREATED.to_string();
+            let at = cut.min(text.len());
+            if text.is_char_boundary(at) {
+                text.insert_str(at, &insert);
+            }
+            let _ = decode_event(text.as_bytes());
+        }
+    }
+}

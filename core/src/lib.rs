@@ -1,0 +1,20 @@
+//! Types every Projector crate shares.
+//!
+//! - [`event`]: the domain events of the log and their validation;
+//! - [`record`]: raw records from sources and dead letters;
+//! - [`order`]: what an order's events add up to;
+//! - [`relation`]: the relations views read (`orders`, `order_lines`);
+//! - [`value`]: typed values and rows;
+//! - [`config`]: `pipelines.yaml`, its checks and compiled views;
+//! - [`view`]: a compiled view's projection and aggregation;
+//! - [`source`], [`sink`]: the seams sources and sinks plug into.
+
+pub mod config;
+pub mod event;
+pub mod order;
+pub mod record;
+pub mod relation;
+pub mod sink;
+pub mod source;
+pub mod value;
+pub mod view;

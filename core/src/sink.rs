@@ -1,0 +1,86 @@
+//! The seam between the dataflow and the places views and dead letters go.
+//!
+//! The runtime delivers each view's changes to its sinks one completed
+//! batch at a time, together with the log positions that batch reflects, so
+//! a sink can store data and its checkpoint together (exactly-once sinks
+//! build on that). All calls for one sink come from one thread.
+
+use std::collections::BTreeMap;
+
+use crate::record::DeadLetter;
+use crate::value::Row;
+
+/// For each source partition, the next offset to read: everything before it
+/// is reflected in the output that carries these positions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourcePositions(pub BTreeMap<(u16, u32), u64>);
+
+impl SourcePositions {
+    /// Combines the positions reported by several workers; a partition
+    /// reported twice keeps the lower (more conservative) position.
+    pub fn merge(&mut self, other: &SourcePositions) {
+        for (partition, offset) in &other.0 {
+            self.0.entry(*partition).and_modify(|o| *o = (*o).min(*offset)).or_insert(*offset);
+        }
+    }
+}
+
+/// One change of a view: the row with this key and these values appears
+/// (`diff` > 0) or disappears (`diff` < 0). An updated row is a removal of
+/// the old values and an addition of the new ones in the same batch.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ViewChange {
+    /// The group-by key fields.
+    pub key: Row,
+    /// The measure and label fields.
+    pub values: Row,
+    /// +1 added, -1 removed.
+    pub diff: i64,
+}
+
+/// A completed batch of one view's changes.
+#[derive(Clone, Copy, Debug)]
+pub struct ViewBatch<'a> {
+    /// The changes, consolidated, sorted by key.
+    pub changes: &'a [ViewChange],
+    /// The batch is complete for all input before this epoch.
+    pub upper: u64,
+    /// The source positions the view reflects after this batch.
+    pub positions: &'a SourcePositions,
+}
+
+/// Why a sink could not take a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A retry may succeed (the destination is down or busy).
+    #[error("{0} (will retry)")]
+    Retryable(String),
+    /// A retry will not help (bad configuration, no permission).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// The destination of one view.
+///
+/// Calling order: [`ViewSink::apply`] once per completed batch, in log
+/// order (a batch may have no changes when only progress advanced); then
+/// [`ViewSink::finish`] once, when the run ends after all bounded input was
+/// processed.
+pub trait ViewSink: Send {
+    /// Takes one completed batch.
+    fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError>;
+    /// Flushes everything; called once at the end of a bounded run.
+    fn finish(&mut self) -> Result<(), SinkError>;
+}
+
+/// The destination of bad records.
+///
+/// Calling order: [`DeadLetterSink::write`] with the dead letters of each
+/// completed batch, in log order within a source partition; then
+/// [`DeadLetterSink::finish`] once at the end of a bounded run.
+pub trait DeadLetterSink: Send {
+    /// Takes the dead letters of one completed batch.
+    fn write(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError>;
+    /// Flushes everything.
+    fn finish(&mut self) -> Result<(), SinkError>;
+}

@@ -1,0 +1,210 @@
+//! Typed values and rows: what relations and views are made of.
+//!
+//! Relations (`orders`, `order_lines`) and view outputs are rows of [`Value`]s
+//! whose types are fixed by a schema ([`FieldType`]), so a view declared in
+//! YAML can be checked before it runs and evaluated without reflection.
+
+use std::fmt;
+
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One row of a relation or of a view: values in schema order.
+pub type Row = Vec<Value>;
+
+/// The type of a field in a relation or a view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FieldType {
+    /// Unsigned 64-bit integer (ids: `store_id`, `customer_id`, `product_id`).
+    UInt,
+    /// Signed 64-bit integer (money in cents, quantities, counts of sums).
+    Int,
+    /// UTF-8 text.
+    Text,
+    /// A calendar date (UTC), written `YYYY-MM-DD`.
+    Date,
+    /// An instant, written RFC 3339 in UTC with `Z`.
+    Timestamp,
+    /// `true` or `false`.
+    Bool,
+}
+
+impl FieldType {
+    /// The name used in `pipelines.yaml` messages and docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldType::UInt => "unsigned integer",
+            FieldType::Int => "integer",
+            FieldType::Text => "text",
+            FieldType::Date => "date",
+            FieldType::Timestamp => "timestamp",
+            FieldType::Bool => "boolean",
+        }
+    }
+
+    /// Whether `sum` and `avg` accept fields of this type.
+    pub fn is_numeric(self) -> bool {
+        matches!(self, FieldType::UInt | FieldType::Int)
+    }
+}
+
+impl fmt::Display for FieldType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A value of a row. The derived order is used for `min`, `max` and for
+/// sorting output; fields of one schema always hold one variant (or `Null`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Value {
+    /// No value (the `min` of an empty group, a label no rule matched).
+    Null,
+    /// See [`FieldType::Bool`].
+    Bool(bool),
+    /// See [`FieldType::UInt`].
+    UInt(u64),
+    /// See [`FieldType::Int`].
+    Int(i64),
+    /// See [`FieldType::Date`]: days since 1970-01-01.
+    Date(i32),
+    /// See [`FieldType::Timestamp`].
+    Timestamp(Timestamp),
+    /// See [`FieldType::Text`].
+    Text(String),
+}
+
+impl Value {
+    /// The value as a signed integer, for sums and averages.
+    pub fn as_i128(&self) -> Option<i128> {
+        match self {
+            Value::UInt(v) => Some(i128::from(*v)),
+            Value::Int(v) => Some(i128::from(*v)),
+            _ => None,
+        }
+    }
+
+    /// Writes the value as JSON, the way view rows appear in files and APIs.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::UInt(v) => serde_json::Value::from(*v),
+            Value::Int(v) => serde_json::Value::from(*v),
+            Value::Date(d) => serde_json::Value::String(format_date(*d)),
+            Value::Timestamp(t) => serde_json::Value::String(t.to_rfc3339()),
+            Value::Text(s) => serde_json::Value::String(s.clone()),
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Null => f.write_str("null"),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::UInt(v) => write!(f, "{v}"),
+            Value::Int(v) => write!(f, "{v}"),
+            Value::Date(d) => f.write_str(&format_date(*d)),
+            Value::Timestamp(t) => f.write_str(&t.to_rfc3339()),
+            Value::Text(s) => write!(f, "'{s}'"),
+        }
+    }
+}
+
+/// An instant as nanoseconds since 1970-01-01T00:00:00Z.
+///
+/// Nanoseconds keep every fraction an RFC 3339 input can carry; the range is
+/// years 1677 to 2262, and inputs outside it are rejected when decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// Parses an RFC 3339 instant with any offset; `None` if it is not one or
+    /// is out of range.
+    pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
+        let parsed = DateTime::parse_from_rfc3339(text).ok()?;
+        parsed.timestamp_nanos_opt().map(Timestamp)
+    }
+
+    /// The instant in RFC 3339, UTC, with `Z`, and with a fraction only when
+    /// it has one (3, 6 or 9 digits).
+    pub fn to_rfc3339(self) -> String {
+        DateTime::<Utc>::from_timestamp_nanos(self.0).to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    }
+
+    /// The UTC calendar day of the instant, as days since 1970-01-01.
+    pub fn utc_day(self) -> i32 {
+        // Nanoseconds fit years 1677..2262, so the day count always fits i32.
+        let days = self.0.div_euclid(86_400_000_000_000);
+        days as i32
+    }
+
+    /// The UTC calendar month of the instant, `YYYY-MM`.
+    pub fn utc_month(self) -> String {
+        let date = DateTime::<Utc>::from_timestamp_nanos(self.0).date_naive();
+        format!("{:04}-{:02}", date.year(), date.month())
+    }
+
+    /// The UTC year of the instant.
+    pub fn utc_year(self) -> i32 {
+        DateTime::<Utc>::from_timestamp_nanos(self.0).year()
+    }
+}
+
+const UNIX_EPOCH_DAY: NaiveDate = match NaiveDate::from_ymd_opt(1970, 1, 1) {
+    Some(day) => day,
+    None => panic!("1970-01-01 is a date"),
+};
+
+/// `YYYY-MM-DD` for a day count since 1970-01-01.
+pub fn format_date(days: i32) -> String {
+    match UNIX_EPOCH_DAY.checked_add_signed(chrono::TimeDelta::days(i64::from(days))) {
+        Some(date) => date.format("%Y-%m-%d").to_string(),
+        None => format!("day {days}"),
+    }
+}
+
+/// Parses `YYYY-MM-DD` into a day count since 1970-01-01.
+pub fn parse_date(text: &str) -> Option<i32> {
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    i32::try_from(date.signed_duration_since(UNIX_EPOCH_DAY).num_days()).ok()
+}
+
+/// The date part of a timestamp's month, used by `month()` on dates.
+pub fn date_month(days: i32) -> String {
+    format_date(days)[..7].to_string()
+}
+
+/// The year of a day count.
+pub fn date_year(days: i32) -> i32 {
+    format_date(days)[..4].parse().unwrap_or(1970)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_render_in_utc_with_z() {
+        let t = Timestamp::parse_rfc3339("2024-03-01T23:30:00-05:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2024-03-02T04:30:00Z");
+        assert_eq!(format_date(t.utc_day()), "2024-03-02");
+        let frac = Timestamp::parse_rfc3339("2024-03-01T12:00:00.250Z").unwrap();
+        assert_eq!(frac.to_rfc3339(), "2024-03-01T12:00:00.250Z");
+    }
+
+    #[test]
+    fn days_before_1970_round_down() {
+        let t = Timestamp::parse_rfc3339("1969-12-31T23:59:59Z").unwrap();
+        assert_eq!(format_date(t.utc_day()), "1969-12-31");
+        assert_eq!(parse_date("1969-12-31"), Some(-1));
+        assert_eq!(date_month(parse_date("2024-02-29").unwrap()), "2024-02");
+    }
+
+    #[test]
+    fn out_of_range_instants_are_rejected() {
+        assert_eq!(Timestamp::parse_rfc3339("2300-01-01T00:00:00Z"), None);
+        assert_eq!(Timestamp::parse_rfc3339("not a time"), None);
+    }
+}

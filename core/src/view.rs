@@ -1,0 +1,213 @@
+//! A view compiled from its YAML declaration: how a relation row maps to a
+//! group and measure inputs, and how a group's inputs fold into a row.
+//!
+//! The dataflow calls [`ViewPlan::project`] on every relation row and
+//! [`ViewPlan::aggregate`] on every changed group; everything a view means is
+//! in these two functions, so a view is data, not code.
+
+use std::collections::BTreeSet;
+
+use crate::config::expr::{Expr, FieldSource};
+use crate::config::model::MeasureFunction;
+use crate::relation::{Relation, RowRef, ValueRef};
+use crate::value::{FieldType, Row, Value};
+
+impl<'a> FieldSource<'a> for RowRef<'a> {
+    fn field(&self, index: usize) -> ValueRef<'a> {
+        self.get(index)
+    }
+}
+
+/// A compiled view.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewPlan {
+    /// The view's name.
+    pub name: String,
+    /// The relation it reads.
+    pub relation: Relation,
+    /// Rows that fail this do not count at all.
+    pub filter: Option<Expr>,
+    /// The group-by keys, in output order.
+    pub keys: Vec<KeyPlan>,
+    /// The measures, in output order, after the keys.
+    pub measures: Vec<MeasurePlan>,
+    /// The labels, in output order, after the measures.
+    pub labels: Vec<LabelPlan>,
+    /// Output rows that fail this are left out.
+    pub having: Option<Expr>,
+}
+
+/// A compiled group-by key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyPlan {
+    /// Output field name.
+    pub name: String,
+    /// Computes the key from a relation row.
+    pub expr: Expr,
+    /// Its type.
+    pub ty: FieldType,
+}
+
+/// A compiled measure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeasurePlan {
+    /// Output field name.
+    pub name: String,
+    /// The aggregate.
+    pub function: MeasureFunction,
+    /// Its argument (`None` for `count`).
+    pub input: Option<Expr>,
+    /// Only rows meeting this count in this measure.
+    pub filter: Option<Expr>,
+    /// The output type.
+    pub ty: FieldType,
+}
+
+/// A compiled label.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelPlan {
+    /// Output field name.
+    pub name: String,
+    /// Conditions over keys and measures (`None` always matches) and the
+    /// value they give; the first match wins, no match gives null.
+    pub rules: Vec<(Option<Expr>, Value)>,
+}
+
+impl ViewPlan {
+    /// Names and types of the output fields: keys, measures, labels.
+    pub fn output_fields(&self) -> Vec<(String, FieldType)> {
+        let keys = self.keys.iter().map(|k| (k.name.clone(), k.ty));
+        let measures = self.measures.iter().map(|m| (m.name.clone(), m.ty));
+        let labels = self.labels.iter().map(|l| (l.name.clone(), FieldType::Text));
+        keys.chain(measures).chain(labels).collect()
+    }
+
+    /// The group key and the measure inputs of one relation row, or `None`
+    /// when the view's filter rejects the row.
+    ///
+    /// Measure input `i` is `Null` when measure `i`'s `where` rejects the row
+    /// (for `count`, `Bool(true)` when it counts).
+    pub fn project(&self, row: RowRef<'_>) -> Option<(Row, Row)> {
+        if let Some(filter) = &self.filter
+            && !filter.test(&row)
+        {
+            return None;
+        }
+        let key = self.keys.iter().map(|k| k.expr.eval(&row).into_value()).collect();
+        let inputs = self
+            .measures
+            .iter()
+            .map(|m| {
+                if let Some(filter) = &m.filter
+                    && !filter.test(&row)
+                {
+                    return Value::Null;
+                }
+                match &m.input {
+                    Some(input) => input.eval(&row).into_value(),
+                    None => Value::Bool(true),
+                }
+            })
+            .collect();
+        Some((key, inputs))
+    }
+
+    /// Folds a group's measure inputs, each with its multiplicity, into the
+    /// measure and label values; `None` when `having` rejects the row.
+    pub fn aggregate<'a>(&self, key: &[Value], inputs: impl IntoIterator<Item = (&'a [Value], i64)>) -> Option<Row> {
+        let mut accumulators: Vec<Accumulator<'a>> =
+            self.measures.iter().map(|m| Accumulator::new(m.function)).collect();
+        for (values, multiplicity) in inputs {
+            if multiplicity <= 0 {
+                continue;
+            }
+            for (accumulator, value) in accumulators.iter_mut().zip(values) {
+                accumulator.add(value, multiplicity);
+            }
+        }
+        let mut row: Row = key.to_vec();
+        for (measure, accumulator) in self.measures.iter().zip(accumulators) {
+            debug_assert_eq!(measure.function, accumulator.function);
+            row.push(accumulator.finish());
+        }
+        for label in &self.labels {
+            let scope: &[Value] = &row;
+            let value = label
+                .rules
+                .iter()
+                .find(|(when, _)| when.as_ref().is_none_or(|condition| condition.test(&scope)))
+                .map_or(Value::Null, |(_, value)| value.clone());
+            row.push(value);
+        }
+        if let Some(having) = &self.having {
+            let scope: &[Value] = &row;
+            if !having.test(&scope) {
+                return None;
+            }
+        }
+        row.drain(..key.len());
+        Some(row)
+    }
+
+    /// One output row as a JSON object with exactly the view's fields.
+    pub fn row_json(&self, key: &[Value], values: &[Value]) -> serde_json::Map<String, serde_json::Value> {
+        self.output_fields().into_iter().zip(key.iter().chain(values)).map(|((name, _), v)| (name, v.to_json())).collect()
+    }
+}
+
+/// Running state of one measure over one group.
+struct Accumulator<'a> {
+    function: MeasureFunction,
+    count: i128,
+    sum: i128,
+    min: Option<&'a Value>,
+    max: Option<&'a Value>,
+    distinct: BTreeSet<&'a Value>,
+}
+
+impl<'a> Accumulator<'a> {
+    fn new(function: MeasureFunction) -> Self {
+        Accumulator { function, count: 0, sum: 0, min: None, max: None, distinct: BTreeSet::new() }
+    }
+
+    fn add(&mut self, value: &'a Value, multiplicity: i64) {
+        if *value == Value::Null {
+            return;
+        }
+        let multiplicity = i128::from(multiplicity);
+        match self.function {
+            MeasureFunction::Count => self.count += multiplicity,
+            MeasureFunction::Sum | MeasureFunction::Avg => {
+                self.count += multiplicity;
+                if let Some(number) = value.as_i128() {
+                    self.sum = self.sum.saturating_add(number.saturating_mul(multiplicity));
+                }
+            }
+            MeasureFunction::Min => {
+                if self.min.is_none_or(|min| value < min) {
+                    self.min = Some(value);
+                }
+            }
+            MeasureFunction::Max => {
+                if self.max.is_none_or(|max| value > max) {
+                    self.max = Some(value);
+                }
+            }
+            MeasureFunction::CountDistinct => {
+                self.distinct.insert(value);
+            }
+        }
+    }
+
+    fn finish(self) -> Value {
+        let clamp = |v: i128| i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX });
+        match self.function {
+            MeasureFunction::Count => Value::UInt(u64::try_from(self.count).unwrap_or(u64::MAX)),
+            MeasureFunction::CountDistinct => Value::UInt(self.distinct.len() as u64),
+            MeasureFunction::Sum => Value::Int(clamp(self.sum)),
+            MeasureFunction::Avg => Value::Int(if self.count == 0 { 0 } else { clamp(self.sum / self.count) }),
+            MeasureFunction::Min => self.min.cloned().unwrap_or(Value::Null),
+            MeasureFunction::Max => self.max.cloned().unwrap_or(Value::Null),
+        }
+    }
+}
