@@ -1,1 +1,216 @@
-fn main() {}
+//! The `projector` binary: parses the command line and calls the commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use projector::commands::{self, CommandError};
+use projector::demo::{self, DemoOptions};
+use projector_dataflows::runner::{RunOptions, RunSummary};
+use projector_datagen::GeneratorConfig;
+
+/// Projector keeps commerce read models (daily order summaries, product
+/// sales, customer lifetime value) continuously up to date from a log of
+/// order events, and materializes them where dashboards read them.
+///
+/// Start with `projector demo`. Declare your own views in pipelines.yaml,
+/// check it with `projector check -c pipelines.yaml`, and run it with
+/// `projector run -c pipelines.yaml`.
+#[derive(Parser)]
+#[command(name = "projector", version, about, long_about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the shipped views over live generated order traffic and show a
+    /// summary every second. Needs no services and no files.
+    Demo {
+        /// Generated events per second.
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        /// Worker threads.
+        #[arg(short = 'w', long, default_value_t = default_workers())]
+        workers: usize,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Seed of the generated traffic.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Run the pipelines of a config: its sources into its views into its
+    /// sinks. With --input and --output-dir, run the config's views over one
+    /// events file instead and write each view's final rows to
+    /// DIR/<view>.jsonl and the bad records to DIR/dead_letters.jsonl.
+    Run {
+        /// The config file.
+        #[arg(short, long, value_name = "FILE", default_value = "pipelines.yaml")]
+        config: PathBuf,
+        /// A JSON Lines file of events to run the views over instead of the
+        /// config's sources (needs --output-dir).
+        #[arg(long, value_name = "EVENTS.jsonl", requires = "output_dir")]
+        input: Option<PathBuf>,
+        /// Where --input writes the views and dead letters.
+        #[arg(long, value_name = "DIR", requires = "input")]
+        output_dir: Option<PathBuf>,
+        /// Worker threads (the results never depend on it).
+        #[arg(short = 'w', long, default_value_t = default_workers())]
+        workers: usize,
+        /// Stop once every bounded source (file) is fully processed and
+        /// every sink has flushed. Without it, run until stopped.
+        #[arg(long)]
+        until_idle: bool,
+        /// Lines per batch for --input: the views complete, and sinks
+        /// commit, once per batch.
+        #[arg(long, default_value_t = 100_000, value_name = "LINES")]
+        batch_records: u64,
+    },
+    /// Check a config without running it: every error at once, each with
+    /// file:line:column, the component and field, and what is allowed.
+    Check {
+        /// The config file.
+        #[arg(short, long, value_name = "FILE", default_value = "pipelines.yaml")]
+        config: PathBuf,
+    },
+    /// Write a generated, contract-conformant event log (JSON Lines), with
+    /// updates, cancels, out-of-order events, redeliveries and optionally
+    /// bad records. The same seed gives the same log.
+    Generate {
+        /// About how many events.
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Number of stores.
+        #[arg(long, default_value_t = 20)]
+        stores: u64,
+        /// Customers per store.
+        #[arg(long, default_value_t = 2_000)]
+        customers_per_store: u64,
+        /// Number of products.
+        #[arg(long, default_value_t = 500)]
+        products: u64,
+        /// Days the orders spread over, from 2024-03-01.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Share of records that are bad (all kinds in turn), 0 to 1.
+        #[arg(long, default_value_t = 0.0)]
+        bad_ratio: f64,
+        /// Share of records that redeliver an earlier one, 0 to 1.
+        #[arg(long, default_value_t = 0.02)]
+        redelivery_ratio: f64,
+        /// Output file (default: standard output).
+        #[arg(short, long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match execute(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error @ CommandError::Config(_)) => {
+            eprintln!("{error}");
+            ExitCode::from(2)
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> Result<(), CommandError> {
+    match command {
+        Command::Demo { rate, workers, seconds, seed } => {
+            let summary =
+                demo::demo(DemoOptions { rate, workers, duration: seconds.map(Duration::from_secs), seed })?;
+            report(&summary);
+        }
+        Command::Run { config, input, output_dir, workers, until_idle, batch_records } => {
+            let plan = commands::load(&config)?;
+            let options = RunOptions { workers, until_idle, ..RunOptions::default() };
+            let summary = match (input, output_dir) {
+                (Some(input), Some(dir)) => commands::run_file(plan, &input, &dir, batch_records, options)?,
+                _ => commands::run_config(plan, options)?,
+            };
+            report(&summary);
+        }
+        Command::Check { config } => {
+            let plan = commands::load(&config)?;
+            println!(
+                "{}: ok ({} sources, {} views, {} sinks)",
+                config.display(),
+                plan.config.sources.len(),
+                plan.views.len(),
+                plan.config.sinks.len()
+            );
+        }
+        Command::Generate {
+            events,
+            seed,
+            stores,
+            customers_per_store,
+            products,
+            days,
+            bad_ratio,
+            redelivery_ratio,
+            out,
+        } => {
+            let config = GeneratorConfig {
+                seed,
+                events,
+                stores,
+                customers_per_store,
+                products,
+                days,
+                bad_ratio,
+                redelivery_ratio,
+                ..GeneratorConfig::default()
+            };
+            let written = match out {
+                Some(path) => {
+                    let file = std::fs::File::create(&path)
+                        .map_err(|e| CommandError::Io(format!("cannot create {}: {e}", path.display())))?;
+                    commands::generate(config, &mut std::io::BufWriter::new(file))?
+                }
+                None => commands::generate(config, &mut std::io::BufWriter::new(std::io::stdout().lock()))?,
+            };
+            eprintln!("wrote {written} events");
+        }
+    }
+    Ok(())
+}
+
+fn report(summary: &RunSummary) {
+    let seconds = summary.elapsed.as_secs_f64();
+    eprintln!(
+        "processed {} records in {seconds:.2} s ({:.0} records/s); {} dead letters",
+        summary.records,
+        summary.records as f64 / seconds.max(1e-9),
+        summary.dead_letter_count()
+    );
+    for (kind, count) in &summary.dead_letters {
+        eprintln!("  dead letters {kind}: {count}");
+    }
+    for (view, rows) in &summary.view_rows {
+        eprintln!("  view {view}: {rows} rows");
+    }
+}

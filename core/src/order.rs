@@ -7,7 +7,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::LogPosition;
 use crate::value::Timestamp;
 
 /// One line item of an order.
@@ -116,12 +115,12 @@ impl OrderState {
     /// Ties (two creates or two content events with the same sequence) go to
     /// the event earlier in the log, so the fold is a function of the set of
     /// events and their log positions, never of arrival order.
-    pub fn fold<'a>(
+    pub fn fold<'a, P: Ord + Copy>(
         order_id: &str,
-        events: impl IntoIterator<Item = (u64, LogPosition, &'a OrderChange)>,
+        events: impl IntoIterator<Item = (u64, P, &'a OrderChange)>,
     ) -> Option<OrderState> {
-        let mut header: Option<((u64, LogPosition), &OrderHeader)> = None;
-        let mut content: Option<((u64, std::cmp::Reverse<LogPosition>), &OrderContent)> = None;
+        let mut header: Option<((u64, P), &OrderHeader)> = None;
+        let mut content: Option<((u64, std::cmp::Reverse<P>), &OrderContent)> = None;
         let mut cancelled = false;
         for (sequence, position, change) in events {
             let (created_header, new_content) = match change {
@@ -158,6 +157,7 @@ impl OrderState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::LogPosition;
 
     fn header(store_id: u64) -> OrderHeader {
         OrderHeader { store_id, customer_id: 1, currency: "USD".into(), created_at: Timestamp(0) }

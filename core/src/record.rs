@@ -57,19 +57,31 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// The dead-letter line of `projector run --output-dir`: the original
-    /// line, its line number and the reason. Bytes that are not UTF-8 are
-    /// also given in base64-free hex as `line_hex`, so nothing is lost.
-    pub fn to_file_json(&self, source_name: &str) -> serde_json::Value {
-        let mut object = serde_json::Map::new();
-        object.insert("line".into(), String::from_utf8_lossy(&self.bytes).into_owned().into());
-        object.insert("line_number".into(), self.position.offset.into());
-        object.insert("reason".into(), self.reason.clone().into());
-        object.insert("kind".into(), self.kind.as_str().into());
-        object.insert("source".into(), source_name.into());
-        if std::str::from_utf8(&self.bytes).is_err() {
-            let hex: String = self.bytes.iter().map(|b| format!("{b:02x}")).collect();
-            object.insert("line_hex".into(), hex.into());
+    /// line, its line number, the reason, the kind and the source. Bytes
+    /// that are not UTF-8 are also given in hex as `line_hex`, so nothing is
+    /// lost.
+    pub fn to_file_json(&self, source_name: &str) -> String {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            line: std::borrow::Cow<'a, str>,
+            line_number: u64,
+            reason: &'a str,
+            kind: &'static str,
+            source: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            line_hex: Option<String>,
         }
-        serde_json::Value::Object(object)
+        let line_hex = std::str::from_utf8(&self.bytes)
+            .is_err()
+            .then(|| self.bytes.iter().map(|b| format!("{b:02x}")).collect());
+        let line = Line {
+            line: String::from_utf8_lossy(&self.bytes),
+            line_number: self.position.offset,
+            reason: &self.reason,
+            kind: self.kind.as_str(),
+            source: source_name,
+            line_hex,
+        };
+        serde_json::to_string(&line).unwrap_or_default()
     }
 }

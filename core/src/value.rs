@@ -133,6 +133,18 @@ impl Timestamp {
         DateTime::<Utc>::from_timestamp_nanos(self.0).to_rfc3339_opts(SecondsFormat::AutoSi, true)
     }
 
+    /// The instant in RFC 3339 at a fixed UTC offset (minutes east), e.g.
+    /// `2024-03-01T07:00:00-05:00`; the generator uses it to exercise
+    /// offsets.
+    pub fn to_rfc3339_at_offset(self, offset_minutes: i32) -> String {
+        match chrono::FixedOffset::east_opt(offset_minutes * 60) {
+            Some(offset) => DateTime::<Utc>::from_timestamp_nanos(self.0)
+                .with_timezone(&offset)
+                .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            None => self.to_rfc3339(),
+        }
+    }
+
     /// The UTC calendar day of the instant, as days since 1970-01-01.
     pub fn utc_day(self) -> i32 {
         // Nanoseconds fit years 1677..2262, so the day count always fits i32.
@@ -190,6 +202,7 @@ mod tests {
         let t = Timestamp::parse_rfc3339("2024-03-01T23:30:00-05:00").unwrap();
         assert_eq!(t.to_rfc3339(), "2024-03-02T04:30:00Z");
         assert_eq!(format_date(t.utc_day()), "2024-03-02");
+        assert_eq!(t.to_rfc3339_at_offset(-300), "2024-03-01T23:30:00-05:00");
         let frac = Timestamp::parse_rfc3339("2024-03-01T12:00:00.250Z").unwrap();
         assert_eq!(frac.to_rfc3339(), "2024-03-01T12:00:00.250Z");
     }

@@ -1,0 +1,123 @@
+//! Every source and sink type, built from the config.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
+
+use projector_core::config::{PipelinePlan, SinkKind, SourceKind};
+use projector_core::record::DeadLetter;
+use projector_core::sink::{DeadLetterSink, SinkError, ViewSink};
+use projector_core::source::Source;
+use projector_dataflows::runner::Outputs;
+use projector_sink_file::{FileDeadLetterSink, FileViewSink};
+use projector_source_file::FileSource;
+
+/// How often a file sink of a running pipeline rewrites its file.
+const FILE_SINK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The config's sources, by name.
+pub fn sources(plan: &PipelinePlan) -> Vec<(String, Arc<dyn Source>)> {
+    plan.config
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(index, source)| {
+            let built: Arc<dyn Source> = match &source.kind {
+                SourceKind::File(file) => Arc::new(FileSource::new(index as u16, &file.path, file.batch_records)),
+            };
+            (source.name.clone(), built)
+        })
+        .collect()
+}
+
+/// The config's sinks, grouped by view, and its dead-letter destinations.
+pub fn outputs(plan: &PipelinePlan) -> Outputs {
+    let mut view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>> = plan.views.iter().map(|_| Vec::new()).collect();
+    for sink in &plan.config.sinks {
+        let Some(view_index) = plan.views.iter().position(|v| v.name == sink.view.value) else { continue };
+        let built: Box<dyn ViewSink> = match &sink.kind {
+            SinkKind::File(file) => {
+                Box::new(FileViewSink::new(Arc::clone(&plan.views[view_index]), &file.path, Some(FILE_SINK_INTERVAL)))
+            }
+        };
+        view_sinks[view_index].push((format!("sink {:?}", sink.name), built));
+    }
+    let names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
+    let routes = plan
+        .config
+        .sources
+        .iter()
+        .map(|source| match &source.kind {
+            SourceKind::File(file) => file
+                .dead_letters
+                .as_ref()
+                .map(|path| Box::new(FileDeadLetterSink::new(path, names.clone())) as Box<dyn DeadLetterSink>),
+        })
+        .collect();
+    Outputs {
+        view_sinks,
+        dead_letter_sinks: vec![("dead letters".to_string(), Box::new(DeadLetterRoutes { routes, names }))],
+    }
+}
+
+/// The outputs of a file run (`--output-dir`): every view to
+/// `DIR/<view>.jsonl`, dead letters to `DIR/dead_letters.jsonl`, all
+/// written once at the end.
+pub fn directory_outputs(plan: &PipelinePlan, dir: &Path, source_names: Vec<String>) -> Outputs {
+    Outputs {
+        view_sinks: plan
+            .views
+            .iter()
+            .map(|view| {
+                let path = dir.join(format!("{}.jsonl", view.name));
+                vec![(path.display().to_string(), Box::new(FileViewSink::new(Arc::clone(view), path, None)) as Box<dyn ViewSink>)]
+            })
+            .collect(),
+        dead_letter_sinks: vec![(
+            "dead_letters.jsonl".to_string(),
+            Box::new(FileDeadLetterSink::new(dir.join("dead_letters.jsonl"), source_names)),
+        )],
+    }
+}
+
+/// Sends each source's dead letters to its own destination, or logs them
+/// when it has none (they are still counted).
+struct DeadLetterRoutes {
+    routes: Vec<Option<Box<dyn DeadLetterSink>>>,
+    names: Vec<String>,
+}
+
+impl DeadLetterSink for DeadLetterRoutes {
+    fn write(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError> {
+        for (index, route) in self.routes.iter_mut().enumerate() {
+            let mine: Vec<DeadLetter> = letters.iter().filter(|l| usize::from(l.source) == index).cloned().collect();
+            if mine.is_empty() {
+                continue;
+            }
+            match route {
+                Some(sink) => sink.write(&mine)?,
+                None => {
+                    for letter in &mine {
+                        warn!(
+                            source = self.names.get(index).map_or("", String::as_str),
+                            position = %letter.position,
+                            kind = letter.kind.as_str(),
+                            reason = %letter.reason,
+                            "bad record"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        for sink in self.routes.iter_mut().flatten() {
+            sink.finish()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,237 @@
+//! Delivering completed batches to sinks.
+//!
+//! Every view's changes and every dead letter are exchanged to worker 0,
+//! which owns the sinks. When the dataflow's frontier passes a batch, the
+//! batch is complete: its changes are consolidated, sorted by key and handed
+//! to each sink together with the source positions the view then reflects
+//! (from the [`ProgressTable`] the input side keeps).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use differential_dataflow::VecCollection;
+use differential_dataflow::consolidation::consolidate;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use tracing::warn;
+
+use projector_core::event::BadRecordKind;
+use projector_core::record::DeadLetter;
+use projector_core::sink::{DeadLetterSink, SinkError, SourcePositions, ViewBatch, ViewChange, ViewSink};
+use projector_core::value::Row;
+
+/// The source positions each worker's readers had reached at each batch
+/// boundary. A reader records `(upper, positions)` when it moves to batch
+/// `upper`: all its records before `upper` are then in the dataflow, and
+/// they are exactly the records before `positions`.
+#[derive(Debug, Default)]
+pub struct ProgressTable {
+    entries: BTreeMap<(usize, usize), Vec<(u64, SourcePositions)>>,
+}
+
+impl ProgressTable {
+    /// Records that reader `reader` of worker `worker` delivered everything
+    /// before batch `upper`, which ends at `positions`.
+    pub fn record(&mut self, worker: usize, reader: usize, upper: u64, positions: SourcePositions) {
+        self.entries.entry((worker, reader)).or_default().push((upper, positions));
+    }
+
+    /// The positions reflected by all output before batch `upper`.
+    pub fn positions_at(&self, upper: u64) -> SourcePositions {
+        let mut merged = SourcePositions::default();
+        for history in self.entries.values() {
+            if let Some((_, positions)) = history.iter().rev().find(|(u, _)| *u <= upper) {
+                merged.merge(positions);
+            }
+        }
+        merged
+    }
+
+    /// Forgets entries that no batch at or after `upper` needs.
+    pub fn prune(&mut self, upper: u64) {
+        for history in self.entries.values_mut() {
+            let keep_from = history.iter().rposition(|(u, _)| *u <= upper).unwrap_or(0);
+            history.drain(..keep_from);
+        }
+    }
+}
+
+/// What the output side shares with the runner.
+#[derive(Debug, Default)]
+pub struct OutputState {
+    /// Input positions at batch boundaries.
+    pub progress: Mutex<ProgressTable>,
+    /// The first fatal sink error; the run stops when it is set.
+    pub failure: Mutex<Option<String>>,
+    /// Dead letters seen, by kind.
+    pub dead_letters: Mutex<BTreeMap<BadRecordKind, u64>>,
+    /// Current row count of each view, by view index.
+    pub view_rows: Mutex<BTreeMap<usize, Arc<AtomicI64>>>,
+}
+
+impl OutputState {
+    fn fail(&self, message: String) {
+        if let Ok(mut failure) = self.failure.lock()
+            && failure.is_none()
+        {
+            *failure = Some(message);
+        }
+    }
+
+    fn positions_at(&self, upper: u64) -> SourcePositions {
+        self.progress.lock().map(|table| table.positions_at(upper)).unwrap_or_default()
+    }
+}
+
+/// Calls `attempt` until it succeeds or fails for good; retryable errors are
+/// retried with backoff (up to 5 s between attempts), never dropped.
+fn with_retries(what: &str, mut attempt: impl FnMut() -> Result<(), SinkError>) -> Result<(), String> {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match attempt() {
+            Ok(()) => return Ok(()),
+            Err(SinkError::Retryable(message)) => {
+                warn!(sink = what, error = %message, retry_in_ms = delay.as_millis() as u64, "sink write failed; retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(SinkError::Fatal(message)) => return Err(format!("{what}: {message}")),
+        }
+    }
+}
+
+/// Hands each completed batch of a view's changes to its sinks (on worker
+/// 0, the `owner`; other workers pass `sinks` empty and receive no data).
+pub fn deliver_view<'scope>(
+    changes: VecCollection<'scope, u64, (Row, Row)>,
+    view_name: &str,
+    view_index: usize,
+    owner: bool,
+    mut sinks: Vec<(String, Box<dyn ViewSink>)>,
+    state: Arc<OutputState>,
+) {
+    let rows = Arc::new(AtomicI64::new(0));
+    if owner
+        && let Ok(mut counts) = state.view_rows.lock()
+    {
+        counts.insert(view_index, Arc::clone(&rows));
+    }
+    changes.inner.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Exchange::new(|_| 0u64),
+        &format!("Sinks of {view_name}"),
+        move |_capability, _info| {
+            let mut pending: Vec<((Row, Row), u64, isize)> = Vec::new();
+            let mut delivered_upper = 0u64;
+            let mut finished = false;
+            move |(input, frontier), _output| {
+                input.for_each(|_time, data| pending.append(data));
+                let upper = frontier.frontier().first().copied().unwrap_or(u64::MAX);
+                if finished || upper <= delivered_upper && !frontier.is_empty() {
+                    return;
+                }
+                let (ready, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, time, _)| *time < upper);
+                pending = later;
+                let mut updates: Vec<((Row, Row), isize)> = ready.into_iter().map(|(data, _, diff)| (data, diff)).collect();
+                consolidate(&mut updates);
+                let batch_changes: Vec<ViewChange> = updates
+                    .into_iter()
+                    .map(|((key, values), diff)| ViewChange { key, values, diff: diff as i64 })
+                    .collect();
+                rows.fetch_add(batch_changes.iter().map(|c| c.diff).sum::<i64>(), Ordering::Relaxed);
+                let positions = state.positions_at(upper);
+                let batch = ViewBatch { changes: &batch_changes, upper, positions: &positions };
+                for (name, sink) in sinks.iter_mut() {
+                    if let Err(message) = with_retries(name, || sink.apply(batch)) {
+                        state.fail(message);
+                    }
+                }
+                delivered_upper = upper;
+                if frontier.is_empty() {
+                    finished = true;
+                    for (name, sink) in sinks.iter_mut() {
+                        if let Err(message) = with_retries(name, || sink.finish()) {
+                            state.fail(message);
+                        }
+                    }
+                }
+            }
+        },
+    );
+}
+
+/// Hands each completed batch's dead letters, in log order, to the
+/// dead-letter sinks (on worker 0), and counts them by kind.
+pub fn deliver_dead_letters<'scope>(
+    dead_letters: StreamVec<'scope, u64, DeadLetter>,
+    mut sinks: Vec<(String, Box<dyn DeadLetterSink>)>,
+    state: Arc<OutputState>,
+) {
+    dead_letters.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Exchange::new(|_| 0u64),
+        "Dead letters",
+        move |_capability, _info| {
+            let mut pending: BTreeMap<u64, Vec<DeadLetter>> = BTreeMap::new();
+            let mut finished = false;
+            move |(input, frontier), _output| {
+                input.for_each(|time, data| {
+                    pending.entry(time.least().copied().unwrap_or_default()).or_default().append(data);
+                });
+                if finished {
+                    return;
+                }
+                let upper = frontier.frontier().first().copied().unwrap_or(u64::MAX);
+                let later = pending.split_off(&upper);
+                let mut ready: Vec<DeadLetter> = std::mem::replace(&mut pending, later).into_values().flatten().collect();
+                if !ready.is_empty() {
+                    ready.sort_by_key(|letter| (letter.source, letter.position));
+                    if let Ok(mut counts) = state.dead_letters.lock() {
+                        for letter in &ready {
+                            *counts.entry(letter.kind).or_default() += 1;
+                        }
+                    }
+                    for (name, sink) in sinks.iter_mut() {
+                        if let Err(message) = with_retries(name, || sink.write(&ready)) {
+                            state.fail(message);
+                        }
+                    }
+                }
+                if frontier.is_empty() {
+                    finished = true;
+                    for (name, sink) in sinks.iter_mut() {
+                        if let Err(message) = with_retries(name, || sink.finish()) {
+                            state.fail(message);
+                        }
+                    }
+                }
+            }
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offset: u64) -> SourcePositions {
+        SourcePositions([((0, 0), offset)].into_iter().collect())
+    }
+
+    #[test]
+    fn positions_come_from_the_latest_boundary_of_every_worker() {
+        let mut table = ProgressTable::default();
+        table.record(0, 0, 0, at(1));
+        table.record(1, 0, 0, at(1));
+        table.record(0, 0, 1, at(101));
+        table.record(1, 0, 1, at(101));
+        table.record(0, 0, 2, at(201));
+        assert_eq!(table.positions_at(1), at(101));
+        // Worker 1 has not passed batch 2 yet: the merged position waits.
+        assert_eq!(table.positions_at(2), at(101));
+        table.prune(1);
+        assert_eq!(table.positions_at(1), at(101));
+    }
+}
