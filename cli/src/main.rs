@@ -214,3 +214,6 @@ fn report(summary: &RunSummary) {
         eprintln!("  view {view}: {rows} rows");
     }
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

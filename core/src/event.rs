@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -367,27 +368,27 @@ impl Event {
         Ok(())
     }
 
-    /// The event's effect on its order, if it is an order event
+    /// The event's id and its effect on its order, if it is an order event
     /// (`OrderCreated`, `OrderUpdated`, `OrderCancelled`).
-    pub fn order_event(&self) -> Option<OrderEvent> {
-        let change = match &self.payload {
+    pub fn into_order_event(self) -> Option<(String, OrderEvent)> {
+        let change = match self.payload {
             Payload::OrderCreated(created) => OrderChange::Created(
-                OrderHeader {
+                Arc::new(OrderHeader {
                     store_id: self.store_id,
                     customer_id: created.customer_id,
-                    currency: created.currency.clone(),
+                    currency: created.currency,
                     created_at: created.created_at,
-                },
-                OrderContent { line_items: created.line_items.clone(), total_cents: created.total_cents },
+                }),
+                Arc::new(OrderContent { line_items: created.line_items, total_cents: created.total_cents }),
             ),
-            Payload::OrderUpdated(updated) => OrderChange::Updated(OrderContent {
-                line_items: updated.line_items.clone(),
+            Payload::OrderUpdated(updated) => OrderChange::Updated(Arc::new(OrderContent {
+                line_items: updated.line_items,
                 total_cents: updated.total_cents,
-            }),
+            })),
             Payload::OrderCancelled(_) => OrderChange::Cancelled,
             Payload::InventoryReserved(_) | Payload::PaymentInitiated(_) => return None,
         };
-        Some(OrderEvent { order_id: self.aggregate_id.clone(), sequence: self.sequence, change })
+        Some((self.event_id, OrderEvent { order_id: self.aggregate_id, sequence: self.sequence, change }))
     }
 
     /// The event as one JSON line (no line break), in the contract's layout.

@@ -5,6 +5,8 @@
 //! folds each group with [`OrderState::fold`]. The fold depends only on the
 //! set of events, never on the order they arrived in.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::value::Timestamp;
@@ -55,12 +57,16 @@ pub struct OrderContent {
 }
 
 /// The effect of one order event.
+///
+/// Header and content are shared (`Arc`): the same items travel from the
+/// event through deduplication into the order state, and each arrangement
+/// holding them stores a pointer, not a copy.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum OrderChange {
     /// `OrderCreated`.
-    Created(OrderHeader, OrderContent),
+    Created(Arc<OrderHeader>, Arc<OrderContent>),
     /// `OrderUpdated`.
-    Updated(OrderContent),
+    Updated(Arc<OrderContent>),
     /// `OrderCancelled`.
     Cancelled,
 }
@@ -101,9 +107,9 @@ pub struct OrderState {
     /// The order id.
     pub order_id: String,
     /// From the `OrderCreated` with the lowest sequence.
-    pub header: OrderHeader,
+    pub header: Arc<OrderHeader>,
     /// From the `OrderCreated` or `OrderUpdated` with the highest sequence.
-    pub content: OrderContent,
+    pub content: Arc<OrderContent>,
     /// Cancelled once any `OrderCancelled` is seen.
     pub status: OrderStatus,
 }
@@ -119,8 +125,8 @@ impl OrderState {
         order_id: &str,
         events: impl IntoIterator<Item = (u64, P, &'a OrderChange)>,
     ) -> Option<OrderState> {
-        let mut header: Option<((u64, P), &OrderHeader)> = None;
-        let mut content: Option<((u64, std::cmp::Reverse<P>), &OrderContent)> = None;
+        let mut header: Option<((u64, P), &Arc<OrderHeader>)> = None;
+        let mut content: Option<((u64, std::cmp::Reverse<P>), &Arc<OrderContent>)> = None;
         let mut cancelled = false;
         for (sequence, position, change) in events {
             let (created_header, new_content) = match change {
@@ -147,8 +153,8 @@ impl OrderState {
         let (_, content) = content?;
         Some(OrderState {
             order_id: order_id.to_string(),
-            header: header.clone(),
-            content: content.clone(),
+            header: Arc::clone(header),
+            content: Arc::clone(content),
             status: if cancelled { OrderStatus::Cancelled } else { OrderStatus::Placed },
         })
     }
@@ -159,12 +165,12 @@ mod tests {
     use super::*;
     use crate::record::LogPosition;
 
-    fn header(store_id: u64) -> OrderHeader {
-        OrderHeader { store_id, customer_id: 1, currency: "USD".into(), created_at: Timestamp(0) }
+    fn header(store_id: u64) -> Arc<OrderHeader> {
+        Arc::new(OrderHeader { store_id, customer_id: 1, currency: "USD".into(), created_at: Timestamp(0) })
     }
 
-    fn content(total_cents: i64) -> OrderContent {
-        OrderContent { line_items: vec![], total_cents }
+    fn content(total_cents: i64) -> Arc<OrderContent> {
+        Arc::new(OrderContent { line_items: vec![], total_cents })
     }
 
     fn at(offset: u64) -> LogPosition {

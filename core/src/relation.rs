@@ -144,7 +144,7 @@ impl ValueRef<'_> {
             ValueRef::Int(v) => Value::Int(v),
             ValueRef::Date(d) => Value::Date(d),
             ValueRef::Timestamp(t) => Value::Timestamp(t),
-            ValueRef::Text(s) => Value::Text(s.to_string()),
+            ValueRef::Text(s) => Value::Text(s.into()),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! YAML can be checked before it runs and evaluated without reflection.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -70,8 +71,8 @@ pub enum Value {
     Date(i32),
     /// See [`FieldType::Timestamp`].
     Timestamp(Timestamp),
-    /// See [`FieldType::Text`].
-    Text(String),
+    /// See [`FieldType::Text`]. Shared, so copying a row copies no text.
+    Text(Arc<str>),
 }
 
 impl Value {
@@ -93,7 +94,7 @@ impl Value {
             Value::Int(v) => serde_json::Value::from(*v),
             Value::Date(d) => serde_json::Value::String(format_date(*d)),
             Value::Timestamp(t) => serde_json::Value::String(t.to_rfc3339()),
-            Value::Text(s) => serde_json::Value::String(s.clone()),
+            Value::Text(s) => serde_json::Value::String(s.to_string()),
         }
     }
 }

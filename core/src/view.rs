@@ -35,6 +35,19 @@ pub struct ViewPlan {
     pub labels: Vec<LabelPlan>,
     /// Output rows that fail this are left out.
     pub having: Option<Expr>,
+    /// The distinct measure inputs: measures that read the same expression
+    /// under the same `where` share one slot of the projected row.
+    pub slots: Vec<Slot>,
+}
+
+/// One measure input of a projected row: `input` if the row meets
+/// `filter`, else null (`input: None` gives `true`, for counting).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slot {
+    /// What the slot holds for a row that meets the filter.
+    pub input: Option<Expr>,
+    /// The measure's `where`.
+    pub filter: Option<Expr>,
 }
 
 /// A compiled group-by key.
@@ -61,6 +74,8 @@ pub struct MeasurePlan {
     pub filter: Option<Expr>,
     /// The output type.
     pub ty: FieldType,
+    /// The slot of the projected row this measure reads.
+    pub slot: usize,
 }
 
 /// A compiled label.
@@ -74,6 +89,35 @@ pub struct LabelPlan {
 }
 
 impl ViewPlan {
+    /// Gives each measure its input slot, sharing slots between measures
+    /// that read the same thing. A `count` shares the slot of any measure
+    /// with the same `where` whose input is a relation field (fields are
+    /// never null, so counting non-null values counts rows).
+    pub fn assign_slots(&mut self) {
+        self.slots.clear();
+        // Counts last, so they can share a slot declared after them.
+        let mut order: Vec<usize> = (0..self.measures.len()).collect();
+        order.sort_by_key(|&i| self.measures[i].function == MeasureFunction::Count);
+        for index in order {
+            let measure = &self.measures[index];
+            let wanted = Slot { input: measure.input.clone(), filter: measure.filter.clone() };
+            let slot = self.slots.iter().position(|s| *s == wanted);
+            let slot = slot.or_else(|| {
+                (measure.function == MeasureFunction::Count).then(|| {
+                    self.slots.iter().position(|s| s.filter == wanted.filter && matches!(s.input, Some(Expr::Field(_))))
+                })?
+            });
+            let slot = match slot {
+                Some(slot) => slot,
+                None => {
+                    self.slots.push(wanted);
+                    self.slots.len() - 1
+                }
+            };
+            self.measures[index].slot = slot;
+        }
+    }
+
     /// Names and types of the output fields: keys, measures, labels.
     pub fn output_fields(&self) -> Vec<(String, FieldType)> {
         let keys = self.keys.iter().map(|k| (k.name.clone(), k.ty));
@@ -85,8 +129,7 @@ impl ViewPlan {
     /// The group key and the measure inputs of one relation row, or `None`
     /// when the view's filter rejects the row.
     ///
-    /// Measure input `i` is `Null` when measure `i`'s `where` rejects the row
-    /// (for `count`, `Bool(true)` when it counts).
+    /// Measure inputs are one value per [`Slot`].
     pub fn project(&self, row: RowRef<'_>) -> Option<(Row, Row)> {
         if let Some(filter) = &self.filter
             && !filter.test(&row)
@@ -95,15 +138,15 @@ impl ViewPlan {
         }
         let key = self.keys.iter().map(|k| k.expr.eval(&row).into_value()).collect();
         let inputs = self
-            .measures
+            .slots
             .iter()
-            .map(|m| {
-                if let Some(filter) = &m.filter
+            .map(|slot| {
+                if let Some(filter) = &slot.filter
                     && !filter.test(&row)
                 {
                     return Value::Null;
                 }
-                match &m.input {
+                match &slot.input {
                     Some(input) => input.eval(&row).into_value(),
                     None => Value::Bool(true),
                 }
@@ -121,8 +164,10 @@ impl ViewPlan {
             if multiplicity <= 0 {
                 continue;
             }
-            for (accumulator, value) in accumulators.iter_mut().zip(values) {
-                accumulator.add(value, multiplicity);
+            for (accumulator, measure) in accumulators.iter_mut().zip(&self.measures) {
+                if let Some(value) = values.get(measure.slot) {
+                    accumulator.add(value, multiplicity);
+                }
             }
         }
         let mut row: Row = key.to_vec();
@@ -209,5 +254,19 @@ impl<'a> Accumulator<'a> {
             MeasureFunction::Min => self.min.cloned().unwrap_or(Value::Null),
             MeasureFunction::Max => self.max.cloned().unwrap_or(Value::Null),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::check_text;
+
+    #[test]
+    fn measures_reading_the_same_input_share_a_slot() {
+        let plan = check_text(include_str!("../../pipelines.yaml"), "pipelines.yaml", std::path::Path::new(".")).unwrap();
+        let slots = |name: &str| plan.view(name).unwrap().slots.len();
+        assert_eq!(slots("order_summary"), 2);
+        assert_eq!(slots("customer_ltv"), 2);
+        assert_eq!(slots("product_sales"), 3);
     }
 }

@@ -28,7 +28,7 @@ pub fn decode<'scope>(
         .flat_map(|(record, time, diff)| match decode_event(&record.bytes) {
             Ok(event) => {
                 let position = (record.source, record.position);
-                event.order_event().map(|order_event| Ok(((event.event_id, (position, order_event)), time, diff)))
+                event.into_order_event().map(|(event_id, order_event)| Ok(((event_id, (position, order_event)), time, diff)))
             }
             Err(bad) => Some(Err(DeadLetter {
                 source: record.source,

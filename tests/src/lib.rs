@@ -1,1 +1,65 @@
-//! placeholder
+//! Test support: a plain recomputation of the contract's views, written
+//! separately from Projector's code, and a way to run Projector on lines.
+//!
+//! [`reference`] reads events with `serde_json::Value` and checks them with
+//! its own code, then folds orders and computes each view with ordinary
+//! maps, so a bug in Projector's decoding, dataflow or YAML views shows up
+//! as a difference.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+pub mod reference;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use projector::commands;
+use projector_core::config;
+use projector_dataflows::runner::{RunOptions, RunSummary};
+
+/// The shipped config.
+pub fn shipped_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines.yaml")
+}
+
+/// What a file run wrote: each view's rows and the dead letters, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutput {
+    pub views: BTreeMap<String, Vec<serde_json::Value>>,
+    pub dead_letters: Vec<serde_json::Value>,
+    pub summary_records: u64,
+}
+
+/// Runs `config_text` over `lines` with `--input/--output-dir` semantics.
+pub fn run_lines(config_text: &str, lines: &[String], workers: usize, batch_records: u64) -> RunOutput {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(&input, text).unwrap();
+    let plan = config::check_text(config_text, "test.yaml", dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let out = dir.path().join("out");
+    let summary: RunSummary = commands::run_file(
+        plan.clone(),
+        &input,
+        &out,
+        batch_records,
+        RunOptions { workers, poll_records: 7, ..RunOptions::default() },
+    )
+    .unwrap();
+    let mut views = BTreeMap::new();
+    for view in &plan.views {
+        views.insert(view.name.clone(), read_json_lines(&out.join(format!("{}.jsonl", view.name))));
+    }
+    RunOutput { views, dead_letters: read_json_lines(&out.join("dead_letters.jsonl")), summary_records: summary.records }
+}
+
+/// Parses a JSON Lines file.
+pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"))).collect()
+}
+
+/// The shipped config's text.
+pub fn shipped_config_text() -> String {
+    std::fs::read_to_string(shipped_config()).unwrap()
+}

@@ -210,8 +210,8 @@ fn apply(func: Func, arg: ValueRef<'_>) -> Value {
     match (func, arg) {
         (Func::Date, ValueRef::Timestamp(t)) => Value::Date(t.utc_day()),
         (Func::Date, ValueRef::Date(d)) => Value::Date(d),
-        (Func::Month, ValueRef::Timestamp(t)) => Value::Text(t.utc_month()),
-        (Func::Month, ValueRef::Date(d)) => Value::Text(date_month(d)),
+        (Func::Month, ValueRef::Timestamp(t)) => Value::Text(t.utc_month().into()),
+        (Func::Month, ValueRef::Date(d)) => Value::Text(date_month(d).into()),
         (Func::Year, ValueRef::Timestamp(t)) => Value::Int(i64::from(t.utc_year())),
         (Func::Year, ValueRef::Date(d)) => Value::Int(i64::from(date_year(d))),
         _ => Value::Null,
@@ -573,7 +573,7 @@ fn check(ast: &Ast, scope: &Scope) -> Result<(Expr, Ty), ExprError> {
             None => error(*offset, format!("{} has no field '{name}'; its fields are: {}", scope.what(), scope.names())),
         },
         Ast::Int(n, _) => Ok((Expr::Literal(int_value(*n)), Ty::IntLiteral)),
-        Ast::Str(s, _) => Ok((Expr::Literal(Value::Text(s.clone())), Ty::TextLiteral)),
+        Ast::Str(s, _) => Ok((Expr::Literal(Value::Text(s.as_str().into())), Ty::TextLiteral)),
         Ast::Bool(b, _) => Ok((Expr::Literal(Value::Bool(*b)), Ty::Known(FieldType::Bool))),
         Ast::Null(_) => Ok((Expr::Literal(Value::Null), Ty::Null)),
         Ast::Call(name, offset, args) => {

@@ -178,7 +178,7 @@ fn view_plan(view: &ViewConfig, diags: &mut Diagnostics) -> Option<ViewPlan> {
                 }
             }
         };
-        measures.push(MeasurePlan { name: measure.name.value.clone(), function: measure.function, input, filter, ty });
+        measures.push(MeasurePlan { name: measure.name.value.clone(), function: measure.function, input, filter, ty, slot: 0 });
     }
 
     let output_scope = |keys: &[KeyPlan], measures: &[MeasurePlan], labels: &[LabelPlan]| {
@@ -207,7 +207,7 @@ fn view_plan(view: &ViewConfig, diags: &mut Diagnostics) -> Option<ViewPlan> {
                 },
                 None => None,
             };
-            rules.push((when, Value::Text(rule.value.value.clone())));
+            rules.push((when, Value::Text(rule.value.value.as_str().into())));
         }
         if label.rules.is_empty() {
             diags.push(label.name.pos, &component, &path, "has no rules; add at least one `- { value: ... }`".to_string());
@@ -228,7 +228,11 @@ fn view_plan(view: &ViewConfig, diags: &mut Diagnostics) -> Option<ViewPlan> {
         diags.push(view.pos, &component, "", "has no output fields; declare `group_by` and/or `measures`".to_string());
         ok = false;
     }
-    ok.then(|| ViewPlan { name: view.name.clone(), relation, filter, keys, measures, labels, having })
+    ok.then(|| {
+        let mut plan = ViewPlan { name: view.name.clone(), relation, filter, keys, measures, labels, having, slots: Vec::new() };
+        plan.assign_slots();
+        plan
+    })
 }
 
 fn numeric_fields(relation: Relation) -> String {
