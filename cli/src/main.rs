@@ -65,9 +65,10 @@ enum Command {
         /// every sink has flushed. Without it, run until stopped.
         #[arg(long)]
         until_idle: bool,
-        /// Lines per batch for --input: the views complete, and sinks
-        /// commit, once per batch.
-        #[arg(long, default_value_t = 100_000, value_name = "LINES")]
+        /// Lines per batch for --input: the views complete once per batch.
+        /// Only the final rows are written, so fewer, larger batches are
+        /// faster; smaller ones exercise the incremental path.
+        #[arg(long, default_value_t = 1_000_000, value_name = "LINES")]
         batch_records: u64,
     },
     /// Check a config without running it: every error at once, each with

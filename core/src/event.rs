@@ -370,7 +370,7 @@ impl Event {
 
     /// The event's id and its effect on its order, if it is an order event
     /// (`OrderCreated`, `OrderUpdated`, `OrderCancelled`).
-    pub fn into_order_event(self) -> Option<(String, OrderEvent)> {
+    pub fn into_order_event(self) -> Option<(Arc<str>, OrderEvent)> {
         let change = match self.payload {
             Payload::OrderCreated(created) => OrderChange::Created(
                 Arc::new(OrderHeader {
@@ -388,7 +388,7 @@ impl Event {
             Payload::OrderCancelled(_) => OrderChange::Cancelled,
             Payload::InventoryReserved(_) | Payload::PaymentInitiated(_) => return None,
         };
-        Some((self.event_id, OrderEvent { order_id: self.aggregate_id, sequence: self.sequence, change }))
+        Some((self.event_id.into(), OrderEvent { order_id: self.aggregate_id.into(), sequence: self.sequence, change }))
     }
 
     /// The event as one JSON line (no line break), in the contract's layout.

@@ -75,7 +75,7 @@ pub enum OrderChange {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct OrderEvent {
     /// The order (`aggregate_id`).
-    pub order_id: String,
+    pub order_id: Arc<str>,
     /// The event's `sequence`.
     pub sequence: u64,
     /// What it does to the order.
@@ -105,7 +105,7 @@ impl OrderStatus {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct OrderState {
     /// The order id.
-    pub order_id: String,
+    pub order_id: Arc<str>,
     /// From the `OrderCreated` with the lowest sequence.
     pub header: Arc<OrderHeader>,
     /// From the `OrderCreated` or `OrderUpdated` with the highest sequence.
@@ -122,7 +122,7 @@ impl OrderState {
     /// the event earlier in the log, so the fold is a function of the set of
     /// events and their log positions, never of arrival order.
     pub fn fold<'a, P: Ord + Copy>(
-        order_id: &str,
+        order_id: &Arc<str>,
         events: impl IntoIterator<Item = (u64, P, &'a OrderChange)>,
     ) -> Option<OrderState> {
         let mut header: Option<((u64, P), &Arc<OrderHeader>)> = None;
@@ -152,7 +152,7 @@ impl OrderState {
         let (_, header) = header?;
         let (_, content) = content?;
         Some(OrderState {
-            order_id: order_id.to_string(),
+            order_id: Arc::clone(order_id),
             header: Arc::clone(header),
             content: Arc::clone(content),
             status: if cancelled { OrderStatus::Cancelled } else { OrderStatus::Placed },
@@ -184,7 +184,7 @@ mod tests {
             (2, at(2), OrderChange::Created(header(8), content(20))),
             (1, at(3), OrderChange::Created(header(7), content(10))),
         ];
-        let state = OrderState::fold("o", events.iter().map(|(s, p, c)| (*s, *p, c))).unwrap();
+        let state = OrderState::fold(&Arc::from("o"), events.iter().map(|(s, p, c)| (*s, *p, c))).unwrap();
         assert_eq!(state.header.store_id, 7);
         assert_eq!(state.content.total_cents, 30);
         assert_eq!(state.status, OrderStatus::Placed);
@@ -198,7 +198,7 @@ mod tests {
             (1, at(5), OrderChange::Cancelled),
             (1, at(1), OrderChange::Created(header(7), content(10))),
         ];
-        let state = OrderState::fold("o", events.iter().map(|(s, p, c)| (*s, *p, c))).unwrap();
+        let state = OrderState::fold(&Arc::from("o"), events.iter().map(|(s, p, c)| (*s, *p, c))).unwrap();
         assert_eq!(state.content.total_cents, 44);
         assert_eq!(state.status, OrderStatus::Cancelled);
     }
@@ -206,6 +206,6 @@ mod tests {
     #[test]
     fn no_create_means_no_order() {
         let events = [(2, at(1), OrderChange::Updated(content(5))), (3, at(2), OrderChange::Cancelled)];
-        assert!(OrderState::fold("o", events.iter().map(|(s, p, c)| (*s, *p, c))).is_none());
+        assert!(OrderState::fold(&Arc::from("o"), events.iter().map(|(s, p, c)| (*s, *p, c))).is_none());
     }
 }

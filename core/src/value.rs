@@ -10,8 +10,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-/// One row of a relation or of a view: values in schema order.
-pub type Row = Vec<Value>;
+/// One row of a relation or of a view: values in schema order. Shared, so
+/// the copies arrangements make while merging copy a pointer.
+pub type Row = Arc<[Value]>;
 
 /// The type of a field in a relation or a view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -136,7 +136,7 @@ impl ViewPlan {
         {
             return None;
         }
-        let key = self.keys.iter().map(|k| k.expr.eval(&row).into_value()).collect();
+        let key: Row = self.keys.iter().map(|k| k.expr.eval(&row).into_value()).collect();
         let inputs = self
             .slots
             .iter()
@@ -151,7 +151,7 @@ impl ViewPlan {
                     None => Value::Bool(true),
                 }
             })
-            .collect();
+            .collect::<Row>();
         Some((key, inputs))
     }
 
@@ -170,7 +170,7 @@ impl ViewPlan {
                 }
             }
         }
-        let mut row: Row = key.to_vec();
+        let mut row: Vec<Value> = key.to_vec();
         for (measure, accumulator) in self.measures.iter().zip(accumulators) {
             debug_assert_eq!(measure.function, accumulator.function);
             row.push(accumulator.finish());
@@ -191,7 +191,7 @@ impl ViewPlan {
             }
         }
         row.drain(..key.len());
-        Some(row)
+        Some(row.into())
     }
 
     /// One output row as a JSON object with exactly the view's fields.

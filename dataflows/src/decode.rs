@@ -5,6 +5,8 @@
 //! state (`InventoryReserved`, `PaymentInitiated`) are validated and then
 //! leave the graph; bad records leave it as dead letters.
 
+use std::sync::Arc;
+
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::core::OkErr;
@@ -17,7 +19,7 @@ use projector_core::record::{DeadLetter, RawRecord};
 use crate::EventPosition;
 
 /// An order event keyed by its `event_id`, with its place in the log.
-pub type KeyedEvent = (String, (EventPosition, OrderEvent));
+pub type KeyedEvent = (Arc<str>, (EventPosition, OrderEvent));
 
 /// Splits raw records (as `(record, time, diff)` updates) into order events
 /// and dead letters.

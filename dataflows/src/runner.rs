@@ -143,7 +143,7 @@ pub fn run(
         let mut input: InputHandleVec<u64, (RawRecord, u64, isize)> = InputHandleVec::new();
         let probe = worker.dataflow::<u64, _, _>(|scope| {
             let (events, dead_letters) = decode::decode(input.to_stream(scope));
-            let states = orders::order_states(orders::dedup(events));
+            let states = orders::order_states(events);
             let probe = timely::dataflow::ProbeHandle::new();
             for (view_index, view_plan) in plan.views.iter().enumerate() {
                 let rows = views::view(Arc::clone(view_plan), states.clone());

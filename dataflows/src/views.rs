@@ -20,7 +20,7 @@ pub fn view<'scope>(plan: Arc<ViewPlan>, orders: VecCollection<'scope, u64, Orde
             rows
         })
         .reduce_named(&format!("View {}", plan.name), move |key: &Row, inputs: &[(&Row, isize)], output| {
-            let inputs = inputs.iter().map(|(values, count)| (values.as_slice(), *count as i64));
+            let inputs = inputs.iter().map(|(values, count)| (&values[..], *count as i64));
             if let Some(values) = plan.aggregate(key, inputs) {
                 output.push((values, 1));
             }
