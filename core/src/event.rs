@@ -368,9 +368,9 @@ impl Event {
         Ok(())
     }
 
-    /// The event's id and its effect on its order, if it is an order event
+    /// The event's id, and its effect on its order if it is an order event
     /// (`OrderCreated`, `OrderUpdated`, `OrderCancelled`).
-    pub fn into_order_event(self) -> Option<(Arc<str>, OrderEvent)> {
+    pub fn into_order_event(self) -> (Arc<str>, Option<OrderEvent>) {
         let change = match self.payload {
             Payload::OrderCreated(created) => OrderChange::Created(
                 Arc::new(OrderHeader {
@@ -386,9 +386,9 @@ impl Event {
                 total_cents: updated.total_cents,
             })),
             Payload::OrderCancelled(_) => OrderChange::Cancelled,
-            Payload::InventoryReserved(_) | Payload::PaymentInitiated(_) => return None,
+            Payload::InventoryReserved(_) | Payload::PaymentInitiated(_) => return (self.event_id.into(), None),
         };
-        Some((self.event_id.into(), OrderEvent { order_id: self.aggregate_id.into(), sequence: self.sequence, change }))
+        (self.event_id.into(), Some(OrderEvent { order_id: self.aggregate_id.into(), sequence: self.sequence, change }))
     }
 
     /// The event as one JSON line (no line break), in the contract's layout.

@@ -2,8 +2,8 @@
 //!
 //! Decoding runs on the worker that read the record (no exchange), so it
 //! spreads over workers with the input. Events that do not touch order
-//! state (`InventoryReserved`, `PaymentInitiated`) are validated and then
-//! leave the graph; bad records leave it as dead letters.
+//! state (`InventoryReserved`, `PaymentInitiated`) go on without a body:
+//! their `event_id` still counts as seen. Bad records leave as dead letters.
 
 use std::sync::Arc;
 
@@ -18,8 +18,9 @@ use projector_core::record::{DeadLetter, RawRecord};
 
 use crate::EventPosition;
 
-/// An order event keyed by its `event_id`, with its place in the log.
-pub type KeyedEvent = (Arc<str>, (EventPosition, OrderEvent));
+/// A valid event keyed by its `event_id`, with its place in the log and,
+/// for order events, its effect on the order.
+pub type KeyedEvent = (Arc<str>, (EventPosition, Option<OrderEvent>));
 
 /// Splits raw records (as `(record, time, diff)` updates) into order events
 /// and dead letters.
@@ -27,18 +28,19 @@ pub fn decode<'scope>(
     records: StreamVec<'scope, u64, (RawRecord, u64, isize)>,
 ) -> (VecCollection<'scope, u64, KeyedEvent>, StreamVec<'scope, u64, DeadLetter>) {
     let (events, dead_letters) = records
-        .flat_map(|(record, time, diff)| match decode_event(&record.bytes) {
+        .map(|(record, time, diff)| match decode_event(&record.bytes) {
             Ok(event) => {
                 let position = (record.source, record.position);
-                event.into_order_event().map(|(event_id, order_event)| Ok(((event_id, (position, order_event)), time, diff)))
+                let (event_id, order_event) = event.into_order_event();
+                Ok(((event_id, (position, order_event)), time, diff))
             }
-            Err(bad) => Some(Err(DeadLetter {
+            Err(bad) => Err(DeadLetter {
                 source: record.source,
                 position: record.position,
                 bytes: record.bytes,
                 kind: bad.kind,
                 reason: bad.reason,
-            })),
+            }),
         })
         .ok_err::<Vec<_>, _, Vec<_>, _, _>(|result| result);
     (events.as_collection(), dead_letters)

@@ -1,11 +1,12 @@
-//! Order events to order state, each event counted once.
+//! Events to order state, each `event_id` counted once: the copy first in
+//! the log.
 //!
-//! Deduplication by `event_id` has two parts. Copies of an event within its
-//! own order (the usual redelivery) are resolved in the order fold: the
-//! copy first in the log counts. Copies of one `event_id` in different
-//! orders are found by [`stray_copies`], grouped by `event_id`; all but the
-//! first in the log are retracted before the fold. That grouping emits
-//! nothing for well-behaved logs, so it keeps no output state.
+//! Deduplication has two parts. Copies of an order event within its own
+//! order (the usual redelivery) are resolved in the order fold. Every other
+//! case (an `event_id` whose first copy is in another order, or is not an
+//! order event at all) is found by [`stray_copies`], which groups all
+//! events by `event_id` and retracts the copies that must not count. For a
+//! well-behaved log it emits nothing and keeps no output state.
 
 use std::sync::Arc;
 
@@ -16,18 +17,26 @@ use projector_core::order::{OrderChange, OrderEvent, OrderState};
 use crate::EventPosition;
 use crate::decode::KeyedEvent;
 
-/// The copies of an `event_id` that lie in another order than its first
-/// copy in the log. They must not count.
-pub fn stray_copies<'scope>(events: VecCollection<'scope, u64, KeyedEvent>) -> VecCollection<'scope, u64, KeyedEvent> {
-    events.reduce_named("StrayCopiesByEventId", |_event_id, copies: &[(&(EventPosition, OrderEvent), isize)], output| {
-        // Values arrive sorted, and the position leads the value.
-        let first_order = &copies[0].0.1.order_id;
-        for (copy, _) in &copies[1..] {
-            if copy.1.order_id != *first_order {
-                output.push(((*copy).clone(), 1));
+/// An order event keyed by its `event_id`.
+pub type KeyedOrderEvent = (Arc<str>, (EventPosition, OrderEvent));
+
+/// Order events whose `event_id` was first seen in another order or on an
+/// event of another type: they must not count.
+pub fn stray_copies<'scope>(events: VecCollection<'scope, u64, KeyedEvent>) -> VecCollection<'scope, u64, KeyedOrderEvent> {
+    events.reduce_named(
+        "StrayCopiesByEventId",
+        |_event_id, copies: &[(&(EventPosition, Option<OrderEvent>), isize)], output| {
+            // Values arrive sorted, and the position leads the value.
+            let first_order = copies[0].0.1.as_ref().map(|event| &event.order_id);
+            for (copy, _) in &copies[1..] {
+                if let Some(event) = &copy.1
+                    && first_order != Some(&event.order_id)
+                {
+                    output.push(((copy.0, event.clone()), 1));
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 /// Folds each order's events into its current state; orders whose
@@ -35,6 +44,7 @@ pub fn stray_copies<'scope>(events: VecCollection<'scope, u64, KeyedEvent>) -> V
 pub fn order_states<'scope>(events: VecCollection<'scope, u64, KeyedEvent>) -> VecCollection<'scope, u64, OrderState> {
     let strays = stray_copies(events.clone());
     events
+        .flat_map(|(event_id, (position, event))| event.map(|event| (event_id, (position, event))))
         .concat(strays.negate())
         .map(|(event_id, (position, event))| (event.order_id, (event.sequence, position, event_id, event.change)))
         .reduce_named("OrderState", |order_id: &Arc<str>, events: &[(&OrderEventAt, isize)], output| {
@@ -55,14 +65,4 @@ fn first_copies<'a>(events: &'a [(&'a OrderEventAt, isize)]) -> Vec<(u64, EventP
     by_id.sort_by(|a, b| (&a.2, a.1).cmp(&(&b.2, b.1)));
     by_id.dedup_by(|later, first| later.2 == first.2);
     by_id.into_iter().map(|(sequence, position, _, change)| (*sequence, *position, change)).collect()
-}
-
-/// Keeps one event per `event_id` as a collection of its own (used by
-/// tests and tools that need the deduplicated log itself).
-pub fn dedup<'scope>(events: VecCollection<'scope, u64, KeyedEvent>) -> VecCollection<'scope, u64, (EventPosition, OrderEvent)> {
-    events
-        .reduce_named("DedupByEventId", |_event_id, copies, output| {
-            output.push((copies[0].0.clone(), 1));
-        })
-        .map(|(_event_id, event)| event)
 }

@@ -50,7 +50,30 @@ pub fn run_lines(config_text: &str, lines: &[String], workers: usize, batch_reco
     for view in &plan.views {
         views.insert(view.name.clone(), read_json_lines(&out.join(format!("{}.jsonl", view.name))));
     }
-    RunOutput { views, dead_letters: read_json_lines(&out.join("dead_letters.jsonl")), summary_records: summary.records }
+    let mut dead_letters = read_json_lines(&out.join("dead_letters.jsonl"));
+    for letter in &mut dead_letters {
+        // The input lives in a temporary folder whose name differs per run.
+        letter.as_object_mut().unwrap().remove("source");
+    }
+    RunOutput { views, dead_letters, summary_records: summary.records }
+}
+
+/// Compares two lists of rows and names the first difference, instead of
+/// printing thousands of rows.
+pub fn first_difference(got: &[serde_json::Value], want: &[serde_json::Value]) -> Option<String> {
+    if let Some(index) = (0..got.len().min(want.len())).find(|&i| got[i] != want[i]) {
+        return Some(format!("row {index} differs:\n  got  {}\n  want {}", got[index], want[index]));
+    }
+    if got.len() != want.len() {
+        let (longer, which) = if got.len() > want.len() { (got, "got") } else { (want, "want") };
+        return Some(format!(
+            "{} rows in got, {} in want; first extra in {which}: {}",
+            got.len(),
+            want.len(),
+            longer[got.len().min(want.len())]
+        ));
+    }
+    None
 }
 
 /// Parses a JSON Lines file.

@@ -141,7 +141,8 @@ impl Generator {
         let titles = (0..products)
             .map(|i| {
                 let kind = ["T-shirt", "Mug", "Hoodie", "Cap", "Poster", "Socks", "Tote bag", "Sticker"][(i % 8) as usize];
-                let price = rng.random_range(199..=19_999i64);
+                // Mostly small items, some expensive ones.
+                let price = if rng.random_bool(0.8) { rng.random_range(199..=2_999i64) } else { rng.random_range(3_000..=19_999i64) };
                 (format!("SKU-{:05}", 9000 + i), format!("{kind} #{i}"), price)
             })
             .collect();

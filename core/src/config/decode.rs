@@ -125,6 +125,12 @@ fn view(name: &str, pos: Pos, node: &Node, diags: &mut Diagnostics) -> Option<Vi
             }
         }
     }
+    let declares_output = fields.key_pos("group_by").is_some()
+        || fields.key_pos("measures").is_some()
+        || fields.key_pos("labels").is_some();
+    if !declares_output {
+        diags.push(pos, &component, "", "has no output fields; declare `group_by` and/or `measures`".to_string());
+    }
     fields.finish(&["description", "from", "filter", "group_by", "measures", "labels", "having"], diags);
     Some(ViewConfig { name: name.to_string(), pos, description, from: from?, filter, group_by, measures, labels, having })
 }
@@ -165,6 +171,7 @@ fn measure(name: &str, key: &Node, node: &Node, component: &str, diags: &mut Dia
     }
     let filter = fields.take("where").and_then(|n| text(n, component, &format!("{path}.where"), diags));
     let allowed: Vec<&str> = MeasureFunction::ALL.iter().map(|(_, k)| *k).chain(["where"]).collect();
+    let second_key_pos = chosen.get(1).and_then(|(_, k, _)| fields.key_pos(k));
     fields.finish(&allowed, diags);
     let functions = MeasureFunction::ALL.iter().map(|(_, k)| *k).collect::<Vec<_>>().join(", ");
     let (function, function_key, value) = match chosen.as_slice() {
@@ -175,7 +182,7 @@ fn measure(name: &str, key: &Node, node: &Node, component: &str, diags: &mut Dia
         }
         [first, second, ..] => {
             diags.push(
-                second.2.pos,
+                second_key_pos.unwrap_or(second.2.pos),
                 component,
                 &path,
                 format!("has both '{}' and '{}'; a measure computes one function", first.1, second.1),
@@ -276,6 +283,11 @@ impl<'n> Fields<'n> {
         Some(Fields { node, component: component.to_string(), path: path.to_string(), entries })
     }
 
+    /// Where `key` is written, if present.
+    fn key_pos(&self, key: &str) -> Option<Pos> {
+        self.entries.iter().find(|(name, ..)| *name == key).map(|(_, key, ..)| key.pos)
+    }
+
     /// Takes the value of `key`, if present.
     fn take(&mut self, key: &str) -> Option<&'n Node> {
         let entry = self.entries.iter_mut().find(|(name, ..)| *name == key)?;
@@ -369,10 +381,12 @@ fn text(node: &Node, component: &str, path: &str, diags: &mut Diagnostics) -> Op
         NodeKind::Scalar { text, style } if !node.is_null() => {
             let exact = match style {
                 ScalarKind::Plain => !text.contains('\n'),
-                ScalarKind::Quoted => !text.contains(['\n', '\\', '\'', '"']),
+                ScalarKind::SingleQuoted => !text.contains(['\n', '\'']),
+                ScalarKind::DoubleQuoted => !text.contains(['\n', '\\', '"']),
                 ScalarKind::Block => false,
             };
-            let pos = if *style == ScalarKind::Quoted { node.pos.shifted(1) } else { node.pos };
+            let quoted = matches!(style, ScalarKind::SingleQuoted | ScalarKind::DoubleQuoted);
+            let pos = if quoted { node.pos.shifted(1) } else { node.pos };
             Some(Spanned { value: text.clone(), pos, exact })
         }
         _ => {

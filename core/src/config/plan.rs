@@ -224,10 +224,6 @@ fn view_plan(view: &ViewConfig, diags: &mut Diagnostics) -> Option<ViewPlan> {
         }
         None => None,
     };
-    if keys.is_empty() && measures.is_empty() && labels.is_empty() && ok {
-        diags.push(view.pos, &component, "", "has no output fields; declare `group_by` and/or `measures`".to_string());
-        ok = false;
-    }
     ok.then(|| {
         let mut plan = ViewPlan { name: view.name.clone(), relation, filter, keys, measures, labels, having, slots: Vec::new() };
         plan.assign_slots();

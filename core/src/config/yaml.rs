@@ -55,8 +55,11 @@ pub enum NodeKind {
 pub enum ScalarKind {
     /// Unquoted, on one line: characters map one to one to columns.
     Plain,
-    /// In single or double quotes (one column of quote before the text).
-    Quoted,
+    /// In single quotes (one column of quote before the text; `''` is a
+    /// quote).
+    SingleQuoted,
+    /// In double quotes (one column of quote before the text; `\` escapes).
+    DoubleQuoted,
     /// A block scalar (`|` or `>`).
     Block,
 }
@@ -90,7 +93,10 @@ impl Node {
     pub fn pos_in_scalar(&self, offset: usize) -> Pos {
         match &self.kind {
             NodeKind::Scalar { text, style: ScalarKind::Plain } if !text.contains('\n') => self.pos.shifted(offset),
-            NodeKind::Scalar { text, style: ScalarKind::Quoted } if !text.contains(['\n', '\\', '\'']) => {
+            NodeKind::Scalar { text, style: ScalarKind::SingleQuoted } if !text.contains(['\n', '\'']) => {
+                self.pos.shifted(offset + 1)
+            }
+            NodeKind::Scalar { text, style: ScalarKind::DoubleQuoted } if !text.contains(['\n', '\\', '"']) => {
                 self.pos.shifted(offset + 1)
             }
             _ => self.pos,
@@ -136,7 +142,8 @@ pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
             Event::Scalar(value, style, anchor, _tag) => {
                 let style = match style {
                     ScalarStyle::Plain => ScalarKind::Plain,
-                    ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted => ScalarKind::Quoted,
+                    ScalarStyle::SingleQuoted => ScalarKind::SingleQuoted,
+                    ScalarStyle::DoubleQuoted => ScalarKind::DoubleQuoted,
                     _ => ScalarKind::Block,
                 };
                 let node = Node { pos, kind: NodeKind::Scalar { text: value.into_owned(), style } };
@@ -207,7 +214,7 @@ mod tests {
         assert_eq!(entries[2].1.pos, Pos { line: 5, column: 4 });
         let NodeKind::Seq(items) = &entries[1].1.kind else { panic!("not a seq") };
         assert_eq!(items[1].pos, Pos { line: 4, column: 5 });
-        assert_eq!(items[1].kind, NodeKind::Scalar { text: "y".into(), style: ScalarKind::Quoted });
+        assert_eq!(items[1].kind, NodeKind::Scalar { text: "y".into(), style: ScalarKind::SingleQuoted });
     }
 
     #[test]

@@ -1,0 +1,172 @@
+//! `projector check`: every error at once, each with file:line:column, the
+//! component and field, and what is allowed.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::Path;
+
+use projector_core::config::{ConfigErrors, check_text};
+
+fn errors(text: &str) -> Vec<String> {
+    match check_text(text, "pipelines.yaml", Path::new("/cfg")) {
+        Ok(_) => panic!("config should be rejected:\n{text}"),
+        Err(ConfigErrors(errors)) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// `file:line:column` of the first occurrence of `needle` (1-based).
+fn at(text: &str, needle: &str) -> String {
+    let offset = text.find(needle).unwrap_or_else(|| panic!("{needle} not in config"));
+    let line = text[..offset].matches('\n').count() + 1;
+    let column = offset - text[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("pipelines.yaml:{line}:{column}")
+}
+
+const BROKEN: &str = r#"version: 1
+sources:
+  events:
+    type: file
+    path: events.jsonl
+    batch_record: 10
+views:
+  summary:
+    from: orders
+    group_by: [store_id, warehouse_id]
+    measures:
+      revenue: { summ: total_cents }
+      orders: { count: "*", where: "status = 'placed' and totl > 1" }
+      titles: { sum: currency }
+  lines:
+    from: order_items
+sinks:
+  out:
+    type: file
+    view: sumary
+    path: out.jsonl
+  db:
+    type: postgres
+    view: summary
+"#;
+
+#[test]
+fn reports_every_error_with_its_position() {
+    let found = errors(BROKEN);
+    let expected = [
+        format!(
+            "{}: source \"events\": 'batch_record' is not a known key (did you mean 'batch_records'?); allowed here: type, path, batch_records, dead_letters",
+            at(BROKEN, "batch_record:")
+        ),
+        format!(
+            "{}: view \"summary\": 'group_by[1]' relation 'orders' has no field 'warehouse_id'; its fields are: order_id, store_id, customer_id, currency, created_at, day, total_cents, status, line_count, unit_count",
+            at(BROKEN, "warehouse_id")
+        ),
+        format!(
+            "{}: view \"summary\": 'measures.revenue.summ' is not a known key (did you mean 'sum'?); allowed here: count, count_distinct, sum, min, max, avg, where",
+            at(BROKEN, "summ:")
+        ),
+        format!(
+            "{}: view \"summary\": 'measures.revenue' needs one aggregate function: count, count_distinct, sum, min, max, avg",
+            at(BROKEN, "{ summ")
+        ),
+        format!(
+            "{}: view \"summary\": 'measures.orders.where' relation 'orders' has no field 'totl'; its fields are: order_id, store_id, customer_id, currency, created_at, day, total_cents, status, line_count, unit_count",
+            at(BROKEN, "totl")
+        ),
+        format!(
+            "{}: view \"summary\": 'measures.titles.sum' needs an integer field, but \"currency\" is a text; integer fields of relation 'orders': store_id, customer_id, total_cents, line_count, unit_count",
+            at(BROKEN, "currency }")
+        ),
+        format!("{}: view \"lines\": has no output fields; declare `group_by` and/or `measures`", at(BROKEN, "lines:")),
+        format!(
+            "{}: view \"lines\": 'from' names \"order_items\", which is not a relation; relations: orders, order_lines",
+            at(BROKEN, "order_items")
+        ),
+        format!(
+            "{}: sink \"out\": 'view' names \"sumary\", which is not a declared view; declared views: summary, lines",
+            at(BROKEN, "sumary")
+        ),
+        format!("{}: sink \"db\": 'type' \"postgres\" is not a known type; allowed: file", at(BROKEN, "postgres")),
+    ];
+    for line in &expected {
+        assert!(found.contains(line), "missing:\n  {line}\nfound:\n  {}", found.join("\n  "));
+    }
+    assert_eq!(found.len(), expected.len(), "found:\n  {}", found.join("\n  "));
+    // Errors come in file order.
+    let positions: Vec<(usize, usize)> = found
+        .iter()
+        .map(|e| {
+            let mut parts = e.split(':').skip(1);
+            (parts.next().unwrap().parse().unwrap(), parts.next().unwrap().parse().unwrap())
+        })
+        .collect();
+    let mut sorted = positions.clone();
+    sorted.sort();
+    assert_eq!(positions, sorted);
+}
+
+#[test]
+fn exact_positions_for_a_typo_in_a_filter() {
+    let text = "views:\n  v:\n    from: orders\n    filter: status = 'placed' and  totl > 5\n    measures:\n      n: { count: \"*\" }\n";
+    assert_eq!(
+        errors(text),
+        ["pipelines.yaml:4:36: view \"v\": 'filter' relation 'orders' has no field 'totl'; its fields are: order_id, store_id, customer_id, currency, created_at, day, total_cents, status, line_count, unit_count"]
+    );
+    let quoted = "views:\n  v:\n    from: orders\n    filter: \"status = 'placed' and  totl > 5\"\n    measures:\n      n: { count: \"*\" }\n";
+    assert!(errors(quoted)[0].starts_with("pipelines.yaml:4:37: "), "{:?}", errors(quoted));
+}
+
+#[test]
+fn structural_errors() {
+    let text = "views:\n  v:\n    from: orders\n    measures:\n      n: { count: total_cents }\n      m: { sum: total_cents, min: total_cents }\n    labels:\n      tier: { value: x }\n  Bad-Name:\n    from: orders\nsinks:\n  s:\n    type: file\n";
+    let found = errors(text);
+    let want = [
+        "pipelines.yaml:5:19: view \"v\": 'measures.n.count' must be \"*\" (count rows; got \"total_cents\"); use count_distinct to count distinct values",
+        "pipelines.yaml:6:30: view \"v\": 'measures.m' has both 'sum' and 'min'; a measure computes one function",
+        "pipelines.yaml:8:13: view \"v\": 'labels.tier' must be a list of rules like `- { when: \"order_count >= 2\", value: returning }` (got a mapping)",
+        "pipelines.yaml:9:3: config: 'views.Bad-Name' is not a valid name; use lowercase letters, digits and '_', starting with a letter or '_'",
+        "pipelines.yaml:13:5: sink \"s\": 'view' is required but missing",
+        "pipelines.yaml:13:5: sink \"s\": 'path' is required but missing",
+    ];
+    assert_eq!(found, want);
+}
+
+#[test]
+fn duplicates_and_empty_files() {
+    let text = "views:\n  v:\n    from: orders\n    group_by: [store_id]\n    measures:\n      store_id: { count: \"*\" }\n  v:\n    from: orders\n";
+    assert_eq!(
+        errors(text),
+        [
+            "pipelines.yaml:6:7: view \"v\": 'measures.store_id' output field \"store_id\" is already defined on line 4; output field names must be unique",
+            "pipelines.yaml:7:3: config: 'views.v' is declared twice (first on line 2)",
+        ]
+    );
+    assert_eq!(errors(""), ["pipelines.yaml:1:1: config: the file is empty; declare at least `views:`"]);
+    assert_eq!(errors("sources: {}\n"), ["pipelines.yaml:1:1: config: 'views' is missing; declare at least one view"]);
+}
+
+#[test]
+fn yaml_syntax_errors_have_a_position() {
+    let found = errors("views:\n  v: [from: orders\n");
+    assert_eq!(found.len(), 1);
+    assert!(found[0].starts_with("pipelines.yaml:3:1: config: is not valid YAML"), "{found:?}");
+}
+
+#[test]
+fn expression_type_errors() {
+    let text = "views:\n  v:\n    from: orders\n    group_by:\n      - month: month(total_cents)\n    measures:\n      n: { count: \"*\", where: \"created_at > 'soon'\" }\n    labels:\n      size:\n        - { when: \"n > 'x'\", value: big }\n    having: n\n";
+    assert_eq!(
+        errors(text),
+        [
+            "pipelines.yaml:5:22: view \"v\": 'group_by[0]' month() takes a timestamp or a date, not integer",
+            "pipelines.yaml:7:45: view \"v\": 'measures.n.where' 'soon' is not a timestamp; write RFC 3339 ('2024-03-01T12:00:00Z') or a date ('2024-03-01')",
+            "pipelines.yaml:10:24: view \"v\": 'labels.size[0].when' cannot compare unsigned integer with text 'x'",
+            "pipelines.yaml:11:13: view \"v\": 'having' a condition must be true or false, but this is of type unsigned integer; compare it, e.g. `field = 'value'`",
+        ]
+    );
+}
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let plan = projector_core::config::load(&projector_tests::shipped_config()).unwrap();
+    let names: Vec<&str> = plan.views.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["order_summary", "product_sales", "customer_ltv"]);
+}
