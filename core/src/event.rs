@@ -149,6 +149,48 @@ pub struct PaymentInitiated {
     pub transaction_id: String,
 }
 
+/// An event id, kept compact for deduplication: a UUID written the
+/// canonical way (lowercase, hyphenated) is held as 16 bytes, any other id
+/// as shared text. Two ids are equal exactly when their texts are.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EventId {
+    /// A canonical UUID.
+    Uuid(u128),
+    /// Any other text.
+    Text(Arc<str>),
+}
+
+impl EventId {
+    /// The compact form of `text`.
+    pub fn new(text: &str) -> EventId {
+        let bytes = text.as_bytes();
+        let canonical = bytes.len() == 36
+            && bytes.iter().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => *b == b'-',
+                _ => b.is_ascii_digit() || (b'a'..=b'f').contains(b),
+            });
+        if canonical {
+            let hex: String = text.chars().filter(|c| *c != '-').collect();
+            if let Ok(value) = u128::from_str_radix(&hex, 16) {
+                return EventId::Uuid(value);
+            }
+        }
+        EventId::Text(text.into())
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventId::Uuid(value) => {
+                let hex = format!("{value:032x}");
+                write!(f, "{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+            }
+            EventId::Text(text) => f.write_str(text),
+        }
+    }
+}
+
 /// What kind of problem a bad record has; the label of the dead-letter metric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum BadRecordKind {
@@ -370,7 +412,7 @@ impl Event {
 
     /// The event's id, and its effect on its order if it is an order event
     /// (`OrderCreated`, `OrderUpdated`, `OrderCancelled`).
-    pub fn into_order_event(self) -> (Arc<str>, Option<OrderEvent>) {
+    pub fn into_order_event(self) -> (EventId, Option<OrderEvent>) {
         let change = match self.payload {
             Payload::OrderCreated(created) => OrderChange::Created(
                 Arc::new(OrderHeader {
@@ -386,9 +428,9 @@ impl Event {
                 total_cents: updated.total_cents,
             })),
             Payload::OrderCancelled(_) => OrderChange::Cancelled,
-            Payload::InventoryReserved(_) | Payload::PaymentInitiated(_) => return (self.event_id.into(), None),
+            Payload::InventoryReserved(_) | Payload::PaymentInitiated(_) => return (EventId::new(&self.event_id), None),
         };
-        (self.event_id.into(), Some(OrderEvent { order_id: self.aggregate_id.into(), sequence: self.sequence, change }))
+        (EventId::new(&self.event_id), Some(OrderEvent { order_id: self.aggregate_id.into(), sequence: self.sequence, change }))
     }
 
     /// The event as one JSON line (no line break), in the contract's layout.
@@ -510,6 +552,17 @@ mod tests {
 
     fn bad(text: &str) -> BadRecord {
         decode_event(text.as_bytes()).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn event_ids_are_equal_exactly_when_their_texts_are() {
+        let uuid = "7b0e6a0e-3c1f-4a35-9d0c-1d2f6f0f3a11";
+        assert!(matches!(EventId::new(uuid), EventId::Uuid(_)));
+        assert_eq!(EventId::new(uuid).to_string(), uuid);
+        assert!(matches!(EventId::new(&uuid.to_uppercase()), EventId::Text(_)));
+        assert_ne!(EventId::new(uuid), EventId::new(&uuid.to_uppercase()));
+        assert_eq!(EventId::new("e1"), EventId::Text("e1".into()));
+        assert!(matches!(EventId::new("7b0e6a0e-3c1f-4a35-9d0c-1d2f6f0f3a1g"), EventId::Text(_)));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Types every Projector crate shares.
 //!
 //! - [`event`]: the domain events of the log and their validation;
-//! - [`record`]: raw records from sources and dead letters;
+//! - [`record`]: positions of records in sources, and dead letters;
 //! - [`order`]: what an order's events add up to;
 //! - [`relation`]: the relations views read (`orders`, `order_lines`);
 //! - [`value`]: typed values and rows;

@@ -1,10 +1,10 @@
-//! Raw records as sources deliver them, and dead letters for the bad ones.
+//! Where records sit in their source, and dead letters for the bad ones.
 //!
-//! Transport and format are separate (as in Feldera): a source yields
-//! [`RawRecord`]s, bytes with the place they came from; the event decoder in
-//! [`crate::event`] interprets the bytes. A record that does not decode
-//! becomes a [`DeadLetter`] carrying the original bytes, its place and the
-//! reason, and travels as data to the dead-letter destination.
+//! Transport and format are separate (as in Feldera): a source hands over
+//! bytes with their [`LogPosition`]; the event decoder in [`crate::event`]
+//! interprets the bytes. A record that does not decode becomes a
+//! [`DeadLetter`] carrying the original bytes, its place and the reason, and
+//! travels as data to the dead-letter destination.
 
 use std::fmt;
 
@@ -26,17 +26,6 @@ impl fmt::Display for LogPosition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.partition, self.offset)
     }
-}
-
-/// One record as a source delivered it, not yet interpreted.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct RawRecord {
-    /// Index of the source in the pipeline's source list.
-    pub source: u16,
-    /// Where in that source the record sits.
-    pub position: LogPosition,
-    /// The record's bytes, exactly as read (a line without its line break).
-    pub bytes: Vec<u8>,
 }
 
 /// A record that could not become an event, with everything needed to find

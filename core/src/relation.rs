@@ -171,6 +171,15 @@ pub struct RowRef<'a> {
 }
 
 impl<'a> RowRef<'a> {
+    /// The value of the field at `index`, owned; the order id is shared,
+    /// not copied.
+    pub fn get_owned(&self, index: usize) -> Value {
+        match (index, self.line) {
+            (0, _) => Value::Text(std::sync::Arc::clone(&self.order.order_id)),
+            _ => self.get(index).to_value(),
+        }
+    }
+
     /// The value of the field at `index` of the relation's schema.
     pub fn get(&self, index: usize) -> ValueRef<'a> {
         let order = self.order;

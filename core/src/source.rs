@@ -2,16 +2,17 @@
 //!
 //! Each timely worker asks every source for the readers it owns (the file
 //! source gives each worker every N-th line; the Kafka source gives each
-//! worker a share of the partitions). The runtime polls the readers and
-//! feeds their records into the dataflow, batch by batch.
+//! worker a share of the partitions). The runtime polls the readers, decodes
+//! the records they hand over (without copying them) and feeds the events
+//! into the dataflow, batch by batch.
 
-use crate::record::RawRecord;
+use crate::record::LogPosition;
 use crate::sink::SourcePositions;
 
 /// What a poll produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Poll {
-    /// Records were appended; they all belong to batch `epoch`. Epochs
+    /// Records were delivered; they all belong to batch `epoch`. Epochs
     /// never decrease from one poll to the next.
     Records {
         /// The batch the records belong to.
@@ -44,8 +45,9 @@ pub enum SourceError {
 /// [`Poll::Finished`] (never, for an unbounded source);
 /// [`SourceReader::positions`] at any time between polls.
 pub trait SourceReader: Send {
-    /// Appends up to `max` records of one batch to `out`.
-    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<Poll, SourceError>;
+    /// Hands up to `max` records of one batch to `deliver`, each with its
+    /// position, borrowed (the reader may reuse the bytes afterwards).
+    fn poll(&mut self, max: usize, deliver: &mut dyn FnMut(LogPosition, &[u8])) -> Result<Poll, SourceError>;
     /// For each partition this reader owns, the next offset it will read.
     fn positions(&self) -> SourcePositions;
 }

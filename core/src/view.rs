@@ -16,6 +16,10 @@ impl<'a> FieldSource<'a> for RowRef<'a> {
     fn field(&self, index: usize) -> ValueRef<'a> {
         self.get(index)
     }
+
+    fn field_owned(&self, index: usize) -> Value {
+        self.get_owned(index)
+    }
 }
 
 /// A compiled view.
@@ -136,7 +140,7 @@ impl ViewPlan {
         {
             return None;
         }
-        let key: Row = self.keys.iter().map(|k| k.expr.eval(&row).into_value()).collect();
+        let key: Row = self.keys.iter().map(|k| k.expr.value(&row)).collect();
         let inputs = self
             .slots
             .iter()
@@ -147,7 +151,7 @@ impl ViewPlan {
                     return Value::Null;
                 }
                 match &slot.input {
-                    Some(input) => input.eval(&row).into_value(),
+                    Some(input) => input.value(&row),
                     None => Value::Bool(true),
                 }
             })

@@ -12,13 +12,14 @@ use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
 
+use projector_core::event::EventId;
 use projector_core::order::{OrderChange, OrderEvent, OrderState};
 
 use crate::EventPosition;
 use crate::decode::KeyedEvent;
 
 /// An order event keyed by its `event_id`.
-pub type KeyedOrderEvent = (Arc<str>, (EventPosition, OrderEvent));
+pub type KeyedOrderEvent = (EventId, (EventPosition, OrderEvent));
 
 /// Order events whose `event_id` was first seen in another order or on an
 /// event of another type: they must not count.
@@ -56,7 +57,7 @@ pub fn order_states<'scope>(events: VecCollection<'scope, u64, KeyedEvent>) -> V
 }
 
 /// One event of an order: sequence, position, `event_id`, effect.
-type OrderEventAt = (u64, EventPosition, Arc<str>, OrderChange);
+type OrderEventAt = (u64, EventPosition, EventId, OrderChange);
 
 /// The events of one order with each `event_id` once: its copy first in
 /// the log.

@@ -12,18 +12,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use differential_dataflow::input::InputSession;
 use timely::dataflow::InputHandleVec;
 use timely::dataflow::operators::probe::Probe;
 use tracing::{debug, info};
 
 use projector_core::config::PipelinePlan;
 use projector_core::event::BadRecordKind;
-use projector_core::record::RawRecord;
+use projector_core::record::DeadLetter;
 use projector_core::sink::{DeadLetterSink, ViewSink};
 use projector_core::source::{Poll, Source, SourceError};
 
 use crate::output::{OutputState, deliver_dead_letters, deliver_view};
-use crate::{decode, orders, views};
+use crate::decode::{KeyedEvent, decode_record};
+use crate::{orders, views};
 
 /// How to run.
 #[derive(Clone, Debug)]
@@ -140,9 +142,11 @@ pub fn run(
             readers.push((source_name.clone(), reader));
         }
 
-        let mut input: InputHandleVec<u64, (RawRecord, u64, isize)> = InputHandleVec::new();
+        let mut events_input: InputSession<u64, KeyedEvent, isize> = InputSession::new();
+        let mut dead_letters_input: InputHandleVec<u64, DeadLetter> = InputHandleVec::new();
         let probe = worker.dataflow::<u64, _, _>(|scope| {
-            let (events, dead_letters) = decode::decode(input.to_stream(scope));
+            let events = events_input.to_collection(scope);
+            let dead_letters = dead_letters_input.to_stream(scope);
             let states = orders::order_states(events);
             let probe = timely::dataflow::ProbeHandle::new();
             for (view_index, view_plan) in plan.views.iter().enumerate() {
@@ -163,8 +167,9 @@ pub fn run(
                 table.record(index, reader_index, 0, reader.positions());
             }
         }
-        let mut buffer: Vec<RawRecord> = Vec::with_capacity(options.poll_records);
-        let mut input = Some(input);
+        let mut decoded: Vec<KeyedEvent> = Vec::with_capacity(options.poll_records);
+        let mut bad: Vec<DeadLetter> = Vec::new();
+        let mut input = Some((events_input, dead_letters_input));
         loop {
             if options.stop.load(Ordering::Relaxed) {
                 break;
@@ -173,13 +178,16 @@ pub fn run(
                 break;
             }
             let mut delivered = 0usize;
-            if let Some(handle) = input.as_mut() {
+            if let Some((events, dead_letters)) = input.as_mut() {
                 for (reader_index, (source_name, reader)) in readers.iter_mut().enumerate() {
                     let Some(current) = epochs[reader_index] else { continue };
                     let before = reader.positions();
-                    buffer.clear();
+                    let source = reader_index as u16;
                     let poll = reader
-                        .poll(&mut buffer, options.poll_records)
+                        .poll(options.poll_records, &mut |position, bytes| match decode_record(source, position, bytes) {
+                            Ok(event) => decoded.push(event),
+                            Err(letter) => bad.push(letter),
+                        })
                         .map_err(|error| RunError::Source { source_name: source_name.clone(), error })?;
                     let next = match poll {
                         Poll::Records { epoch } | Poll::Idle { epoch } => Some(epoch.max(current)),
@@ -194,17 +202,22 @@ pub fn run(
                     }
                     epochs[reader_index] = next;
                     let time = next.unwrap_or(current);
-                    delivered += buffer.len();
-                    for record in buffer.drain(..) {
-                        handle.send((record, time, 1));
+                    delivered += decoded.len() + bad.len();
+                    for event in decoded.drain(..) {
+                        events.update_at(event, time, 1);
+                    }
+                    for letter in bad.drain(..) {
+                        dead_letters.send(letter);
                     }
                 }
                 worker_records.records.fetch_add(delivered as u64, Ordering::Relaxed);
                 match epochs.iter().flatten().min() {
                     Some(&low) => {
-                        if low > *handle.time() {
-                            handle.advance_to(low);
+                        if low > *events.time() {
+                            events.advance_to(low);
+                            dead_letters.advance_to(low);
                         }
+                        events.flush();
                     }
                     None => {
                         debug!(worker = index, "all sources finished");

@@ -452,8 +452,8 @@ struct DatagenReader {
 impl projector_core::source::SourceReader for DatagenReader {
     fn poll(
         &mut self,
-        out: &mut Vec<projector_core::record::RawRecord>,
         max: usize,
+        deliver: &mut dyn FnMut(projector_core::record::LogPosition, &[u8]),
     ) -> Result<projector_core::source::Poll, projector_core::source::SourceError> {
         use projector_core::source::Poll;
         let Some(generator) = self.generator.as_mut() else { return Ok(Poll::Finished) };
@@ -467,17 +467,13 @@ impl projector_core::source::SourceReader for DatagenReader {
         if wanted == 0 {
             return Ok(Poll::Idle { epoch });
         }
-        for _ in 0..wanted {
+        for taken in 0..wanted {
             let Some(record) = generator.next() else {
                 self.generator = None;
-                return Ok(if out.is_empty() { Poll::Finished } else { Poll::Records { epoch } });
+                return Ok(if taken == 0 { Poll::Finished } else { Poll::Records { epoch } });
             };
             self.produced += 1;
-            out.push(projector_core::record::RawRecord {
-                source: self.source_index,
-                position: projector_core::record::LogPosition { partition: 0, offset: self.produced },
-                bytes: record.line.into_bytes(),
-            });
+            deliver(projector_core::record::LogPosition { partition: 0, offset: self.produced }, record.line.as_bytes());
         }
         Ok(Poll::Records { epoch })
     }

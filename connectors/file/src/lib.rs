@@ -5,12 +5,13 @@
 //! batch boundaries (every `batch_records` lines) are the same for all
 //! workers. A record's position is its 1-based line number. Blank lines
 //! carry no record and are skipped; a line's trailing `\r` is dropped.
+//! Lines are handed over straight from the read buffer, not copied.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use projector_core::record::{LogPosition, RawRecord};
+use projector_core::record::LogPosition;
 use projector_core::sink::SourcePositions;
 use projector_core::source::{Poll, Source, SourceError, SourceReader};
 
@@ -58,11 +59,21 @@ struct FileReader {
     peers: u64,
     /// Number of the line the reader is in or will read next, from 1.
     next_line: u64,
-    /// The bytes of the current line so far, when it is this worker's.
+    /// The start of the current line when it spans reads (and is ours).
     partial: Vec<u8>,
     /// Whether some bytes of line `next_line` were already consumed.
     in_line: bool,
     finished: bool,
+}
+
+/// Hands a line over unless it is blank; drops a trailing `\r`.
+fn deliver_line(line: u64, bytes: &[u8], deliver: &mut dyn FnMut(LogPosition, &[u8])) -> bool {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return false;
+    }
+    deliver(LogPosition { partition: 0, offset: line }, bytes);
+    true
 }
 
 impl FileReader {
@@ -73,40 +84,21 @@ impl FileReader {
     fn epoch_of(&self, line: u64) -> u64 {
         (line - 1) / self.batch_records
     }
-
-    /// Finishes line `next_line` whose bytes are `self.partial` (when owned).
-    fn end_line(&mut self, out: &mut Vec<RawRecord>) {
-        if self.owns(self.next_line) {
-            let mut bytes = std::mem::take(&mut self.partial);
-            if bytes.last() == Some(&b'\r') {
-                bytes.pop();
-            }
-            if !bytes.iter().all(u8::is_ascii_whitespace) {
-                out.push(RawRecord {
-                    source: self.source_index,
-                    position: LogPosition { partition: 0, offset: self.next_line },
-                    bytes,
-                });
-            }
-        }
-        self.partial.clear();
-        self.in_line = false;
-        self.next_line += 1;
-    }
 }
 
 impl SourceReader for FileReader {
-    fn poll(&mut self, out: &mut Vec<RawRecord>, max: usize) -> Result<Poll, SourceError> {
+    fn poll(&mut self, max: usize, deliver: &mut dyn FnMut(LogPosition, &[u8])) -> Result<Poll, SourceError> {
         if self.finished {
             return Ok(Poll::Finished);
         }
         let epoch = self.epoch_of(self.next_line);
-        let target = out.len() + max.max(1);
+        let max = max.max(1);
+        let mut delivered = 0usize;
         // Lines of other workers also count, so a poll returns regularly.
         let mut lines_seen = 0usize;
-        while out.len() < target && lines_seen < max.max(1) * self.peers as usize {
+        while delivered < max && lines_seen < max * self.peers as usize {
             if self.epoch_of(self.next_line) != epoch {
-                return Ok(Poll::Records { epoch });
+                break;
             }
             let owned = self.owns(self.next_line);
             let buffer = match self.reader.fill_buf() {
@@ -117,19 +109,32 @@ impl SourceReader for FileReader {
                 }
             };
             if buffer.is_empty() {
-                if self.in_line {
-                    self.end_line(out);
+                // The last line has no line break.
+                if self.in_line && owned {
+                    deliver_line(self.next_line, &self.partial, deliver);
                 }
+                if self.in_line {
+                    self.next_line += 1;
+                }
+                self.partial.clear();
                 self.finished = true;
-                return Ok(Poll::Records { epoch });
+                break;
             }
             match memchr::memchr(b'\n', buffer) {
                 Some(end) => {
                     if owned {
-                        self.partial.extend_from_slice(&buffer[..end]);
+                        let sent = if self.in_line {
+                            self.partial.extend_from_slice(&buffer[..end]);
+                            deliver_line(self.next_line, &self.partial, deliver)
+                        } else {
+                            deliver_line(self.next_line, &buffer[..end], deliver)
+                        };
+                        delivered += usize::from(sent);
                     }
                     self.reader.consume(end + 1);
-                    self.end_line(out);
+                    self.partial.clear();
+                    self.in_line = false;
+                    self.next_line += 1;
                     lines_seen += 1;
                 }
                 None => {
@@ -160,15 +165,13 @@ mod tests {
         let mut all = Vec::new();
         for worker in 0..peers {
             let mut reader = source.reader(worker, peers).unwrap();
-            let mut out = Vec::new();
             loop {
-                out.clear();
-                match reader.poll(&mut out, 2).unwrap() {
-                    Poll::Records { epoch } => {
-                        for r in &out {
-                            all.push((worker, epoch, r.position.offset, String::from_utf8(r.bytes.clone()).unwrap()));
-                        }
-                    }
+                let mut lines = Vec::new();
+                let poll = reader
+                    .poll(2, &mut |position, bytes| lines.push((position.offset, String::from_utf8(bytes.to_vec()).unwrap())))
+                    .unwrap();
+                match poll {
+                    Poll::Records { epoch } => all.extend(lines.into_iter().map(|(line, text)| (worker, epoch, line, text))),
                     Poll::Idle { .. } => {}
                     Poll::Finished => break,
                 }
@@ -188,11 +191,25 @@ mod tests {
         drop(file);
         let lines = read_all(&path, 2, 3);
         let expected = [(0, 0, 1, "a"), (1, 0, 2, "b"), (0, 1, 5, "c"), (1, 1, 6, "d"), (0, 2, 7, "e")];
-        assert_eq!(lines.len(), expected.len());
+        assert_eq!(lines.len(), expected.len(), "{lines:?}");
         for (got, want) in lines.iter().zip(expected) {
             assert_eq!((got.0, got.1, got.2, got.3.as_str()), want);
         }
         assert_eq!(read_all(&path, 1, 100).len(), 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lines_longer_than_the_buffer_arrive_whole() {
+        let dir = std::env::temp_dir().join(format!("projector-file-source-long-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        let long = "x".repeat(3 << 20);
+        std::fs::write(&path, format!("short\n{long}\nlast")).unwrap();
+        let lines = read_all(&path, 1, 10);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[1].3.len(), long.len());
+        assert_eq!(lines[2].3, "last");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -117,11 +117,21 @@ pub enum Expr {
 pub trait FieldSource<'a> {
     /// The value of field `index` of the scope the expression was checked in.
     fn field(&self, index: usize) -> ValueRef<'a>;
+
+    /// The same value, owned; sources that hold shared text hand out a
+    /// reference to it instead of a copy.
+    fn field_owned(&self, index: usize) -> Value {
+        self.field(index).to_value()
+    }
 }
 
 impl<'a> FieldSource<'a> for &'a [Value] {
     fn field(&self, index: usize) -> ValueRef<'a> {
         self.get(index).map(ValueRef::from).unwrap_or(ValueRef::Null)
+    }
+
+    fn field_owned(&self, index: usize) -> Value {
+        self.get(index).cloned().unwrap_or(Value::Null)
     }
 }
 
@@ -160,6 +170,15 @@ impl Expr {
             Expr::Literal(value) => Evaluated::Borrowed(ValueRef::from(value)),
             Expr::Call(func, arg) => Evaluated::Owned(apply(*func, arg.eval(row).as_ref())),
             _ => Evaluated::Borrowed(ValueRef::Bool(self.test(row))),
+        }
+    }
+
+    /// Evaluates the expression over one row into an owned value.
+    pub fn value<'a>(&'a self, row: &impl FieldSource<'a>) -> Value {
+        match self {
+            Expr::Field(index) => row.field_owned(*index),
+            Expr::Literal(value) => value.clone(),
+            _ => self.eval(row).into_value(),
         }
     }
 
