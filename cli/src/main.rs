@@ -217,4 +217,4 @@ fn report(summary: &RunSummary) {
 }
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: projector::Allocator = mimalloc::MiMalloc;

@@ -154,8 +154,9 @@ pub struct PaymentInitiated {
 /// as shared text. Two ids are equal exactly when their texts are.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum EventId {
-    /// A canonical UUID.
-    Uuid(u128),
+    /// A canonical UUID, big-endian (bytes, not `u128`, to keep the id at
+    /// 24 bytes).
+    Uuid([u8; 16]),
     /// Any other text.
     Text(Arc<str>),
 }
@@ -172,7 +173,7 @@ impl EventId {
         if canonical {
             let hex: String = text.chars().filter(|c| *c != '-').collect();
             if let Ok(value) = u128::from_str_radix(&hex, 16) {
-                return EventId::Uuid(value);
+                return EventId::Uuid(value.to_be_bytes());
             }
         }
         EventId::Text(text.into())
@@ -182,8 +183,8 @@ impl EventId {
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EventId::Uuid(value) => {
-                let hex = format!("{value:032x}");
+            EventId::Uuid(bytes) => {
+                let hex = format!("{:032x}", u128::from_be_bytes(*bytes));
                 write!(f, "{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
             }
             EventId::Text(text) => f.write_str(text),
@@ -559,6 +560,7 @@ mod tests {
         let uuid = "7b0e6a0e-3c1f-4a35-9d0c-1d2f6f0f3a11";
         assert!(matches!(EventId::new(uuid), EventId::Uuid(_)));
         assert_eq!(EventId::new(uuid).to_string(), uuid);
+        assert_eq!(std::mem::size_of::<EventId>(), 24);
         assert!(matches!(EventId::new(&uuid.to_uppercase()), EventId::Text(_)));
         assert_ne!(EventId::new(uuid), EventId::new(&uuid.to_uppercase()));
         assert_eq!(EventId::new("e1"), EventId::Text("e1".into()));

@@ -5,65 +5,88 @@
 //! order (the usual redelivery) are resolved in the order fold. Every other
 //! case (an `event_id` whose first copy is in another order, or is not an
 //! order event at all) is found by [`stray_copies`], which groups all
-//! events by `event_id` and retracts the copies that must not count. For a
-//! well-behaved log it emits nothing and keeps no output state.
+//! events by `event_id`, keeping only their positions and orders, and tells
+//! the fold which copies to ignore. For a well-behaved log it emits nothing.
 
 use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
 
 use projector_core::event::EventId;
-use projector_core::order::{OrderChange, OrderEvent, OrderState};
+use projector_core::order::{OrderChange, OrderState};
 
 use crate::EventPosition;
 use crate::decode::KeyedEvent;
 
-/// An order event keyed by its `event_id`.
-pub type KeyedOrderEvent = (EventId, (EventPosition, OrderEvent));
-
-/// Order events whose `event_id` was first seen in another order or on an
-/// event of another type: they must not count.
-pub fn stray_copies<'scope>(events: VecCollection<'scope, u64, KeyedEvent>) -> VecCollection<'scope, u64, KeyedOrderEvent> {
-    events.reduce_named(
-        "StrayCopiesByEventId",
-        |_event_id, copies: &[(&(EventPosition, Option<OrderEvent>), isize)], output| {
+/// For each order, the positions of copies in it that must not count:
+/// their `event_id` was first seen in another order or on an event of
+/// another type.
+pub fn stray_copies<'scope>(events: VecCollection<'scope, u64, KeyedEvent>) -> VecCollection<'scope, u64, (Arc<str>, EventPosition)> {
+    events
+        .map(|(event_id, (position, event))| (event_id, (position, event.map(|e| e.order_id))))
+        .reduce_named("StrayCopiesByEventId", |_event_id, copies: &[(&(EventPosition, Option<Arc<str>>), isize)], output| {
             // Values arrive sorted, and the position leads the value.
-            let first_order = copies[0].0.1.as_ref().map(|event| &event.order_id);
+            let first_order = copies[0].0.1.as_ref();
             for (copy, _) in &copies[1..] {
-                if let Some(event) = &copy.1
-                    && first_order != Some(&event.order_id)
+                if let Some(order_id) = &copy.1
+                    && first_order != Some(order_id)
                 {
-                    output.push(((copy.0, event.clone()), 1));
+                    output.push(((Arc::clone(order_id), copy.0), 1));
                 }
             }
-        },
-    )
+        })
+        .map(|(_event_id, stray)| stray)
+}
+
+/// What the order fold reads: the order's events, and the positions of
+/// copies it must ignore.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum OrderInput {
+    /// An event of the order: sequence, position, `event_id`, effect.
+    Event(u64, EventPosition, EventId, OrderChange),
+    /// A copy at this position does not count.
+    Ignore(EventPosition),
 }
 
 /// Folds each order's events into its current state; orders whose
 /// `OrderCreated` has not been seen yet have no state.
 pub fn order_states<'scope>(events: VecCollection<'scope, u64, KeyedEvent>) -> VecCollection<'scope, u64, OrderState> {
-    let strays = stray_copies(events.clone());
+    let ignored = stray_copies(events.clone()).map(|(order_id, position)| (order_id, OrderInput::Ignore(position)));
     events
-        .flat_map(|(event_id, (position, event))| event.map(|event| (event_id, (position, event))))
-        .concat(strays.negate())
-        .map(|(event_id, (position, event))| (event.order_id, (event.sequence, position, event_id, event.change)))
-        .reduce_named("OrderState", |order_id: &Arc<str>, events: &[(&OrderEventAt, isize)], output| {
-            if let Some(state) = OrderState::fold(order_id, first_copies(events)) {
+        .flat_map(|(event_id, (position, event))| {
+            event.map(|e| (e.order_id, OrderInput::Event(e.sequence, position, event_id, e.change)))
+        })
+        .concat(ignored)
+        .reduce_named("OrderState", |order_id: &Arc<str>, inputs: &[(&OrderInput, isize)], output| {
+            if let Some(state) = OrderState::fold(order_id, counted_events(inputs)) {
                 output.push((state, 1));
             }
         })
         .map(|(_order_id, state)| state)
 }
 
-/// One event of an order: sequence, position, `event_id`, effect.
-type OrderEventAt = (u64, EventPosition, EventId, OrderChange);
-
-/// The events of one order with each `event_id` once: its copy first in
-/// the log.
-fn first_copies<'a>(events: &'a [(&'a OrderEventAt, isize)]) -> Vec<(u64, EventPosition, &'a OrderChange)> {
-    let mut by_id: Vec<&OrderEventAt> = events.iter().filter(|(_, count)| *count > 0).map(|(event, _)| *event).collect();
-    by_id.sort_by(|a, b| (&a.2, a.1).cmp(&(&b.2, b.1)));
-    by_id.dedup_by(|later, first| later.2 == first.2);
-    by_id.into_iter().map(|(sequence, position, _, change)| (*sequence, *position, change)).collect()
+/// The events of one order that count: not ignored, and each `event_id`
+/// once (its copy first in the log).
+fn counted_events<'a>(inputs: &'a [(&'a OrderInput, isize)]) -> Vec<(u64, EventPosition, &'a OrderChange)> {
+    let ignored: Vec<EventPosition> = inputs
+        .iter()
+        .filter_map(|(input, _)| match input {
+            OrderInput::Ignore(position) => Some(*position),
+            OrderInput::Event(..) => None,
+        })
+        .collect();
+    let mut events: Vec<(&EventId, EventPosition, u64, &OrderChange)> = inputs
+        .iter()
+        .filter(|(_, count)| *count > 0)
+        .filter_map(|(input, _)| match input {
+            OrderInput::Event(sequence, position, event_id, change) if !ignored.contains(position) => {
+                Some((event_id, *position, *sequence, change))
+            }
+            _ => None,
+        })
+        .collect();
+    events.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    events.dedup_by(|later, first| later.0 == first.0);
+    events.into_iter().map(|(_, position, sequence, change)| (sequence, position, change)).collect()
 }
