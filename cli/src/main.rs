@@ -81,35 +81,54 @@ enum Command {
     /// Write a generated, contract-conformant event log (JSON Lines), with
     /// updates, cancels, out-of-order events, redeliveries and optionally
     /// bad records. The same seed gives the same log.
-    Generate {
-        /// About how many events.
-        #[arg(long, default_value_t = 10_000)]
-        events: u64,
-        /// Random seed.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Number of stores.
-        #[arg(long, default_value_t = 20)]
-        stores: u64,
-        /// Customers per store.
-        #[arg(long, default_value_t = 2_000)]
-        customers_per_store: u64,
-        /// Number of products.
-        #[arg(long, default_value_t = 500)]
-        products: u64,
-        /// Days the orders spread over, from 2024-03-01.
-        #[arg(long, default_value_t = 30)]
-        days: u32,
-        /// Share of records that are bad (all kinds in turn), 0 to 1.
-        #[arg(long, default_value_t = 0.0)]
-        bad_ratio: f64,
-        /// Share of records that redeliver an earlier one, 0 to 1.
-        #[arg(long, default_value_t = 0.02)]
-        redelivery_ratio: f64,
-        /// Output file (default: standard output).
-        #[arg(short, long, value_name = "FILE")]
-        out: Option<PathBuf>,
-    },
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// About how many events.
+    #[arg(long, default_value_t = 10_000)]
+    events: u64,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of stores.
+    #[arg(long, default_value_t = 20)]
+    stores: u64,
+    /// Customers per store.
+    #[arg(long, default_value_t = 2_000)]
+    customers_per_store: u64,
+    /// Number of products.
+    #[arg(long, default_value_t = 500)]
+    products: u64,
+    /// Days the orders spread over, from 2024-03-01.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// Share of records that are bad (all kinds in turn), 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    bad_ratio: f64,
+    /// Share of records that redeliver an earlier one, 0 to 1.
+    #[arg(long, default_value_t = 0.02)]
+    redelivery_ratio: f64,
+    /// Output file (default: standard output).
+    #[arg(short, long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+impl GenerateArgs {
+    fn generator_config(&self) -> GeneratorConfig {
+        GeneratorConfig {
+            seed: self.seed,
+            events: self.events,
+            stores: self.stores,
+            customers_per_store: self.customers_per_store,
+            products: self.products,
+            days: self.days,
+            bad_ratio: self.bad_ratio,
+            redelivery_ratio: self.redelivery_ratio,
+            ..GeneratorConfig::default()
+        }
+    }
 }
 
 fn default_workers() -> usize {
@@ -164,29 +183,9 @@ fn execute(command: Command) -> Result<(), CommandError> {
                 plan.config.sinks.len()
             );
         }
-        Command::Generate {
-            events,
-            seed,
-            stores,
-            customers_per_store,
-            products,
-            days,
-            bad_ratio,
-            redelivery_ratio,
-            out,
-        } => {
-            let config = GeneratorConfig {
-                seed,
-                events,
-                stores,
-                customers_per_store,
-                products,
-                days,
-                bad_ratio,
-                redelivery_ratio,
-                ..GeneratorConfig::default()
-            };
-            let written = match out {
+        Command::Generate(args) => {
+            let config = args.generator_config();
+            let written = match args.out {
                 Some(path) => {
                     let file = std::fs::File::create(&path)
                         .map_err(|e| CommandError::Io(format!("cannot create {}: {e}", path.display())))?;
