@@ -422,10 +422,10 @@ impl Event {
                     currency: created.currency,
                     created_at: created.created_at,
                 }),
-                Arc::new(OrderContent { line_items: created.line_items, total_cents: created.total_cents }),
+                Arc::new(OrderContent { line_items: created.line_items.into(), total_cents: created.total_cents }),
             ),
             Payload::OrderUpdated(updated) => OrderChange::Updated(Arc::new(OrderContent {
-                line_items: updated.line_items,
+                line_items: updated.line_items.into(),
                 total_cents: updated.total_cents,
             })),
             Payload::OrderCancelled(_) => OrderChange::Cancelled,

@@ -17,9 +17,9 @@ pub struct LineItem {
     /// The product.
     pub product_id: u64,
     /// Stock keeping unit.
-    pub sku: String,
+    pub sku: Box<str>,
     /// Product title at the time of ordering.
-    pub title: String,
+    pub title: Box<str>,
     /// Units, at least 1.
     pub quantity: i64,
     /// Price of one unit in cents, at least 0.
@@ -50,8 +50,9 @@ pub struct OrderHeader {
 /// What `OrderCreated` and `OrderUpdated` set and the later one replaces.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct OrderContent {
-    /// The items.
-    pub line_items: Vec<LineItem>,
+    /// The items (a boxed slice: exactly as long as needed, since order
+    /// state holds hundreds of thousands of them).
+    pub line_items: Box<[LineItem]>,
     /// The total in cents.
     pub total_cents: i64,
 }
@@ -170,7 +171,7 @@ mod tests {
     }
 
     fn content(total_cents: i64) -> Arc<OrderContent> {
-        Arc::new(OrderContent { line_items: vec![], total_cents })
+        Arc::new(OrderContent { line_items: Box::new([]), total_cents })
     }
 
     fn at(offset: u64) -> LogPosition {

@@ -170,8 +170,8 @@ impl Generator {
                 let (sku, title, price) = self.titles[index].clone();
                 LineItem {
                     product_id: 9000 + index as u64,
-                    sku,
-                    title,
+                    sku: sku.into(),
+                    title: title.into(),
                     quantity: self.rng.random_range(1..=3i64),
                     unit_price_cents: price,
                 }
@@ -235,7 +235,7 @@ impl Generator {
                     total_cents: total,
                 }),
             ));
-            let reserved = items.iter().map(|i| ReservedItem { sku: i.sku.clone(), quantity: i.quantity }).collect();
+            let reserved = items.iter().map(|i| ReservedItem { sku: i.sku.to_string(), quantity: i.quantity }).collect();
             let reservation_id = self.uuid();
             events.push(self.event(
                 &order_id,
