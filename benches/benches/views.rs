@@ -11,7 +11,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use projector_core::config::check_text;
 use projector_core::event::decode_event;
 use projector_core::order::{OrderEvent, OrderState};
-use projector_core::value::Row;
+use projector_core::packed::PackedRow;
 
 fn orders() -> Vec<OrderState> {
     let mut by_order: BTreeMap<std::sync::Arc<str>, Vec<(u64, u64, OrderEvent)>> = BTreeMap::new();
@@ -43,7 +43,7 @@ fn views(c: &mut Criterion) {
                 rows
             })
         });
-        let mut groups: BTreeMap<Row, Vec<Row>> = BTreeMap::new();
+        let mut groups: BTreeMap<PackedRow, Vec<PackedRow>> = BTreeMap::new();
         for order in &orders {
             view.relation.for_each_row(order, |row| {
                 if let Some((key, inputs)) = view.project(row) {
@@ -55,7 +55,7 @@ fn views(c: &mut Criterion) {
             b.iter(|| {
                 groups
                     .iter()
-                    .filter_map(|(key, inputs)| view.aggregate(key, inputs.iter().map(|i| (&i[..], 1))))
+                    .filter_map(|(key, inputs)| view.aggregate(key, inputs.iter().map(|i| (i, 1))))
                     .count()
             })
         });

@@ -4,7 +4,7 @@
 //! - [`record`]: positions of records in sources, and dead letters;
 //! - [`order`]: what an order's events add up to;
 //! - [`relation`]: the relations views read (`orders`, `order_lines`);
-//! - [`value`]: typed values and rows;
+//! - [`value`]: typed values and rows; [`packed`]: rows packed as bytes;
 //! - [`config`]: `pipelines.yaml`, its checks and compiled views;
 //! - [`view`]: a compiled view's projection and aggregation;
 //! - [`source`], [`sink`]: the seams sources and sinks plug into.
@@ -12,6 +12,7 @@
 pub mod config;
 pub mod event;
 pub mod order;
+pub mod packed;
 pub mod record;
 pub mod relation;
 pub mod sink;

@@ -7,8 +7,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::config::expr::{Expr, FieldSource};
+use crate::config::expr::{Evaluated, Expr, FieldSource};
 use crate::config::model::MeasureFunction;
+use crate::packed::PackedRow;
 use crate::relation::{Relation, RowRef, ValueRef};
 use crate::value::{FieldType, Row, Value};
 
@@ -134,47 +135,52 @@ impl ViewPlan {
     /// when the view's filter rejects the row.
     ///
     /// Measure inputs are one value per [`Slot`].
-    pub fn project(&self, row: RowRef<'_>) -> Option<(Row, Row)> {
+    pub fn project(&self, row: RowRef<'_>) -> Option<(PackedRow, PackedRow)> {
         if let Some(filter) = &self.filter
             && !filter.test(&row)
         {
             return None;
         }
-        let key: Row = self.keys.iter().map(|k| k.expr.value(&row)).collect();
-        let inputs = self
+        let key: Vec<Evaluated<'_>> = self.keys.iter().map(|k| k.expr.eval(&row)).collect();
+        let key = PackedRow::pack(key.iter().map(Evaluated::as_ref));
+        let inputs: Vec<Evaluated<'_>> = self
             .slots
             .iter()
             .map(|slot| {
                 if let Some(filter) = &slot.filter
                     && !filter.test(&row)
                 {
-                    return Value::Null;
+                    return Evaluated::Borrowed(ValueRef::Null);
                 }
                 match &slot.input {
-                    Some(input) => input.value(&row),
-                    None => Value::Bool(true),
+                    Some(input) => input.eval(&row),
+                    None => Evaluated::Borrowed(ValueRef::Bool(true)),
                 }
             })
-            .collect::<Row>();
-        Some((key, inputs))
+            .collect();
+        Some((key, PackedRow::pack(inputs.iter().map(Evaluated::as_ref))))
     }
 
     /// Folds a group's measure inputs, each with its multiplicity, into the
     /// measure and label values; `None` when `having` rejects the row.
-    pub fn aggregate<'a>(&self, key: &[Value], inputs: impl IntoIterator<Item = (&'a [Value], i64)>) -> Option<Row> {
+    pub fn aggregate<'a>(&self, key: &PackedRow, inputs: impl IntoIterator<Item = (&'a PackedRow, i64)>) -> Option<Row> {
         let mut accumulators: Vec<Accumulator<'a>> =
             self.measures.iter().map(|m| Accumulator::new(m.function)).collect();
-        for (values, multiplicity) in inputs {
+        let mut values: Vec<ValueRef<'a>> = Vec::with_capacity(self.slots.len());
+        for (packed, multiplicity) in inputs {
             if multiplicity <= 0 {
                 continue;
             }
+            values.clear();
+            values.extend(packed.iter());
             for (accumulator, measure) in accumulators.iter_mut().zip(&self.measures) {
                 if let Some(value) = values.get(measure.slot) {
-                    accumulator.add(value, multiplicity);
+                    accumulator.add(*value, multiplicity);
                 }
             }
         }
-        let mut row: Vec<Value> = key.to_vec();
+        let mut row: Vec<Value> = key.iter().map(ValueRef::to_value).collect();
+        let key_len = row.len();
         for (measure, accumulator) in self.measures.iter().zip(accumulators) {
             debug_assert_eq!(measure.function, accumulator.function);
             row.push(accumulator.finish());
@@ -194,7 +200,7 @@ impl ViewPlan {
                 return None;
             }
         }
-        row.drain(..key.len());
+        row.drain(..key_len);
         Some(row.into())
     }
 
@@ -209,9 +215,9 @@ struct Accumulator<'a> {
     function: MeasureFunction,
     count: i128,
     sum: i128,
-    min: Option<&'a Value>,
-    max: Option<&'a Value>,
-    distinct: BTreeSet<&'a Value>,
+    min: Option<ValueRef<'a>>,
+    max: Option<ValueRef<'a>>,
+    distinct: BTreeSet<ValueRef<'a>>,
 }
 
 impl<'a> Accumulator<'a> {
@@ -219,8 +225,8 @@ impl<'a> Accumulator<'a> {
         Accumulator { function, count: 0, sum: 0, min: None, max: None, distinct: BTreeSet::new() }
     }
 
-    fn add(&mut self, value: &'a Value, multiplicity: i64) {
-        if *value == Value::Null {
+    fn add(&mut self, value: ValueRef<'a>, multiplicity: i64) {
+        if value == ValueRef::Null {
             return;
         }
         let multiplicity = i128::from(multiplicity);
@@ -228,7 +234,12 @@ impl<'a> Accumulator<'a> {
             MeasureFunction::Count => self.count += multiplicity,
             MeasureFunction::Sum | MeasureFunction::Avg => {
                 self.count += multiplicity;
-                if let Some(number) = value.as_i128() {
+                let number = match value {
+                    ValueRef::UInt(v) => Some(i128::from(v)),
+                    ValueRef::Int(v) => Some(i128::from(v)),
+                    _ => None,
+                };
+                if let Some(number) = number {
                     self.sum = self.sum.saturating_add(number.saturating_mul(multiplicity));
                 }
             }
@@ -255,8 +266,8 @@ impl<'a> Accumulator<'a> {
             MeasureFunction::CountDistinct => Value::UInt(self.distinct.len() as u64),
             MeasureFunction::Sum => Value::Int(clamp(self.sum)),
             MeasureFunction::Avg => Value::Int(if self.count == 0 { 0 } else { clamp(self.sum / self.count) }),
-            MeasureFunction::Min => self.min.cloned().unwrap_or(Value::Null),
-            MeasureFunction::Max => self.max.cloned().unwrap_or(Value::Null),
+            MeasureFunction::Min => self.min.map_or(Value::Null, ValueRef::to_value),
+            MeasureFunction::Max => self.max.map_or(Value::Null, ValueRef::to_value),
         }
     }
 }

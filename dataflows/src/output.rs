@@ -22,6 +22,7 @@ use tracing::warn;
 use projector_core::event::BadRecordKind;
 use projector_core::record::DeadLetter;
 use projector_core::sink::{DeadLetterSink, SinkError, SourcePositions, ViewBatch, ViewChange, ViewSink};
+use projector_core::packed::PackedRow;
 use projector_core::value::Row;
 
 /// The source positions each worker's readers had reached at each batch
@@ -107,7 +108,7 @@ fn with_retries(what: &str, mut attempt: impl FnMut() -> Result<(), SinkError>) 
 /// Hands each completed batch of a view's changes to its sinks (on worker
 /// 0, the `owner`; other workers pass `sinks` empty and receive no data).
 pub fn deliver_view<'scope>(
-    changes: VecCollection<'scope, u64, (Row, Row)>,
+    changes: VecCollection<'scope, u64, (PackedRow, Row)>,
     view_name: &str,
     view_index: usize,
     owner: bool,
@@ -124,7 +125,7 @@ pub fn deliver_view<'scope>(
         Exchange::new(|_| 0u64),
         &format!("Sinks of {view_name}"),
         move |_capability, _info| {
-            let mut pending: Vec<((Row, Row), u64, isize)> = Vec::new();
+            let mut pending: Vec<((PackedRow, Row), u64, isize)> = Vec::new();
             let mut delivered_upper = 0u64;
             let mut finished = false;
             move |(input, frontier), _output| {
@@ -135,12 +136,13 @@ pub fn deliver_view<'scope>(
                 }
                 let (ready, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, time, _)| *time < upper);
                 pending = later;
-                let mut updates: Vec<((Row, Row), isize)> = ready.into_iter().map(|(data, _, diff)| (data, diff)).collect();
+                let mut updates: Vec<((PackedRow, Row), isize)> = ready.into_iter().map(|(data, _, diff)| (data, diff)).collect();
                 consolidate(&mut updates);
-                let batch_changes: Vec<ViewChange> = updates
+                let mut batch_changes: Vec<ViewChange> = updates
                     .into_iter()
-                    .map(|((key, values), diff)| ViewChange { key, values, diff: diff as i64 })
+                    .map(|((key, values), diff)| ViewChange { key: key.unpack(), values, diff: diff as i64 })
                     .collect();
+                batch_changes.sort();
                 rows.fetch_add(batch_changes.iter().map(|c| c.diff).sum::<i64>(), Ordering::Relaxed);
                 let positions = state.positions_at(upper);
                 let batch = ViewBatch { changes: &batch_changes, upper, positions: &positions };
