@@ -238,7 +238,7 @@ pub fn run(
         while input.is_none() && !probe.done() && !options.stop.load(Ordering::Relaxed) {
             worker.step_or_park(Some(Duration::from_millis(20)));
         }
-        if !options.until_idle {
+        if !options.until_idle && input.is_none() && !options.stop.load(Ordering::Relaxed) {
             info!(worker = index, "all bounded sources processed; serving until stopped");
             while !options.stop.load(Ordering::Relaxed) {
                 worker.step_or_park(Some(Duration::from_millis(100)));
