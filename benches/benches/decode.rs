@@ -2,6 +2,9 @@
 //!
 //! Run: `cargo bench -p projector-benches --bench decode`
 
+#[global_allocator]
+static ALLOCATOR: projector::Allocator = mimalloc::MiMalloc;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use projector_core::event::decode_event;

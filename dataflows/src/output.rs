@@ -75,7 +75,8 @@ pub struct OutputState {
 }
 
 impl OutputState {
-    fn fail(&self, message: String) {
+    /// Records the first fatal failure; every worker stops when it sees it.
+    pub fn fail(&self, message: String) {
         if let Ok(mut failure) = self.failure.lock()
             && failure.is_none()
         {

@@ -102,9 +102,9 @@ pub enum RunError {
         /// What went wrong.
         error: SourceError,
     },
-    /// A sink failed for good.
-    #[error("sink {0}")]
-    Sink(String),
+    /// A sink or source failed for good; the message names it.
+    #[error("{0}")]
+    Failed(String),
     /// The timely runtime failed.
     #[error("dataflow runtime: {0}")]
     Runtime(String),
@@ -136,10 +136,13 @@ pub fn run(
 
         let mut readers = Vec::new();
         for (source_name, source) in &sources {
-            let reader = source
-                .reader(index, peers)
-                .map_err(|error| RunError::Source { source_name: source_name.clone(), error })?;
-            readers.push((source_name.clone(), reader));
+            match source.reader(index, peers) {
+                Ok(reader) => readers.push((source_name.clone(), reader)),
+                Err(error) => {
+                    state.fail(format!("source {source_name:?}: {error}"));
+                    return Err(RunError::Source { source_name: source_name.clone(), error });
+                }
+            }
         }
 
         let mut events_input: InputSession<u64, KeyedEvent, isize> = InputSession::new();
@@ -183,12 +186,19 @@ pub fn run(
                     let Some(current) = epochs[reader_index] else { continue };
                     let before = reader.positions();
                     let source = reader_index as u16;
-                    let poll = reader
-                        .poll(options.poll_records, &mut |position, bytes| match decode_record(source, position, bytes) {
+                    let poll =
+                        reader.poll(options.poll_records, &mut |position, bytes| match decode_record(source, position, bytes) {
                             Ok(event) => decoded.push(event),
                             Err(letter) => bad.push(letter),
-                        })
-                        .map_err(|error| RunError::Source { source_name: source_name.clone(), error })?;
+                        });
+                    let poll = match poll {
+                        Ok(poll) => poll,
+                        Err(error) => {
+                            // Tell the other workers, so none waits for this one.
+                            state.fail(format!("source {source_name:?}: {error}"));
+                            return Err(RunError::Source { source_name: source_name.clone(), error });
+                        }
+                    };
                     let next = match poll {
                         Poll::Records { epoch } | Poll::Idle { epoch } => Some(epoch.max(current)),
                         Poll::Finished => None,
@@ -256,7 +266,7 @@ pub fn run(
         }
     }
     if let Some(message) = state.failure.lock().ok().and_then(|f| f.clone()) {
-        return Err(RunError::Sink(message));
+        return Err(RunError::Failed(message));
     }
     let dead_letters = state.dead_letters.lock().map(|d| d.iter().map(|(k, n)| (*k, *n)).collect()).unwrap_or_default();
     let view_rows = state
