@@ -15,21 +15,40 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 export PROPTEST_CASES="${PROPTEST_CASES:-48}"
 SERVICES_DIR="$(pwd)/.services"
 
-# Services the tests talk to. None are needed by the spine (files in, files
-# out); the Kafka, ClickHouse and Redis tests add their start and stop here.
-start_services() {
-    mkdir -p "$SERVICES_DIR"
+PIDS=()
+
+# A Kafka-protocol broker on loopback: librdkafka's mock cluster in a
+# process of its own (SERVICES.md: the only broker rdkafka can talk to on
+# these machines). It is built with the workspace.
+start_kafka() {
+    local address_file="$SERVICES_DIR/kafka.address"
+    rm -f "$address_file"
+    target/debug/projector-mock-kafka --address-file "$address_file" > "$SERVICES_DIR/kafka.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 100); do
+        [ -s "$address_file" ] && break
+        sleep 0.1
+    done
+    [ -s "$address_file" ] || { echo "the Kafka mock broker did not start:"; cat "$SERVICES_DIR/kafka.log"; exit 1; }
+    KAFKA_BROKERS="$(cat "$address_file")"
+    export KAFKA_BROKERS
+    echo "Kafka mock broker at $KAFKA_BROKERS"
 }
 
 stop_services() {
-    :
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
 }
 
 trap stop_services EXIT
-start_services
+mkdir -p "$SERVICES_DIR"
 
 echo "== build (once)"
 cargo build --workspace --all-targets --locked
+
+echo "== services"
+start_kafka
 
 echo "== tests"
 cargo test --workspace --all-targets --locked

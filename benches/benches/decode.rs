@@ -9,7 +9,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use projector_core::event::decode_event;
 use projector_dataflows::decode::decode_record;
-use projector_core::record::LogPosition;
+use projector_core::record::{LogPosition, RecordRef};
 
 fn decode(c: &mut Criterion) {
     let lines = projector_benches::generated_lines(10_000, 11);
@@ -24,7 +24,10 @@ fn decode(c: &mut Criterion) {
             lines
                 .iter()
                 .enumerate()
-                .filter(|(i, line)| decode_record(0, LogPosition { partition: 0, offset: *i as u64 }, line.as_bytes()).is_ok())
+                .filter(|(i, line)| {
+                    let position = LogPosition { partition: 0, offset: *i as u64 };
+                    decode_record(0, RecordRef { position, key: None, bytes: line.as_bytes() }).is_ok()
+                })
                 .count()
         })
     });

@@ -60,7 +60,7 @@ pub fn run_config(plan: PipelinePlan, options: RunOptions) -> Result<RunSummary,
         )));
     }
     let sources = components::sources(&plan);
-    let outputs = components::outputs(&plan);
+    let outputs = components::outputs(&plan).map_err(|e| CommandError::Io(e.to_string()))?;
     Ok(run(Arc::new(plan), sources, outputs, options)?)
 }
 

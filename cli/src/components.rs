@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tracing::warn;
 
+use std::time::Instant;
+
 use projector_core::config::{PipelinePlan, SinkKind, SourceKind};
 use projector_core::record::DeadLetter;
 use projector_core::sink::{DeadLetterSink, SinkError, ViewSink};
@@ -13,12 +15,14 @@ use projector_core::source::Source;
 use projector_dataflows::runner::Outputs;
 use projector_sink_file::{FileDeadLetterSink, FileViewSink};
 use projector_source_file::FileSource;
+use projector_source_kafka::{KafkaDeadLetterSink, KafkaSource};
 
 /// How often a file sink of a running pipeline rewrites its file.
 const FILE_SINK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The config's sources, by name.
 pub fn sources(plan: &PipelinePlan) -> Vec<(String, Arc<dyn Source>)> {
+    let started = Instant::now();
     plan.config
         .sources
         .iter()
@@ -26,6 +30,7 @@ pub fn sources(plan: &PipelinePlan) -> Vec<(String, Arc<dyn Source>)> {
         .map(|(index, source)| {
             let built: Arc<dyn Source> = match &source.kind {
                 SourceKind::File(file) => Arc::new(FileSource::new(index as u16, &file.path, file.batch_records)),
+                SourceKind::Kafka(kafka) => Arc::new(KafkaSource::new(index as u16, kafka.clone(), started)),
             };
             (source.name.clone(), built)
         })
@@ -33,7 +38,7 @@ pub fn sources(plan: &PipelinePlan) -> Vec<(String, Arc<dyn Source>)> {
 }
 
 /// The config's sinks, grouped by view, and its dead-letter destinations.
-pub fn outputs(plan: &PipelinePlan) -> Outputs {
+pub fn outputs(plan: &PipelinePlan) -> Result<Outputs, SinkError> {
     let mut view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>> = plan.views.iter().map(|_| Vec::new()).collect();
     for sink in &plan.config.sinks {
         let Some(view_index) = plan.views.iter().position(|v| v.name == sink.view.value) else { continue };
@@ -45,21 +50,23 @@ pub fn outputs(plan: &PipelinePlan) -> Outputs {
         view_sinks[view_index].push((format!("sink {:?}", sink.name), built));
     }
     let names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
-    let routes = plan
-        .config
-        .sources
-        .iter()
-        .map(|source| match &source.kind {
-            SourceKind::File(file) => file
-                .dead_letters
-                .as_ref()
-                .map(|path| Box::new(FileDeadLetterSink::new(path, names.clone())) as Box<dyn DeadLetterSink>),
-        })
-        .collect();
-    Outputs {
+    let mut routes = Vec::new();
+    for source in &plan.config.sources {
+        let route: Option<Box<dyn DeadLetterSink>> = match &source.kind {
+            SourceKind::File(file) => {
+                file.dead_letters.as_ref().map(|path| Box::new(FileDeadLetterSink::new(path, names.clone())) as _)
+            }
+            SourceKind::Kafka(kafka) => match &kafka.dead_letter_topic {
+                Some(topic) => Some(Box::new(KafkaDeadLetterSink::new(&kafka.brokers, &kafka.properties, topic, &kafka.topic)?)),
+                None => None,
+            },
+        };
+        routes.push(route);
+    }
+    Ok(Outputs {
         view_sinks,
         dead_letter_sinks: vec![("dead letters".to_string(), Box::new(DeadLetterRoutes { routes, names }))],
-    }
+    })
 }
 
 /// The outputs of a file run (`--output-dir`): every view to

@@ -30,6 +30,8 @@ pub struct DemoOptions {
     pub duration: Option<Duration>,
     /// Generator seed.
     pub seed: u64,
+    /// Set to stop the demo (Ctrl-C).
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The `order_summary` rows and the positions they reflect.
@@ -81,7 +83,8 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
         ..GeneratorConfig::default()
     };
     let source = DatagenSource::new(0, generator, Some(options.rate), Duration::from_millis(250));
-    let run_options = RunOptions { workers: options.workers, until_idle: false, ..RunOptions::default() };
+    let run_options =
+        RunOptions { workers: options.workers, until_idle: false, stop: Arc::clone(&options.stop), ..RunOptions::default() };
     let stop = Arc::clone(&run_options.stop);
     let progress = Arc::clone(&run_options.progress);
     let runner = std::thread::spawn(move || run(Arc::new(plan), vec![("generator".into(), Arc::new(source))], outputs, run_options));
@@ -89,7 +92,10 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
     let started = Instant::now();
     let mut last = (Instant::now(), 0u64);
     let terminal = std::io::stdout().is_terminal();
-    while options.duration.is_none_or(|d| started.elapsed() < d) && !runner.is_finished() {
+    while options.duration.is_none_or(|d| started.elapsed() < d)
+        && !runner.is_finished()
+        && !options.stop.load(Ordering::Relaxed)
+    {
         std::thread::sleep(Duration::from_secs(1));
         let records = progress.records.load(Ordering::Relaxed);
         let rate = (records - last.1) as f64 / last.0.elapsed().as_secs_f64();

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -111,8 +113,15 @@ struct GenerateArgs {
     #[arg(long, default_value_t = 0.02)]
     redelivery_ratio: f64,
     /// Output file (default: standard output).
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", conflicts_with = "topic")]
     out: Option<PathBuf>,
+    /// Append the events to this Kafka topic instead (keyed by
+    /// aggregate_id), at --brokers.
+    #[arg(long, requires = "brokers")]
+    topic: Option<String>,
+    /// Kafka bootstrap servers for --topic.
+    #[arg(long, value_name = "HOST:PORT")]
+    brokers: Option<String>,
 }
 
 impl GenerateArgs {
@@ -158,16 +167,52 @@ fn main() -> ExitCode {
     }
 }
 
+/// Sets `stop` on the first SIGINT or SIGTERM, so the run finishes its
+/// batch, flushes and exits 0; a second signal exits at once.
+fn stop_on_signal(stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch for signals; stop with SIGKILL");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+            else {
+                tracing::warn!("cannot watch for signals; stop with SIGKILL");
+                return;
+            };
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            tracing::info!("stopping: finishing the current batch (signal again to exit at once)");
+            stop.store(true, Ordering::Relaxed);
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            std::process::exit(130);
+        });
+    });
+}
+
 fn execute(command: Command) -> Result<(), CommandError> {
+    let stop = Arc::new(AtomicBool::new(false));
     match command {
         Command::Demo { rate, workers, seconds, seed } => {
+            stop_on_signal(Arc::clone(&stop));
             let summary =
-                demo::demo(DemoOptions { rate, workers, duration: seconds.map(Duration::from_secs), seed })?;
+                demo::demo(DemoOptions { rate, workers, duration: seconds.map(Duration::from_secs), seed, stop })?;
             report(&summary);
         }
         Command::Run { config, input, output_dir, workers, until_idle, batch_records } => {
             let plan = commands::load(&config)?;
-            let options = RunOptions { workers, until_idle, ..RunOptions::default() };
+            stop_on_signal(Arc::clone(&stop));
+            let options = RunOptions { workers, until_idle, stop, ..RunOptions::default() };
             let summary = match (input, output_dir) {
                 (Some(input), Some(dir)) => commands::run_file(plan, &input, &dir, batch_records, options)?,
                 _ => commands::run_config(plan, options)?,
@@ -186,13 +231,19 @@ fn execute(command: Command) -> Result<(), CommandError> {
         }
         Command::Generate(args) => {
             let config = args.generator_config();
-            let written = match args.out {
+            let written = match (&args.topic, &args.brokers) {
+                (Some(topic), Some(brokers)) => {
+                    let records = projector_datagen::Generator::new(config).map(|r| (r.key, r.line));
+                    projector_source_kafka::produce::append_all(brokers, topic, records).map_err(CommandError::Io)?
+                }
+                _ => match args.out {
                 Some(path) => {
                     let file = std::fs::File::create(&path)
                         .map_err(|e| CommandError::Io(format!("cannot create {}: {e}", path.display())))?;
                     commands::generate(config, &mut std::io::BufWriter::new(file))?
                 }
-                None => commands::generate(config, &mut std::io::BufWriter::new(std::io::stdout().lock()))?,
+                    None => commands::generate(config, &mut std::io::BufWriter::new(std::io::stdout().lock()))?,
+                },
             };
             eprintln!("wrote {written} events");
         }

@@ -28,6 +28,17 @@ impl fmt::Display for LogPosition {
     }
 }
 
+/// One record as its source hands it over, borrowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// Where in the source the record sits.
+    pub position: LogPosition,
+    /// The record key (the Kafka key; none for a file line).
+    pub key: Option<&'a [u8]>,
+    /// The record's bytes, exactly as read (a line without its break).
+    pub bytes: &'a [u8],
+}
+
 /// A record that could not become an event, with everything needed to find
 /// and replay it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -36,6 +47,8 @@ pub struct DeadLetter {
     pub source: u16,
     /// Where in that source the record sits.
     pub position: LogPosition,
+    /// The original key, if the record had one.
+    pub key: Option<Vec<u8>>,
     /// The original bytes.
     pub bytes: Vec<u8>,
     /// What kind of problem it has (the metrics label).

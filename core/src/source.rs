@@ -6,7 +6,7 @@
 //! the records they hand over (without copying them) and feeds the events
 //! into the dataflow, batch by batch.
 
-use crate::record::LogPosition;
+use crate::record::RecordRef;
 use crate::sink::SourcePositions;
 
 /// What a poll produced.
@@ -45,9 +45,9 @@ pub enum SourceError {
 /// [`Poll::Finished`] (never, for an unbounded source);
 /// [`SourceReader::positions`] at any time between polls.
 pub trait SourceReader: Send {
-    /// Hands up to `max` records of one batch to `deliver`, each with its
-    /// position, borrowed (the reader may reuse the bytes afterwards).
-    fn poll(&mut self, max: usize, deliver: &mut dyn FnMut(LogPosition, &[u8])) -> Result<Poll, SourceError>;
+    /// Hands up to `max` records of one batch to `deliver`, borrowed (the
+    /// reader may reuse the bytes afterwards).
+    fn poll(&mut self, max: usize, deliver: &mut dyn FnMut(RecordRef<'_>)) -> Result<Poll, SourceError>;
     /// For each partition this reader owns, the next offset it will read.
     fn positions(&self) -> SourcePositions;
 }

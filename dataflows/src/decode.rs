@@ -10,7 +10,7 @@
 
 use projector_core::event::{EventId, decode_event};
 use projector_core::order::OrderEvent;
-use projector_core::record::{DeadLetter, LogPosition};
+use projector_core::record::{DeadLetter, RecordRef};
 
 use crate::EventPosition;
 
@@ -18,13 +18,20 @@ use crate::EventPosition;
 /// for order events, its effect on the order.
 pub type KeyedEvent = (EventId, (EventPosition, Option<OrderEvent>));
 
-/// Decodes one record of source `source` at `position`.
-pub fn decode_record(source: u16, position: LogPosition, bytes: &[u8]) -> Result<KeyedEvent, DeadLetter> {
-    match decode_event(bytes) {
+/// Decodes one record of source number `source`.
+pub fn decode_record(source: u16, record: RecordRef<'_>) -> Result<KeyedEvent, DeadLetter> {
+    match decode_event(record.bytes) {
         Ok(event) => {
             let (event_id, order_event) = event.into_order_event();
-            Ok((event_id, ((source, position), order_event)))
+            Ok((event_id, ((source, record.position), order_event)))
         }
-        Err(bad) => Err(DeadLetter { source, position, bytes: bytes.to_vec(), kind: bad.kind, reason: bad.reason }),
+        Err(bad) => Err(DeadLetter {
+            source,
+            position: record.position,
+            key: record.key.map(<[u8]>::to_vec),
+            bytes: record.bytes.to_vec(),
+            kind: bad.kind,
+            reason: bad.reason,
+        }),
     }
 }

@@ -41,6 +41,9 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Live counters others can watch while the run goes on.
     pub progress: Arc<RunProgress>,
+    /// How long a worker with nothing to read sleeps before polling again
+    /// (bounds the latency an idle source adds).
+    pub idle_wait: Duration,
 }
 
 impl Default for RunOptions {
@@ -51,6 +54,7 @@ impl Default for RunOptions {
             until_idle: true,
             stop: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(RunProgress::default()),
+            idle_wait: Duration::from_millis(2),
         }
     }
 }
@@ -174,11 +178,20 @@ pub fn run(
         let mut bad: Vec<DeadLetter> = Vec::new();
         let mut input = Some((events_input, dead_letters_input));
         loop {
-            if options.stop.load(Ordering::Relaxed) {
-                break;
-            }
             if state.failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                 break;
+            }
+            if options.stop.load(Ordering::Relaxed) && input.is_some() {
+                // Stop reading; what was read completes and is flushed.
+                info!(worker = index, "stopping: finishing the current batch");
+                if let Ok(mut table) = state.progress.lock() {
+                    for (reader_index, (_, reader)) in readers.iter().enumerate() {
+                        if epochs[reader_index].is_some() {
+                            table.record(index, reader_index, u64::MAX, reader.positions());
+                        }
+                    }
+                }
+                input = None;
             }
             let mut delivered = 0usize;
             if let Some((events, dead_letters)) = input.as_mut() {
@@ -187,7 +200,7 @@ pub fn run(
                     let before = reader.positions();
                     let source = reader_index as u16;
                     let poll =
-                        reader.poll(options.poll_records, &mut |position, bytes| match decode_record(source, position, bytes) {
+                        reader.poll(options.poll_records, &mut |record| match decode_record(source, record) {
                             Ok(event) => decoded.push(event),
                             Err(letter) => bad.push(letter),
                         });
@@ -239,14 +252,10 @@ pub fn run(
                 break;
             }
             if delivered == 0 {
-                worker.step_or_park(Some(Duration::from_millis(20)));
+                worker.step_or_park(Some(options.idle_wait));
             } else {
                 worker.step();
             }
-        }
-        // Let the output side flush what is complete.
-        while input.is_none() && !probe.done() && !options.stop.load(Ordering::Relaxed) {
-            worker.step_or_park(Some(Duration::from_millis(20)));
         }
         if !options.until_idle && input.is_none() && !options.stop.load(Ordering::Relaxed) {
             info!(worker = index, "all bounded sources processed; serving until stopped");

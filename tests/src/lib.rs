@@ -7,6 +7,7 @@
 //! as a difference.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+pub mod kafka;
 pub mod reference;
 
 use std::collections::BTreeMap;

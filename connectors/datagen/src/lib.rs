@@ -453,7 +453,7 @@ impl projector_core::source::SourceReader for DatagenReader {
     fn poll(
         &mut self,
         max: usize,
-        deliver: &mut dyn FnMut(projector_core::record::LogPosition, &[u8]),
+        deliver: &mut dyn FnMut(projector_core::record::RecordRef<'_>),
     ) -> Result<projector_core::source::Poll, projector_core::source::SourceError> {
         use projector_core::source::Poll;
         let Some(generator) = self.generator.as_mut() else { return Ok(Poll::Finished) };
@@ -473,7 +473,11 @@ impl projector_core::source::SourceReader for DatagenReader {
                 return Ok(if taken == 0 { Poll::Finished } else { Poll::Records { epoch } });
             };
             self.produced += 1;
-            deliver(projector_core::record::LogPosition { partition: 0, offset: self.produced }, record.line.as_bytes());
+            deliver(projector_core::record::RecordRef {
+                position: projector_core::record::LogPosition { partition: 0, offset: self.produced },
+                key: Some(record.key.as_bytes()),
+                bytes: record.line.as_bytes(),
+            });
         }
         Ok(Poll::Records { epoch })
     }

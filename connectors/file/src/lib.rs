@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use projector_core::record::LogPosition;
+use projector_core::record::{LogPosition, RecordRef};
 use projector_core::sink::SourcePositions;
 use projector_core::source::{Poll, Source, SourceError, SourceReader};
 
@@ -67,12 +67,12 @@ struct FileReader {
 }
 
 /// Hands a line over unless it is blank; drops a trailing `\r`.
-fn deliver_line(line: u64, bytes: &[u8], deliver: &mut dyn FnMut(LogPosition, &[u8])) -> bool {
+fn deliver_line(line: u64, bytes: &[u8], deliver: &mut dyn FnMut(RecordRef<'_>)) -> bool {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return false;
     }
-    deliver(LogPosition { partition: 0, offset: line }, bytes);
+    deliver(RecordRef { position: LogPosition { partition: 0, offset: line }, key: None, bytes });
     true
 }
 
@@ -87,7 +87,7 @@ impl FileReader {
 }
 
 impl SourceReader for FileReader {
-    fn poll(&mut self, max: usize, deliver: &mut dyn FnMut(LogPosition, &[u8])) -> Result<Poll, SourceError> {
+    fn poll(&mut self, max: usize, deliver: &mut dyn FnMut(RecordRef<'_>)) -> Result<Poll, SourceError> {
         if self.finished {
             return Ok(Poll::Finished);
         }
@@ -168,7 +168,7 @@ mod tests {
             loop {
                 let mut lines = Vec::new();
                 let poll = reader
-                    .poll(2, &mut |position, bytes| lines.push((position.offset, String::from_utf8(bytes.to_vec()).unwrap())))
+                    .poll(2, &mut |record| lines.push((record.position.offset, String::from_utf8(record.bytes.to_vec()).unwrap())))
                     .unwrap();
                 match poll {
                     Poll::Records { epoch } => all.extend(lines.into_iter().map(|(line, text)| (worker, epoch, line, text))),

@@ -64,7 +64,8 @@ pub(super) fn pipeline(root: Option<&Node>, file: &str, base_dir: &Path, diags: 
 fn source(name: &str, pos: Pos, node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<SourceConfig> {
     let component = format!("source {name:?}");
     let mut fields = Fields::new(node, &component, "", diags)?;
-    let kind = match component_type(&mut fields, &component, &["file"], diags)?.as_str() {
+    let kind = match component_type(&mut fields, &component, &["file", "kafka"], diags)?.as_str() {
+        "kafka" => SourceKind::Kafka(kafka_source(name, &mut fields, &component, diags)?),
         "file" => {
             let path = required(&mut fields, "path", diags).and_then(|n| path_value(n, &component, "path", base_dir, diags));
             let batch_records = match fields.take("batch_records") {
@@ -78,6 +79,120 @@ fn source(name: &str, pos: Pos, node: &Node, base_dir: &Path, diags: &mut Diagno
         _ => return None,
     };
     Some(SourceConfig { name: name.to_string(), pos, kind })
+}
+
+fn kafka_source(name: &str, fields: &mut Fields<'_>, component: &str, diags: &mut Diagnostics) -> Option<KafkaSourceConfig> {
+    let brokers = required(fields, "brokers", diags).and_then(|n| text(n, component, "brokers", diags));
+    let topic = required(fields, "topic", diags).and_then(|n| text(n, component, "topic", diags));
+    let start = match fields.take("start") {
+        Some(node) => start_position(node, component, diags),
+        None => Some(StartPosition::Earliest),
+    };
+    let bounded = match fields.take("bounded") {
+        Some(node) => boolean(node, component, "bounded", diags),
+        None => Some(false),
+    };
+    let batch_ms = match fields.take("batch_ms") {
+        Some(node) => positive(node, component, "batch_ms", diags),
+        None => Some(20),
+    };
+    let dead_letter_topic = fields.take("dead_letter_topic").and_then(|n| text(n, component, "dead_letter_topic", diags));
+    let group_id = fields.take("group_id").and_then(|n| text(n, component, "group_id", diags));
+    let mut properties = Vec::new();
+    if let Some(node) = fields.take("properties")
+        && let Some(mut entries) = Fields::new(node, component, "properties", diags)
+    {
+        for (key, _, value, taken) in entries.entries.iter_mut() {
+            *taken = true;
+            if let Some(value) = text(value, component, &format!("properties.{key}"), diags) {
+                properties.push((key.to_string(), value.value));
+            }
+        }
+    }
+    let allowed =
+        ["type", "brokers", "topic", "start", "bounded", "batch_ms", "dead_letter_topic", "group_id", "properties"];
+    fields.finish(&allowed, diags);
+    Some(KafkaSourceConfig {
+        brokers: brokers?.value,
+        topic: topic?.value,
+        start: start?,
+        bounded: bounded?,
+        batch_ms: batch_ms?,
+        dead_letter_topic: dead_letter_topic.map(|t| t.value),
+        group_id: group_id.map_or_else(|| format!("projector-{name}"), |g| g.value),
+        properties,
+    })
+}
+
+/// `earliest`, `latest`, `{ offsets: { partition: offset } }` or
+/// `{ timestamp: RFC 3339 }`.
+fn start_position(node: &Node, component: &str, diags: &mut Diagnostics) -> Option<StartPosition> {
+    const ALLOWED: &str = "earliest, latest, { offsets: { 0: 1200 } }, { timestamp: \"2024-03-01T00:00:00Z\" }";
+    match &node.kind {
+        NodeKind::Scalar { text, .. } if text == "earliest" => Some(StartPosition::Earliest),
+        NodeKind::Scalar { text, .. } if text == "latest" => Some(StartPosition::Latest),
+        NodeKind::Map(_) => {
+            let mut fields = Fields::new(node, component, "start", diags)?;
+            let start = if let Some(offsets) = fields.take("offsets") {
+                let entries = Fields::new(offsets, component, "start.offsets", diags)?;
+                let mut parsed = Vec::new();
+                for (partition, key, value, _) in &entries.entries {
+                    let partition_number = partition.parse::<i32>().ok().filter(|p| *p >= 0);
+                    let offset = plain_integer(value).and_then(|o| i64::try_from(o).ok()).filter(|o| *o >= 0);
+                    match (partition_number, offset) {
+                        (Some(p), Some(o)) => parsed.push((p, o)),
+                        (None, _) => diags.push(
+                            key.pos,
+                            component,
+                            &format!("start.offsets.{partition}"),
+                            "is not a partition number; write `partition: offset`, e.g. `0: 1200`".to_string(),
+                        ),
+                        (_, None) => diags.push(
+                            value.pos,
+                            component,
+                            &format!("start.offsets.{partition}"),
+                            format!("must be an offset of at least 0 (got {})", describe(value)),
+                        ),
+                    }
+                }
+                Some(StartPosition::Offsets(parsed))
+            } else if let Some(instant) = fields.take("timestamp") {
+                let text = text(instant, component, "start.timestamp", diags)?;
+                match crate::value::Timestamp::parse_rfc3339(&text.value) {
+                    Some(t) => Some(StartPosition::Timestamp(t.0)),
+                    None => {
+                        diags.push(
+                            instant.pos,
+                            component,
+                            "start.timestamp",
+                            format!("{:?} is not an RFC 3339 timestamp such as \"2024-03-01T00:00:00Z\"", text.value),
+                        );
+                        None
+                    }
+                }
+            } else {
+                diags.push(node.pos, component, "start", format!("must be one of: {ALLOWED}"));
+                None
+            };
+            fields.finish(&["offsets", "timestamp"], diags);
+            start
+        }
+        _ => {
+            diags.push(node.pos, component, "start", format!("must be one of: {ALLOWED} (got {})", describe(node)));
+            None
+        }
+    }
+}
+
+fn boolean(node: &Node, component: &str, key: &str, diags: &mut Diagnostics) -> Option<bool> {
+    match &node.kind {
+        NodeKind::Scalar { text, style: ScalarKind::Plain } if text == "true" => Some(true),
+        NodeKind::Scalar { text, style: ScalarKind::Plain } if text == "false" => Some(false),
+        _ => {
+            diags.push(node.pos, component, key, format!("must be true or false (got {})", describe(node)));
+            None
+        }
+    }
 }
 
 fn view(name: &str, pos: Pos, node: &Node, diags: &mut Diagnostics) -> Option<ViewConfig> {
@@ -295,10 +410,10 @@ impl<'n> Fields<'n> {
         Some(entry.2)
     }
 
-    /// Reports every key not taken, with the keys allowed here.
-    fn finish(self, allowed: &[&str], diags: &mut Diagnostics) {
-        for (name, key, _, taken) in &self.entries {
-            if !taken {
+    /// Reports every key not taken, with the keys allowed here (once).
+    fn finish(&mut self, allowed: &[&str], diags: &mut Diagnostics) {
+        for (name, key, _, taken) in &mut self.entries {
+            if !std::mem::replace(taken, true) {
                 let hint = match closest(name, allowed) {
                     Some(best) => format!(" (did you mean '{best}'?)"),
                     None => String::new(),

@@ -107,13 +107,23 @@ pub fn load(path: &Path) -> Result<PipelinePlan, ConfigErrors> {
 /// `base_dir` resolves its relative paths.
 pub fn check_text(text: &str, file: &str, base_dir: &Path) -> Result<PipelinePlan, ConfigErrors> {
     let mut diags = Diagnostics { file: file.to_string(), errors: Vec::new() };
-    let root = match yaml::parse(text) {
+    let mut root = match yaml::parse(text) {
         Ok(root) => root,
         Err(error) => {
             diags.push(error.pos, "config", "", format!("is not valid YAML: {}", error.message));
             return Err(ConfigErrors(diags.errors));
         }
     };
+    if let Some(root) = root.as_mut() {
+        for (pos, name) in yaml::expand_env(root, &|name| std::env::var(name).ok()) {
+            diags.push(
+                pos,
+                "config",
+                "",
+                format!("environment variable {name} is not set; set it, or write ${{{name}:-default}} for a default"),
+            );
+        }
+    }
     let config = decode::pipeline(root.as_ref(), file, base_dir, &mut diags);
     let plan = plan::plan(config, &mut diags);
     if diags.errors.is_empty() {

@@ -61,6 +61,54 @@ pub struct SourceConfig {
 pub enum SourceKind {
     /// `type: file`: a JSON Lines file of events.
     File(FileSourceConfig),
+    /// `type: kafka`: a Kafka topic of events.
+    Kafka(KafkaSourceConfig),
+}
+
+/// Options of `type: kafka` sources.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaSourceConfig {
+    /// `brokers`: the bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// `topic`: the topic of events; its partitions are spread over the
+    /// workers.
+    pub topic: String,
+    /// `start` (default `earliest`): where reading starts: `earliest`,
+    /// `latest`, `{ offsets: { 0: 1200, 1: 0 } }` (partitions not listed
+    /// start at the earliest offset) or `{ timestamp: "2024-03-01T00:00:00Z" }`
+    /// (the first record at or after it).
+    pub start: StartPosition,
+    /// `bounded` (default false): stop at the end offsets seen when the
+    /// pipeline starts instead of following the topic (for backfills and
+    /// tests; `run --until-idle` then returns).
+    pub bounded: bool,
+    /// `batch_ms` (default 20): how long one batch collects records; the
+    /// views complete, and sinks commit, once per batch.
+    pub batch_ms: u64,
+    /// `dead_letter_topic` (optional): where bad records go, with the
+    /// original bytes and key, and their topic, partition, offset, kind and
+    /// reason as headers. Without it they are logged and counted.
+    pub dead_letter_topic: Option<String>,
+    /// `group_id` (default `projector-<source name>`): the consumer group
+    /// under which consumed positions are committed, for lag monitoring.
+    pub group_id: String,
+    /// `properties` (optional): more librdkafka settings, e.g.
+    /// `security.protocol: SASL_SSL`. Projector's own settings
+    /// (`isolation.level: read_committed`, no auto commit) win.
+    pub properties: Vec<(String, String)>,
+}
+
+/// Where a Kafka source starts reading.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The first offset of each partition.
+    Earliest,
+    /// The end of each partition at start (only new records).
+    Latest,
+    /// Given offsets per partition; others start at the earliest.
+    Offsets(Vec<(i32, i64)>),
+    /// The first record at or after this instant (nanoseconds since 1970).
+    Timestamp(i64),
 }
 
 /// Options of `type: file` sources.

@@ -25,8 +25,9 @@ pub(super) fn plan(config: PipelineConfig, diags: &mut Diagnostics) -> PipelineP
     let declared: Vec<&str> = config.views.iter().map(|v| v.name.as_str()).collect();
     let mut outputs: BTreeMap<std::path::PathBuf, String> = BTreeMap::new();
     for source in &config.sources {
-        let SourceKind::File(file) = &source.kind;
-        if let Some(path) = &file.dead_letters {
+        if let SourceKind::File(file) = &source.kind
+            && let Some(path) = &file.dead_letters
+        {
             outputs.insert(path.clone(), format!("source {:?}", source.name));
         }
     }

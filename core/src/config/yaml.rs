@@ -198,6 +198,69 @@ fn attach(stack: &mut [(Node, usize)], root: &mut Option<Node>, node: Node) {
     }
 }
 
+/// Replaces `${NAME}` and `${NAME:-default}` in every scalar with the value
+/// of the environment variable `NAME` (as `lookup` gives it), so secrets and
+/// addresses need not be written into the file; `$${` stays `${`. Returns
+/// the variables that are unset and have no default, with their places.
+pub fn expand_env(node: &mut Node, lookup: &dyn Fn(&str) -> Option<String>) -> Vec<(Pos, String)> {
+    let mut missing = Vec::new();
+    expand_node(node, lookup, &mut missing);
+    missing
+}
+
+fn expand_node(node: &mut Node, lookup: &dyn Fn(&str) -> Option<String>, missing: &mut Vec<(Pos, String)>) {
+    match &mut node.kind {
+        NodeKind::Scalar { text, style } => {
+            if text.contains("${") {
+                let (expanded, unset) = expand_text(text, lookup);
+                for name in unset {
+                    missing.push((node.pos, name));
+                }
+                if expanded != *text {
+                    *text = expanded;
+                    // Offsets into the text no longer map to columns.
+                    *style = ScalarKind::Block;
+                }
+            }
+        }
+        NodeKind::Seq(items) => items.iter_mut().for_each(|item| expand_node(item, lookup, missing)),
+        NodeKind::Map(entries) => entries.iter_mut().for_each(|(_, value)| expand_node(value, lookup, missing)),
+    }
+}
+
+fn expand_text(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(text.len());
+    let mut unset = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        if rest[..start].ends_with('$') {
+            out.push_str(&rest[..start - 1]);
+            out.push_str("${");
+            rest = &rest[start + 2..];
+            continue;
+        }
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}') else {
+            out.push_str(&rest[start..]);
+            rest = "";
+            break;
+        };
+        let inner = &rest[start + 2..start + end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (inner, None),
+        };
+        match (lookup(name).filter(|v| !v.is_empty()), default) {
+            (Some(value), _) => out.push_str(&value),
+            (None, Some(default)) => out.push_str(default),
+            (None, None) => unset.push(name.to_string()),
+        }
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    (out, unset)
+}
+
 /// Marks a mapping key whose value has not been parsed yet.
 const PENDING: Pos = Pos { line: 0, column: 0 };
 
@@ -215,6 +278,17 @@ mod tests {
         let NodeKind::Seq(items) = &entries[1].1.kind else { panic!("not a seq") };
         assert_eq!(items[1].pos, Pos { line: 4, column: 5 });
         assert_eq!(items[1].kind, NodeKind::Scalar { text: "y".into(), style: ScalarKind::SingleQuoted });
+    }
+
+    #[test]
+    fn expands_environment_variables() {
+        let lookup = |name: &str| (name == "BROKERS").then(|| "10.0.0.1:9092".to_string());
+        let mut root = parse("a: ${BROKERS}\nb: x-${MISSING:-dflt}-y\nc: $${BROKERS}\nd: ${NOPE}\n").unwrap().unwrap();
+        let missing = expand_env(&mut root, &lookup);
+        let NodeKind::Map(entries) = &root.kind else { panic!("not a map") };
+        let texts: Vec<&str> = entries.iter().map(|(_, v)| v.as_scalar().unwrap()).collect();
+        assert_eq!(texts, ["10.0.0.1:9092", "x-dflt-y", "${BROKERS}", ""]);
+        assert_eq!(missing, [(Pos { line: 4, column: 4 }, "NOPE".to_string())]);
     }
 
     #[test]

@@ -1,0 +1,215 @@
+//! Reading a topic, one worker's share of its partitions at a time.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use projector_core::config::{KafkaSourceConfig, StartPosition};
+use projector_core::record::{LogPosition, RecordRef};
+use projector_core::sink::SourcePositions;
+use projector_core::source::{Poll, Source, SourceError, SourceReader};
+
+use crate::client::client_config;
+
+/// How long metadata and watermark requests may take before the source
+/// gives up (the broker or topic is missing).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A Kafka topic as a source.
+pub struct KafkaSource {
+    source_index: u16,
+    config: KafkaSourceConfig,
+    started: Instant,
+}
+
+impl KafkaSource {
+    /// The topic of `config`, as source number `source_index`. Batches are
+    /// counted from `started`, which all workers share.
+    pub fn new(source_index: u16, config: KafkaSourceConfig, started: Instant) -> KafkaSource {
+        KafkaSource { source_index, config, started }
+    }
+}
+
+fn fatal(what: &str, error: impl std::fmt::Display) -> SourceError {
+    SourceError::Fatal(format!("{what}: {error}"))
+}
+
+impl Source for KafkaSource {
+    fn reader(&self, index: usize, peers: usize) -> Result<Box<dyn SourceReader>, SourceError> {
+        let config = &self.config;
+        let consumer: BaseConsumer = client_config(&config.brokers, &config.properties)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|e| fatal("cannot create a Kafka consumer", e))?;
+        let partitions = partitions(&consumer, &config.topic)?;
+        let peers = peers.max(1) as i32;
+        let mine: Vec<i32> = partitions.into_iter().filter(|p| p % peers == index as i32).collect();
+        let mut next = BTreeMap::new();
+        let mut ends = BTreeMap::new();
+        let mut assignment = TopicPartitionList::new();
+        let by_time = match config.start {
+            StartPosition::Timestamp(nanos) => Some(offsets_at(&consumer, &config.topic, &mine, nanos)?),
+            _ => None,
+        };
+        for &partition in &mine {
+            let (low, high) = consumer
+                .fetch_watermarks(&config.topic, partition, REQUEST_TIMEOUT)
+                .map_err(|e| fatal(&format!("cannot read the offsets of {}/{partition}", config.topic), e))?;
+            let start = match &config.start {
+                StartPosition::Earliest => low,
+                StartPosition::Latest => high,
+                StartPosition::Offsets(offsets) => {
+                    offsets.iter().find(|(p, _)| *p == partition).map_or(low, |(_, o)| *o).clamp(low, high)
+                }
+                StartPosition::Timestamp(_) => {
+                    by_time.as_ref().and_then(|o| o.get(&partition).copied()).unwrap_or(high).clamp(low, high)
+                }
+            };
+            assignment
+                .add_partition_offset(&config.topic, partition, Offset::Offset(start))
+                .map_err(|e| fatal("cannot assign a partition", e))?;
+            next.insert(partition, start);
+            ends.insert(partition, high);
+        }
+        consumer.assign(&assignment).map_err(|e| fatal("cannot assign partitions", e))?;
+        info!(topic = %config.topic, worker = index, partitions = ?mine, "reading");
+        Ok(Box::new(KafkaReader {
+            source_index: self.source_index,
+            consumer,
+            topic: config.topic.clone(),
+            next,
+            ends: config.bounded.then_some(ends),
+            batch_millis: config.batch_ms.max(1),
+            started: self.started,
+        }))
+    }
+}
+
+/// The partition numbers of `topic`, waiting a while for it to appear.
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, SourceError> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT);
+        let found = match &metadata {
+            Ok(metadata) => metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+                .filter(|p| !p.is_empty()),
+            Err(_) => None,
+        };
+        if let Some(mut found) = found {
+            found.sort_unstable();
+            return Ok(found);
+        }
+        if Instant::now() >= deadline {
+            let why = match metadata {
+                Err(error) => error.to_string(),
+                Ok(_) => "the topic does not exist".to_string(),
+            };
+            return Err(SourceError::Fatal(format!("cannot read topic {topic:?}: {why}")));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// For each partition, the first offset at or after `nanos`.
+fn offsets_at(consumer: &BaseConsumer, topic: &str, partitions: &[i32], nanos: i64) -> Result<BTreeMap<i32, i64>, SourceError> {
+    let mut query = TopicPartitionList::new();
+    for &partition in partitions {
+        query
+            .add_partition_offset(topic, partition, Offset::Offset(nanos / 1_000_000))
+            .map_err(|e| fatal("cannot ask for offsets by time", e))?;
+    }
+    let found = consumer.offsets_for_times(query, REQUEST_TIMEOUT).map_err(|e| fatal("cannot find offsets by time", e))?;
+    Ok(found
+        .elements()
+        .iter()
+        .filter_map(|element| match element.offset() {
+            Offset::Offset(offset) => Some((element.partition(), offset)),
+            _ => None,
+        })
+        .collect())
+}
+
+struct KafkaReader {
+    source_index: u16,
+    consumer: BaseConsumer,
+    topic: String,
+    /// Next offset to read, per owned partition.
+    next: BTreeMap<i32, i64>,
+    /// For a bounded source, where each partition ends.
+    ends: Option<BTreeMap<i32, i64>>,
+    batch_millis: u64,
+    started: Instant,
+}
+
+impl KafkaReader {
+    fn at_end(&self) -> bool {
+        match &self.ends {
+            Some(ends) => ends.iter().all(|(p, end)| self.next.get(p).is_some_and(|next| next >= end)),
+            None => false,
+        }
+    }
+}
+
+impl SourceReader for KafkaReader {
+    fn poll(&mut self, max: usize, deliver: &mut dyn FnMut(RecordRef<'_>)) -> Result<Poll, SourceError> {
+        if self.at_end() {
+            return Ok(Poll::Finished);
+        }
+        let epoch = self.started.elapsed().as_millis() as u64 / self.batch_millis;
+        let mut delivered = 0usize;
+        // Wait briefly for the first record only, then take what is there.
+        let mut wait = Duration::from_millis(2);
+        while delivered < max {
+            let Some(result) = self.consumer.poll(wait) else { break };
+            wait = Duration::ZERO;
+            match result {
+                Ok(message) => {
+                    let partition = message.partition();
+                    let offset = message.offset();
+                    if let Some(end) = self.ends.as_ref().and_then(|ends| ends.get(&partition))
+                        && offset >= *end
+                    {
+                        // Past the end of a bounded source: not ours to read.
+                        continue;
+                    }
+                    deliver(RecordRef {
+                        position: LogPosition { partition: partition as u32, offset: offset as u64 },
+                        key: message.key(),
+                        bytes: message.payload().unwrap_or_default(),
+                    });
+                    self.next.insert(partition, offset + 1);
+                    delivered += 1;
+                }
+                Err(KafkaError::MessageConsumption(
+                    code @ (RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::UnknownTopicOrPartition),
+                )) => {
+                    return Err(SourceError::Fatal(format!("cannot read topic {:?}: {code}", self.topic)));
+                }
+                Err(error) => {
+                    // librdkafka retries by itself; say so and go on.
+                    warn!(topic = %self.topic, %error, "Kafka consumer error");
+                    break;
+                }
+            }
+        }
+        Ok(if delivered > 0 { Poll::Records { epoch } } else { Poll::Idle { epoch } })
+    }
+
+    fn positions(&self) -> SourcePositions {
+        SourcePositions(self.next.iter().map(|(p, next)| ((self.source_index, *p as u32), *next as u64)).collect())
+    }
+}

@@ -1,0 +1,115 @@
+//! Kafka for tests: the broker's address, fresh topics, appending and
+//! reading records.
+//!
+//! The test command (`scripts/test-all.sh`) starts `projector-mock-kafka`
+//! in its own process and sets `KAFKA_BROKERS`. With `CI=true` a missing
+//! broker fails the test; elsewhere an in-process mock cluster stands in,
+//! so `cargo test` works on its own.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// The bootstrap address of the test broker.
+pub fn brokers() -> String {
+    if let Ok(brokers) = std::env::var("KAFKA_BROKERS")
+        && !brokers.is_empty()
+    {
+        return brokers;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "KAFKA_BROKERS is not set: run the tests with scripts/test-all.sh, which starts the broker"
+    );
+    static LOCAL: OnceLock<String> = OnceLock::new();
+    LOCAL
+        .get_or_init(|| {
+            let (send, receive) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let cluster = rdkafka::mocking::MockCluster::new(1).expect("in-process mock cluster");
+                send.send(cluster.bootstrap_servers()).expect("address");
+                loop {
+                    std::thread::park();
+                }
+            });
+            receive.recv().expect("mock cluster address")
+        })
+        .clone()
+}
+
+/// A topic name no other test uses.
+pub fn fresh_topic(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+/// Appends `(key, value)` records and waits for the acknowledgements.
+pub fn append(topic: &str, records: impl IntoIterator<Item = (String, String)>) -> u64 {
+    projector_source_kafka::produce::append_all(&brokers(), topic, records).expect("append to the test topic")
+}
+
+/// A record read back, with its headers as text.
+#[derive(Clone, Debug)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Reads `count` records of every partition of `topic` from the start
+/// (waiting up to 30 s for them).
+pub fn read(topic: &str, count: usize) -> Vec<ReadRecord> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", "projector-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("test consumer");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let partitions = loop {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).expect("metadata");
+        let found: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if !found.is_empty() || Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut assignment = TopicPartitionList::new();
+    for partition in partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut records = Vec::new();
+    while records.len() < count && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            let headers = message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|header| {
+                            (header.key.to_string(), String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.push(ReadRecord {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                value: message.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    records
+}

@@ -1,0 +1,184 @@
+//! Kafka end to end: generated logs appended to a topic flow into the views
+//! and equal the plain recomputation; bad records reach the dead-letter
+//! topic; a restart rebuilds and loses nothing; a stop finishes and
+//! flushes; partitions spread over workers; start positions.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use projector::commands;
+use projector_core::config::{KafkaSourceConfig, StartPosition, check_text};
+use projector_core::source::Source;
+use projector_dataflows::runner::RunOptions;
+use projector_datagen::{Generator, GeneratorConfig};
+use projector_tests::{first_difference, kafka, read_json_lines, reference, shipped_config_text};
+
+/// The shipped views and file sinks, fed from `topic`.
+fn config_for(topic: &str, source_options: &str) -> String {
+    let shipped = shipped_config_text();
+    let start = shipped.find("\nsources:").unwrap();
+    let end = shipped.find("\nviews:").unwrap();
+    format!(
+        "{}\nsources:\n  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n    dead_letter_topic: {topic}-dlq\n{source_options}{}",
+        &shipped[..start],
+        kafka::brokers(),
+        &shipped[end..]
+    )
+}
+
+fn generated(events: u64, seed: u64, bad_ratio: f64) -> Vec<(String, String)> {
+    let config = GeneratorConfig { events, seed, bad_ratio, customers_per_store: 300, ..GeneratorConfig::default() };
+    Generator::new(config).map(|record| (record.key, record.line)).collect()
+}
+
+fn run(config_text: &str, dir: &Path, options: RunOptions) {
+    let plan = check_text(config_text, "kafka.yaml", dir).unwrap_or_else(|e| panic!("{e}"));
+    commands::run_config(plan, options).unwrap();
+}
+
+/// The three views the run wrote equal the recomputation over `lines`.
+fn assert_views_match(dir: &Path, lines: &[String]) {
+    let log = reference::read(lines);
+    let expected = [
+        ("order_summary", reference::order_summary(&log.orders)),
+        ("product_sales", reference::product_sales(&log.orders)),
+        ("customer_ltv", reference::customer_ltv(&log.orders)),
+    ];
+    for (view, rows) in expected {
+        let written = read_json_lines(&dir.join("out").join(format!("{view}.jsonl")));
+        assert!(!rows.is_empty(), "the log should give {view} rows");
+        assert_eq!(first_difference(&written, &rows), None, "view {view}");
+    }
+}
+
+fn lines(records: &[(String, String)]) -> Vec<String> {
+    records.iter().map(|(_, line)| line.clone()).collect()
+}
+
+#[test]
+fn views_from_kafka_equal_the_recomputation_and_bad_records_reach_the_dead_letter_topic() {
+    let topic = kafka::fresh_topic("views");
+    let records = generated(12_000, 21, 0.01);
+    kafka::append(&topic, records.clone());
+    let dir = tempfile::tempdir().unwrap();
+    run(&config_for(&topic, "    bounded: true\n"), dir.path(), RunOptions { workers: 2, ..RunOptions::default() });
+    let all = lines(&records);
+    assert_views_match(dir.path(), &all);
+
+    let bad = reference::read(&all).bad_lines.len();
+    assert!(bad > 50);
+    let dead = kafka::read(&format!("{topic}-dlq"), bad);
+    assert_eq!(dead.len(), bad);
+    for letter in &dead {
+        let header = |name: &str| letter.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        assert_eq!(header("projector.source.topic").as_deref(), Some(topic.as_str()));
+        assert!(header("projector.reason").is_some_and(|r| !r.is_empty()));
+        assert!(header("projector.kind").is_some());
+        let partition: u32 = header("projector.source.partition").unwrap().parse().unwrap();
+        let offset: u64 = header("projector.source.offset").unwrap().parse().unwrap();
+        assert!(partition < 4 && offset < records.len() as u64);
+        // The original record: its bytes and its key.
+        let original = records.iter().find(|(_, line)| line.as_bytes() == letter.value.as_slice());
+        assert!(original.is_some(), "dead letter bytes are not an appended record");
+        assert_eq!(letter.key.as_deref(), original.map(|(key, _)| key.as_bytes()));
+    }
+}
+
+#[test]
+fn a_restart_rebuilds_from_the_log_and_loses_or_doubles_nothing() {
+    let topic = kafka::fresh_topic("restart");
+    let first = generated(6_000, 31, 0.0);
+    let second = generated(6_000, 32, 0.0);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(&topic, "    bounded: true\n");
+    kafka::append(&topic, first.clone());
+    run(&config, dir.path(), RunOptions { workers: 2, ..RunOptions::default() });
+    assert_views_match(dir.path(), &lines(&first));
+    kafka::append(&topic, second.clone());
+    run(&config, dir.path(), RunOptions { workers: 1, ..RunOptions::default() });
+    let mut both = lines(&first);
+    both.extend(lines(&second));
+    assert_views_match(dir.path(), &both);
+}
+
+#[test]
+fn an_unbounded_run_follows_the_topic_and_a_stop_finishes_and_flushes() {
+    let topic = kafka::fresh_topic("follow");
+    let first = generated(3_000, 41, 0.0);
+    kafka::append(&topic, first.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let plan = check_text(&config_for(&topic, ""), "kafka.yaml", dir.path()).unwrap();
+    let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
+    let stop = Arc::clone(&options.stop);
+    let progress = Arc::clone(&options.progress);
+    let running = std::thread::spawn(move || commands::run_config(plan, options));
+    let second = generated(3_000, 42, 0.0);
+    let total = (first.len() + second.len()) as u64;
+    kafka::append(&topic, second.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress.records.load(Ordering::Relaxed) < total {
+        assert!(Instant::now() < deadline, "the run did not read the appended records");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let summary = running.join().unwrap().unwrap();
+    assert_eq!(summary.records, total);
+    let mut both = lines(&first);
+    both.extend(lines(&second));
+    assert_views_match(dir.path(), &both);
+}
+
+fn source_config(topic: &str, start: StartPosition) -> KafkaSourceConfig {
+    KafkaSourceConfig {
+        brokers: kafka::brokers(),
+        topic: topic.to_string(),
+        start,
+        bounded: true,
+        batch_ms: 20,
+        dead_letter_topic: None,
+        group_id: "projector-tests".into(),
+        properties: Vec::new(),
+    }
+}
+
+#[test]
+fn partitions_spread_over_the_workers() {
+    let topic = kafka::fresh_topic("spread");
+    kafka::append(&topic, generated(200, 51, 0.0));
+    let source = projector_source_kafka::KafkaSource::new(0, source_config(&topic, StartPosition::Earliest), Instant::now());
+    let owned = |worker| -> Vec<u32> {
+        let reader = source.reader(worker, 2).unwrap();
+        reader.positions().0.keys().map(|(_, partition)| *partition).collect()
+    };
+    assert_eq!(owned(0), [0, 2]);
+    assert_eq!(owned(1), [1, 3]);
+}
+
+#[test]
+fn start_positions_choose_what_is_read() {
+    let topic = kafka::fresh_topic("start");
+    let first = generated(2_000, 61, 0.0);
+    kafka::append(&topic, first.clone());
+    // Where the first part ends, per partition.
+    let source = projector_source_kafka::KafkaSource::new(0, source_config(&topic, StartPosition::Latest), Instant::now());
+    let ends: Vec<(u32, u64)> =
+        source.reader(0, 1).unwrap().positions().0.iter().map(|((_, partition), next)| (*partition, *next)).collect();
+    let second = generated(2_000, 62, 0.0);
+    kafka::append(&topic, second.clone());
+
+    let offsets: String = ends.iter().map(|(p, o)| format!("        {p}: {o}\n")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    run(
+        &config_for(&topic, &format!("    bounded: true\n    start:\n      offsets:\n{offsets}")),
+        dir.path(),
+        RunOptions { workers: 2, ..RunOptions::default() },
+    );
+    assert_views_match(dir.path(), &lines(&second));
+
+    let latest = tempfile::tempdir().unwrap();
+    run(&config_for(&topic, "    bounded: true\n    start: latest\n"), latest.path(), RunOptions::default());
+    assert!(read_json_lines(&latest.path().join("out/order_summary.jsonl")).is_empty());
+}
