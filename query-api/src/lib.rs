@@ -1,5 +1,146 @@
-//! The HTTP API of Projector: read routes over the views, command routes
-//! that append events, `/metrics`, `/healthz` and `/readyz`.
+//! The HTTP API of Projector (axum on hyper).
 //!
-//! Empty for now: the Kafka, query API and command issues fill it. The
-//! crate exists so the workspace has the layout the rest grows in.
+//! Today it carries the command routes of contract section 6 and
+//! `/healthz`; the read routes, `/metrics` and `/readyz` come with the
+//! query API. Handlers are thin: they read the path, headers and body,
+//! call [`CommandService`], and render its answer. Every error is JSON with
+//! a message a person can act on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde_json::{Value, json};
+use tracing::info;
+
+use projector_commands::service::CommandService;
+use projector_commands::state::Answer;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What the routes share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The command side, when the config has one.
+    pub commands: Option<Arc<CommandService>>,
+}
+
+/// A JSON response.
+fn json_response(status: u16, body: Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(body)).into_response()
+}
+
+fn error(status: u16, message: impl Into<String>) -> Response {
+    json_response(status, json!({"error": message.into()}))
+}
+
+fn answer(answer: Answer) -> Response {
+    json_response(answer.status, answer.body)
+}
+
+/// The router of every route.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route("/v1/stores/{store_id}/orders", post(place_order))
+        .route("/v1/orders/{order_id}/cancel", post(cancel_order))
+        .route("/v1/stores/{store_id}/inventory/{sku}", put(set_stock))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    error(404, format!("no route for {method} {}", uri.path()))
+}
+
+fn commands(state: &ApiState) -> Result<&Arc<CommandService>, Response> {
+    state.commands.as_ref().ok_or_else(|| error(503, "this server has no command side; declare `commands:` in pipelines.yaml"))
+}
+
+fn store_id(text: &str) -> Result<u64, Response> {
+    text.parse().map_err(|_| error(400, format!("store id {text:?} is not a whole number")))
+}
+
+/// The `Idempotency-Key` header, if any: printable ASCII, 1 to 255 bytes.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(key.to_string())),
+        _ => Err(error(400, "the Idempotency-Key header must be 1 to 255 printable ASCII characters without spaces")),
+    }
+}
+
+fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
+    body.map_err(|rejection| {
+        let status = rejection.status().as_u16();
+        if status == 413 {
+            error(413, format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
+        } else {
+            error(status, format!("the request body cannot be read: {rejection}"))
+        }
+    })
+}
+
+async fn place_order(
+    State(state): State<ApiState>,
+    Path(store): Path<String>,
+    headers: HeaderMap,
+    payload: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let service = commands(&state)?;
+        let store_id = store_id(&store)?;
+        let key = idempotency_key(&headers)?;
+        let payload = body(payload)?;
+        Ok::<_, Response>(answer(service.place_order(store_id, &payload, key.as_deref()).await))
+    };
+    result.await.unwrap_or_else(|response| response)
+}
+
+async fn cancel_order(State(state): State<ApiState>, Path(order_id): Path<String>, headers: HeaderMap) -> Response {
+    let result = async {
+        let service = commands(&state)?;
+        let key = idempotency_key(&headers)?;
+        Ok::<_, Response>(answer(service.cancel_order(&order_id, key.as_deref()).await))
+    };
+    result.await.unwrap_or_else(|response| response)
+}
+
+async fn set_stock(
+    State(state): State<ApiState>,
+    Path((store, sku)): Path<(String, String)>,
+    headers: HeaderMap,
+    payload: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let service = commands(&state)?;
+        let store_id = store_id(&store)?;
+        if sku.is_empty() || sku.len() > 255 {
+            return Err(error(400, "the SKU in the path must be 1 to 255 characters"));
+        }
+        let key = idempotency_key(&headers)?;
+        let payload = body(payload)?;
+        Ok(answer(service.set_stock(store_id, &sku, &payload, key.as_deref()).await))
+    };
+    result.await.unwrap_or_else(|response| response)
+}
+
+/// Serves `router` on `listen` until `shutdown` completes.
+pub async fn serve(
+    listen: SocketAddr,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    info!(address = %listener.local_addr()?, "HTTP API listening");
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
