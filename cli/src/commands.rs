@@ -51,7 +51,8 @@ pub fn run_file(
     Ok(run(Arc::new(plan), sources, outputs, RunOptions { until_idle: true, ..options })?)
 }
 
-/// `projector run -c FILE`: the config's sources into its sinks.
+/// `projector run -c FILE`: the config's sources into its sinks, and its
+/// HTTP API (with the command side) when it declares one.
 pub fn run_config(plan: PipelinePlan, options: RunOptions) -> Result<RunSummary, CommandError> {
     if plan.config.sources.is_empty() {
         return Err(CommandError::Io(format!(
@@ -59,9 +60,14 @@ pub fn run_config(plan: PipelinePlan, options: RunOptions) -> Result<RunSummary,
             plan.config.file
         )));
     }
+    let api = crate::api::start(&plan)?;
     let sources = components::sources(&plan);
     let outputs = components::outputs(&plan).map_err(|e| CommandError::Io(e.to_string()))?;
-    Ok(run(Arc::new(plan), sources, outputs, options)?)
+    let result = run(Arc::new(plan), sources, outputs, options);
+    if let Some(api) = api {
+        api.stop();
+    }
+    Ok(result?)
 }
 
 /// `projector generate`: writes a generated log, one event per line.

@@ -11,6 +11,8 @@
 /// the system allocator.
 pub type Allocator = mimalloc::MiMalloc;
 
+pub mod api;
 pub mod commands;
 pub mod components;
 pub mod demo;
+pub mod http_client;

@@ -134,13 +134,17 @@ async fn set_stock(
     result.await.unwrap_or_else(|response| response)
 }
 
-/// Serves `router` on `listen` until `shutdown` completes.
+/// Binds `listen` (so a taken port is an error before anything runs).
+pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen).await
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
 pub async fn serve(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
     info!(address = %listener.local_addr()?, "HTTP API listening");
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }

@@ -113,3 +113,19 @@ pub fn read(topic: &str, count: usize) -> Vec<ReadRecord> {
     }
     records
 }
+
+/// Every record of `topic` now: reads each partition to its end offset.
+pub fn read_all(topic: &str) -> Vec<ReadRecord> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", "projector-tests")
+        .create()
+        .expect("test consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).expect("metadata");
+    let mut total = 0usize;
+    for partition in metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions()) {
+        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(5)).expect("watermarks");
+        total += (high - low) as usize;
+    }
+    read(topic, total)
+}

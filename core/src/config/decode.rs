@@ -13,8 +13,15 @@ use super::{ConfigError, Diagnostics};
 
 /// Reads a whole config from its root node.
 pub(super) fn pipeline(root: Option<&Node>, file: &str, base_dir: &Path, diags: &mut Diagnostics) -> PipelineConfig {
-    let mut config =
-        PipelineConfig { file: file.to_string(), version: 1, sources: Vec::new(), views: Vec::new(), sinks: Vec::new() };
+    let mut config = PipelineConfig {
+        file: file.to_string(),
+        version: 1,
+        sources: Vec::new(),
+        views: Vec::new(),
+        sinks: Vec::new(),
+        api: None,
+        commands: None,
+    };
     let Some(root) = root else {
         diags.push(Pos { line: 1, column: 1 }, "config", "", "the file is empty; declare at least `views:`".to_string());
         return config;
@@ -57,8 +64,81 @@ pub(super) fn pipeline(root: Option<&Node>, file: &str, base_dir: &Path, diags: 
             }
         }
     }
-    top.finish(&["version", "sources", "views", "sinks"], diags);
+    if let Some(node) = top.take("api") {
+        config.api = api(node, diags);
+    }
+    if let Some(node) = top.take("commands") {
+        config.commands = commands(node, base_dir, diags);
+        if config.commands.is_some() && top.key_pos("api").is_none() {
+            diags.push(
+                top.key_pos("commands").unwrap_or(node.pos),
+                "commands",
+                "",
+                "need the HTTP API to be reached: add `api: { listen: 127.0.0.1:8080 }`".to_string(),
+            );
+        }
+    }
+    top.finish(&["version", "sources", "views", "sinks", "api", "commands"], diags);
     config
+}
+
+fn api(node: &Node, diags: &mut Diagnostics) -> Option<ApiConfig> {
+    let component = "api";
+    let mut fields = Fields::new(node, component, "", diags)?;
+    let listen = match fields.take("listen") {
+        Some(value) => {
+            let text = text(value, component, "listen", diags)?;
+            match text.value.parse() {
+                Ok(address) => Some(address),
+                Err(_) => {
+                    diags.push(
+                        value.pos,
+                        component,
+                        "listen",
+                        format!("must be an address and port such as 127.0.0.1:8080 (got {:?})", text.value),
+                    );
+                    None
+                }
+            }
+        }
+        None => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))),
+    };
+    fields.finish(&["listen"], diags);
+    Some(ApiConfig { listen: listen? })
+}
+
+fn commands(node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<CommandsConfig> {
+    let component = "commands";
+    let mut fields = Fields::new(node, component, "", diags)?;
+    let brokers = required(&mut fields, "brokers", diags).and_then(|n| text(n, component, "brokers", diags));
+    let events_topic = required(&mut fields, "events_topic", diags).and_then(|n| text(n, component, "events_topic", diags));
+    let inventory_topic = fields.take("inventory_topic").and_then(|n| text(n, component, "inventory_topic", diags));
+    let audit_topic = fields.take("audit_topic").and_then(|n| text(n, component, "audit_topic", diags));
+    let state_dir = match fields.take("state_dir") {
+        Some(n) => path_value(n, component, "state_dir", base_dir, diags),
+        None => Some(base_dir.join(".projector/commands")),
+    };
+    let mut properties = Vec::new();
+    if let Some(node) = fields.take("properties")
+        && let Some(mut entries) = Fields::new(node, component, "properties", diags)
+    {
+        for (key, _, value, taken) in entries.entries.iter_mut() {
+            *taken = true;
+            if let Some(value) = text(value, component, &format!("properties.{key}"), diags) {
+                properties.push((key.to_string(), value.value));
+            }
+        }
+    }
+    fields.finish(&["brokers", "events_topic", "inventory_topic", "audit_topic", "state_dir", "properties"], diags);
+    let events_topic = events_topic?.value;
+    Some(CommandsConfig {
+        brokers: brokers?.value,
+        inventory_topic: inventory_topic.map_or_else(|| format!("{events_topic}-inventory"), |t| t.value),
+        audit_topic: audit_topic.map_or_else(|| format!("{events_topic}-audit"), |t| t.value),
+        events_topic,
+        state_dir: state_dir?,
+        properties,
+    })
 }
 
 fn source(name: &str, pos: Pos, node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<SourceConfig> {

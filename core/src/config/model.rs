@@ -42,6 +42,37 @@ pub struct PipelineConfig {
     pub views: Vec<ViewConfig>,
     /// `sinks`: where views are materialized, by name.
     pub sinks: Vec<SinkConfig>,
+    /// `api` (optional): the HTTP API; `projector run` serves it.
+    pub api: Option<ApiConfig>,
+    /// `commands` (optional): the command side behind the command routes.
+    pub commands: Option<CommandsConfig>,
+}
+
+/// The `api` section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiConfig {
+    /// `listen` (default `127.0.0.1:8080`): the address and port to serve on.
+    pub listen: std::net::SocketAddr,
+}
+
+/// The `commands` section: where the command side keeps its log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommandsConfig {
+    /// `brokers`: Kafka bootstrap servers.
+    pub brokers: String,
+    /// `events_topic`: where the contract's events are appended (the topic
+    /// the pipeline's Kafka source reads).
+    pub events_topic: String,
+    /// `inventory_topic` (default `<events_topic>-inventory`): stock levels.
+    pub inventory_topic: String,
+    /// `audit_topic` (default `<events_topic>-audit`): every command, accepted
+    /// or rejected, with its answer.
+    pub audit_topic: String,
+    /// `state_dir` (default `.projector/commands`, relative to the config):
+    /// where the state snapshot is kept so that starts stay fast.
+    pub state_dir: PathBuf,
+    /// `properties` (optional): more librdkafka settings.
+    pub properties: Vec<(String, String)>,
 }
 
 /// A named source.

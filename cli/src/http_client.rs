@@ -1,0 +1,52 @@
+//! A small JSON client of Projector's own HTTP API, for the demo's traffic
+//! generator and for tests.
+
+use std::net::SocketAddr;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// A client of one Projector API.
+#[derive(Clone)]
+pub struct ApiClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+/// A response: status and JSON body (`Value::Null` when the body is not
+/// JSON).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// The body as JSON.
+    pub body: Value,
+}
+
+impl ApiClient {
+    /// A client of the API at `address`.
+    pub fn new(address: SocketAddr) -> ApiClient {
+        let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build_http();
+        ApiClient { client, base: format!("http://{address}") }
+    }
+
+    /// Sends a request; `body` is sent as is (JSON by convention).
+    pub async fn send(&self, method: &str, path: &str, key: Option<&str>, body: impl Into<Bytes>) -> Result<ApiResponse, String> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let request = request.body(Full::new(body.into())).map_err(|e| e.to_string())?;
+        let response = self.client.request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(ApiResponse { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) })
+    }
+}
