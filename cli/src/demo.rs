@@ -1,40 +1,63 @@
-//! `projector demo`: the shipped views over live generated traffic, with a
-//! summary in the terminal every second. Needs no services and no files.
+//! `projector demo`: the whole loop on built-in defaults, with no services
+//! and no set-up.
+//!
+//! - an in-process Kafka-protocol broker (librdkafka's mock cluster);
+//! - the command API on `127.0.0.1:8080` (by default), appending to it;
+//! - a traffic generator placing and cancelling orders through that API
+//!   over HTTP, at a steady rate;
+//! - the shipped views over the events topic, updating live;
+//! - a summary in the terminal every second: events/s, lag, commands, and
+//!   the top stores by revenue today.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use projector_core::config;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use serde_json::json;
+
+use projector_commands::log::CommandLogConfig;
+use projector_core::config::{self, KafkaSourceConfig, StartPosition};
 use projector_core::sink::{SinkError, ViewBatch, ViewSink};
+use projector_core::source::Source;
 use projector_core::value::{Row, Value};
 use projector_dataflows::runner::{Outputs, RunOptions, RunSummary, run};
-use projector_datagen::{DatagenSource, GeneratorConfig};
+use projector_source_kafka::KafkaSource;
 
 use crate::commands::CommandError;
+use crate::http_client::ApiClient;
 
 /// The shipped `pipelines.yaml`, built into the binary.
 pub const SHIPPED_PIPELINES: &str = include_str!("../../pipelines.yaml");
 
+/// The demo's topic of events.
+const EVENTS_TOPIC: &str = "demo-order-events";
+const STORES: u64 = 10;
+const PRODUCTS: u64 = 40;
+
 /// Settings of the demo.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
-    /// Generated events per second.
+    /// Orders placed per second through the API.
     pub rate: f64,
-    /// Worker threads.
+    /// Worker threads of the pipeline.
     pub workers: usize,
     /// Stop after this long (run until Ctrl-C when `None`).
     pub duration: Option<Duration>,
-    /// Generator seed.
+    /// Seed of the traffic.
     pub seed: u64,
+    /// Where the API listens.
+    pub listen: SocketAddr,
     /// Set to stop the demo (Ctrl-C).
-    pub stop: Arc<std::sync::atomic::AtomicBool>,
+    pub stop: Arc<AtomicBool>,
 }
 
-/// The `order_summary` rows and the positions they reflect.
+/// The `order_summary` rows and the records they reflect.
 #[derive(Default)]
 struct Board {
     rows: BTreeMap<Row, Row>,
@@ -53,7 +76,9 @@ impl ViewSink for BoardSink {
         for change in batch.changes.iter().filter(|c| c.diff > 0) {
             board.rows.insert(change.key.clone(), change.values.clone());
         }
-        board.reflected = batch.positions.0.values().map(|next| next.saturating_sub(1)).sum();
+        // A fresh topic starts at offset 0: the next offsets add up to the
+        // records reflected.
+        board.reflected = batch.positions.0.values().sum();
         board.batches += 1;
         Ok(())
     }
@@ -61,6 +86,42 @@ impl ViewSink for BoardSink {
     fn finish(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+}
+
+/// What the traffic generator did.
+#[derive(Default)]
+struct Traffic {
+    placed: AtomicU64,
+    cancelled: AtomicU64,
+    rejected: AtomicU64,
+    failed: AtomicU64,
+    /// Events the accepted commands appended.
+    appended: AtomicU64,
+}
+
+/// Starts librdkafka's mock cluster in a thread of its own; returns its
+/// bootstrap address.
+fn start_broker() -> Result<String, CommandError> {
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("demo-kafka".into())
+        .spawn(move || match rdkafka::mocking::MockCluster::new(1) {
+            Ok(cluster) => {
+                let created = cluster.create_topic(EVENTS_TOPIC, 4, 1).map_err(|e| e.to_string());
+                let _ = send.send(created.map(|()| cluster.bootstrap_servers()));
+                loop {
+                    std::thread::park();
+                }
+            }
+            Err(error) => {
+                let _ = send.send(Err(error.to_string()));
+            }
+        })
+        .map_err(|e| CommandError::Io(format!("cannot start the demo broker: {e}")))?;
+    receive
+        .recv()
+        .map_err(|_| CommandError::Io("the demo broker did not start".into()))?
+        .map_err(|e| CommandError::Io(format!("the demo broker did not start: {e}")))
 }
 
 /// Runs the demo until Ctrl-C or the duration ends.
@@ -71,36 +132,60 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
         .iter()
         .position(|v| v.name == "order_summary")
         .ok_or_else(|| CommandError::Io("the built-in pipelines.yaml has no order_summary view".into()))?;
+    let brokers = start_broker()?;
+    let log = CommandLogConfig {
+        brokers: brokers.clone(),
+        events_topic: EVENTS_TOPIC.into(),
+        inventory_topic: format!("{EVENTS_TOPIC}-inventory"),
+        audit_topic: format!("{EVENTS_TOPIC}-audit"),
+        properties: Vec::new(),
+        state_dir: None,
+    };
+    let api = crate::api::start_with(options.listen, Some(log))?;
+    println!("command API on http://{}  (try: curl -X PUT http://{}/v1/stores/1/inventory/SKU-1 -d '{{\"available\": 5}}')", api.address, api.address);
+
     let board = Arc::new(Mutex::new(Board::default()));
     let mut view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>> = plan.views.iter().map(|_| Vec::new()).collect();
     view_sinks[summary_index].push(("terminal".into(), Box::new(BoardSink(Arc::clone(&board)))));
     let outputs = Outputs { view_sinks, dead_letter_sinks: Vec::new() };
-    let generator = GeneratorConfig {
-        seed: options.seed,
-        events: u64::MAX,
-        live: true,
-        customers_per_store: 200,
-        ..GeneratorConfig::default()
-    };
-    let source = DatagenSource::new(0, generator, Some(options.rate), Duration::from_millis(250));
+    let source = KafkaSource::new(
+        0,
+        KafkaSourceConfig {
+            brokers,
+            topic: EVENTS_TOPIC.into(),
+            start: StartPosition::Earliest,
+            bounded: false,
+            batch_ms: 20,
+            dead_letter_topic: None,
+            group_id: "projector-demo".into(),
+            properties: Vec::new(),
+        },
+        Instant::now(),
+    );
     let run_options =
         RunOptions { workers: options.workers, until_idle: false, stop: Arc::clone(&options.stop), ..RunOptions::default() };
-    let stop = Arc::clone(&run_options.stop);
+    let stop = Arc::clone(&options.stop);
     let progress = Arc::clone(&run_options.progress);
-    let runner = std::thread::spawn(move || run(Arc::new(plan), vec![("generator".into(), Arc::new(source))], outputs, run_options));
+    let sources: Vec<(String, Arc<dyn Source>)> = vec![("demo events".into(), Arc::new(source))];
+    let runner = std::thread::spawn(move || run(Arc::new(plan), sources, outputs, run_options));
+
+    let traffic = Arc::new(Traffic::default());
+    let traffic_stop = Arc::new(AtomicBool::new(false));
+    let generator = {
+        let (traffic, traffic_stop, address, rate, seed) =
+            (Arc::clone(&traffic), Arc::clone(&traffic_stop), api.address, options.rate, options.seed);
+        std::thread::spawn(move || generate_traffic(address, rate, seed, traffic, traffic_stop))
+    };
 
     let started = Instant::now();
     let mut last = (Instant::now(), 0u64);
     let terminal = std::io::stdout().is_terminal();
-    while options.duration.is_none_or(|d| started.elapsed() < d)
-        && !runner.is_finished()
-        && !options.stop.load(Ordering::Relaxed)
-    {
+    while options.duration.is_none_or(|d| started.elapsed() < d) && !runner.is_finished() && !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_secs(1));
         let records = progress.records.load(Ordering::Relaxed);
         let rate = (records - last.1) as f64 / last.0.elapsed().as_secs_f64();
         last = (Instant::now(), records);
-        let screen = board.lock().map(|b| render(&b, records, rate, started.elapsed())).unwrap_or_default();
+        let screen = board.lock().map(|b| render(&b, &traffic, rate, started.elapsed())).unwrap_or_default();
         let mut out = std::io::stdout().lock();
         if terminal {
             let _ = write!(out, "\x1b[2J\x1b[H");
@@ -108,28 +193,116 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
         let _ = writeln!(out, "{screen}");
         let _ = out.flush();
     }
+    traffic_stop.store(true, Ordering::Relaxed);
+    let _ = generator.join();
     stop.store(true, Ordering::Relaxed);
-    match runner.join() {
+    let result = runner.join();
+    api.stop();
+    match result {
         Ok(result) => Ok(result?),
         Err(_) => Err(CommandError::Io("the pipeline thread panicked".into())),
     }
 }
 
-fn render(board: &Board, records: u64, rate: f64, elapsed: Duration) -> String {
+/// Places and cancels orders through the API at `rate` orders a second.
+fn generate_traffic(address: SocketAddr, rate: f64, seed: u64, traffic: Arc<Traffic>, stop: Arc<AtomicBool>) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    runtime.block_on(async move {
+        let client = ApiClient::new(address);
+        for store in 1..=STORES {
+            for product in 1..=PRODUCTS {
+                let body = json!({"available": 1_000}).to_string();
+                let _ = client.send("PUT", &format!("/v1/stores/{store}/inventory/SKU-{product}"), None, body).await;
+            }
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut placed: Vec<String> = Vec::new();
+        let started = Instant::now();
+        let mut sent = 0u64;
+        let mut tasks = tokio::task::JoinSet::new();
+        while !stop.load(Ordering::Relaxed) {
+            let due = (started.elapsed().as_secs_f64() * rate) as u64;
+            while sent < due {
+                sent += 1;
+                let store = rng.random_range(1..=STORES);
+                let lines: Vec<serde_json::Value> = (0..rng.random_range(1..=3))
+                    .map(|_| {
+                        let product = rng.random_range(1..=PRODUCTS);
+                        json!({"product_id": 9000 + product, "sku": format!("SKU-{product}"), "title": format!("Product {product}"),
+                               "quantity": rng.random_range(1..=3), "unit_price_cents": 500 + 250 * product})
+                    })
+                    .collect();
+                let body = json!({"customer_id": store * 1_000 + rng.random_range(1..=300), "line_items": lines}).to_string();
+                let cancel = (rng.random_bool(0.05) && !placed.is_empty()).then(|| placed.swap_remove(rng.random_range(0..placed.len())));
+                let (client, traffic) = (client.clone(), Arc::clone(&traffic));
+                let key = format!("demo-{seed}-{sent}");
+                tasks.spawn(async move {
+                    let mut outcome = None;
+                    match client.send("POST", &format!("/v1/stores/{store}/orders"), Some(&key), body).await {
+                        Ok(response) if response.status == 202 => {
+                            traffic.placed.fetch_add(1, Ordering::Relaxed);
+                            traffic.appended.fetch_add(3, Ordering::Relaxed);
+                            outcome = response.body["order_id"].as_str().map(str::to_string);
+                        }
+                        Ok(response) if response.status == 409 => {
+                            traffic.rejected.fetch_add(1, Ordering::Relaxed);
+                            // Restock what ran out.
+                            for item in response.body["items"].as_array().into_iter().flatten() {
+                                if let Some(sku) = item["sku"].as_str() {
+                                    let body = json!({"available": 1_000}).to_string();
+                                    let _ = client.send("PUT", &format!("/v1/stores/{store}/inventory/{sku}"), None, body).await;
+                                }
+                            }
+                        }
+                        _ => {
+                            traffic.failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if let Some(order_id) = cancel
+                        && let Ok(response) = client.send("POST", &format!("/v1/orders/{order_id}/cancel"), None, "").await
+                        && response.status == 202
+                    {
+                        traffic.cancelled.fetch_add(1, Ordering::Relaxed);
+                        traffic.appended.fetch_add(1, Ordering::Relaxed);
+                    }
+                    outcome
+                });
+            }
+            while let Some(done) = tasks.try_join_next() {
+                if let Ok(Some(order_id)) = done {
+                    placed.push(order_id);
+                    if placed.len() > 10_000 {
+                        placed.swap_remove(0);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        while tasks.join_next().await.is_some() {}
+    });
+}
+
+fn render(board: &Board, traffic: &Traffic, rate: f64, elapsed: Duration) -> String {
     let today = board.rows.keys().filter_map(|k| k.get(1).cloned()).max();
     let mut stores: Vec<(&Row, &Row)> = board.rows.iter().filter(|(k, _)| k.get(1) == today.as_ref()).collect();
-    let revenue = |values: &Row| match values.get(1) {
+    let cents_at = |values: &Row, index: usize| match values.get(index) {
         Some(Value::Int(cents)) => *cents,
         _ => 0,
     };
-    stores.sort_by_key(|(_, values)| std::cmp::Reverse(revenue(values)));
+    stores.sort_by_key(|(_, values)| std::cmp::Reverse(cents_at(values, 1)));
+    let appended = traffic.appended.load(Ordering::Relaxed);
     let mut text = format!(
-        "Projector demo: generated order traffic -> views, {:.0} s\n\
-         events read {records}, {rate:.0} events/s, lag {} events, {} batches committed\n\n\
+        "Projector demo: orders over HTTP -> Kafka (in-process) -> views, {:.0} s\n\
+         commands: {} placed, {} cancelled, {} rejected (409), {} failed\n\
+         views: {rate:.0} events/s, lag {} events, {} batches\n\n\
          top stores by revenue on {}\n\
          {:>6} {:>8} {:>14} {:>12} {:>10}\n",
         elapsed.as_secs_f64(),
-        records.saturating_sub(board.reflected),
+        traffic.placed.load(Ordering::Relaxed),
+        traffic.cancelled.load(Ordering::Relaxed),
+        traffic.rejected.load(Ordering::Relaxed),
+        traffic.failed.load(Ordering::Relaxed),
+        appended.saturating_sub(board.reflected),
         board.batches,
         today.map_or("-".to_string(), |d| d.to_string()),
         "store",
@@ -144,11 +317,8 @@ fn render(board: &Board, records: u64, rate: f64, elapsed: Duration) -> String {
             "{:>6} {:>8} {:>14} {:>12} {:>10}\n",
             field(key, 0),
             field(values, 0),
-            cents(revenue(values)),
-            cents(match values.get(2) {
-                Some(Value::Int(c)) => *c,
-                _ => 0,
-            }),
+            money(cents_at(values, 1)),
+            money(cents_at(values, 2)),
             field(values, 3),
         ));
     }
@@ -156,6 +326,6 @@ fn render(board: &Board, records: u64, rate: f64, elapsed: Duration) -> String {
     text
 }
 
-fn cents(value: i64) -> String {
-    format!("{}.{:02}", value / 100, value % 100)
+fn money(cents: i64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
 }

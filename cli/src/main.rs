@@ -29,12 +29,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the shipped views over live generated order traffic and show a
-    /// summary every second. Needs no services and no files.
+    /// The whole loop on built-in defaults, with no services: an in-process
+    /// Kafka-protocol broker, the command API, generated order traffic
+    /// through it, the shipped views updating live, and a summary every
+    /// second.
     Demo {
-        /// Generated events per second.
-        #[arg(long, default_value_t = 5000.0)]
+        /// Orders placed per second through the API.
+        #[arg(long, default_value_t = 300.0)]
         rate: f64,
+        /// Where the command API listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
         /// Worker threads.
         #[arg(short = 'w', long, default_value_t = default_workers())]
         workers: usize,
@@ -203,10 +208,10 @@ fn stop_on_signal(stop: Arc<AtomicBool>) {
 fn execute(command: Command) -> Result<(), CommandError> {
     let stop = Arc::new(AtomicBool::new(false));
     match command {
-        Command::Demo { rate, workers, seconds, seed } => {
+        Command::Demo { rate, listen, workers, seconds, seed } => {
             stop_on_signal(Arc::clone(&stop));
-            let summary =
-                demo::demo(DemoOptions { rate, workers, duration: seconds.map(Duration::from_secs), seed, stop })?;
+            let duration = seconds.map(Duration::from_secs);
+            let summary = demo::demo(DemoOptions { rate, workers, duration, seed, listen, stop })?;
             report(&summary);
         }
         Command::Run { config, input, output_dir, workers, until_idle, batch_records } => {

@@ -105,9 +105,18 @@ fn yaml_file_source_and_sinks_run_until_idle() {
 #[test]
 fn demo_runs_without_services() {
     let dir = tempfile::tempdir().unwrap();
-    let out = projector(&["demo", "--seconds", "3", "--rate", "3000"], dir.path());
+    let out = projector(&["demo", "--seconds", "4", "--rate", "200", "--listen", "127.0.0.1:0"], dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let screen = text(&out.stdout);
     assert!(screen.contains("top stores by revenue on"), "{screen}");
     assert!(screen.contains("events/s"), "{screen}");
+    // Orders went through the API into the views.
+    let placed: u64 = screen
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("commands: ")?.split(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(placed > 100, "{screen}");
+    let summary = text(&out.stderr);
+    assert!(summary.contains("view order_summary: 10 rows"), "{summary}");
 }
