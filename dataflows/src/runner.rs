@@ -194,6 +194,8 @@ pub fn run(
                 input = None;
             }
             let mut delivered = 0usize;
+            // Whether some reader had more than one poll could take.
+            let mut backlog = false;
             if let Some((events, dead_letters)) = input.as_mut() {
                 for (reader_index, (source_name, reader)) in readers.iter_mut().enumerate() {
                     let Some(current) = epochs[reader_index] else { continue };
@@ -225,6 +227,7 @@ pub fn run(
                     }
                     epochs[reader_index] = next;
                     let time = next.unwrap_or(current);
+                    backlog |= decoded.len() + bad.len() >= options.poll_records;
                     delivered += decoded.len() + bad.len();
                     for event in decoded.drain(..) {
                         events.update_at(event, time, 1);
@@ -251,10 +254,13 @@ pub fn run(
             if input.is_none() && probe.done() {
                 break;
             }
-            if delivered == 0 {
-                worker.step_or_park(Some(options.idle_wait));
-            } else {
+            if backlog {
                 worker.step();
+            } else {
+                // Caught up: let the dataflow work, then sleep until it has
+                // more to do or `idle_wait` passes, so that a trickle of
+                // records does not spin the core the clients' threads need.
+                worker.step_or_park(Some(options.idle_wait));
             }
         }
         if !options.until_idle && input.is_none() && !options.stop.load(Ordering::Relaxed) {

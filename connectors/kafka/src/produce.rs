@@ -17,6 +17,7 @@ pub fn append_all<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     records: impl IntoIterator<Item = (K, V)>,
 ) -> Result<u64, String> {
     let producer: BaseProducer = producer_config(brokers, &[])
+        .set("compression.type", "lz4")
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")

@@ -42,7 +42,11 @@ fn fatal(what: &str, error: impl std::fmt::Display) -> SourceError {
 impl Source for KafkaSource {
     fn reader(&self, index: usize, peers: usize) -> Result<Box<dyn SourceReader>, SourceError> {
         let config = &self.config;
-        let consumer: BaseConsumer = client_config(&config.brokers, &config.properties)
+        // Tunable defaults first, then the user's properties, then the
+        // settings correctness rests on.
+        let mut defaults = vec![("fetch.wait.max.ms".to_string(), "5".to_string())];
+        defaults.extend(config.properties.iter().cloned());
+        let consumer: BaseConsumer = client_config(&config.brokers, &defaults)
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -167,6 +171,7 @@ impl KafkaReader {
 impl SourceReader for KafkaReader {
     fn poll(&mut self, max: usize, deliver: &mut dyn FnMut(RecordRef<'_>)) -> Result<Poll, SourceError> {
         if self.at_end() {
+            info!(topic = %self.topic, next = ?self.next, ends = ?self.ends, "reached the end of a bounded source");
             return Ok(Poll::Finished);
         }
         let epoch = self.started.elapsed().as_millis() as u64 / self.batch_millis;

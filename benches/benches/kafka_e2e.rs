@@ -1,0 +1,291 @@
+//! End-to-end load benchmark over Kafka.
+//!
+//! 1. Throughput: the generator appends about 1,000,000 events to a
+//!    4-partition topic; a bounded pipeline consumes them into the three
+//!    seed views, on 1 and on 2 workers. Prints events/s.
+//! 2. Event-to-view latency: events are appended at a steady 20,000/s while
+//!    the pipeline follows the topic; each event's latency is from its
+//!    append (broker acknowledgement) to the first completed batch of the
+//!    views that reflects it. Prints p50, p99 and max.
+//! 3. Command API: orders are placed over HTTP at a steady 2,000/s; prints
+//!    the answer latency p50, p99 and max, and the rate achieved.
+//!
+//! Run: `cargo bench -p projector-benches --bench kafka_e2e`. It starts
+//! librdkafka's mock cluster in process, with 64-partition topics: the mock
+//! keeps at most 5 MiB per partition, and 1M events are about 460 MiB
+//! (appended lz4-compressed). Under `cargo test` it runs each part small,
+//! as a smoke test.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+
+use projector::commands;
+use projector_commands::log::CommandLogConfig;
+use projector_core::config::{KafkaSourceConfig, PipelinePlan, StartPosition};
+use projector_core::sink::{SinkError, ViewBatch, ViewSink};
+use projector_core::source::Source;
+use projector_dataflows::runner::{Outputs, RunOptions, run};
+use projector_datagen::{Generator, GeneratorConfig};
+use projector_source_kafka::KafkaSource;
+use projector_source_kafka::client::producer_config;
+
+#[global_allocator]
+static ALLOCATOR: projector::Allocator = mimalloc::MiMalloc;
+
+fn main() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let size = |bench: u64, test: u64| if benchmarking { bench } else { test };
+    let (brokers, _cluster) = broker(&["throughput", "latency", "commands"]);
+    let plan = shipped_plan();
+    let events = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(size(1_000_000, 20_000));
+    throughput(&brokers, &plan, events);
+    latency(&brokers, &plan, 20_000.0, Duration::from_secs(size(10, 2)));
+    command_api(&brokers, 2_000.0, Duration::from_secs(size(10, 2)));
+}
+
+/// An in-process mock cluster with the bench topics created.
+fn broker(topics: &[&str]) -> (String, std::thread::JoinHandle<()>) {
+    let (send, receive) = std::sync::mpsc::channel();
+    let names: Vec<String> = topics.iter().map(|t| topic(t)).collect();
+    let thread = std::thread::spawn(move || {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        for name in &names {
+            cluster.create_topic(name, 64, 1).expect("bench topic");
+        }
+        send.send(cluster.bootstrap_servers()).expect("address");
+        loop {
+            std::thread::park();
+        }
+    });
+    (receive.recv().expect("mock cluster address"), thread)
+}
+
+fn shipped_plan() -> PipelinePlan {
+    commands::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines.yaml")).expect("shipped config")
+}
+
+fn topic(name: &str) -> String {
+    format!("bench-{name}-{}", std::process::id())
+}
+
+fn source(brokers: &str, topic: &str, bounded: bool) -> Arc<dyn Source> {
+    Arc::new(KafkaSource::new(
+        0,
+        KafkaSourceConfig {
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+            start: StartPosition::Earliest,
+            bounded,
+            batch_ms: 10,
+            dead_letter_topic: None,
+            group_id: "projector-bench".into(),
+            properties: Vec::new(),
+        },
+        Instant::now(),
+    ))
+}
+
+fn throughput(brokers: &str, plan: &PipelinePlan, events: u64) {
+    let topic = topic("throughput");
+    let started = Instant::now();
+    let records = Generator::new(GeneratorConfig { events, seed: 42, ..GeneratorConfig::default() }).map(|r| (r.key, r.line));
+    let appended = projector_source_kafka::produce::append_all(brokers, &topic, records).expect("append");
+    println!(
+        "kafka throughput: appended {appended} events in {:.1} s ({:.0}/s)",
+        started.elapsed().as_secs_f64(),
+        appended as f64 / started.elapsed().as_secs_f64()
+    );
+    for workers in [1usize, 2] {
+        let started = Instant::now();
+        let summary = run(
+            Arc::new(plan.clone()),
+            vec![("bench".into(), source(brokers, &topic, true))],
+            Outputs::default(),
+            RunOptions { workers, ..RunOptions::default() },
+        )
+        .expect("pipeline");
+        let seconds = started.elapsed().as_secs_f64();
+        assert_eq!(summary.records, appended);
+        println!(
+            "kafka throughput: {workers} worker(s): {} events into the three views in {seconds:.2} s = {:.0} events/s",
+            summary.records,
+            summary.records as f64 / seconds
+        );
+    }
+}
+
+/// Records when each appended record was acknowledged.
+struct Acks(Arc<Mutex<Vec<(i32, i64, Instant)>>>);
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Ok(message) = result {
+            use rdkafka::message::Message;
+            if let Ok(mut acks) = self.0.lock() {
+                acks.push((message.partition(), message.offset(), Instant::now()));
+            }
+        }
+    }
+}
+
+/// Remembers when each batch of the views completed, and what it covered.
+struct Completions(Arc<Mutex<Vec<(Instant, BTreeMap<u32, u64>)>>>);
+
+impl ViewSink for Completions {
+    fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
+        let covered = batch.positions.0.iter().map(|((_, partition), next)| (*partition, *next)).collect();
+        if let Ok(mut completions) = self.0.lock() {
+            completions.push((Instant::now(), covered));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn latency(brokers: &str, plan: &PipelinePlan, rate: f64, duration: Duration) {
+    let topic = topic("latency");
+    let warm = Generator::new(GeneratorConfig { events: 1, seed: 1, ..GeneratorConfig::default() }).map(|r| (r.key, r.line));
+    projector_source_kafka::produce::append_all(brokers, &topic, warm).expect("topic");
+    let completions = Arc::new(Mutex::new(Vec::new()));
+    let mut view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>> = plan.views.iter().map(|_| Vec::new()).collect();
+    view_sinks[0].push(("latency".into(), Box::new(Completions(Arc::clone(&completions)))));
+    let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
+    let stop = Arc::clone(&options.stop);
+    let pipeline = {
+        let (plan, source) = (plan.clone(), source(brokers, &topic, false));
+        std::thread::spawn(move || {
+            run(Arc::new(plan), vec![("bench".into(), source)], Outputs { view_sinks, dead_letter_sinks: Vec::new() }, options)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let producer: BaseProducer<Acks> = producer_config(brokers, &[])
+        .set("linger.ms", "0")
+        .set("compression.type", "lz4")
+        .create_with_context(Acks(Arc::clone(&acks)))
+        .expect("producer");
+    let events = (rate * duration.as_secs_f64()) as u64;
+    let mut generator = Generator::new(GeneratorConfig { events: u64::MAX, seed: 7, ..GeneratorConfig::default() });
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < events {
+        let due = ((started.elapsed().as_secs_f64() * rate) as u64).min(events);
+        while sent < due {
+            let record = generator.next().expect("generated record");
+            let _ = producer.send(BaseRecord::to(&topic).key(&record.key).payload(&record.line));
+            sent += 1;
+        }
+        producer.poll(Duration::from_micros(200));
+    }
+    let _ = producer.flush(Duration::from_secs(30));
+    let sending = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    pipeline.join().expect("pipeline thread").expect("pipeline");
+
+    let completions = completions.lock().expect("completions");
+    let mut latencies: Vec<Duration> = Vec::new();
+    for (partition, offset, acked) in acks.lock().expect("acks").iter() {
+        let seen = completions
+            .iter()
+            .find(|(_, covered)| covered.get(&(*partition as u32)).is_some_and(|next| *next > *offset as u64))
+            .map(|(at, _)| *at);
+        if let Some(at) = seen {
+            latencies.push(at.saturating_duration_since(*acked));
+        }
+    }
+    latencies.sort();
+    println!(
+        "kafka latency: {sent} events at {:.0}/s; event-to-view latency of {}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        sent as f64 / sending,
+        latencies.len(),
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+}
+
+fn command_api(brokers: &str, rate: f64, duration: Duration) {
+    let topic = topic("commands");
+    let state = std::env::temp_dir().join(format!("projector-bench-commands-{}", std::process::id()));
+    let log = CommandLogConfig {
+        brokers: brokers.to_string(),
+        events_topic: topic.clone(),
+        inventory_topic: format!("{topic}-inventory"),
+        audit_topic: format!("{topic}-audit"),
+        properties: Vec::new(),
+        state_dir: Some(state.clone()),
+    };
+    let api = projector::api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), Some(log)).expect("api");
+    let client = projector::http_client::ApiClient::new(api.address);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let (latencies, achieved, failures) = runtime.block_on(async move {
+        for sku in 0..20 {
+            let body = serde_json::json!({"available": 100_000_000}).to_string();
+            client.send("PUT", &format!("/v1/stores/1/inventory/SKU-{sku}"), None, body).await.expect("stock");
+        }
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(AtomicBool::new(false));
+        let count = (rate * duration.as_secs_f64()) as u64;
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..count {
+            let due = started + Duration::from_secs_f64(n as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+            let (client, latencies, failures) = (client.clone(), Arc::clone(&latencies), Arc::clone(&failures));
+            tasks.spawn(async move {
+                let body = serde_json::json!({"customer_id": n % 500, "line_items": [
+                    {"product_id": 1, "sku": format!("SKU-{}", n % 20), "title": "T", "quantity": 1, "unit_price_cents": 999}]})
+                .to_string();
+                let sent = Instant::now();
+                let key = format!("bench-{n}");
+                match client.send("POST", "/v1/stores/1/orders", Some(&key), body).await {
+                    Ok(response) if response.status == 202 => {
+                        if let Ok(mut l) = latencies.lock() {
+                            l.push(sent.elapsed());
+                        }
+                    }
+                    _ => failures.store(true, Ordering::Relaxed),
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let achieved = count as f64 / started.elapsed().as_secs_f64();
+        let latencies = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+        (latencies, achieved, failures.load(Ordering::Relaxed))
+    });
+    api.stop();
+    let _ = std::fs::remove_dir_all(&state);
+    let mut latencies = latencies;
+    latencies.sort();
+    println!(
+        "command API: {} orders at {achieved:.0}/s{}; answer latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        latencies.len(),
+        if failures { " (some failed)" } else { "" },
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+}
