@@ -161,74 +161,29 @@ impl ViewPlan {
         Some((key, PackedRow::pack(inputs.iter().map(Evaluated::as_ref))))
     }
 
-    /// What one projected row adds to its group's totals: the number of
-    /// rows, then per slot the number of non-null values and their sum.
-    /// Totals add up, so the dataflow keeps them per group in O(1) per
-    /// change, however large the group.
-    pub fn totals(&self, inputs: &PackedRow) -> Vec<isize> {
-        let mut totals = vec![0isize; 1 + 2 * self.slots.len()];
-        totals[0] = 1;
-        for (slot, value) in inputs.iter().enumerate().take(self.slots.len()) {
-            let number = match value {
-                ValueRef::Null => continue,
-                ValueRef::UInt(v) => v as isize,
-                ValueRef::Int(v) => v as isize,
-                _ => 0,
-            };
-            totals[1 + 2 * slot] = 1;
-            totals[2 + 2 * slot] = number;
-        }
-        totals
-    }
-
-    /// Slots whose smallest and largest values some measure needs.
-    pub fn extreme_slots(&self) -> Vec<usize> {
-        self.slots_of(&[MeasureFunction::Min, MeasureFunction::Max])
-    }
-
-    /// Slots whose number of distinct values some measure needs.
-    pub fn distinct_slots(&self) -> Vec<usize> {
-        self.slots_of(&[MeasureFunction::CountDistinct])
-    }
-
-    fn slots_of(&self, functions: &[MeasureFunction]) -> Vec<usize> {
-        let mut slots: Vec<usize> =
-            self.measures.iter().filter(|m| functions.contains(&m.function)).map(|m| m.slot).collect();
-        slots.sort_unstable();
-        slots.dedup();
-        slots
-    }
-
-    /// The measure and label values of a group from its partial
-    /// aggregates; `None` when the group is empty or `having` rejects it.
-    pub fn finish<'a>(&self, key: &PackedRow, partials: impl IntoIterator<Item = &'a Partial>) -> Option<Row> {
-        let mut totals: Option<&Vec<isize>> = None;
-        let mut extremes: Vec<(usize, &Value, &Value)> = Vec::new();
-        let mut distinct: Vec<(usize, u64)> = Vec::new();
-        for partial in partials {
-            match partial {
-                Partial::Totals(t) => totals = Some(t),
-                Partial::Extremes { slot, min, max } => extremes.push((usize::from(*slot), min, max)),
-                Partial::Distinct { slot, count } => distinct.push((usize::from(*slot), *count)),
+    /// Folds a group's measure inputs, each with its multiplicity, into the
+    /// measure and label values; `None` when `having` rejects the row.
+    pub fn aggregate<'a>(&self, key: &PackedRow, inputs: impl IntoIterator<Item = (&'a PackedRow, i64)>) -> Option<Row> {
+        let mut accumulators: Vec<Accumulator<'a>> =
+            self.measures.iter().map(|m| Accumulator::new(m.function)).collect();
+        let mut values: Vec<ValueRef<'a>> = Vec::with_capacity(self.slots.len());
+        for (packed, multiplicity) in inputs {
+            if multiplicity <= 0 {
+                continue;
+            }
+            values.clear();
+            values.extend(packed.iter());
+            for (accumulator, measure) in accumulators.iter_mut().zip(&self.measures) {
+                if let Some(value) = values.get(measure.slot) {
+                    accumulator.add(*value, multiplicity);
+                }
             }
         }
-        let totals = totals.filter(|t| t.first().is_some_and(|rows| *rows > 0))?;
-        let total = |index: usize| totals.get(index).copied().unwrap_or(0);
         let mut row: Vec<Value> = key.iter().map(ValueRef::to_value).collect();
         let key_len = row.len();
-        for measure in &self.measures {
-            let slot = measure.slot;
-            let (count, sum) = (total(1 + 2 * slot), total(2 + 2 * slot));
-            row.push(match measure.function {
-                MeasureFunction::Count => Value::UInt(count.max(0) as u64),
-                MeasureFunction::Sum => Value::Int(sum as i64),
-                MeasureFunction::Avg => Value::Int(if count == 0 { 0 } else { (sum / count) as i64 }),
-                MeasureFunction::CountDistinct => {
-                    Value::UInt(distinct.iter().find(|(s, _)| *s == slot).map_or(0, |(_, count)| *count))
-                }
-                MeasureFunction::Min => extremes.iter().find(|(s, ..)| *s == slot).map_or(Value::Null, |(_, min, _)| (*min).clone()),
-                MeasureFunction::Max => extremes.iter().find(|(s, ..)| *s == slot).map_or(Value::Null, |(_, _, max)| (*max).clone()),
-            });
+        for (measure, accumulator) in self.measures.iter().zip(accumulators) {
+            debug_assert_eq!(measure.function, accumulator.function);
+            row.push(accumulator.finish());
         }
         for label in &self.labels {
             let scope: &[Value] = &row;
@@ -249,78 +204,72 @@ impl ViewPlan {
         Some(row.into())
     }
 
-    /// Folds a whole group at once (each projected row with its
-    /// multiplicity): the partial aggregates the dataflow keeps, computed
-    /// directly, then [`ViewPlan::finish`].
-    pub fn aggregate<'a>(&self, key: &PackedRow, inputs: impl IntoIterator<Item = (&'a PackedRow, i64)>) -> Option<Row> {
-        let mut totals = vec![0isize; 1 + 2 * self.slots.len()];
-        let extreme_slots = self.extreme_slots();
-        let distinct_slots = self.distinct_slots();
-        let mut extremes: Vec<Option<(Value, Value)>> = vec![None; self.slots.len()];
-        let mut distinct: Vec<BTreeSet<Value>> = vec![BTreeSet::new(); self.slots.len()];
-        for (packed, multiplicity) in inputs {
-            if multiplicity <= 0 {
-                continue;
-            }
-            for (total, add) in totals.iter_mut().zip(self.totals(packed)) {
-                *total = total.wrapping_add(add.wrapping_mul(multiplicity as isize));
-            }
-            for (slot, value) in packed.iter().enumerate() {
-                if value == ValueRef::Null {
-                    continue;
-                }
-                if extreme_slots.contains(&slot) {
-                    let value = value.to_value();
-                    extremes[slot] = Some(match extremes[slot].take() {
-                        None => (value.clone(), value),
-                        Some((min, max)) => (min.min(value.clone()), max.max(value)),
-                    });
-                }
-                if distinct_slots.contains(&slot) {
-                    distinct[slot].insert(value.to_value());
-                }
-            }
-        }
-        let mut partials = vec![Partial::Totals(totals)];
-        for slot in extreme_slots {
-            if let Some((min, max)) = extremes[slot].take() {
-                partials.push(Partial::Extremes { slot: slot as u16, min, max });
-            }
-        }
-        for slot in distinct_slots {
-            partials.push(Partial::Distinct { slot: slot as u16, count: distinct[slot].len() as u64 });
-        }
-        self.finish(key, &partials)
-    }
-
     /// One output row as a JSON object with exactly the view's fields.
     pub fn row_json(&self, key: &[Value], values: &[Value]) -> serde_json::Map<String, serde_json::Value> {
         self.output_fields().into_iter().zip(key.iter().chain(values)).map(|((name, _), v)| (name, v.to_json())).collect()
     }
 }
 
-/// A piece of a group's aggregate, as the dataflow keeps it: totals that
-/// add up, the extremes of a slot, or its number of distinct values.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub enum Partial {
-    /// See [`ViewPlan::totals`].
-    Totals(Vec<isize>),
-    /// The smallest and largest non-null value of a slot.
-    Extremes {
-        /// The slot.
-        slot: u16,
-        /// Smallest value.
-        min: Value,
-        /// Largest value.
-        max: Value,
-    },
-    /// The number of distinct non-null values of a slot.
-    Distinct {
-        /// The slot.
-        slot: u16,
-        /// How many.
-        count: u64,
-    },
+/// Running state of one measure over one group.
+struct Accumulator<'a> {
+    function: MeasureFunction,
+    count: i128,
+    sum: i128,
+    min: Option<ValueRef<'a>>,
+    max: Option<ValueRef<'a>>,
+    distinct: BTreeSet<ValueRef<'a>>,
+}
+
+impl<'a> Accumulator<'a> {
+    fn new(function: MeasureFunction) -> Self {
+        Accumulator { function, count: 0, sum: 0, min: None, max: None, distinct: BTreeSet::new() }
+    }
+
+    fn add(&mut self, value: ValueRef<'a>, multiplicity: i64) {
+        if value == ValueRef::Null {
+            return;
+        }
+        let multiplicity = i128::from(multiplicity);
+        match self.function {
+            MeasureFunction::Count => self.count += multiplicity,
+            MeasureFunction::Sum | MeasureFunction::Avg => {
+                self.count += multiplicity;
+                let number = match value {
+                    ValueRef::UInt(v) => Some(i128::from(v)),
+                    ValueRef::Int(v) => Some(i128::from(v)),
+                    _ => None,
+                };
+                if let Some(number) = number {
+                    self.sum = self.sum.saturating_add(number.saturating_mul(multiplicity));
+                }
+            }
+            MeasureFunction::Min => {
+                if self.min.is_none_or(|min| value < min) {
+                    self.min = Some(value);
+                }
+            }
+            MeasureFunction::Max => {
+                if self.max.is_none_or(|max| value > max) {
+                    self.max = Some(value);
+                }
+            }
+            MeasureFunction::CountDistinct => {
+                self.distinct.insert(value);
+            }
+        }
+    }
+
+    fn finish(self) -> Value {
+        let clamp = |v: i128| i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX });
+        match self.function {
+            MeasureFunction::Count => Value::UInt(u64::try_from(self.count).unwrap_or(u64::MAX)),
+            MeasureFunction::CountDistinct => Value::UInt(self.distinct.len() as u64),
+            MeasureFunction::Sum => Value::Int(clamp(self.sum)),
+            MeasureFunction::Avg => Value::Int(if self.count == 0 { 0 } else { clamp(self.sum / self.count) }),
+            MeasureFunction::Min => self.min.map_or(Value::Null, ValueRef::to_value),
+            MeasureFunction::Max => self.max.map_or(Value::Null, ValueRef::to_value),
+        }
+    }
 }
 
 #[cfg(test)]
