@@ -95,6 +95,9 @@ impl Source for KafkaSource {
             ends: config.bounded.then_some(ends),
             batch_millis: config.batch_ms.max(1),
             started: self.started,
+            epoch: 0,
+            epoch_started: Instant::now(),
+            behind: false,
         }))
     }
 }
@@ -157,9 +160,31 @@ struct KafkaReader {
     ends: Option<BTreeMap<i32, i64>>,
     batch_millis: u64,
     started: Instant,
+    /// The batch the last records went to, and when it began.
+    epoch: u64,
+    epoch_started: Instant,
+    /// Whether the last poll took all it could: the topic is ahead.
+    behind: bool,
 }
 
+/// While the reader is behind, a batch stays open this long at most:
+/// catching up in big batches is several times faster than in small ones.
+const CATCH_UP_BATCH: Duration = Duration::from_millis(1000);
+
 impl KafkaReader {
+    /// The batch for records read now: a new one every `batch_ms`, except
+    /// that while the topic is ahead of the reader, one batch collects for
+    /// up to [`CATCH_UP_BATCH`].
+    fn current_epoch(&mut self) -> u64 {
+        let by_time = self.started.elapsed().as_millis() as u64 / self.batch_millis;
+        let hold = self.behind && self.epoch_started.elapsed() < CATCH_UP_BATCH;
+        if !hold && by_time > self.epoch {
+            self.epoch = by_time;
+            self.epoch_started = Instant::now();
+        }
+        self.epoch
+    }
+
     fn at_end(&self) -> bool {
         match &self.ends {
             Some(ends) => ends.iter().all(|(p, end)| self.next.get(p).is_some_and(|next| next >= end)),
@@ -174,7 +199,7 @@ impl SourceReader for KafkaReader {
             info!(topic = %self.topic, next = ?self.next, ends = ?self.ends, "reached the end of a bounded source");
             return Ok(Poll::Finished);
         }
-        let epoch = self.started.elapsed().as_millis() as u64 / self.batch_millis;
+        let epoch = self.current_epoch();
         let mut delivered = 0usize;
         // Wait briefly for the first record only, then take what is there.
         let mut wait = Duration::from_millis(2);
@@ -211,6 +236,7 @@ impl SourceReader for KafkaReader {
                 }
             }
         }
+        self.behind = delivered >= max;
         Ok(if delivered > 0 { Poll::Records { epoch } } else { Poll::Idle { epoch } })
     }
 
