@@ -116,7 +116,7 @@ impl fmt::Display for Relation {
 
 /// A borrowed value: what filters compare and measures read, without
 /// cloning text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ValueRef<'a> {
     /// See [`Value::Null`].
     Null,

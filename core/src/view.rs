@@ -40,6 +40,9 @@ pub struct ViewPlan {
     pub labels: Vec<LabelPlan>,
     /// Output rows that fail this are left out.
     pub having: Option<Expr>,
+    /// Buckets each group's rows are spread over (1: aggregate each group
+    /// in one step). See [`ViewPlan::bucket`].
+    pub buckets: u16,
     /// The distinct measure inputs: measures that read the same expression
     /// under the same `where` share one slot of the projected row.
     pub slots: Vec<Slot>,
@@ -161,9 +164,43 @@ impl ViewPlan {
         Some((key, PackedRow::pack(inputs.iter().map(Evaluated::as_ref))))
     }
 
-    /// Folds a group's measure inputs, each with its multiplicity, into the
-    /// measure and label values; `None` when `having` rejects the row.
-    pub fn aggregate<'a>(&self, key: &PackedRow, inputs: impl IntoIterator<Item = (&'a PackedRow, i64)>) -> Option<Row> {
+    /// Which of the view's [`ViewPlan::buckets`] a projected row goes to.
+    ///
+    /// With more than one bucket a group is aggregated in two steps: each
+    /// bucket of its rows into a [`Partial`], then the group's partials into
+    /// its row, so a change rescans one bucket and the partials, not the
+    /// whole group. Partials of `count_distinct` only add up when equal
+    /// values share a bucket, so rows are bucketed by the value of the
+    /// view's `count_distinct` input; a view with two such inputs uses one
+    /// bucket.
+    pub fn bucket(&self, inputs: &PackedRow) -> u16 {
+        if self.buckets <= 1 {
+            return 0;
+        }
+        use std::hash::{Hash, Hasher};
+        let distinct: Vec<usize> = {
+            let mut slots: Vec<usize> = self
+                .measures
+                .iter()
+                .filter(|m| m.function == MeasureFunction::CountDistinct)
+                .map(|m| m.slot)
+                .collect();
+            slots.sort_unstable();
+            slots.dedup();
+            slots
+        };
+        let mut hasher = std::hash::DefaultHasher::new();
+        match distinct.as_slice() {
+            [] => inputs.hash(&mut hasher),
+            [slot] => inputs.iter().nth(*slot).unwrap_or(ValueRef::Null).hash(&mut hasher),
+            _ => return 0,
+        }
+        (hasher.finish() % u64::from(self.buckets)) as u16
+    }
+
+    /// The partial aggregate of some rows of a group (each projected row
+    /// with its multiplicity).
+    pub fn partial<'a>(&self, inputs: impl IntoIterator<Item = (&'a PackedRow, i64)>) -> Partial {
         let mut accumulators: Vec<Accumulator<'a>> =
             self.measures.iter().map(|m| Accumulator::new(m.function)).collect();
         let mut values: Vec<ValueRef<'a>> = Vec::with_capacity(self.slots.len());
@@ -179,12 +216,22 @@ impl ViewPlan {
                 }
             }
         }
+        Partial(accumulators.into_iter().map(Accumulator::into_partial).collect())
+    }
+
+    /// The measure and label values of a group from the partials of its
+    /// buckets; `None` when `having` rejects the row.
+    pub fn combine<'a>(&self, key: &PackedRow, partials: impl IntoIterator<Item = &'a Partial>) -> Option<Row> {
+        let mut states: Vec<PartialMeasure> =
+            self.measures.iter().map(|m| PartialMeasure::empty(m.function)).collect();
+        for partial in partials {
+            for (state, part) in states.iter_mut().zip(&partial.0) {
+                state.absorb(part);
+            }
+        }
         let mut row: Vec<Value> = key.iter().map(ValueRef::to_value).collect();
         let key_len = row.len();
-        for (measure, accumulator) in self.measures.iter().zip(accumulators) {
-            debug_assert_eq!(measure.function, accumulator.function);
-            row.push(accumulator.finish());
-        }
+        row.extend(states.into_iter().map(PartialMeasure::finish));
         for label in &self.labels {
             let scope: &[Value] = &row;
             let value = label
@@ -202,6 +249,12 @@ impl ViewPlan {
         }
         row.drain(..key_len);
         Some(row.into())
+    }
+
+    /// Folds a whole group at once: [`ViewPlan::partial`] of all its rows,
+    /// then [`ViewPlan::combine`].
+    pub fn aggregate<'a>(&self, key: &PackedRow, inputs: impl IntoIterator<Item = (&'a PackedRow, i64)>) -> Option<Row> {
+        self.combine(key, [&self.partial(inputs)])
     }
 
     /// One output row as a JSON object with exactly the view's fields.
@@ -259,15 +312,83 @@ impl<'a> Accumulator<'a> {
         }
     }
 
+    fn into_partial(self) -> PartialMeasure {
+        match self.function {
+            MeasureFunction::Count => PartialMeasure::Count(self.count),
+            MeasureFunction::CountDistinct => PartialMeasure::Distinct(self.distinct.len() as u64),
+            MeasureFunction::Sum => PartialMeasure::Sum(self.sum),
+            MeasureFunction::Avg => PartialMeasure::Avg(self.sum, self.count),
+            MeasureFunction::Min => PartialMeasure::Min(self.min.map_or(Value::Null, ValueRef::to_value)),
+            MeasureFunction::Max => PartialMeasure::Max(self.max.map_or(Value::Null, ValueRef::to_value)),
+        }
+    }
+}
+
+/// The partial aggregate of one bucket of a group: one state per measure.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Partial(pub Vec<PartialMeasure>);
+
+/// The state of one measure over some rows; states of disjoint rows
+/// combine.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub enum PartialMeasure {
+    /// Rows with a value.
+    Count(i128),
+    /// Sum of the values.
+    Sum(i128),
+    /// Sum and count of the values.
+    Avg(i128, i128),
+    /// Smallest value (null: none).
+    Min(Value),
+    /// Largest value (null: none).
+    Max(Value),
+    /// Distinct values (combine by adding: equal values share a bucket).
+    Distinct(u64),
+}
+
+impl PartialMeasure {
+    fn empty(function: MeasureFunction) -> PartialMeasure {
+        match function {
+            MeasureFunction::Count => PartialMeasure::Count(0),
+            MeasureFunction::CountDistinct => PartialMeasure::Distinct(0),
+            MeasureFunction::Sum => PartialMeasure::Sum(0),
+            MeasureFunction::Avg => PartialMeasure::Avg(0, 0),
+            MeasureFunction::Min => PartialMeasure::Min(Value::Null),
+            MeasureFunction::Max => PartialMeasure::Max(Value::Null),
+        }
+    }
+
+    fn absorb(&mut self, other: &PartialMeasure) {
+        match (self, other) {
+            (PartialMeasure::Count(a), PartialMeasure::Count(b)) => *a = a.saturating_add(*b),
+            (PartialMeasure::Sum(a), PartialMeasure::Sum(b)) => *a = a.saturating_add(*b),
+            (PartialMeasure::Avg(sum, count), PartialMeasure::Avg(other_sum, other_count)) => {
+                *sum = sum.saturating_add(*other_sum);
+                *count = count.saturating_add(*other_count);
+            }
+            (PartialMeasure::Distinct(a), PartialMeasure::Distinct(b)) => *a = a.saturating_add(*b),
+            (PartialMeasure::Min(a), PartialMeasure::Min(b)) => {
+                if *b != Value::Null && (*a == Value::Null || *b < *a) {
+                    *a = b.clone();
+                }
+            }
+            (PartialMeasure::Max(a), PartialMeasure::Max(b)) => {
+                if *b != Value::Null && (*a == Value::Null || *b > *a) {
+                    *a = b.clone();
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn finish(self) -> Value {
         let clamp = |v: i128| i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX });
-        match self.function {
-            MeasureFunction::Count => Value::UInt(u64::try_from(self.count).unwrap_or(u64::MAX)),
-            MeasureFunction::CountDistinct => Value::UInt(self.distinct.len() as u64),
-            MeasureFunction::Sum => Value::Int(clamp(self.sum)),
-            MeasureFunction::Avg => Value::Int(if self.count == 0 { 0 } else { clamp(self.sum / self.count) }),
-            MeasureFunction::Min => self.min.map_or(Value::Null, ValueRef::to_value),
-            MeasureFunction::Max => self.max.map_or(Value::Null, ValueRef::to_value),
+        match self {
+            PartialMeasure::Count(count) => Value::UInt(u64::try_from(count).unwrap_or(u64::MAX)),
+            PartialMeasure::Distinct(count) => Value::UInt(count),
+            PartialMeasure::Sum(sum) => Value::Int(clamp(sum)),
+            PartialMeasure::Avg(sum, count) => Value::Int(if count == 0 { 0 } else { clamp(sum / count) }),
+            PartialMeasure::Min(value) | PartialMeasure::Max(value) => value,
         }
     }
 }

@@ -342,3 +342,21 @@ pub fn revenue_by_currency(orders: &[Order]) -> Vec<Value> {
         })
         .collect()
 }
+
+/// The test's fifth view: distinct customers, first order and cancelled
+/// orders per UTC day, over all orders.
+pub fn customers_per_day(orders: &[Order]) -> Vec<Value> {
+    let mut groups: BTreeMap<String, (BTreeSet<u64>, Option<DateTime<Utc>>, u64)> = BTreeMap::new();
+    for o in orders {
+        let g = groups.entry(day(&o.created_at)).or_default();
+        g.0.insert(o.customer_id);
+        g.1 = Some(g.1.map_or(o.created_at, |first| first.min(o.created_at)));
+        g.2 += u64::from(o.cancelled);
+    }
+    groups
+        .into_iter()
+        .map(|(date, (customers, first, cancelled))| {
+            json!({"date": date, "customers": customers.len(), "first_order_at": first.map(|f| rfc3339(&f)), "cancelled": cancelled})
+        })
+        .collect()
+}

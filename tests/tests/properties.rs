@@ -23,10 +23,20 @@ fn config_with_fourth_view() -> String {
     group_by:
       - currency
       - date: date(created_at)
+    buckets: 3
     measures:
       orders: { count: "*" }
       revenue_cents: { sum: total_cents }
       largest_order_cents: { max: total_cents }
+  customers_per_day:
+    from: orders
+    buckets: 5
+    group_by:
+      - date: date(created_at)
+    measures:
+      customers: { count_distinct: customer_id }
+      first_order_at: { min: created_at }
+      cancelled: { count: "*", where: "status = 'cancelled'" }
 "#,
     );
     text
@@ -157,6 +167,7 @@ fn check_run(config: &str, lines: &[String], workers: usize, batch: u64) -> Resu
         ("product_sales", reference::product_sales(&expected.orders)),
         ("customer_ltv", reference::customer_ltv(&expected.orders)),
         ("revenue_by_currency", reference::revenue_by_currency(&expected.orders)),
+        ("customers_per_day", reference::customers_per_day(&expected.orders)),
     ];
     for (name, rows) in views {
         if let Some(difference) = first_difference(&sorted(output.views[name].clone()), &sorted(rows)) {

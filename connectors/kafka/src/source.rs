@@ -201,11 +201,10 @@ impl SourceReader for KafkaReader {
         }
         let epoch = self.current_epoch();
         let mut delivered = 0usize;
-        // Wait briefly for the first record only, then take what is there.
-        let mut wait = Duration::from_millis(2);
+        // Take what is there without waiting: the worker sleeps in the
+        // dataflow's own park, which other workers' messages cut short.
         while delivered < max {
-            let Some(result) = self.consumer.poll(wait) else { break };
-            wait = Duration::ZERO;
+            let Some(result) = self.consumer.poll(Duration::ZERO) else { break };
             match result {
                 Ok(message) => {
                     let partition = message.partition();

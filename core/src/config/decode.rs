@@ -326,8 +326,30 @@ fn view(name: &str, pos: Pos, node: &Node, diags: &mut Diagnostics) -> Option<Vi
     if !declares_output {
         diags.push(pos, &component, "", "has no output fields; declare `group_by` and/or `measures`".to_string());
     }
-    fields.finish(&["description", "from", "filter", "group_by", "measures", "labels", "having"], diags);
-    Some(ViewConfig { name: name.to_string(), pos, description, from: from?, filter, group_by, measures, labels, having })
+    let buckets = match fields.take("buckets") {
+        Some(node) => match positive(node, &component, "buckets", diags) {
+            Some(n) if n <= 1024 => Some(n as u16),
+            Some(n) => {
+                diags.push(node.pos, &component, "buckets", format!("must be at most 1024 (got {n})"));
+                None
+            }
+            None => None,
+        },
+        None => Some(1),
+    };
+    fields.finish(&["description", "from", "filter", "group_by", "measures", "labels", "having", "buckets"], diags);
+    Some(ViewConfig {
+        name: name.to_string(),
+        pos,
+        description,
+        from: from?,
+        filter,
+        group_by,
+        measures,
+        labels,
+        having,
+        buckets: buckets?,
+    })
 }
 
 fn group_key(item: &Node, component: &str, index: usize, diags: &mut Diagnostics) -> Option<GroupByConfig> {

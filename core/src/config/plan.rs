@@ -226,7 +226,17 @@ fn view_plan(view: &ViewConfig, diags: &mut Diagnostics) -> Option<ViewPlan> {
         None => None,
     };
     ok.then(|| {
-        let mut plan = ViewPlan { name: view.name.clone(), relation, filter, keys, measures, labels, having, slots: Vec::new() };
+        let mut plan = ViewPlan {
+            name: view.name.clone(),
+            relation,
+            filter,
+            keys,
+            measures,
+            labels,
+            having,
+            buckets: view.buckets,
+            slots: Vec::new(),
+        };
         plan.assign_slots();
         plan
     })
