@@ -15,7 +15,8 @@
 //! keeps at most 5 MiB per partition, and 1M events are about 460 MiB
 //! (appended lz4-compressed). Under `cargo test` it runs each part small,
 //! as a smoke test. Knobs: `BENCH_EVENTS` (throughput log size),
-//! `BENCH_RATE` (latency rate), `BENCH_BATCH_MS`, `BENCH_PARTITIONS`.
+//! `BENCH_RATE` (latency rate), `BENCH_BATCH_MS`, `BENCH_PARTITIONS`,
+//! `BENCH_FETCH_WAIT_MS`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -90,7 +91,9 @@ fn source(brokers: &str, topic: &str, bounded: bool) -> Arc<dyn Source> {
             batch_ms: std::env::var("BENCH_BATCH_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(10),
             dead_letter_topic: None,
             group_id: "projector-bench".into(),
-            properties: Vec::new(),
+            properties: std::env::var("BENCH_FETCH_WAIT_MS")
+                .map(|ms| vec![("fetch.wait.max.ms".to_string(), ms)])
+                .unwrap_or_default(),
         },
         Instant::now(),
     ))

@@ -72,6 +72,8 @@ pub struct OutputState {
     pub dead_letters: Mutex<BTreeMap<BadRecordKind, u64>>,
     /// Current row count of each view, by view index.
     pub view_rows: Mutex<BTreeMap<usize, Arc<AtomicI64>>>,
+    /// The batch each view's sinks have taken, by view index.
+    pub delivered: Mutex<BTreeMap<usize, u64>>,
 }
 
 impl OutputState {
@@ -86,6 +88,21 @@ impl OutputState {
 
     fn positions_at(&self, upper: u64) -> SourcePositions {
         self.progress.lock().map(|table| table.positions_at(upper)).unwrap_or_default()
+    }
+
+    /// Notes that view `view` delivered everything before `upper`, and
+    /// forgets positions no view needs any more.
+    fn delivered(&self, view: usize, upper: u64) {
+        let lowest = match self.delivered.lock() {
+            Ok(mut delivered) => {
+                delivered.insert(view, upper);
+                delivered.values().copied().min().unwrap_or(upper)
+            }
+            Err(_) => return,
+        };
+        if let Ok(mut table) = self.progress.lock() {
+            table.prune(lowest);
+        }
     }
 }
 
@@ -117,10 +134,13 @@ pub fn deliver_view<'scope>(
     state: Arc<OutputState>,
 ) {
     let rows = Arc::new(AtomicI64::new(0));
-    if owner
-        && let Ok(mut counts) = state.view_rows.lock()
-    {
-        counts.insert(view_index, Arc::clone(&rows));
+    if owner {
+        if let Ok(mut counts) = state.view_rows.lock() {
+            counts.insert(view_index, Arc::clone(&rows));
+        }
+        if let Ok(mut delivered) = state.delivered.lock() {
+            delivered.insert(view_index, 0);
+        }
     }
     changes.inner.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
         Exchange::new(|_| 0u64),
@@ -153,6 +173,7 @@ pub fn deliver_view<'scope>(
                     }
                 }
                 delivered_upper = upper;
+                state.delivered(view_index, upper);
                 if frontier.is_empty() {
                     finished = true;
                     for (name, sink) in sinks.iter_mut() {
