@@ -170,3 +170,34 @@ fn the_shipped_config_is_valid() {
     let names: Vec<&str> = plan.views.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["order_summary", "product_sales", "customer_ltv"]);
 }
+
+#[test]
+fn kafka_sources_api_and_commands_are_checked() {
+    let text = "sources:\n  k:\n    type: kafka\n    brokers: b:9092\n    topic: t\n    start: { offsets: { x: 5, 1: -2 } }\n    bounded: maybe\n    batch_ms: 0\n    propertys: {}\napi:\n  listen: localhost\ncommands:\n  events_topic: t\nviews:\n  v:\n    from: orders\n    measures:\n      n: { count: \"*\" }\n";
+    assert_eq!(
+        errors(text),
+        [
+            "pipelines.yaml:6:25: source \"k\": 'start.offsets.x' is not a partition number; write `partition: offset`, e.g. `0: 1200`",
+            "pipelines.yaml:6:34: source \"k\": 'start.offsets.1' must be an offset of at least 0 (got -2)",
+            "pipelines.yaml:7:14: source \"k\": 'bounded' must be true or false (got maybe)",
+            "pipelines.yaml:8:15: source \"k\": 'batch_ms' must be a whole number of at least 1 (got 0)",
+            "pipelines.yaml:9:5: source \"k\": 'propertys' is not a known key (did you mean 'properties'?); allowed here: type, brokers, topic, start, bounded, batch_ms, dead_letter_topic, group_id, properties",
+            "pipelines.yaml:11:11: api: 'listen' must be an address and port such as 127.0.0.1:8080 (got \"localhost\")",
+            "pipelines.yaml:13:3: commands: 'brokers' is required but missing",
+        ]
+    );
+    let no_api = "commands:\n  brokers: b\n  events_topic: t\nviews:\n  v:\n    from: orders\n    measures:\n      n: { count: \"*\" }\n";
+    assert_eq!(
+        errors(no_api),
+        ["pipelines.yaml:1:1: commands: need the HTTP API to be reached: add `api: { listen: 127.0.0.1:8080 }`"]
+    );
+}
+
+#[test]
+fn environment_variables_fill_values_and_unset_ones_are_errors() {
+    let text = "sources:\n  k:\n    type: kafka\n    brokers: ${PROJECTOR_TEST_SURELY_UNSET}\n    topic: ${PROJECTOR_TEST_ALSO_UNSET:-events}\nviews:\n  v:\n    from: orders\n    measures:\n      n: { count: \"*\" }\n";
+    assert_eq!(
+        errors(text),
+        ["pipelines.yaml:4:14: config: environment variable PROJECTOR_TEST_SURELY_UNSET is not set; set it, or write ${PROJECTOR_TEST_SURELY_UNSET:-default} for a default"]
+    );
+}

@@ -118,17 +118,7 @@ fn commands(node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<Com
         Some(n) => path_value(n, component, "state_dir", base_dir, diags),
         None => Some(base_dir.join(".projector/commands")),
     };
-    let mut properties = Vec::new();
-    if let Some(node) = fields.take("properties")
-        && let Some(mut entries) = Fields::new(node, component, "properties", diags)
-    {
-        for (key, _, value, taken) in entries.entries.iter_mut() {
-            *taken = true;
-            if let Some(value) = text(value, component, &format!("properties.{key}"), diags) {
-                properties.push((key.to_string(), value.value));
-            }
-        }
-    }
+    let properties = fields.take("properties").map(|n| properties(n, component, diags)).unwrap_or_default();
     fields.finish(&["brokers", "events_topic", "inventory_topic", "audit_topic", "state_dir", "properties"], diags);
     let events_topic = events_topic?.value;
     Some(CommandsConfig {
@@ -178,17 +168,7 @@ fn kafka_source(name: &str, fields: &mut Fields<'_>, component: &str, diags: &mu
     };
     let dead_letter_topic = fields.take("dead_letter_topic").and_then(|n| text(n, component, "dead_letter_topic", diags));
     let group_id = fields.take("group_id").and_then(|n| text(n, component, "group_id", diags));
-    let mut properties = Vec::new();
-    if let Some(node) = fields.take("properties")
-        && let Some(mut entries) = Fields::new(node, component, "properties", diags)
-    {
-        for (key, _, value, taken) in entries.entries.iter_mut() {
-            *taken = true;
-            if let Some(value) = text(value, component, &format!("properties.{key}"), diags) {
-                properties.push((key.to_string(), value.value));
-            }
-        }
-    }
+    let properties = fields.take("properties").map(|n| properties(n, component, diags)).unwrap_or_default();
     let allowed =
         ["type", "brokers", "topic", "start", "bounded", "batch_ms", "dead_letter_topic", "group_id", "properties"];
     fields.finish(&allowed, diags);
@@ -262,6 +242,20 @@ fn start_position(node: &Node, component: &str, diags: &mut Diagnostics) -> Opti
             None
         }
     }
+}
+
+/// A `properties` mapping of client settings, names to text values.
+fn properties(node: &Node, component: &str, diags: &mut Diagnostics) -> Vec<(String, String)> {
+    let mut properties = Vec::new();
+    if let Some(mut entries) = Fields::new(node, component, "properties", diags) {
+        for (key, _, value, taken) in entries.entries.iter_mut() {
+            *taken = true;
+            if let Some(value) = text(value, component, &format!("properties.{key}"), diags) {
+                properties.push((key.to_string(), value.value));
+            }
+        }
+    }
+    properties
 }
 
 fn boolean(node: &Node, component: &str, key: &str, diags: &mut Diagnostics) -> Option<bool> {
