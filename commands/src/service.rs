@@ -52,6 +52,29 @@ pub struct CommandService {
     inner: Mutex<Inner>,
 }
 
+/// What an accepted command does: facts for the state, records for the
+/// log, and its answer.
+struct Decision {
+    facts: Vec<Fact>,
+    records: Vec<Outgoing>,
+    event_ids: Vec<String>,
+    status: u16,
+    body: serde_json::Value,
+}
+
+impl Decision {
+    /// A command that appends `events` to the events topic.
+    fn of_events(service: &CommandService, events: Vec<Event>, status: u16, body: serde_json::Value) -> Decision {
+        Decision {
+            records: events.iter().map(|e| service.event_record(e, None)).collect(),
+            event_ids: events.iter().map(|e| e.event_id.clone()).collect(),
+            facts: events.into_iter().map(Fact::Event).collect(),
+            status,
+            body,
+        }
+    }
+}
+
 /// One record to append.
 struct Outgoing {
     topic: String,
@@ -273,144 +296,111 @@ impl CommandService {
         }
     }
 
-    /// `POST /v1/stores/{store_id}/orders`.
-    pub async fn place_order(&self, store_id: u64, body: &[u8], key: Option<&str>) -> Answer {
-        let route = format!("POST /v1/stores/{store_id}/orders");
+    /// Runs one command: a kept answer for its key, or `decide` against the
+    /// state; an accepted command's facts are applied at once and its
+    /// records appended (the answer rides on the first), then answered.
+    async fn execute(
+        &self,
+        route: String,
+        body: &[u8],
+        key: Option<&str>,
+        decide: impl FnOnce(&CommandState) -> Result<Decision, Rejection>,
+    ) -> Answer {
         let request = request_id(&route, body);
         if let Err(answer) = self.rebuild_if_needed().await {
             return answer;
         }
-        let parsed = request::place_order(body);
-        let (command, answer, records, ids) = {
+        let (command, answer, records, event_ids) = {
             let mut inner = self.inner.lock().await;
             if let Some(answer) = Self::kept_answer(&inner, key, &request) {
                 return answer;
             }
-            let order = match parsed {
-                Ok(order) => order,
+            let decision = match decide(&inner.state) {
+                Ok(decision) => decision,
                 Err(rejection) => {
                     drop(inner);
                     return self.reject(&route, key, &request, rejection).await;
                 }
             };
+            let command = inner.state.last_command + 1;
+            for fact in decision.facts {
+                inner.state.apply(command, fact);
+            }
+            inner.state.last_command = command;
+            if let Some(key) = key {
+                inner.in_flight.insert(key.to_string());
+            }
+            let answer = Answer { status: decision.status, body: decision.body, request };
+            let mut records = decision.records;
+            if let (Some(first), Some(key)) = (records.first_mut(), key) {
+                first.answer = Some((key.to_string(), answer.clone()));
+            }
+            (command, answer, records, decision.event_ids)
+        };
+        self.commit(&route, command, key, answer, records, event_ids).await
+    }
+
+    /// `POST /v1/stores/{store_id}/orders`.
+    pub async fn place_order(&self, store_id: u64, body: &[u8], key: Option<&str>) -> Answer {
+        self.execute(format!("POST /v1/stores/{store_id}/orders"), body, key, |state| {
+            let order = request::place_order(body)?;
             let order_id = match key {
                 Some(key) => name_id(&format!("order:{store_id}:{key}")),
                 None => Uuid::new_v4().to_string(),
             };
             let correlation = Uuid::new_v4().to_string();
             let stamp = now();
-            let already = inner.state.orders.get(&order_id).is_some_and(|o| o.created.is_some());
-            let events = if already {
+            let events = if state.orders.get(&order_id).is_some_and(|o| o.created.is_some()) {
                 // An earlier attempt with this key appended part of it.
-                inner.state.missing_events(&order_id, &correlation, stamp)
+                state.missing_events(&order_id, &correlation, stamp)
             } else {
-                if let Err(rejection) = inner.state.check_stock(store_id, &order) {
-                    drop(inner);
-                    return self.reject(&route, key, &request, rejection).await;
-                }
-                let total_cents = order.total_cents();
+                state.check_stock(store_id, &order)?;
                 let created = OrderCreated {
                     order_id: order_id.clone(),
                     customer_id: order.customer_id,
+                    total_cents: order.total_cents(),
                     currency: order.currency,
                     created_at: stamp,
                     line_items: order.line_items,
-                    total_cents,
                 };
                 order_events(&order_id, store_id, &created, &correlation, stamp)
             };
-            let command = inner.state.last_command + 1;
-            for event in &events {
-                inner.state.apply(command, Fact::Event(event.clone()));
-            }
-            inner.state.last_command = command;
-            if let Some(key) = key {
-                inner.in_flight.insert(key.to_string());
-            }
-            let answer = placed_answer(&order_id, &request);
-            let mut records = Vec::with_capacity(events.len());
-            for (index, event) in events.iter().enumerate() {
-                let kept = (index == 0).then(|| key.map(|k| (k.to_string(), answer.clone()))).flatten();
-                records.push(self.event_record(event, kept));
-            }
-            let ids = events.iter().map(|e| e.event_id.clone()).collect();
-            (command, answer, records, ids)
-        };
-        self.commit(&route, command, key, answer, records, ids).await
+            let answer = placed_answer(&order_id, "");
+            Ok(Decision::of_events(self, events, answer.status, answer.body))
+        })
+        .await
     }
 
     /// `POST /v1/orders/{order_id}/cancel`.
     pub async fn cancel_order(&self, order_id: &str, key: Option<&str>) -> Answer {
-        let route = format!("POST /v1/orders/{order_id}/cancel");
-        let request = request_id(&route, b"");
-        if let Err(answer) = self.rebuild_if_needed().await {
-            return answer;
-        }
-        let (command, answer, records, ids) = {
-            let mut inner = self.inner.lock().await;
-            if let Some(answer) = Self::kept_answer(&inner, key, &request) {
-                return answer;
-            }
-            let event = match inner.state.check_cancel(order_id) {
-                Ok(entry) => cancel_event(order_id, entry, &Uuid::new_v4().to_string(), now()),
-                Err(rejection) => {
-                    drop(inner);
-                    return self.reject(&route, key, &request, rejection).await;
-                }
-            };
-            let command = inner.state.last_command + 1;
-            inner.state.apply(command, Fact::Event(event.clone()));
-            if let Some(key) = key {
-                inner.in_flight.insert(key.to_string());
-            }
-            let answer =
-                Answer { status: 202, body: json!({"order_id": order_id, "status": "cancelled"}), request: request.clone() };
-            let kept = key.map(|k| (k.to_string(), answer.clone()));
-            (command, answer, vec![self.event_record(&event, kept)], vec![event.event_id.clone()])
-        };
-        self.commit(&route, command, key, answer, records, ids).await
+        self.execute(format!("POST /v1/orders/{order_id}/cancel"), b"", key, |state| {
+            let entry = state.check_cancel(order_id)?;
+            let event = cancel_event(order_id, entry, &Uuid::new_v4().to_string(), now());
+            let body = json!({"order_id": order_id, "status": "cancelled"});
+            Ok(Decision::of_events(self, vec![event], 202, body))
+        })
+        .await
     }
 
     /// `PUT /v1/stores/{store_id}/inventory/{sku}`.
     pub async fn set_stock(&self, store_id: u64, sku: &str, body: &[u8], key: Option<&str>) -> Answer {
-        let route = format!("PUT /v1/stores/{store_id}/inventory/{sku}");
-        let request = request_id(&route, body);
-        if let Err(answer) = self.rebuild_if_needed().await {
-            return answer;
-        }
-        let parsed = request::set_stock(body);
-        let (command, answer, records, ids) = {
-            let mut inner = self.inner.lock().await;
-            if let Some(answer) = Self::kept_answer(&inner, key, &request) {
-                return answer;
-            }
-            let available = match parsed {
-                Ok(available) => available,
-                Err(rejection) => {
-                    drop(inner);
-                    return self.reject(&route, key, &request, rejection).await;
-                }
-            };
-            let command = inner.state.last_command + 1;
-            inner.state.apply(command, Fact::StockSet { store_id, sku: sku.to_string(), available });
-            if let Some(key) = key {
-                inner.in_flight.insert(key.to_string());
-            }
-            let answer = Answer {
+        self.execute(format!("PUT /v1/stores/{store_id}/inventory/{sku}"), body, key, |_state| {
+            let available = request::set_stock(body)?;
+            let stock = StockRecord { store_id, sku: sku.to_string(), available };
+            Ok(Decision {
+                facts: vec![Fact::StockSet { store_id, sku: sku.to_string(), available }],
+                records: vec![Outgoing {
+                    topic: self.config.inventory_topic.clone(),
+                    key: format!("{store_id}/{sku}"),
+                    payload: serde_json::to_vec(&stock).unwrap_or_default(),
+                    answer: None,
+                }],
+                event_ids: Vec::new(),
                 status: 200,
                 body: json!({"store_id": store_id, "sku": sku, "available": available}),
-                request: request.clone(),
-            };
-            let stock = StockRecord { store_id, sku: sku.to_string(), available };
-            let record = Outgoing {
-                topic: self.config.inventory_topic.clone(),
-                key: format!("{store_id}/{sku}"),
-                payload: serde_json::to_vec(&stock).unwrap_or_default(),
-                answer: key.map(|k| (k.to_string(), answer.clone())),
-            };
-            (command, answer, vec![record], Vec::new())
-        };
-        self.commit(&route, command, key, answer, records, ids).await
+            })
+        })
+        .await
     }
 
     /// Units of `sku` available in `store_id` now.
