@@ -123,3 +123,36 @@ fn demo_runs_without_services() {
     let summary = text(&out.stderr);
     assert!(summary.contains("view order_summary: 10 rows"), "{summary}");
 }
+
+#[test]
+fn sigterm_finishes_the_batch_flushes_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(shipped(), dir.path().join("pipelines.yaml")).unwrap();
+    let generated = projector(&["generate", "--events", "3000", "-o", "events.jsonl"], dir.path());
+    assert!(generated.status.success());
+    // Without --until-idle the run keeps serving after the file is read.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_projector"))
+        .args(["run", "-c", "pipelines.yaml", "-w", "2"])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !dir.path().join("out/order_summary.jsonl").exists() {
+        assert!(std::time::Instant::now() < deadline, "the run wrote nothing");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "the run should keep going until stopped");
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("view order_summary:"), "{}", text(&output.stderr));
+    let direct = projector(&["run", "-c", "pipelines.yaml", "--input", "events.jsonl", "--output-dir", "direct"], dir.path());
+    assert!(direct.status.success());
+    assert_eq!(
+        std::fs::read(dir.path().join("out/customer_ltv.jsonl")).unwrap(),
+        std::fs::read(dir.path().join("direct/customer_ltv.jsonl")).unwrap()
+    );
+}

@@ -182,3 +182,20 @@ fn start_positions_choose_what_is_read() {
     run(&config_for(&topic, "    bounded: true\n    start: latest\n"), latest.path(), RunOptions::default());
     assert!(read_json_lines(&latest.path().join("out/order_summary.jsonl")).is_empty());
 }
+
+#[test]
+fn a_timestamp_start_takes_the_offsets_the_broker_gives() {
+    // The mock broker answers every offsets-for-times request with the end
+    // of the partition (SERVICES.md), so a timestamp start reads nothing
+    // there; on a real broker it is the first record at or after the time.
+    let topic = kafka::fresh_topic("by-time");
+    kafka::append(&topic, generated(500, 71, 0.0));
+    let dir = tempfile::tempdir().unwrap();
+    run(
+        &config_for(&topic, "    bounded: true\n    start: { timestamp: \"2024-03-01T00:00:00Z\" }\n"),
+        dir.path(),
+        RunOptions::default(),
+    );
+    let rows = read_json_lines(&dir.path().join("out/order_summary.jsonl"));
+    assert!(rows.is_empty(), "the mock gives the end offsets: {rows:?}");
+}
