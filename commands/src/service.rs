@@ -122,6 +122,9 @@ impl CommandService {
             inner: Mutex::new(Inner { state, in_flight: HashSet::new(), needs_rebuild: false }),
         });
         service.complete_half_appended_orders().await;
+        if service.config.state_dir.is_some() {
+            tokio::spawn(snapshot_regularly(Arc::downgrade(&service)));
+        }
         Ok(service)
     }
 
@@ -406,6 +409,32 @@ impl CommandService {
     /// Units of `sku` available in `store_id` now.
     pub async fn available(&self, store_id: u64, sku: &str) -> i64 {
         self.inner.lock().await.state.available(store_id, sku)
+    }
+}
+
+/// How often a new snapshot is folded from the last one and the log since.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
+
+/// Keeps the snapshot recent while the service runs, so that the next start
+/// reads little of the log. The fold runs apart from the live state (from
+/// the last snapshot and the log), so it never disagrees with the log.
+async fn snapshot_regularly(service: std::sync::Weak<CommandService>) {
+    let mut last_command = 0;
+    loop {
+        tokio::time::sleep(SNAPSHOT_EVERY).await;
+        let Some(service) = service.upgrade() else { return };
+        let command = service.inner.lock().await.state.last_command;
+        if command == last_command {
+            continue;
+        }
+        last_command = command;
+        let config = service.config.clone();
+        drop(service);
+        match tokio::task::spawn_blocking(move || rebuild(&config)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => warn!(%error, "cannot refresh the command snapshot"),
+            Err(error) => warn!(%error, "cannot refresh the command snapshot"),
+        }
     }
 }
 
