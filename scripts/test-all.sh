@@ -23,7 +23,7 @@ PIDS=()
 start_kafka() {
     local address_file="$SERVICES_DIR/kafka.address"
     rm -f "$address_file"
-    target/debug/projector-mock-kafka --address-file "$address_file" > "$SERVICES_DIR/kafka.log" 2>&1 &
+    "${CARGO_TARGET_DIR:-target}/debug/projector-mock-kafka" --address-file "$address_file" > "$SERVICES_DIR/kafka.log" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 1 100); do
         [ -s "$address_file" ] && break
