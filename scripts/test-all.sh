@@ -44,6 +44,10 @@ stop_services() {
 trap stop_services EXIT
 mkdir -p "$SERVICES_DIR"
 
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 echo "== build (once)"
 cargo build --workspace --all-targets --locked
 

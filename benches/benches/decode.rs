@@ -8,8 +8,8 @@ static ALLOCATOR: projector::Allocator = mimalloc::MiMalloc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use projector_core::event::decode_event;
-use projector_dataflows::decode::decode_record;
 use projector_core::record::{LogPosition, RecordRef};
+use projector_dataflows::decode::decode_record;
 
 fn decode(c: &mut Criterion) {
     let lines = projector_benches::generated_lines(10_000, 11);
@@ -32,7 +32,9 @@ fn decode(c: &mut Criterion) {
         })
     });
     group.throughput(Throughput::Bytes(bytes));
-    group.bench_function("decode_event bytes", |b| b.iter(|| lines.iter().filter(|l| decode_event(l.as_bytes()).is_ok()).count()));
+    group.bench_function("decode_event bytes", |b| {
+        b.iter(|| lines.iter().filter(|l| decode_event(l.as_bytes()).is_ok()).count())
+    });
     let bad: Vec<String> = lines.iter().map(|l| l.replacen("\"quantity\":", "\"quantity\":\"", 1)).collect();
     group.throughput(Throughput::Elements(bad.len() as u64));
     group.bench_function("decode_event (bad: explains the path)", |b| {

@@ -28,10 +28,11 @@ fn main() {
         return;
     }
     let benchmarking = args.iter().any(|a| a == "--bench");
-    let events: u64 = std::env::var("BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if benchmarking { 1_000_000 } else { 20_000 });
+    let events: u64 = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(if benchmarking {
+        1_000_000
+    } else {
+        20_000
+    });
     let dir = std::env::temp_dir().join(format!("projector-file-run-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temporary folder");
     let input = dir.join("events.jsonl");

@@ -102,7 +102,8 @@ fn source(brokers: &str, topic: &str, bounded: bool) -> Arc<dyn Source> {
 fn throughput(brokers: &str, plan: &PipelinePlan, events: u64) {
     let topic = topic("throughput");
     let started = Instant::now();
-    let records = Generator::new(GeneratorConfig { events, seed: 42, ..GeneratorConfig::default() }).map(|r| (r.key, r.line));
+    let records =
+        Generator::new(GeneratorConfig { events, seed: 42, ..GeneratorConfig::default() }).map(|r| (r.key, r.line));
     let appended = projector_source_kafka::produce::append_all(brokers, &topic, records).expect("append");
     println!(
         "kafka throughput: appended {appended} events in {:.1} s ({:.0}/s)",
@@ -146,8 +147,12 @@ impl ProducerContext for Acks {
     }
 }
 
+/// When a batch of the views completed, and the next offset it covers per
+/// partition.
+type Completion = (Instant, BTreeMap<u32, u64>);
+
 /// Remembers when each batch of the views completed, and what it covered.
-struct Completions(Arc<Mutex<Vec<(Instant, BTreeMap<u32, u64>)>>>);
+struct Completions(Arc<Mutex<Vec<Completion>>>);
 
 impl ViewSink for Completions {
     fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
@@ -172,7 +177,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn latency(brokers: &str, plan: &PipelinePlan, rate: f64, duration: Duration) {
     let topic = topic("latency");
-    let warm = Generator::new(GeneratorConfig { events: 1, seed: 1, ..GeneratorConfig::default() }).map(|r| (r.key, r.line));
+    let warm =
+        Generator::new(GeneratorConfig { events: 1, seed: 1, ..GeneratorConfig::default() }).map(|r| (r.key, r.line));
     projector_source_kafka::produce::append_all(brokers, &topic, warm).expect("topic");
     let completions = Arc::new(Mutex::new(Vec::new()));
     let mut view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>> = plan.views.iter().map(|_| Vec::new()).collect();
@@ -182,7 +188,12 @@ fn latency(brokers: &str, plan: &PipelinePlan, rate: f64, duration: Duration) {
     let pipeline = {
         let (plan, source) = (plan.clone(), source(brokers, &topic, false));
         std::thread::spawn(move || {
-            run(Arc::new(plan), vec![("bench".into(), source)], Outputs { view_sinks, dead_letter_sinks: Vec::new() }, options)
+            run(
+                Arc::new(plan),
+                vec![("bench".into(), source)],
+                Outputs { view_sinks, dead_letter_sinks: Vec::new() },
+                options,
+            )
         })
     };
     std::thread::sleep(Duration::from_millis(500));
@@ -200,7 +211,8 @@ fn latency(brokers: &str, plan: &PipelinePlan, rate: f64, duration: Duration) {
         let due = ((started.elapsed().as_secs_f64() * rate) as u64).min(events);
         while sent < due {
             let record = generator.next().expect("generated record");
-            let mut record = BaseRecord::with_opaque_to(&topic, Box::new(Instant::now())).key(&record.key).payload(&record.line);
+            let mut record =
+                BaseRecord::with_opaque_to(&topic, Box::new(Instant::now())).key(&record.key).payload(&record.line);
             while let Err((_, returned)) = producer.send(record) {
                 // The local queue is full: serve deliveries and retry.
                 producer.poll(Duration::from_millis(1));

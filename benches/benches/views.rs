@@ -22,7 +22,11 @@ fn orders() -> Vec<OrderState> {
         if let Ok(event) = decode_event(line.as_bytes())
             && let (_, Some(order_event)) = event.into_order_event()
         {
-            by_order.entry(order_event.order_id.clone()).or_default().push((order_event.sequence, index as u64, order_event));
+            by_order.entry(order_event.order_id.clone()).or_default().push((
+                order_event.sequence,
+                index as u64,
+                order_event,
+            ));
         }
     }
     by_order
@@ -32,7 +36,8 @@ fn orders() -> Vec<OrderState> {
 }
 
 fn views(c: &mut Criterion) {
-    let plan = check_text(include_str!("../../pipelines.yaml"), "pipelines.yaml", Path::new(".")).expect("shipped config");
+    let plan =
+        check_text(include_str!("../../pipelines.yaml"), "pipelines.yaml", Path::new(".")).expect("shipped config");
     let orders = orders();
     let mut group = c.benchmark_group("views");
     group.throughput(Throughput::Elements(orders.len() as u64));
@@ -56,10 +61,7 @@ fn views(c: &mut Criterion) {
         }
         group.bench_function(format!("aggregate {}", view.name), |b| {
             b.iter(|| {
-                groups
-                    .iter()
-                    .filter_map(|(key, inputs)| view.aggregate(key, inputs.iter().map(|i| (i, 1))))
-                    .count()
+                groups.iter().filter_map(|(key, inputs)| view.aggregate(key, inputs.iter().map(|i| (i, 1)))).count()
             })
         });
     }

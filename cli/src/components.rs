@@ -57,7 +57,9 @@ pub fn outputs(plan: &PipelinePlan) -> Result<Outputs, SinkError> {
                 file.dead_letters.as_ref().map(|path| Box::new(FileDeadLetterSink::new(path, names.clone())) as _)
             }
             SourceKind::Kafka(kafka) => match &kafka.dead_letter_topic {
-                Some(topic) => Some(Box::new(KafkaDeadLetterSink::new(&kafka.brokers, &kafka.properties, topic, &kafka.topic)?)),
+                Some(topic) => {
+                    Some(Box::new(KafkaDeadLetterSink::new(&kafka.brokers, &kafka.properties, topic, &kafka.topic)?))
+                }
                 None => None,
             },
         };
@@ -79,7 +81,10 @@ pub fn directory_outputs(plan: &PipelinePlan, dir: &Path, source_names: Vec<Stri
             .iter()
             .map(|view| {
                 let path = dir.join(format!("{}.jsonl", view.name));
-                vec![(path.display().to_string(), Box::new(FileViewSink::new(Arc::clone(view), path, None)) as Box<dyn ViewSink>)]
+                vec![(
+                    path.display().to_string(),
+                    Box::new(FileViewSink::new(Arc::clone(view), path, None)) as Box<dyn ViewSink>,
+                )]
             })
             .collect(),
         dead_letter_sinks: vec![(

@@ -142,7 +142,10 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
         state_dir: None,
     };
     let api = crate::api::start_with(options.listen, Some(log))?;
-    println!("command API on http://{}  (try: curl -X PUT http://{}/v1/stores/1/inventory/SKU-1 -d '{{\"available\": 5}}')", api.address, api.address);
+    println!(
+        "command API on http://{}  (try: curl -X PUT http://{}/v1/stores/1/inventory/SKU-1 -d '{{\"available\": 5}}')",
+        api.address, api.address
+    );
 
     let board = Arc::new(Mutex::new(Board::default()));
     let mut view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>> = plan.views.iter().map(|_| Vec::new()).collect();
@@ -162,8 +165,12 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
         },
         Instant::now(),
     );
-    let run_options =
-        RunOptions { workers: options.workers, until_idle: false, stop: Arc::clone(&options.stop), ..RunOptions::default() };
+    let run_options = RunOptions {
+        workers: options.workers,
+        until_idle: false,
+        stop: Arc::clone(&options.stop),
+        ..RunOptions::default()
+    };
     let stop = Arc::clone(&options.stop);
     let progress = Arc::clone(&run_options.progress);
     let sources: Vec<(String, Arc<dyn Source>)> = vec![("demo events".into(), Arc::new(source))];
@@ -180,7 +187,10 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
     let started = Instant::now();
     let mut last = (Instant::now(), 0u64);
     let terminal = std::io::stdout().is_terminal();
-    while options.duration.is_none_or(|d| started.elapsed() < d) && !runner.is_finished() && !stop.load(Ordering::Relaxed) {
+    while options.duration.is_none_or(|d| started.elapsed() < d)
+        && !runner.is_finished()
+        && !stop.load(Ordering::Relaxed)
+    {
         std::thread::sleep(Duration::from_secs(1));
         let records = progress.records.load(Ordering::Relaxed);
         let rate = (records - last.1) as f64 / last.0.elapsed().as_secs_f64();

@@ -35,7 +35,13 @@ impl ApiClient {
     }
 
     /// Sends a request; `body` is sent as is (JSON by convention).
-    pub async fn send(&self, method: &str, path: &str, key: Option<&str>, body: impl Into<Bytes>) -> Result<ApiResponse, String> {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: impl Into<Bytes>,
+    ) -> Result<ApiResponse, String> {
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))

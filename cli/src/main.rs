@@ -185,7 +185,8 @@ fn stop_on_signal(stop: Arc<AtomicBool>) {
         };
         runtime.block_on(async move {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+            let (Ok(mut terminate), Ok(mut interrupt)) =
+                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
             else {
                 tracing::warn!("cannot watch for signals; stop with SIGKILL");
                 return;
@@ -242,11 +243,11 @@ fn execute(command: Command) -> Result<(), CommandError> {
                     projector_source_kafka::produce::append_all(brokers, topic, records).map_err(CommandError::Io)?
                 }
                 _ => match args.out {
-                Some(path) => {
-                    let file = std::fs::File::create(&path)
-                        .map_err(|e| CommandError::Io(format!("cannot create {}: {e}", path.display())))?;
-                    commands::generate(config, &mut std::io::BufWriter::new(file))?
-                }
+                    Some(path) => {
+                        let file = std::fs::File::create(&path)
+                            .map_err(|e| CommandError::Io(format!("cannot create {}: {e}", path.display())))?;
+                        commands::generate(config, &mut std::io::BufWriter::new(file))?
+                    }
                     None => commands::generate(config, &mut std::io::BufWriter::new(std::io::stdout().lock()))?,
                 },
             };

@@ -34,10 +34,14 @@ fn help_names_every_command() {
 #[test]
 fn file_runs_give_identical_files_for_any_worker_count() {
     let dir = tempfile::tempdir().unwrap();
-    let generated = projector(&["generate", "--events", "4000", "--bad-ratio", "0.02", "--seed", "3", "-o", "events.jsonl"], dir.path());
+    let generated = projector(
+        &["generate", "--events", "4000", "--bad-ratio", "0.02", "--seed", "3", "-o", "events.jsonl"],
+        dir.path(),
+    );
     assert!(generated.status.success(), "{}", text(&generated.stderr));
     let config = shipped();
-    let one = projector(&["run", "-c", &config, "--input", "events.jsonl", "--output-dir", "one", "-w", "1"], dir.path());
+    let one =
+        projector(&["run", "-c", &config, "--input", "events.jsonl", "--output-dir", "one", "-w", "1"], dir.path());
     assert!(one.status.success(), "{}", text(&one.stderr));
     let two = projector(
         &["run", "-c", &config, "--input", "events.jsonl", "--output-dir", "two", "-w", "2", "--batch-records", "300"],
@@ -57,7 +61,11 @@ fn file_runs_give_identical_files_for_any_worker_count() {
 #[test]
 fn check_reports_errors_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.yaml"), "views:\n  v:\n    from: order\n    measures:\n      n: { cnt: \"*\" }\n").unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "views:\n  v:\n    from: order\n    measures:\n      n: { cnt: \"*\" }\n",
+    )
+    .unwrap();
     let out = projector(&["check", "-c", "bad.yaml"], dir.path());
     assert_eq!(out.status.code(), Some(2));
     let errors = text(&out.stderr);
@@ -86,7 +94,8 @@ fn bad_input_paths_fail_with_a_message() {
 fn yaml_file_source_and_sinks_run_until_idle() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(shipped(), dir.path().join("pipelines.yaml")).unwrap();
-    let generated = projector(&["generate", "--events", "2000", "--bad-ratio", "0.01", "-o", "events.jsonl"], dir.path());
+    let generated =
+        projector(&["generate", "--events", "2000", "--bad-ratio", "0.01", "-o", "events.jsonl"], dir.path());
     assert!(generated.status.success());
     let out = projector(&["run", "-c", "pipelines.yaml", "--until-idle", "-w", "2"], dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -95,7 +104,8 @@ fn yaml_file_source_and_sinks_run_until_idle() {
         assert!(written.lines().count() > 0, "{file}");
     }
     // The same rows as a file run of the same input.
-    let file_run = projector(&["run", "-c", "pipelines.yaml", "--input", "events.jsonl", "--output-dir", "direct"], dir.path());
+    let file_run =
+        projector(&["run", "-c", "pipelines.yaml", "--input", "events.jsonl", "--output-dir", "direct"], dir.path());
     assert!(file_run.status.success());
     for file in ["order_summary.jsonl", "customer_ltv.jsonl"] {
         assert_eq!(
@@ -149,7 +159,8 @@ fn sigterm_finishes_the_batch_flushes_and_exits_0() {
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert!(text(&output.stderr).contains("view order_summary:"), "{}", text(&output.stderr));
-    let direct = projector(&["run", "-c", "pipelines.yaml", "--input", "events.jsonl", "--output-dir", "direct"], dir.path());
+    let direct =
+        projector(&["run", "-c", "pipelines.yaml", "--input", "events.jsonl", "--output-dir", "direct"], dir.path());
     assert!(direct.status.success());
     assert_eq!(
         std::fs::read(dir.path().join("out/customer_ltv.jsonl")).unwrap(),

@@ -6,6 +6,7 @@
 //!   reservations, answers to idempotent requests) and the decisions;
 //! - [`log`]: the Kafka topics behind it: appending and rebuilding;
 //! - [`service`]: the commands as async calls, for the HTTP routes.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod log;
 pub mod request;

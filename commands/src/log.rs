@@ -155,7 +155,10 @@ pub fn read_facts(config: &CommandLogConfig, from: &Offsets) -> Result<(Vec<(u64
         } else if message.topic() == config.inventory_topic
             && let Ok(stock) = serde_json::from_slice::<StockRecord>(payload)
         {
-            facts.push((command, Fact::StockSet { store_id: stock.store_id, sku: stock.sku, available: stock.available }));
+            facts.push((
+                command,
+                Fact::StockSet { store_id: stock.store_id, sku: stock.sku, available: stock.available },
+            ));
         }
         if let (Some(key), Some(answer)) = (header_text(&message, KEY_HEADER), header_text(&message, ANSWER_HEADER))
             && let Ok(answer) = serde_json::from_str::<Answer>(answer)

@@ -212,18 +212,22 @@ pub fn place_order(body: &[u8]) -> Result<PlaceOrder, Rejection> {
                     (product_id, sku, quantity, unit_price_cents)
                 {
                     let title = title.unwrap_or_else(|| sku.clone());
-                    line_items.push(LineItem { product_id, sku: sku.into(), title: title.into(), quantity, unit_price_cents });
+                    line_items.push(LineItem {
+                        product_id,
+                        sku: sku.into(),
+                        title: title.into(),
+                        quantity,
+                        unit_price_cents,
+                    });
                 }
             }
         }
         Some(other) => fields.error("line_items", format!("must be an array of items (got {})", kind(other))),
     }
     match customer_id {
-        Some(customer_id) if fields.0.is_empty() => Ok(PlaceOrder {
-            customer_id,
-            currency: currency.unwrap_or_else(|| "USD".into()),
-            line_items,
-        }),
+        Some(customer_id) if fields.0.is_empty() => {
+            Ok(PlaceOrder { customer_id, currency: currency.unwrap_or_else(|| "USD".into()), line_items })
+        }
         _ => Err(Rejection::Invalid(fields.0)),
     }
 }

@@ -170,7 +170,8 @@ impl CommandService {
         let command_text = command.to_string();
         let mut deliveries = Vec::with_capacity(records.len());
         for record in &records {
-            let mut headers = OwnedHeaders::new().insert(Header { key: COMMAND_HEADER, value: Some(command_text.as_str()) });
+            let mut headers =
+                OwnedHeaders::new().insert(Header { key: COMMAND_HEADER, value: Some(command_text.as_str()) });
             let answer_text;
             if let Some((key, answer)) = &record.answer {
                 answer_text = serde_json::to_string(answer).unwrap_or_default();
@@ -189,7 +190,15 @@ impl CommandService {
 
     /// Writes the audit record of a command (not waited for, unless the
     /// answer must survive a restart: `keep`).
-    async fn audit(&self, command: u64, route: &str, key: Option<&str>, answer: &Answer, event_ids: &[String], keep: bool) {
+    async fn audit(
+        &self,
+        command: u64,
+        route: &str,
+        key: Option<&str>,
+        answer: &Answer,
+        event_ids: &[String],
+        keep: bool,
+    ) {
         let body = json!({
             "command": command,
             "at": now().to_rfc3339(),
@@ -211,7 +220,8 @@ impl CommandService {
             }
         } else {
             let command_text = command.to_string();
-            let headers = OwnedHeaders::new().insert(Header { key: COMMAND_HEADER, value: Some(command_text.as_str()) });
+            let headers =
+                OwnedHeaders::new().insert(Header { key: COMMAND_HEADER, value: Some(command_text.as_str()) });
             let future = FutureRecord::to(&record.topic).key(&record.key).payload(&record.payload).headers(headers);
             let delivery = self.producer.send_result(future);
             if let Ok(delivery) = delivery {
@@ -241,7 +251,8 @@ impl CommandService {
             return Ok(());
         }
         let config = self.config.clone();
-        let state = tokio::task::spawn_blocking(move || rebuild(&config)).await.map_err(|e| unavailable(&e.to_string()))?;
+        let state =
+            tokio::task::spawn_blocking(move || rebuild(&config)).await.map_err(|e| unavailable(&e.to_string()))?;
         match state {
             Ok(state) => {
                 inner.state = state;

@@ -172,7 +172,9 @@ impl CommandState {
     /// Whether the order may be cancelled.
     pub fn check_cancel(&self, order_id: &str) -> Result<&OrderEntry, Rejection> {
         match self.orders.get(order_id) {
-            Some(entry) if entry.created.is_some() && entry.cancelled => Err(Rejection::AlreadyCancelled(order_id.into())),
+            Some(entry) if entry.created.is_some() && entry.cancelled => {
+                Err(Rejection::AlreadyCancelled(order_id.into()))
+            }
             Some(entry) if entry.created.is_some() => Ok(entry),
             _ => Err(Rejection::UnknownOrder(order_id.into())),
         }
@@ -194,7 +196,13 @@ impl CommandState {
 /// The three events of a placed order: `OrderCreated`, `InventoryReserved`
 /// and `PaymentInitiated`, each caused by the one before. Ids are derived
 /// from the order id, so appending them again writes the same events.
-pub fn order_events(order_id: &str, store_id: u64, created: &OrderCreated, correlation_id: &str, now: Timestamp) -> Vec<Event> {
+pub fn order_events(
+    order_id: &str,
+    store_id: u64,
+    created: &OrderCreated,
+    correlation_id: &str,
+    now: Timestamp,
+) -> Vec<Event> {
     let event = |sequence: u64, causation_id: Option<String>, payload: Payload| Event {
         event_id: name_id(&format!("event:{order_id}:{sequence}")),
         aggregate_id: order_id.to_string(),
@@ -212,7 +220,11 @@ pub fn order_events(order_id: &str, store_id: u64, created: &OrderCreated, corre
         Payload::InventoryReserved(InventoryReserved {
             order_id: order_id.to_string(),
             reservation_id: name_id(&format!("reservation:{order_id}")),
-            items: created.line_items.iter().map(|i| ReservedItem { sku: i.sku.to_string(), quantity: i.quantity }).collect(),
+            items: created
+                .line_items
+                .iter()
+                .map(|i| ReservedItem { sku: i.sku.to_string(), quantity: i.quantity })
+                .collect(),
         }),
     );
     let payment = event(
@@ -239,7 +251,10 @@ pub fn cancel_event(order_id: &str, entry: &OrderEntry, correlation_id: &str, no
         occurred_at: now,
         correlation_id: Some(correlation_id.to_string()),
         causation_id: None,
-        payload: Payload::OrderCancelled(OrderCancelled { order_id: order_id.to_string(), reason: "cancelled by request".into() }),
+        payload: Payload::OrderCancelled(OrderCancelled {
+            order_id: order_id.to_string(),
+            reason: "cancelled by request".into(),
+        }),
     }
 }
 
@@ -257,7 +272,13 @@ mod tests {
         PlaceOrder {
             customer_id: 1,
             currency: "USD".into(),
-            line_items: vec![LineItem { product_id: 1, sku: sku.into(), title: "T".into(), quantity, unit_price_cents: 100 }],
+            line_items: vec![LineItem {
+                product_id: 1,
+                sku: sku.into(),
+                title: "T".into(),
+                quantity,
+                unit_price_cents: 100,
+            }],
         }
     }
 
@@ -282,7 +303,10 @@ mod tests {
             state.apply(2, Fact::Event(event));
         }
         assert_eq!(state.available(7, "A"), 2);
-        assert_eq!(state.check_stock(7, &order("A", 3)), Err(Rejection::InsufficientStock(vec![Shortage { sku: "A".into(), requested: 3, available: 2 }])));
+        assert_eq!(
+            state.check_stock(7, &order("A", 3)),
+            Err(Rejection::InsufficientStock(vec![Shortage { sku: "A".into(), requested: 3, available: 2 }]))
+        );
         let cancel = cancel_event("o", state.check_cancel("o").unwrap(), "c2", Timestamp(0));
         assert_eq!(cancel.sequence, 4);
         state.apply(3, Fact::Event(cancel));

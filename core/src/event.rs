@@ -324,7 +324,10 @@ fn explain<'de, T: Deserialize<'de>>(bytes: &'de [u8], prefix: &str) -> BadRecor
             // Both decodings read the same bytes the same way, so this is
             // not reached; answer something true rather than panic.
             Ok(()) => {
-                return BadRecord { kind: BadRecordKind::InvalidField, reason: "the record could not be decoded".into() };
+                return BadRecord {
+                    kind: BadRecordKind::InvalidField,
+                    reason: "the record could not be decoded".into(),
+                };
             }
         },
         Err(error) => error,
@@ -429,9 +432,14 @@ impl Event {
                 total_cents: updated.total_cents,
             })),
             Payload::OrderCancelled(_) => OrderChange::Cancelled,
-            Payload::InventoryReserved(_) | Payload::PaymentInitiated(_) => return (EventId::new(&self.event_id), None),
+            Payload::InventoryReserved(_) | Payload::PaymentInitiated(_) => {
+                return (EventId::new(&self.event_id), None);
+            }
         };
-        (EventId::new(&self.event_id), Some(OrderEvent { order_id: self.aggregate_id.into(), sequence: self.sequence, change }))
+        (
+            EventId::new(&self.event_id),
+            Some(OrderEvent { order_id: self.aggregate_id.into(), sequence: self.sequence, change }),
+        )
     }
 
     /// The event as one JSON line (no line break), in the contract's layout.
@@ -600,7 +608,10 @@ mod tests {
         let end = CREATED.find(r#","total_cents""#).unwrap();
         let empty = format!("{}\"line_items\":[]{}", &CREATED[..items], &CREATED[end..]);
         assert_eq!(bad(&empty).kind, BadRecordKind::RuleViolation);
-        assert_eq!(bad(&CREATED.replace(r#""order_id":"o-1""#, r#""order_id":"o-2""#)).kind, BadRecordKind::RuleViolation);
+        assert_eq!(
+            bad(&CREATED.replace(r#""order_id":"o-1""#, r#""order_id":"o-2""#)).kind,
+            BadRecordKind::RuleViolation
+        );
     }
 
     #[test]

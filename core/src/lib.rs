@@ -8,6 +8,7 @@
 //! - [`config`]: `pipelines.yaml`, its checks and compiled views;
 //! - [`view`]: a compiled view's projection and aggregation;
 //! - [`source`], [`sink`]: the seams sources and sinks plug into.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod config;
 pub mod event;

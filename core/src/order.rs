@@ -126,8 +126,10 @@ impl OrderState {
         order_id: &Arc<str>,
         events: impl IntoIterator<Item = (u64, P, &'a OrderChange)>,
     ) -> Option<OrderState> {
-        let mut header: Option<((u64, P), &Arc<OrderHeader>)> = None;
-        let mut content: Option<((u64, std::cmp::Reverse<P>), &Arc<OrderContent>)> = None;
+        // The best candidate so far and its rank.
+        type Best<'b, R, T> = Option<(R, &'b Arc<T>)>;
+        let mut header: Best<'_, (u64, P), OrderHeader> = None;
+        let mut content: Best<'_, (u64, std::cmp::Reverse<P>), OrderContent> = None;
         let mut cancelled = false;
         for (sequence, position, change) in events {
             let (created_header, new_content) = match change {

@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_type() {
-        let values = vec![
+        let values = [
             Value::Null,
             Value::Bool(true),
             Value::UInt(u64::MAX),

@@ -73,9 +73,8 @@ impl DeadLetter {
             #[serde(skip_serializing_if = "Option::is_none")]
             line_hex: Option<String>,
         }
-        let line_hex = std::str::from_utf8(&self.bytes)
-            .is_err()
-            .then(|| self.bytes.iter().map(|b| format!("{b:02x}")).collect());
+        let line_hex =
+            std::str::from_utf8(&self.bytes).is_err().then(|| self.bytes.iter().map(|b| format!("{b:02x}")).collect());
         let line = Line {
             line: String::from_utf8_lossy(&self.bytes),
             line_number: self.position.offset,

@@ -179,12 +179,8 @@ impl ViewPlan {
         }
         use std::hash::{Hash, Hasher};
         let distinct: Vec<usize> = {
-            let mut slots: Vec<usize> = self
-                .measures
-                .iter()
-                .filter(|m| m.function == MeasureFunction::CountDistinct)
-                .map(|m| m.slot)
-                .collect();
+            let mut slots: Vec<usize> =
+                self.measures.iter().filter(|m| m.function == MeasureFunction::CountDistinct).map(|m| m.slot).collect();
             slots.sort_unstable();
             slots.dedup();
             slots
@@ -222,8 +218,7 @@ impl ViewPlan {
     /// The measure and label values of a group from the partials of its
     /// buckets; `None` when `having` rejects the row.
     pub fn combine<'a>(&self, key: &PackedRow, partials: impl IntoIterator<Item = &'a Partial>) -> Option<Row> {
-        let mut states: Vec<PartialMeasure> =
-            self.measures.iter().map(|m| PartialMeasure::empty(m.function)).collect();
+        let mut states: Vec<PartialMeasure> = self.measures.iter().map(|m| PartialMeasure::empty(m.function)).collect();
         for partial in partials {
             for (state, part) in states.iter_mut().zip(&partial.0) {
                 state.absorb(part);
@@ -253,13 +248,21 @@ impl ViewPlan {
 
     /// Folds a whole group at once: [`ViewPlan::partial`] of all its rows,
     /// then [`ViewPlan::combine`].
-    pub fn aggregate<'a>(&self, key: &PackedRow, inputs: impl IntoIterator<Item = (&'a PackedRow, i64)>) -> Option<Row> {
+    pub fn aggregate<'a>(
+        &self,
+        key: &PackedRow,
+        inputs: impl IntoIterator<Item = (&'a PackedRow, i64)>,
+    ) -> Option<Row> {
         self.combine(key, [&self.partial(inputs)])
     }
 
     /// One output row as a JSON object with exactly the view's fields.
     pub fn row_json(&self, key: &[Value], values: &[Value]) -> serde_json::Map<String, serde_json::Value> {
-        self.output_fields().into_iter().zip(key.iter().chain(values)).map(|((name, _), v)| (name, v.to_json())).collect()
+        self.output_fields()
+            .into_iter()
+            .zip(key.iter().chain(values))
+            .map(|((name, _), v)| (name, v.to_json()))
+            .collect()
     }
 }
 
@@ -367,15 +370,11 @@ impl PartialMeasure {
                 *count = count.saturating_add(*other_count);
             }
             (PartialMeasure::Distinct(a), PartialMeasure::Distinct(b)) => *a = a.saturating_add(*b),
-            (PartialMeasure::Min(a), PartialMeasure::Min(b)) => {
-                if *b != Value::Null && (*a == Value::Null || *b < *a) {
-                    *a = b.clone();
-                }
+            (PartialMeasure::Min(a), PartialMeasure::Min(b)) if *b != Value::Null && (*a == Value::Null || *b < *a) => {
+                *a = b.clone();
             }
-            (PartialMeasure::Max(a), PartialMeasure::Max(b)) => {
-                if *b != Value::Null && (*a == Value::Null || *b > *a) {
-                    *a = b.clone();
-                }
+            (PartialMeasure::Max(a), PartialMeasure::Max(b)) if *b != Value::Null && (*a == Value::Null || *b > *a) => {
+                *a = b.clone();
             }
             _ => {}
         }
@@ -399,7 +398,8 @@ mod tests {
 
     #[test]
     fn measures_reading_the_same_input_share_a_slot() {
-        let plan = check_text(include_str!("../../pipelines.yaml"), "pipelines.yaml", std::path::Path::new(".")).unwrap();
+        let plan =
+            check_text(include_str!("../../pipelines.yaml"), "pipelines.yaml", std::path::Path::new(".")).unwrap();
         let slots = |name: &str| plan.view(name).unwrap().slots.len();
         assert_eq!(slots("order_summary"), 2);
         assert_eq!(slots("customer_ltv"), 2);

@@ -19,6 +19,7 @@
 //! [`runner::run`] builds the graph for a checked config on N timely
 //! workers, feeds it from sources and delivers each completed batch of view
 //! changes, with the source positions it reflects, to the sinks.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod decode;
 pub mod orders;

@@ -19,13 +19,18 @@ use projector_core::order::{OrderChange, OrderState};
 use crate::EventPosition;
 use crate::decode::KeyedEvent;
 
+/// One copy of an event: its position, and its order if it is an order event.
+type EventCopy = (EventPosition, Option<Arc<str>>);
+
 /// For each order, the positions of copies in it that must not count:
 /// their `event_id` was first seen in another order or on an event of
 /// another type.
-pub fn stray_copies<'scope>(events: VecCollection<'scope, u64, KeyedEvent>) -> VecCollection<'scope, u64, (Arc<str>, EventPosition)> {
+pub fn stray_copies<'scope>(
+    events: VecCollection<'scope, u64, KeyedEvent>,
+) -> VecCollection<'scope, u64, (Arc<str>, EventPosition)> {
     events
         .map(|(event_id, (position, event))| (event_id, (position, event.map(|e| e.order_id))))
-        .reduce_named("StrayCopiesByEventId", |_event_id, copies: &[(&(EventPosition, Option<Arc<str>>), isize)], output| {
+        .reduce_named("StrayCopiesByEventId", |_event_id, copies: &[(&EventCopy, isize)], output| {
             // Values arrive sorted, and the position leads the value.
             let first_order = copies[0].0.1.as_ref();
             for (copy, _) in &copies[1..] {

@@ -20,9 +20,9 @@ use timely::dataflow::operators::generic::Operator;
 use tracing::warn;
 
 use projector_core::event::BadRecordKind;
+use projector_core::packed::PackedRow;
 use projector_core::record::DeadLetter;
 use projector_core::sink::{DeadLetterSink, SinkError, SourcePositions, ViewBatch, ViewChange, ViewSink};
-use projector_core::packed::PackedRow;
 use projector_core::value::Row;
 
 /// The source positions each worker's readers had reached at each batch
@@ -157,7 +157,8 @@ pub fn deliver_view<'scope>(
                 }
                 let (ready, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, time, _)| *time < upper);
                 pending = later;
-                let mut updates: Vec<((PackedRow, Row), isize)> = ready.into_iter().map(|(data, _, diff)| (data, diff)).collect();
+                let mut updates: Vec<((PackedRow, Row), isize)> =
+                    ready.into_iter().map(|(data, _, diff)| (data, diff)).collect();
                 consolidate(&mut updates);
                 let mut batch_changes: Vec<ViewChange> = updates
                     .into_iter()
@@ -209,7 +210,8 @@ pub fn deliver_dead_letters<'scope>(
                 }
                 let upper = frontier.frontier().first().copied().unwrap_or(u64::MAX);
                 let later = pending.split_off(&upper);
-                let mut ready: Vec<DeadLetter> = std::mem::replace(&mut pending, later).into_values().flatten().collect();
+                let mut ready: Vec<DeadLetter> =
+                    std::mem::replace(&mut pending, later).into_values().flatten().collect();
                 if !ready.is_empty() {
                     ready.sort_by_key(|letter| (letter.source, letter.position));
                     if let Ok(mut counts) = state.dead_letters.lock() {

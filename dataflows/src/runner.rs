@@ -23,8 +23,8 @@ use projector_core::record::DeadLetter;
 use projector_core::sink::{DeadLetterSink, ViewSink};
 use projector_core::source::{Poll, Source, SourceError};
 
-use crate::output::{OutputState, deliver_dead_letters, deliver_view};
 use crate::decode::{KeyedEvent, decode_record};
+use crate::output::{OutputState, deliver_dead_letters, deliver_view};
 use crate::{orders, views};
 
 /// How to run.
@@ -136,7 +136,8 @@ pub fn run(
         let index = worker.index();
         let peers = worker.peers();
         let state = Arc::clone(&worker_state);
-        let mut outputs = if index == 0 { outputs.lock().ok().and_then(|mut o| o.take()) } else { None }.unwrap_or_default();
+        let mut outputs =
+            if index == 0 { outputs.lock().ok().and_then(|mut o| o.take()) } else { None }.unwrap_or_default();
 
         let mut readers = Vec::new();
         for (source_name, source) in &sources {
@@ -201,11 +202,10 @@ pub fn run(
                     let Some(current) = epochs[reader_index] else { continue };
                     let before = reader.positions();
                     let source = reader_index as u16;
-                    let poll =
-                        reader.poll(options.poll_records, &mut |record| match decode_record(source, record) {
-                            Ok(event) => decoded.push(event),
-                            Err(letter) => bad.push(letter),
-                        });
+                    let poll = reader.poll(options.poll_records, &mut |record| match decode_record(source, record) {
+                        Ok(event) => decoded.push(event),
+                        Err(letter) => bad.push(letter),
+                    });
                     let poll = match poll {
                         Ok(poll) => poll,
                         Err(error) => {
@@ -293,5 +293,10 @@ pub fn run(
                 .collect()
         })
         .unwrap_or_default();
-    Ok(RunSummary { records: records_read.records.load(Ordering::Relaxed), dead_letters, view_rows, elapsed: started.elapsed() })
+    Ok(RunSummary {
+        records: records_read.records.load(Ordering::Relaxed),
+        dead_letters,
+        view_rows,
+        elapsed: started.elapsed(),
+    })
 }

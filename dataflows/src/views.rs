@@ -29,12 +29,15 @@ pub fn view<'scope>(
         rows
     });
     if plan.buckets <= 1 {
-        return projected.reduce_named(&format!("View {}", plan.name), move |key: &PackedRow, inputs: &[(&PackedRow, isize)], output| {
-            let inputs = inputs.iter().map(|(values, count)| (*values, *count as i64));
-            if let Some(values) = plan.aggregate(key, inputs) {
-                output.push((values, 1));
-            }
-        });
+        return projected.reduce_named(
+            &format!("View {}", plan.name),
+            move |key: &PackedRow, inputs: &[(&PackedRow, isize)], output| {
+                let inputs = inputs.iter().map(|(values, count)| (*values, *count as i64));
+                if let Some(values) = plan.aggregate(key, inputs) {
+                    output.push((values, 1));
+                }
+            },
+        );
     }
     let bucket_plan = Arc::clone(&plan);
     let partial_plan = Arc::clone(&plan);
@@ -53,10 +56,13 @@ pub fn view<'scope>(
         // The bucket stays in the value: two buckets with equal partials
         // must both count.
         .map(|((key, bucket), partial)| (key, (bucket, partial)))
-        .reduce_named(&format!("View {}", plan.name), move |key: &PackedRow, partials: &[(&(u16, Partial), isize)], output| {
-            let partials = partials.iter().filter(|(_, count)| *count > 0).map(|((_, partial), _)| partial);
-            if let Some(values) = plan.combine(key, partials) {
-                output.push((values, 1));
-            }
-        })
+        .reduce_named(
+            &format!("View {}", plan.name),
+            move |key: &PackedRow, partials: &[(&(u16, Partial), isize)], output| {
+                let partials = partials.iter().filter(|(_, count)| *count > 0).map(|((_, partial), _)| partial);
+                if let Some(values) = plan.combine(key, partials) {
+                    output.push((values, 1));
+                }
+            },
+        )
 }

@@ -6,6 +6,10 @@
 //! call [`CommandService`], and render its answer. Every error is JSON with
 //! a message a person can act on.
 
+// Helpers return the error response itself (`Result<_, Response>`), which
+// is large; it is built once per failed request, so boxing buys nothing.
+#![allow(clippy::result_large_err)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -63,7 +67,10 @@ async fn not_found(method: Method, uri: Uri) -> Response {
 }
 
 fn commands(state: &ApiState) -> Result<&Arc<CommandService>, Response> {
-    state.commands.as_ref().ok_or_else(|| error(503, "this server has no command side; declare `commands:` in pipelines.yaml"))
+    state
+        .commands
+        .as_ref()
+        .ok_or_else(|| error(503, "this server has no command side; declare `commands:` in pipelines.yaml"))
 }
 
 fn store_id(text: &str) -> Result<u64, Response> {
@@ -74,7 +81,9 @@ fn store_id(text: &str) -> Result<u64, Response> {
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     match value.to_str() {
-        Ok(key) if !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(key.to_string())),
+        Ok(key) if !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key.to_string()))
+        }
         _ => Err(error(400, "the Idempotency-Key header must be 1 to 255 printable ASCII characters without spaces")),
     }
 }

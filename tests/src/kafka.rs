@@ -97,7 +97,10 @@ pub fn read(topic: &str, count: usize) -> Vec<ReadRecord> {
                 .map(|h| {
                     h.iter()
                         .map(|header| {
-                            (header.key.to_string(), String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned())
+                            (
+                                header.key.to_string(),
+                                String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                            )
                         })
                         .collect()
                 })

@@ -4,6 +4,7 @@
 //! are checked field by field on `serde_json::Value`, orders are folded in a
 //! loop, and views are `BTreeMap`s. Positions are line numbers, so "first in
 //! the log" means "earlier line".
+#![allow(clippy::type_complexity)]
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -40,7 +41,7 @@ pub struct Log {
 }
 
 fn text(v: &Value, key: &str) -> Result<String, String> {
-    v.get(key).and_then(Value::as_str).map(str::to_string).ok_or_else(|| format!("{key}"))
+    v.get(key).and_then(Value::as_str).map(str::to_string).ok_or_else(|| key.to_string())
 }
 
 fn unsigned(v: &Value, key: &str) -> Result<u64, String> {
@@ -77,8 +78,18 @@ fn items(payload: &Value) -> Result<Vec<Item>, String> {
 }
 
 enum Effect {
-    Create { store_id: u64, customer_id: u64, currency: String, created_at: DateTime<Utc>, items: Vec<Item>, total: i64 },
-    Content { items: Vec<Item>, total: i64 },
+    Create {
+        store_id: u64,
+        customer_id: u64,
+        currency: String,
+        created_at: DateTime<Utc>,
+        items: Vec<Item>,
+        total: i64,
+    },
+    Content {
+        items: Vec<Item>,
+        total: i64,
+    },
     Cancel,
     Nothing,
 }
@@ -226,8 +237,10 @@ pub fn read(lines: &[String]) -> Log {
         }
     }
     for (order_id, acc) in accs {
-        let (Some((_, _, Effect::Create { store_id, customer_id, currency, created_at, .. })), Some((_, _, items, total))) =
-            (acc.create, acc.content)
+        let (
+            Some((_, _, Effect::Create { store_id, customer_id, currency, created_at, .. })),
+            Some((_, _, items, total)),
+        ) = (acc.create, acc.content)
         else {
             continue;
         };

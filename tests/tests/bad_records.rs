@@ -24,7 +24,9 @@ fn assert_dead_letter(bad: &str, reason_contains: &str, kind: &str) {
         assert!(reason.contains(reason_contains), "reason {reason:?} should mention {reason_contains:?}");
         assert_eq!(
             output.views["order_summary"],
-            vec![json!({"store_id":7,"date":"2024-03-01","order_count":1,"revenue_cents":3998,"average_order_value_cents":3998,"cancellation_count":0})]
+            vec![
+                json!({"store_id":7,"date":"2024-03-01","order_count":1,"revenue_cents":3998,"average_order_value_cents":3998,"cancellation_count":0})
+            ]
         );
         assert_eq!(output.views["customer_ltv"].len(), 1);
         assert_eq!(output.views["product_sales"].len(), 1);
@@ -52,44 +54,82 @@ fn missing_envelope_field() {
 #[test]
 fn missing_payload_field() {
     assert_dead_letter(&changed("\"customer_id\":501,", ""), "payload: missing field `customer_id`", "missing_field");
-    assert_dead_letter(&changed("\"sku\":\"TSHIRT-M\",", ""), "payload.line_items[0]: missing field `sku`", "missing_field");
+    assert_dead_letter(
+        &changed("\"sku\":\"TSHIRT-M\",", ""),
+        "payload.line_items[0]: missing field `sku`",
+        "missing_field",
+    );
 }
 
 #[test]
 fn wrong_type() {
-    assert_dead_letter(&changed("\"store_id\":7", "\"store_id\":\"7\""), "store_id: invalid type: string", "invalid_field");
-    assert_dead_letter(&changed("\"unit_price_cents\":1999", "\"unit_price_cents\":19.99"), "payload.line_items[0].unit_price_cents", "invalid_field");
+    assert_dead_letter(
+        &changed("\"store_id\":7", "\"store_id\":\"7\""),
+        "store_id: invalid type: string",
+        "invalid_field",
+    );
+    assert_dead_letter(
+        &changed("\"unit_price_cents\":1999", "\"unit_price_cents\":19.99"),
+        "payload.line_items[0].unit_price_cents",
+        "invalid_field",
+    );
     assert_dead_letter(&changed("\"customer_id\":501", "\"customer_id\":-501"), "payload.customer_id", "invalid_field");
-    assert_dead_letter(&changed("\"created_at\":\"2024-03-01T12:00:00Z\"", "\"created_at\":\"1 March\""), "payload.created_at: expected an RFC 3339", "invalid_field");
+    assert_dead_letter(
+        &changed("\"created_at\":\"2024-03-01T12:00:00Z\"", "\"created_at\":\"1 March\""),
+        "payload.created_at: expected an RFC 3339",
+        "invalid_field",
+    );
     assert_dead_letter("[1,2,3]", "invalid type", "invalid_field");
 }
 
 #[test]
 fn unknown_event_type() {
-    assert_dead_letter(&changed("OrderCreated", "OrderShipped"), "unknown event_type \"OrderShipped\"", "unknown_event_type");
+    assert_dead_letter(
+        &changed("OrderCreated", "OrderShipped"),
+        "unknown event_type \"OrderShipped\"",
+        "unknown_event_type",
+    );
 }
 
 #[test]
 fn unsupported_schema_version() {
-    assert_dead_letter(&changed("\"schema_version\":1", "\"schema_version\":2"), "schema_version 2", "unsupported_schema_version");
+    assert_dead_letter(
+        &changed("\"schema_version\":1", "\"schema_version\":2"),
+        "schema_version 2",
+        "unsupported_schema_version",
+    );
 }
 
 #[test]
 fn zero_quantity() {
-    assert_dead_letter(&changed("\"quantity\":2", "\"quantity\":0"), "payload.line_items[0].quantity must be at least 1 (got 0)", "rule_violation");
+    assert_dead_letter(
+        &changed("\"quantity\":2", "\"quantity\":0"),
+        "payload.line_items[0].quantity must be at least 1 (got 0)",
+        "rule_violation",
+    );
 }
 
 #[test]
 fn negative_money() {
-    assert_dead_letter(&changed("\"total_cents\":3998", "\"total_cents\":-1"), "payload.total_cents must not be negative", "rule_violation");
-    assert_dead_letter(&changed("\"unit_price_cents\":1999", "\"unit_price_cents\":-5"), "unit_price_cents must not be negative", "rule_violation");
+    assert_dead_letter(
+        &changed("\"total_cents\":3998", "\"total_cents\":-1"),
+        "payload.total_cents must not be negative",
+        "rule_violation",
+    );
+    assert_dead_letter(
+        &changed("\"unit_price_cents\":1999", "\"unit_price_cents\":-5"),
+        "unit_price_cents must not be negative",
+        "rule_violation",
+    );
 }
 
 #[test]
 fn no_line_items() {
     let start = GOOD_CREATE.find("[{").unwrap();
     let end = GOOD_CREATE.find("}]").unwrap() + 2;
-    let line = format!("{}[]{}", &GOOD_CREATE[..start], &GOOD_CREATE[end..]).replace("o-1", "o-2").replacen("\"e1\"", "\"e2\"", 1);
+    let line = format!("{}[]{}", &GOOD_CREATE[..start], &GOOD_CREATE[end..])
+        .replace("o-1", "o-2")
+        .replacen("\"e1\"", "\"e2\"", 1);
     assert_dead_letter(&line, "payload.line_items must hold at least one item", "rule_violation");
 }
 
@@ -100,7 +140,8 @@ fn sequence_below_one() {
 
 #[test]
 fn order_id_differs_from_aggregate_id() {
-    let line = GOOD_CREATE.replacen("\"e1\"", "\"e2\"", 1).replacen("\"aggregate_id\":\"o-1\"", "\"aggregate_id\":\"o-9\"", 1);
+    let line =
+        GOOD_CREATE.replacen("\"e1\"", "\"e2\"", 1).replacen("\"aggregate_id\":\"o-1\"", "\"aggregate_id\":\"o-9\"", 1);
     assert_dead_letter(&line, "differs from aggregate_id", "rule_violation");
 }
 

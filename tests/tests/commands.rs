@@ -73,7 +73,9 @@ fn orders_placed_through_the_api_show_up_in_the_views() {
     runtime.block_on(async {
         for store in 1..=3u64 {
             for sku in ["A", "B", "C"] {
-                let (status, _) = send(&client, "PUT", &format!("/v1/stores/{store}/inventory/{sku}"), None, r#"{"available": 40}"#).await;
+                let (status, _) =
+                    send(&client, "PUT", &format!("/v1/stores/{store}/inventory/{sku}"), None, r#"{"available": 40}"#)
+                        .await;
                 assert_eq!(status, 200);
             }
         }
@@ -246,10 +248,8 @@ fn an_order_a_crash_left_half_appended_is_completed_not_doubled() {
     api.stop();
     assert_eq!(answer, (202, json!({"order_id": order_id, "status": "processing"})));
     let lines = topic_lines(&topic, 3);
-    let sequences: Vec<u64> = lines
-        .iter()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["sequence"].as_u64().unwrap())
-        .collect();
+    let sequences: Vec<u64> =
+        lines.iter().map(|l| serde_json::from_str::<Value>(l).unwrap()["sequence"].as_u64().unwrap()).collect();
     assert_eq!(sequences, [1, 2, 3], "{lines:?}");
 }
 

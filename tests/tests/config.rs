@@ -108,7 +108,9 @@ fn exact_positions_for_a_typo_in_a_filter() {
     let text = "views:\n  v:\n    from: orders\n    filter: status = 'placed' and  totl > 5\n    measures:\n      n: { count: \"*\" }\n";
     assert_eq!(
         errors(text),
-        ["pipelines.yaml:4:36: view \"v\": 'filter' relation 'orders' has no field 'totl'; its fields are: order_id, store_id, customer_id, currency, created_at, day, total_cents, status, line_count, unit_count"]
+        [
+            "pipelines.yaml:4:36: view \"v\": 'filter' relation 'orders' has no field 'totl'; its fields are: order_id, store_id, customer_id, currency, created_at, day, total_cents, status, line_count, unit_count"
+        ]
     );
     let quoted = "views:\n  v:\n    from: orders\n    filter: \"status = 'placed' and  totl > 5\"\n    measures:\n      n: { count: \"*\" }\n";
     assert!(errors(quoted)[0].starts_with("pipelines.yaml:4:37: "), "{:?}", errors(quoted));
@@ -198,6 +200,8 @@ fn environment_variables_fill_values_and_unset_ones_are_errors() {
     let text = "sources:\n  k:\n    type: kafka\n    brokers: ${PROJECTOR_TEST_SURELY_UNSET}\n    topic: ${PROJECTOR_TEST_ALSO_UNSET:-events}\nviews:\n  v:\n    from: orders\n    measures:\n      n: { count: \"*\" }\n";
     assert_eq!(
         errors(text),
-        ["pipelines.yaml:4:14: config: environment variable PROJECTOR_TEST_SURELY_UNSET is not set; set it, or write ${PROJECTOR_TEST_SURELY_UNSET:-default} for a default"]
+        [
+            "pipelines.yaml:4:14: config: environment variable PROJECTOR_TEST_SURELY_UNSET is not set; set it, or write ${PROJECTOR_TEST_SURELY_UNSET:-default} for a default"
+        ]
     );
 }

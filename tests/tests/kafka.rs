@@ -148,7 +148,8 @@ fn source_config(topic: &str, start: StartPosition) -> KafkaSourceConfig {
 fn partitions_spread_over_the_workers() {
     let topic = kafka::fresh_topic("spread");
     kafka::append(&topic, generated(200, 51, 0.0));
-    let source = projector_source_kafka::KafkaSource::new(0, source_config(&topic, StartPosition::Earliest), Instant::now());
+    let source =
+        projector_source_kafka::KafkaSource::new(0, source_config(&topic, StartPosition::Earliest), Instant::now());
     let owned = |worker| -> Vec<u32> {
         let reader = source.reader(worker, 2).unwrap();
         reader.positions().0.keys().map(|(_, partition)| *partition).collect()
@@ -163,7 +164,8 @@ fn start_positions_choose_what_is_read() {
     let first = generated(2_000, 61, 0.0);
     kafka::append(&topic, first.clone());
     // Where the first part ends, per partition.
-    let source = projector_source_kafka::KafkaSource::new(0, source_config(&topic, StartPosition::Latest), Instant::now());
+    let source =
+        projector_source_kafka::KafkaSource::new(0, source_config(&topic, StartPosition::Latest), Instant::now());
     let ends: Vec<(u32, u64)> =
         source.reader(0, 1).unwrap().positions().0.iter().map(|((_, partition), next)| (*partition, *next)).collect();
     let second = generated(2_000, 62, 0.0);

@@ -102,7 +102,9 @@ fn line(spec: &Spec, event_id: &str) -> String {
             json!({"order_id": order_id, "customer_id": customer, "currency": if *currency { "USD" } else { "EUR" },
                    "created_at": INSTANTS[*instant], "line_items": items, "total_cents": spec.total}),
         ),
-        Kind::Updated => ("OrderUpdated", 9, json!({"order_id": order_id, "line_items": items, "total_cents": spec.total})),
+        Kind::Updated => {
+            ("OrderUpdated", 9, json!({"order_id": order_id, "line_items": items, "total_cents": spec.total}))
+        }
         Kind::Cancelled => ("OrderCancelled", 9, json!({"order_id": order_id, "reason": "changed mind"})),
         Kind::Reserved => (
             "InventoryReserved",
@@ -171,7 +173,9 @@ fn check_run(config: &str, lines: &[String], workers: usize, batch: u64) -> Resu
     ];
     for (name, rows) in views {
         if let Some(difference) = first_difference(&sorted(output.views[name].clone()), &sorted(rows)) {
-            return Err(TestCaseError::fail(format!("view {name} with {workers} workers, batch {batch}: {difference}")));
+            return Err(TestCaseError::fail(format!(
+                "view {name} with {workers} workers, batch {batch}: {difference}"
+            )));
         }
     }
     let dead: Vec<u64> = output.dead_letters.iter().map(|d| d["line_number"].as_u64().unwrap()).collect();

@@ -9,6 +9,7 @@
 //! non-UTC offsets, and optionally mixes in bad records of every kind.
 //!
 //! The same seed and settings always give the same log.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 use std::collections::VecDeque;
 
@@ -140,13 +141,27 @@ impl Generator {
         let products = config.products.max(1);
         let titles = (0..products)
             .map(|i| {
-                let kind = ["T-shirt", "Mug", "Hoodie", "Cap", "Poster", "Socks", "Tote bag", "Sticker"][(i % 8) as usize];
+                let kind =
+                    ["T-shirt", "Mug", "Hoodie", "Cap", "Poster", "Socks", "Tote bag", "Sticker"][(i % 8) as usize];
                 // Mostly small items, some expensive ones.
-                let price = if rng.random_bool(0.8) { rng.random_range(199..=2_999i64) } else { rng.random_range(3_000..=19_999i64) };
+                let price = if rng.random_bool(0.8) {
+                    rng.random_range(199..=2_999i64)
+                } else {
+                    rng.random_range(3_000..=19_999i64)
+                };
                 (format!("SKU-{:05}", 9000 + i), format!("{kind} #{i}"), price)
             })
             .collect();
-        Generator { config, rng, window: VecDeque::new(), recent: Vec::new(), produced: 0, orders: 0, bad_produced: 0, titles }
+        Generator {
+            config,
+            rng,
+            window: VecDeque::new(),
+            recent: Vec::new(),
+            produced: 0,
+            orders: 0,
+            bad_produced: 0,
+            titles,
+        }
     }
 
     fn uuid(&mut self) -> String {
@@ -182,9 +197,8 @@ impl Generator {
     /// Where in the span of days the log currently is.
     fn now(&mut self) -> Timestamp {
         if self.config.live {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as i64);
+            let nanos =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
             return Timestamp(nanos - nanos.rem_euclid(1_000_000_000));
         }
         let span = i64::from(self.config.days.max(1)) * 86_400_000_000_000;
@@ -235,14 +249,19 @@ impl Generator {
                     total_cents: total,
                 }),
             ));
-            let reserved = items.iter().map(|i| ReservedItem { sku: i.sku.to_string(), quantity: i.quantity }).collect();
+            let reserved =
+                items.iter().map(|i| ReservedItem { sku: i.sku.to_string(), quantity: i.quantity }).collect();
             let reservation_id = self.uuid();
             events.push(self.event(
                 &order_id,
                 2,
                 store_id,
                 created_at,
-                Payload::InventoryReserved(InventoryReserved { order_id: order_id.clone(), reservation_id, items: reserved }),
+                Payload::InventoryReserved(InventoryReserved {
+                    order_id: order_id.clone(),
+                    reservation_id,
+                    items: reserved,
+                }),
             ));
             let transaction_id = self.uuid();
             events.push(self.event(
@@ -263,13 +282,21 @@ impl Generator {
             for _ in 0..self.rng.random_range(1..=2) {
                 sequence += 1;
                 let items = self.line_items();
-                let total = items.iter().map(LineItem::line_total_cents).sum::<i64>().saturating_sub(self.rng.random_range(0..100));
+                let total = items
+                    .iter()
+                    .map(LineItem::line_total_cents)
+                    .sum::<i64>()
+                    .saturating_sub(self.rng.random_range(0..100));
                 events.push(self.event(
                     &order_id,
                     sequence,
                     store_id,
                     created_at,
-                    Payload::OrderUpdated(OrderUpdated { order_id: order_id.clone(), line_items: items, total_cents: total.max(0) }),
+                    Payload::OrderUpdated(OrderUpdated {
+                        order_id: order_id.clone(),
+                        line_items: items,
+                        total_cents: total.max(0),
+                    }),
                 ));
             }
         }
@@ -280,7 +307,10 @@ impl Generator {
                 sequence,
                 store_id,
                 created_at,
-                Payload::OrderCancelled(OrderCancelled { order_id: order_id.clone(), reason: "customer request".into() }),
+                Payload::OrderCancelled(OrderCancelled {
+                    order_id: order_id.clone(),
+                    reason: "customer request".into(),
+                }),
             ));
         }
         for event in events {
@@ -378,33 +408,6 @@ fn serde_key(line: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use projector_core::event::decode_event;
-
-    #[test]
-    fn same_seed_same_log_and_every_good_record_decodes() {
-        let config = GeneratorConfig { events: 2_000, bad_ratio: 0.02, ..GeneratorConfig::default() };
-        let first: Vec<_> = Generator::new(config.clone()).collect();
-        let second: Vec<_> = Generator::new(config).collect();
-        assert_eq!(first, second);
-        assert!(first.len() >= 2_000);
-        let mut bad = 0;
-        for record in &first {
-            let decoded = decode_event(record.line.as_bytes());
-            match record.bad {
-                None => assert!(decoded.is_ok(), "{:?}: {}", decoded, record.line),
-                Some(kind) => {
-                    bad += 1;
-                    assert!(decoded.is_err(), "{kind:?} accepted: {}", record.line);
-                }
-            }
-        }
-        assert!(bad > 10);
-    }
-}
-
 /// The generator as a live source, for `projector demo`: worker 0 produces
 /// records at a steady rate, in batches of `batch` wall-clock time. Record
 /// positions are partition 0 and the record's number, from 1.
@@ -418,7 +421,12 @@ pub struct DatagenSource {
 impl DatagenSource {
     /// Records from `config` at `rate` per second (as fast as possible
     /// when `None`), as source number `source_index`.
-    pub fn new(source_index: u16, config: GeneratorConfig, rate: Option<f64>, batch: std::time::Duration) -> DatagenSource {
+    pub fn new(
+        source_index: u16,
+        config: GeneratorConfig,
+        rate: Option<f64>,
+        batch: std::time::Duration,
+    ) -> DatagenSource {
         DatagenSource { source_index, config, rate, batch }
     }
 }
@@ -484,5 +492,32 @@ impl projector_core::source::SourceReader for DatagenReader {
 
     fn positions(&self) -> projector_core::sink::SourcePositions {
         projector_core::sink::SourcePositions([((self.source_index, 0), self.produced + 1)].into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use projector_core::event::decode_event;
+
+    #[test]
+    fn same_seed_same_log_and_every_good_record_decodes() {
+        let config = GeneratorConfig { events: 2_000, bad_ratio: 0.02, ..GeneratorConfig::default() };
+        let first: Vec<_> = Generator::new(config.clone()).collect();
+        let second: Vec<_> = Generator::new(config).collect();
+        assert_eq!(first, second);
+        assert!(first.len() >= 2_000);
+        let mut bad = 0;
+        for record in &first {
+            let decoded = decode_event(record.line.as_bytes());
+            match record.bad {
+                None => assert!(decoded.is_ok(), "{:?}: {}", decoded, record.line),
+                Some(kind) => {
+                    bad += 1;
+                    assert!(decoded.is_err(), "{kind:?} accepted: {}", record.line);
+                }
+            }
+        }
+        assert!(bad > 10);
     }
 }

@@ -6,6 +6,7 @@
 //! workers. A record's position is its 1-based line number. Blank lines
 //! carry no record and are skipped; a line's trailing `\r` is dropped.
 //! Lines are handed over straight from the read buffer, not copied.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -168,10 +169,14 @@ mod tests {
             loop {
                 let mut lines = Vec::new();
                 let poll = reader
-                    .poll(2, &mut |record| lines.push((record.position.offset, String::from_utf8(record.bytes.to_vec()).unwrap())))
+                    .poll(2, &mut |record| {
+                        lines.push((record.position.offset, String::from_utf8(record.bytes.to_vec()).unwrap()))
+                    })
                     .unwrap();
                 match poll {
-                    Poll::Records { epoch } => all.extend(lines.into_iter().map(|(line, text)| (worker, epoch, line, text))),
+                    Poll::Records { epoch } => {
+                        all.extend(lines.into_iter().map(|(line, text)| (worker, epoch, line, text)))
+                    }
                     Poll::Idle { .. } => {}
                     Poll::Finished => break,
                 }

@@ -21,7 +21,12 @@ pub struct KafkaDeadLetterSink {
 
 impl KafkaDeadLetterSink {
     /// A producer to `topic` for bad records read from `source_topic`.
-    pub fn new(brokers: &str, properties: &[(String, String)], topic: &str, source_topic: &str) -> Result<Self, SinkError> {
+    pub fn new(
+        brokers: &str,
+        properties: &[(String, String)],
+        topic: &str,
+        source_topic: &str,
+    ) -> Result<Self, SinkError> {
         let producer = producer_config(brokers, properties)
             .create()
             .map_err(|e| SinkError::Fatal(format!("cannot create a Kafka producer: {e}")))?;
@@ -40,7 +45,8 @@ impl DeadLetterSink for KafkaDeadLetterSink {
                 .insert(Header { key: "projector.source.offset", value: Some(offset.as_bytes()) })
                 .insert(Header { key: "projector.kind", value: Some(letter.kind.as_str().as_bytes()) })
                 .insert(Header { key: "projector.reason", value: Some(letter.reason.as_bytes()) });
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).payload(&letter.bytes[..]).headers(headers);
+            let mut record: BaseRecord<'_, [u8], [u8]> =
+                BaseRecord::to(&self.topic).payload(&letter.bytes[..]).headers(headers);
             if let Some(key) = &letter.key {
                 record = record.key(&key[..]);
             }
@@ -53,7 +59,10 @@ impl DeadLetterSink for KafkaDeadLetterSink {
                             self.producer.poll(Duration::from_millis(50));
                             record = returned;
                         } else {
-                            return Err(SinkError::Retryable(format!("cannot send a dead letter to {}: {error}", self.topic)));
+                            return Err(SinkError::Retryable(format!(
+                                "cannot send a dead letter to {}: {error}",
+                                self.topic
+                            )));
                         }
                     }
                 }

@@ -37,7 +37,7 @@ pub fn append_all<K: AsRef<[u8]>, V: AsRef<[u8]>>(
             }
         }
         count += 1;
-        if count % 10_000 == 0 {
+        if count.is_multiple_of(10_000) {
             producer.poll(Duration::ZERO);
         }
     }

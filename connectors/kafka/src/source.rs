@@ -132,14 +132,20 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, SourceEr
 }
 
 /// For each partition, the first offset at or after `nanos`.
-fn offsets_at(consumer: &BaseConsumer, topic: &str, partitions: &[i32], nanos: i64) -> Result<BTreeMap<i32, i64>, SourceError> {
+fn offsets_at(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    nanos: i64,
+) -> Result<BTreeMap<i32, i64>, SourceError> {
     let mut query = TopicPartitionList::new();
     for &partition in partitions {
         query
             .add_partition_offset(topic, partition, Offset::Offset(nanos / 1_000_000))
             .map_err(|e| fatal("cannot ask for offsets by time", e))?;
     }
-    let found = consumer.offsets_for_times(query, REQUEST_TIMEOUT).map_err(|e| fatal("cannot find offsets by time", e))?;
+    let found =
+        consumer.offsets_for_times(query, REQUEST_TIMEOUT).map_err(|e| fatal("cannot find offsets by time", e))?;
     Ok(found
         .elements()
         .iter()

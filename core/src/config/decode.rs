@@ -23,7 +23,12 @@ pub(super) fn pipeline(root: Option<&Node>, file: &str, base_dir: &Path, diags: 
         commands: None,
     };
     let Some(root) = root else {
-        diags.push(Pos { line: 1, column: 1 }, "config", "", "the file is empty; declare at least `views:`".to_string());
+        diags.push(
+            Pos { line: 1, column: 1 },
+            "config",
+            "",
+            "the file is empty; declare at least `views:`".to_string(),
+        );
         return config;
     };
     let component = "config";
@@ -111,7 +116,8 @@ fn commands(node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<Com
     let component = "commands";
     let mut fields = Fields::new(node, component, "", diags)?;
     let brokers = required(&mut fields, "brokers", diags).and_then(|n| text(n, component, "brokers", diags));
-    let events_topic = required(&mut fields, "events_topic", diags).and_then(|n| text(n, component, "events_topic", diags));
+    let events_topic =
+        required(&mut fields, "events_topic", diags).and_then(|n| text(n, component, "events_topic", diags));
     let inventory_topic = fields.take("inventory_topic").and_then(|n| text(n, component, "inventory_topic", diags));
     let audit_topic = fields.take("audit_topic").and_then(|n| text(n, component, "audit_topic", diags));
     let state_dir = match fields.take("state_dir") {
@@ -137,12 +143,14 @@ fn source(name: &str, pos: Pos, node: &Node, base_dir: &Path, diags: &mut Diagno
     let kind = match component_type(&mut fields, &component, &["file", "kafka"], diags)?.as_str() {
         "kafka" => SourceKind::Kafka(kafka_source(name, &mut fields, &component, diags)?),
         "file" => {
-            let path = required(&mut fields, "path", diags).and_then(|n| path_value(n, &component, "path", base_dir, diags));
+            let path =
+                required(&mut fields, "path", diags).and_then(|n| path_value(n, &component, "path", base_dir, diags));
             let batch_records = match fields.take("batch_records") {
                 Some(n) => positive(n, &component, "batch_records", diags)?,
                 None => 100_000,
             };
-            let dead_letters = fields.take("dead_letters").and_then(|n| path_value(n, &component, "dead_letters", base_dir, diags));
+            let dead_letters =
+                fields.take("dead_letters").and_then(|n| path_value(n, &component, "dead_letters", base_dir, diags));
             fields.finish(&["type", "path", "batch_records", "dead_letters"], diags);
             SourceKind::File(FileSourceConfig { path: path?, batch_records, dead_letters })
         }
@@ -151,7 +159,12 @@ fn source(name: &str, pos: Pos, node: &Node, base_dir: &Path, diags: &mut Diagno
     Some(SourceConfig { name: name.to_string(), pos, kind })
 }
 
-fn kafka_source(name: &str, fields: &mut Fields<'_>, component: &str, diags: &mut Diagnostics) -> Option<KafkaSourceConfig> {
+fn kafka_source(
+    name: &str,
+    fields: &mut Fields<'_>,
+    component: &str,
+    diags: &mut Diagnostics,
+) -> Option<KafkaSourceConfig> {
     let brokers = required(fields, "brokers", diags).and_then(|n| text(n, component, "brokers", diags));
     let topic = required(fields, "topic", diags).and_then(|n| text(n, component, "topic", diags));
     let start = match fields.take("start") {
@@ -166,7 +179,8 @@ fn kafka_source(name: &str, fields: &mut Fields<'_>, component: &str, diags: &mu
         Some(node) => positive(node, component, "batch_ms", diags),
         None => Some(20),
     };
-    let dead_letter_topic = fields.take("dead_letter_topic").and_then(|n| text(n, component, "dead_letter_topic", diags));
+    let dead_letter_topic =
+        fields.take("dead_letter_topic").and_then(|n| text(n, component, "dead_letter_topic", diags));
     let group_id = fields.take("group_id").and_then(|n| text(n, component, "group_id", diags));
     let properties = fields.take("properties").map(|n| properties(n, component, diags)).unwrap_or_default();
     let allowed =
@@ -272,7 +286,8 @@ fn boolean(node: &Node, component: &str, key: &str, diags: &mut Diagnostics) -> 
 fn view(name: &str, pos: Pos, node: &Node, diags: &mut Diagnostics) -> Option<ViewConfig> {
     let component = format!("view {name:?}");
     let mut fields = Fields::new(node, &component, "", diags)?;
-    let description = fields.take("description").and_then(|n| text(n, &component, "description", diags)).map(|s| s.value);
+    let description =
+        fields.take("description").and_then(|n| text(n, &component, "description", diags)).map(|s| s.value);
     let from = required(&mut fields, "from", diags).and_then(|n| text(n, &component, "from", diags));
     let filter = fields.take("filter").and_then(|n| text(n, &component, "filter", diags));
     let having = fields.take("having").and_then(|n| text(n, &component, "having", diags));
@@ -421,7 +436,10 @@ fn label(name: &str, key: &Node, node: &Node, component: &str, diags: &mut Diagn
             node.pos,
             component,
             &path,
-            format!("must be a list of rules like `- {{ when: \"order_count >= 2\", value: returning }}` (got a {})", node.type_name()),
+            format!(
+                "must be a list of rules like `- {{ when: \"order_count >= 2\", value: returning }}` (got a {})",
+                node.type_name()
+            ),
         );
         return None;
     };
@@ -430,7 +448,8 @@ fn label(name: &str, key: &Node, node: &Node, component: &str, diags: &mut Diagn
         let rule_path = format!("{path}[{index}]");
         let Some(mut fields) = Fields::new(item, component, &rule_path, diags) else { continue };
         let when = fields.take("when").and_then(|n| text(n, component, &format!("{rule_path}.when"), diags));
-        let value = required(&mut fields, "value", diags).and_then(|n| text(n, component, &format!("{rule_path}.value"), diags));
+        let value = required(&mut fields, "value", diags)
+            .and_then(|n| text(n, component, &format!("{rule_path}.value"), diags));
         fields.finish(&["when", "value"], diags);
         if let Some(value) = value {
             rules.push(LabelRule { when, value });
@@ -445,7 +464,8 @@ fn sink(name: &str, pos: Pos, node: &Node, base_dir: &Path, diags: &mut Diagnost
     let view = required(&mut fields, "view", diags).and_then(|n| text(n, &component, "view", diags));
     let kind = match component_type(&mut fields, &component, &["file"], diags)?.as_str() {
         "file" => {
-            let path = required(&mut fields, "path", diags).and_then(|n| path_value(n, &component, "path", base_dir, diags));
+            let path =
+                required(&mut fields, "path", diags).and_then(|n| path_value(n, &component, "path", base_dir, diags));
             fields.finish(&["type", "view", "path"], diags);
             SinkKind::File(FileSinkConfig { path: path? })
         }
@@ -486,7 +506,12 @@ impl<'n> Fields<'n> {
             };
             if let Some((_, first, _, _)) = entries.iter().find(|(n, ..)| *n == name) {
                 let first_line = first.pos.line;
-                diags.push(key.pos, component, &join(path, name), format!("is declared twice (first on line {first_line})"));
+                diags.push(
+                    key.pos,
+                    component,
+                    &join(path, name),
+                    format!("is declared twice (first on line {first_line})"),
+                );
                 continue;
             }
             entries.push((name, key, value, false));
@@ -576,11 +601,21 @@ fn required<'n>(fields: &mut Fields<'n>, key: &str, diags: &mut Diagnostics) -> 
 }
 
 /// Reads `type` and checks it is one of `allowed`.
-fn component_type(fields: &mut Fields<'_>, component: &str, allowed: &[&str], diags: &mut Diagnostics) -> Option<String> {
+fn component_type(
+    fields: &mut Fields<'_>,
+    component: &str,
+    allowed: &[&str],
+    diags: &mut Diagnostics,
+) -> Option<String> {
     let node = required(fields, "type", diags)?;
     let kind = text(node, component, "type", diags)?;
     if !allowed.contains(&kind.value.as_str()) {
-        diags.push(node.pos, component, "type", format!("{:?} is not a known type; allowed: {}", kind.value, allowed.join(", ")));
+        diags.push(
+            node.pos,
+            component,
+            "type",
+            format!("{:?} is not a known type; allowed: {}", kind.value, allowed.join(", ")),
+        );
         return None;
     }
     Some(kind.value)
@@ -632,7 +667,12 @@ fn positive(node: &Node, component: &str, key: &str, diags: &mut Diagnostics) ->
     match plain_integer(node) {
         Some(n) if n >= 1 && n <= i128::from(u64::MAX) => Some(n as u64),
         _ => {
-            diags.push(node.pos, component, key, format!("must be a whole number of at least 1 (got {})", describe(node)));
+            diags.push(
+                node.pos,
+                component,
+                key,
+                format!("must be a whole number of at least 1 (got {})", describe(node)),
+            );
             None
         }
     }

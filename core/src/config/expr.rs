@@ -580,7 +580,10 @@ pub fn compile(text: &str, scope: &Scope) -> Result<(Expr, FieldType), ExprError
 pub fn compile_condition(text: &str, scope: &Scope) -> Result<Expr, ExprError> {
     let (expr, ty) = compile(text, scope)?;
     if ty != FieldType::Bool {
-        return error(0, format!("a condition must be true or false, but this is of type {ty}; compare it, e.g. `field = 'value'`"));
+        return error(
+            0,
+            format!("a condition must be true or false, but this is of type {ty}; compare it, e.g. `field = 'value'`"),
+        );
     }
     Ok(expr)
 }
@@ -589,7 +592,9 @@ fn check(ast: &Ast, scope: &Scope) -> Result<(Expr, Ty), ExprError> {
     match ast {
         Ast::Ident(name, offset) => match scope.lookup(name) {
             Some((index, ty)) => Ok((Expr::Field(index), Ty::Known(ty))),
-            None => error(*offset, format!("{} has no field '{name}'; its fields are: {}", scope.what(), scope.names())),
+            None => {
+                error(*offset, format!("{} has no field '{name}'; its fields are: {}", scope.what(), scope.names()))
+            }
         },
         Ast::Int(n, _) => Ok((Expr::Literal(int_value(*n)), Ty::IntLiteral)),
         Ast::Str(s, _) => Ok((Expr::Literal(Value::Text(s.as_str().into())), Ty::TextLiteral)),
@@ -611,10 +616,7 @@ fn check(ast: &Ast, scope: &Scope) -> Result<(Expr, Ty), ExprError> {
                 Func::Month | Func::Year => matches!(ty, Ty::Known(FieldType::Timestamp | FieldType::Date)),
             };
             if !accepts {
-                return error(
-                    args[0].offset(),
-                    format!("{name}() takes a timestamp or a date, not {}", ty.describe()),
-                );
+                return error(args[0].offset(), format!("{name}() takes a timestamp or a date, not {}", ty.describe()));
             }
             let result = match func {
                 Func::Date => FieldType::Date,
@@ -653,7 +655,10 @@ fn check(ast: &Ast, scope: &Scope) -> Result<(Expr, Ty), ExprError> {
             for part in parts {
                 checked.push(condition(part, scope)?);
             }
-            Ok((if matches!(ast, Ast::And(_)) { Expr::And(checked) } else { Expr::Or(checked) }, Ty::Known(FieldType::Bool)))
+            Ok((
+                if matches!(ast, Ast::And(_)) { Expr::And(checked) } else { Expr::Or(checked) },
+                Ty::Known(FieldType::Bool),
+            ))
         }
         Ast::Not(inner, _) => Ok((Expr::Not(Box::new(condition(inner, scope)?)), Ty::Known(FieldType::Bool))),
     }
@@ -662,7 +667,10 @@ fn check(ast: &Ast, scope: &Scope) -> Result<(Expr, Ty), ExprError> {
 fn condition(ast: &Ast, scope: &Scope) -> Result<Expr, ExprError> {
     let (expr, ty) = check(ast, scope)?;
     if ty != Ty::Known(FieldType::Bool) {
-        return error(ast.offset(), format!("expected a condition (true or false) here, found a value of type {}", ty.describe()));
+        return error(
+            ast.offset(),
+            format!("expected a condition (true or false) here, found a value of type {}", ty.describe()),
+        );
     }
     Ok(expr)
 }
@@ -692,10 +700,7 @@ fn unify(
     match (left_ty, right_ty) {
         (Ty::Known(t), Ty::TextLiteral) => Ok((left, coerce_text(right, t, right_ast)?)),
         (Ty::TextLiteral, Ty::Known(t)) => Ok((coerce_text(left, t, left_ast)?, right)),
-        _ => error(
-            op_offset,
-            format!("cannot compare {} with {}", left_ty.describe(), right_ty.describe()),
-        ),
+        _ => error(op_offset, format!("cannot compare {} with {}", left_ty.describe(), right_ty.describe())),
     }
 }
 
@@ -715,7 +720,9 @@ fn coerce_text(literal: Expr, target: FieldType, ast: &Ast) -> Result<Expr, Expr
                 Some(day) => Ok(Expr::Literal(Value::Timestamp(Timestamp(i64::from(day) * 86_400_000_000_000)))),
                 None => error(
                     ast.offset(),
-                    format!("'{text}' is not a timestamp; write RFC 3339 ('2024-03-01T12:00:00Z') or a date ('2024-03-01')"),
+                    format!(
+                        "'{text}' is not a timestamp; write RFC 3339 ('2024-03-01T12:00:00Z') or a date ('2024-03-01')"
+                    ),
                 ),
             }
         }
@@ -770,7 +777,11 @@ mod tests {
     fn reports_errors_at_their_offset() {
         let err = compile_condition("status = 'placed' and totl > 5", &scope()).unwrap_err();
         assert_eq!(err.offset, 22);
-        assert!(err.message.starts_with("relation 'orders' has no field 'totl'; its fields are: status,"), "{}", err.message);
+        assert!(
+            err.message.starts_with("relation 'orders' has no field 'totl'; its fields are: status,"),
+            "{}",
+            err.message
+        );
         let err = compile_condition("total_cents = 'abc'", &scope()).unwrap_err();
         assert_eq!((err.offset, err.message.as_str()), (14, "cannot compare integer with text 'abc'"));
         assert_eq!(compile_condition("status", &scope()).unwrap_err().offset, 0);
@@ -778,6 +789,8 @@ mod tests {
         assert_eq!(compile_condition("created_at > 'soon'", &scope()).unwrap_err().offset, 13);
         assert_eq!(compile_condition("total_cents > 1.5", &scope()).unwrap_err().offset, 14);
         assert_eq!(compile_condition("status = 'a' status", &scope()).unwrap_err().offset, 13);
-        assert!(compile_condition("floor(total_cents) > 1", &scope()).unwrap_err().message.starts_with("unknown function"));
+        assert!(
+            compile_condition("floor(total_cents) > 1", &scope()).unwrap_err().message.starts_with("unknown function")
+        );
     }
 }

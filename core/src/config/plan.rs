@@ -72,13 +72,14 @@ fn view_plan(view: &ViewConfig, diags: &mut Diagnostics) -> Option<ViewPlan> {
         relation.fields().iter().map(|f| (f.name.to_string(), f.ty)),
     );
     let mut ok = true;
-    let condition = |text: &Spanned<String>, path: &str, scope: &Scope, diags: &mut Diagnostics| {
-        match compile_condition(&text.value, scope) {
-            Ok(expr) => Some(expr),
-            Err(error) => {
-                diags.push(text.pos_at(error.offset), &component, path, error.message);
-                None
-            }
+    let condition = |text: &Spanned<String>, path: &str, scope: &Scope, diags: &mut Diagnostics| match compile_condition(
+        &text.value,
+        scope,
+    ) {
+        Ok(expr) => Some(expr),
+        Err(error) => {
+            diags.push(text.pos_at(error.offset), &component, path, error.message);
+            None
         }
     };
     let filter = match &view.filter {
@@ -108,7 +109,10 @@ fn view_plan(view: &ViewConfig, diags: &mut Diagnostics) -> Option<ViewPlan> {
                 name.pos,
                 &format!("view {:?}", view.name),
                 path,
-                format!("output field {:?} is already defined on line {}; output field names must be unique", name.value, first_line),
+                format!(
+                    "output field {:?} is already defined on line {}; output field names must be unique",
+                    name.value, first_line
+                ),
             );
             return false;
         }
@@ -179,7 +183,14 @@ fn view_plan(view: &ViewConfig, diags: &mut Diagnostics) -> Option<ViewPlan> {
                 }
             }
         };
-        measures.push(MeasurePlan { name: measure.name.value.clone(), function: measure.function, input, filter, ty, slot: 0 });
+        measures.push(MeasurePlan {
+            name: measure.name.value.clone(),
+            function: measure.function,
+            input,
+            filter,
+            ty,
+            slot: 0,
+        });
     }
 
     let output_scope = |keys: &[KeyPlan], measures: &[MeasurePlan], labels: &[LabelPlan]| {
@@ -211,7 +222,12 @@ fn view_plan(view: &ViewConfig, diags: &mut Diagnostics) -> Option<ViewPlan> {
             rules.push((when, Value::Text(rule.value.value.as_str().into())));
         }
         if label.rules.is_empty() {
-            diags.push(label.name.pos, &component, &path, "has no rules; add at least one `- { value: ... }`".to_string());
+            diags.push(
+                label.name.pos,
+                &component,
+                &path,
+                "has no rules; add at least one `- { value: ... }`".to_string(),
+            );
             ok = false;
         }
         labels.push(LabelPlan { name: label.name.value.clone(), rules });

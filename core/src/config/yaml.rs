@@ -135,7 +135,10 @@ pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
             Event::DocumentStart(_) => {
                 documents += 1;
                 if documents > 1 {
-                    return Err(YamlError { pos, message: "only one YAML document is allowed in a config file".into() });
+                    return Err(YamlError {
+                        pos,
+                        message: "only one YAML document is allowed in a config file".into(),
+                    });
                 }
                 None
             }

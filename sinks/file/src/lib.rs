@@ -32,7 +32,14 @@ impl FileViewSink {
     /// Writes `plan`'s rows to `path`, replacing it at most every
     /// `write_every` (never before the end when `None`).
     pub fn new(plan: Arc<ViewPlan>, path: impl AsRef<Path>, write_every: Option<Duration>) -> FileViewSink {
-        FileViewSink { plan, path: path.as_ref().to_path_buf(), rows: BTreeMap::new(), write_every, last_write: None, dirty: true }
+        FileViewSink {
+            plan,
+            path: path.as_ref().to_path_buf(),
+            rows: BTreeMap::new(),
+            write_every,
+            last_write: None,
+            dirty: true,
+        }
     }
 
     fn write(&mut self) -> Result<(), SinkError> {
@@ -104,7 +111,8 @@ pub fn row_json_line(field_names: &[String], key: &[Value], values: &[Value], ou
 
 /// Writes a file through a temporary sibling and renames it into place.
 fn replace_file(path: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<(), SinkError> {
-    let failed = |what: &str, error: std::io::Error| SinkError::Retryable(format!("cannot {what} {}: {error}", path.display()));
+    let failed =
+        |what: &str, error: std::io::Error| SinkError::Retryable(format!("cannot {what} {}: {error}", path.display()));
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
     {
@@ -140,8 +148,9 @@ impl FileDeadLetterSink {
             if let Some(parent) = self.path.parent()
                 && !parent.as_os_str().is_empty()
             {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| SinkError::Retryable(format!("cannot create the folder of {}: {e}", self.path.display())))?;
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    SinkError::Retryable(format!("cannot create the folder of {}: {e}", self.path.display()))
+                })?;
             }
             let file = File::create(&self.path)
                 .map_err(|e| SinkError::Retryable(format!("cannot create {}: {e}", self.path.display())))?;
