@@ -232,11 +232,13 @@ pub fn place_order(body: &[u8]) -> Result<PlaceOrder, Rejection> {
     }
 }
 
-/// Reads a "set stock" body: `{"available": N}` with N ≥ 0.
+/// Reads a "set stock" body: `{"available": N}` with N ≥ 0 (`quantity`
+/// is taken as another name for `available`).
 pub fn set_stock(body: &[u8]) -> Result<i64, Rejection> {
     let map = object(body)?;
     let mut fields = Fields::default();
-    let available = fields.integer(&map, "available", "available", 0);
+    let name = if !map.contains_key("available") && map.contains_key("quantity") { "quantity" } else { "available" };
+    let available = fields.integer(&map, name, name, 0);
     match available {
         Some(available) if fields.0.is_empty() => Ok(available),
         _ => Err(Rejection::Invalid(fields.0)),
@@ -294,5 +296,7 @@ mod tests {
         assert_eq!(place_order(b"[1]").unwrap_err().status(), 400);
         assert_eq!(set_stock(br#"{"available": -1}"#).unwrap_err().status(), 422);
         assert_eq!(set_stock(br#"{"available": 10}"#).unwrap(), 10);
+        assert_eq!(set_stock(br#"{"quantity": 7}"#).unwrap(), 7);
+        assert_eq!(set_stock(br#"{}"#).unwrap_err(), Rejection::Invalid(vec![FieldError { field: "available".into(), message: "is required".into() }]));
     }
 }
