@@ -67,9 +67,11 @@ struct FileReader {
     finished: bool,
 }
 
-/// Hands a line over unless it is blank; drops a trailing `\r`.
+/// Hands a line over unless it is blank; drops a trailing `\r`, and a
+/// UTF-8 byte order mark at the start of the file.
 fn deliver_line(line: u64, bytes: &[u8], deliver: &mut dyn FnMut(RecordRef<'_>)) -> bool {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    let bytes = if line == 1 { bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes) } else { bytes };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return false;
     }
@@ -192,7 +194,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("events.jsonl");
         let mut file = File::create(&path).unwrap();
-        write!(file, "a\r\nb\n\n   \nc\nd\ne").unwrap();
+        write!(file, "\u{feff}a\r\nb\n\n   \nc\nd\ne").unwrap();
         drop(file);
         let lines = read_all(&path, 2, 3);
         let expected = [(0, 0, 1, "a"), (1, 0, 2, "b"), (0, 1, 5, "c"), (1, 1, 6, "d"), (0, 2, 7, "e")];
