@@ -297,6 +297,9 @@ mod tests {
         assert_eq!(set_stock(br#"{"available": -1}"#).unwrap_err().status(), 422);
         assert_eq!(set_stock(br#"{"available": 10}"#).unwrap(), 10);
         assert_eq!(set_stock(br#"{"quantity": 7}"#).unwrap(), 7);
-        assert_eq!(set_stock(br#"{}"#).unwrap_err(), Rejection::Invalid(vec![FieldError { field: "available".into(), message: "is required".into() }]));
+        assert_eq!(
+            set_stock(br#"{}"#).unwrap_err(),
+            Rejection::Invalid(vec![FieldError { field: "available".into(), message: "is required".into() }])
+        );
     }
 }
