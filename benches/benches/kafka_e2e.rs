@@ -16,7 +16,7 @@
 //! (appended lz4-compressed). Under `cargo test` it runs each part small,
 //! as a smoke test. Knobs: `BENCH_EVENTS` (throughput log size),
 //! `BENCH_RATE` (latency rate), `BENCH_BATCH_MS`, `BENCH_PARTITIONS`,
-//! `BENCH_FETCH_WAIT_MS`.
+//! `BENCH_FETCH_WAIT_MS`, `BENCH_IDLE_US` (how long an idle worker sleeps).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -183,7 +183,10 @@ fn latency(brokers: &str, plan: &PipelinePlan, rate: f64, duration: Duration) {
     let completions = Arc::new(Mutex::new(Vec::new()));
     let mut view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>> = plan.views.iter().map(|_| Vec::new()).collect();
     view_sinks[0].push(("latency".into(), Box::new(Completions(Arc::clone(&completions)))));
-    let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
+    let mut options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
+    if let Some(micros) = std::env::var("BENCH_IDLE_US").ok().and_then(|v| v.parse().ok()) {
+        options.idle_wait = Duration::from_micros(micros);
+    }
     let stop = Arc::clone(&options.stop);
     let pipeline = {
         let (plan, source) = (plan.clone(), source(brokers, &topic, false));
