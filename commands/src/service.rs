@@ -189,16 +189,17 @@ impl CommandService {
     }
 
     /// Writes the audit record of a command (not waited for, unless the
-    /// answer must survive a restart: `keep`).
-    async fn audit(
+    /// The audit record of a command: what was asked, what was answered,
+    /// which events it appended. It carries the idempotency key and answer
+    /// too, so a rejection's answer survives a restart.
+    fn audit_record(
         &self,
         command: u64,
         route: &str,
         key: Option<&str>,
         answer: &Answer,
         event_ids: &[String],
-        keep: bool,
-    ) {
+    ) -> Outgoing {
         let body = json!({
             "command": command,
             "at": now().to_rfc3339(),
@@ -208,29 +209,11 @@ impl CommandService {
             "answer": answer.body,
             "event_ids": event_ids,
         });
-        let record = Outgoing {
+        Outgoing {
             topic: self.config.audit_topic.clone(),
             key: command.to_string(),
             payload: body.to_string().into_bytes(),
             answer: key.map(|k| (k.to_string(), answer.clone())),
-        };
-        if keep {
-            if let Err(error) = self.append(command, vec![record]).await {
-                warn!(%error, "cannot write the audit record");
-            }
-        } else {
-            let command_text = command.to_string();
-            let headers =
-                OwnedHeaders::new().insert(Header { key: COMMAND_HEADER, value: Some(command_text.as_str()) });
-            let future = FutureRecord::to(&record.topic).key(&record.key).payload(&record.payload).headers(headers);
-            let delivery = self.producer.send_result(future);
-            if let Ok(delivery) = delivery {
-                tokio::spawn(async move {
-                    if let Ok(Err((error, _))) = delivery.await {
-                        warn!(%error, "cannot write the audit record");
-                    }
-                });
-            }
         }
     }
 
@@ -275,7 +258,10 @@ impl CommandService {
             inner.state.last_command = command;
             command
         };
-        self.audit(command, route, key, &answer, &[], key.is_some()).await;
+        let record = self.audit_record(command, route, key, &answer, &[]);
+        if let Err(error) = self.append(command, vec![record]).await {
+            warn!(%error, "cannot write the audit record of a rejected command");
+        }
         answer
     }
 
@@ -286,10 +272,14 @@ impl CommandService {
         command: u64,
         key: Option<&str>,
         answer: Answer,
-        records: Vec<Outgoing>,
+        mut records: Vec<Outgoing>,
         event_ids: Vec<String>,
     ) -> Answer {
-        let result = if records.is_empty() { Ok(()) } else { self.append(command, records).await };
+        // The audit record goes with the events, acknowledged together.
+        let mut audit = self.audit_record(command, route, key, &answer, &event_ids);
+        audit.answer = None;
+        records.push(audit);
+        let result = self.append(command, records).await;
         let mut inner = self.inner.lock().await;
         if let Some(key) = key {
             inner.in_flight.remove(key);
@@ -299,13 +289,17 @@ impl CommandService {
                 if let Some(key) = key {
                     inner.state.apply(command, Fact::Answered { key: key.to_string(), answer: answer.clone() });
                 }
-                drop(inner);
-                self.audit(command, route, key, &answer, &event_ids, false).await;
                 answer
             }
             Err(error) => {
                 inner.needs_rebuild = true;
-                unavailable(&error)
+                drop(inner);
+                let failed = unavailable(&error);
+                let record = self.audit_record(command, route, key, &failed, &event_ids);
+                if let Err(error) = self.append(command, vec![Outgoing { answer: None, ..record }]).await {
+                    warn!(%error, "cannot write the audit record of a failed command");
+                }
+                failed
             }
         }
     }

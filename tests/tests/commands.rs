@@ -208,6 +208,15 @@ fn idempotency_keys_hold_across_restarts_with_and_without_a_snapshot() {
     api.stop();
     let before = kafka::read_all(&topic).len();
     assert_eq!(before, 3);
+    // Every command is in the audit log with its answer: the stock, the
+    // order, and the rejected order (the retry answered from memory).
+    let mut audit: Vec<Value> =
+        kafka::read_all(&format!("{topic}-audit")).iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
+    audit.sort_by_key(|a| a["command"].as_u64());
+    let statuses: Vec<u64> = audit.iter().map(|a| a["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [200, 202, 409], "{audit:?}");
+    assert_eq!(audit[1]["event_ids"].as_array().unwrap().len(), 3);
+    assert_eq!(audit[2]["idempotency_key"], json!("order-2"));
 
     for drop_snapshot in [false, true] {
         if drop_snapshot {
