@@ -108,7 +108,9 @@ impl CommandService {
     /// Starts the service: rebuilds the state from the log (and snapshot)
     /// and completes orders a crash left half-appended.
     pub async fn start(config: CommandLogConfig) -> Result<Arc<CommandService>, StartError> {
+        // Answers wait for acknowledgements: send at once, do not linger.
         let producer: FutureProducer = producer_config(&config.brokers, &config.properties)
+            .set("linger.ms", "0")
             .create()
             .map_err(|e| StartError(format!("cannot create a Kafka producer: {e}")))?;
         let rebuild_config = config.clone();
@@ -217,6 +219,24 @@ impl CommandService {
         }
     }
 
+    /// Sends a record without waiting for its acknowledgement (a failure is
+    /// logged).
+    fn send_unwaited(&self, command: u64, record: Outgoing) {
+        let command_text = command.to_string();
+        let headers = OwnedHeaders::new().insert(Header { key: COMMAND_HEADER, value: Some(command_text.as_str()) });
+        let future = FutureRecord::to(&record.topic).key(&record.key).payload(&record.payload).headers(headers);
+        match self.producer.send_result(future) {
+            Ok(delivery) => {
+                tokio::spawn(async move {
+                    if let Ok(Err((error, _))) = delivery.await {
+                        warn!(%error, "cannot write the audit record");
+                    }
+                });
+            }
+            Err((error, _)) => warn!(%error, "cannot write the audit record"),
+        }
+    }
+
     /// Returns the kept answer for `key`, if the request was seen before.
     fn kept_answer(inner: &Inner, key: Option<&str>, request: &str) -> Option<Answer> {
         let key = key?;
@@ -272,13 +292,14 @@ impl CommandService {
         command: u64,
         key: Option<&str>,
         answer: Answer,
-        mut records: Vec<Outgoing>,
+        records: Vec<Outgoing>,
         event_ids: Vec<String>,
     ) -> Answer {
-        // The audit record goes with the events, acknowledged together.
+        // The audit record is sent with the events; the answer waits only
+        // for the events (the audit log is also rebuilt from their headers).
         let mut audit = self.audit_record(command, route, key, &answer, &event_ids);
         audit.answer = None;
-        records.push(audit);
+        self.send_unwaited(command, audit);
         let result = self.append(command, records).await;
         let mut inner = self.inner.lock().await;
         if let Some(key) = key {
