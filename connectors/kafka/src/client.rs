@@ -12,6 +12,9 @@ pub fn client_config(brokers: &str, properties: &[(String, String)]) -> ClientCo
     }
     config.set("bootstrap.servers", brokers);
     config.set("client.id", "projector");
+    // Small requests must not wait for Nagle's algorithm (up to 40 ms with
+    // delayed acknowledgements): latency matters more than packet counts.
+    config.set("socket.nagle.disable", "true");
     config
 }
 
