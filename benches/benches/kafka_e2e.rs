@@ -215,7 +215,7 @@ fn latency(brokers: &str, plan: &PipelinePlan, rate: f64, duration: Duration) {
     std::thread::sleep(Duration::from_millis(500));
     let acks = Arc::new(Mutex::new(Vec::new()));
     let producer: BaseProducer<Acks> = producer_config(brokers, &[])
-        .set("linger.ms", &std::env::var("BENCH_LINGER_MS").unwrap_or_else(|_| "5".into()))
+        .set("linger.ms", std::env::var("BENCH_LINGER_MS").unwrap_or_else(|_| "5".into()))
         .set("compression.type", "lz4")
         .create_with_context(Acks(Arc::clone(&acks)))
         .expect("producer");
