@@ -38,6 +38,28 @@ pub struct ViewChange {
     pub diff: i64,
 }
 
+impl SourcePositions {
+    /// Whether every partition is at or before its position in `other`
+    /// (a partition missing from either side is at offset 0).
+    pub fn le(&self, other: &SourcePositions) -> bool {
+        let at = |positions: &SourcePositions, partition| positions.0.get(partition).copied().unwrap_or(0);
+        self.0.keys().chain(other.0.keys()).all(|partition| at(self, partition) <= at(other, partition))
+    }
+
+    /// The next offset of one partition (0 when it is not listed).
+    pub fn get(&self, source: u16, partition: u32) -> u64 {
+        self.0.get(&(source, partition)).copied().unwrap_or(0)
+    }
+
+    /// The sum of all offsets: a total order consistent with [`Self::le`].
+    pub fn total(&self) -> u128 {
+        self.0.values().map(|o| u128::from(*o)).sum()
+    }
+}
+
+/// A view's rows, by key: what a view holds after a batch.
+pub type ViewRows = BTreeMap<Row, Row>;
+
 /// A completed batch of one view's changes.
 #[derive(Clone, Copy, Debug)]
 pub struct ViewBatch<'a> {
@@ -47,6 +69,9 @@ pub struct ViewBatch<'a> {
     pub upper: u64,
     /// The source positions the view reflects after this batch.
     pub positions: &'a SourcePositions,
+    /// The whole view after this batch (for a sink that must rewrite all of
+    /// it, for example after its store lost its data).
+    pub rows: &'a ViewRows,
 }
 
 /// Why a sink could not take a batch.
@@ -62,11 +87,25 @@ pub enum SinkError {
 
 /// The destination of one view.
 ///
-/// Calling order: [`ViewSink::apply`] once per completed batch, in log
-/// order (a batch may have no changes when only progress advanced); then
-/// [`ViewSink::finish`] once, when the run ends after all bounded input was
-/// processed.
+/// Calling order: [`ViewSink::resume`] once before anything else (and
+/// [`ViewSink::reset`] if the runner cannot start from what it holds);
+/// [`ViewSink::apply`] once per completed batch after the position the sink
+/// resumed from, in log order (a batch may have no changes when only
+/// progress advanced); then [`ViewSink::finish`] once, when the run ends
+/// after all bounded input was processed.
 pub trait ViewSink: Send {
+    /// Opens the sink for this run and says which source positions the view
+    /// it already holds reflects (`None`: it holds nothing). The runner then
+    /// hands it only the changes after that position. A sink that fences
+    /// older runs takes its new generation here.
+    fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        Ok(None)
+    }
+    /// Drops what the sink holds: the runner cannot start from the position
+    /// it reported and will hand it the whole view from the start.
+    fn reset(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
     /// Takes one completed batch.
     fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError>;
     /// Flushes everything; called once at the end of a bounded run.

@@ -22,7 +22,7 @@ use tracing::warn;
 use projector_core::event::BadRecordKind;
 use projector_core::packed::PackedRow;
 use projector_core::record::DeadLetter;
-use projector_core::sink::{DeadLetterSink, SinkError, SourcePositions, ViewBatch, ViewChange, ViewSink};
+use projector_core::sink::{DeadLetterSink, SinkError, SourcePositions, ViewBatch, ViewChange, ViewRows, ViewSink};
 use projector_core::value::Row;
 
 /// The source positions each worker's readers had reached at each batch
@@ -123,14 +123,30 @@ fn with_retries(what: &str, mut attempt: impl FnMut() -> Result<(), SinkError>) 
     }
 }
 
+/// A sink of a view, and the batch up to which it already holds the view
+/// (it is handed only batches with a higher upper).
+pub struct ResumedSink {
+    /// The sink's name, for messages.
+    pub name: String,
+    /// The sink.
+    pub sink: Box<dyn ViewSink>,
+    /// Batches with `upper <= skip_until` are already reflected in it.
+    pub skip_until: u64,
+}
+
 /// Hands each completed batch of a view's changes to its sinks (on worker
 /// 0, the `owner`; other workers pass `sinks` empty and receive no data).
+///
+/// The first `phases` batches (uppers `1..=phases`) are delivered one by
+/// one even when the frontier passes several at once: they end at the
+/// positions sinks resumed from (see the runner's barriers).
 pub fn deliver_view<'scope>(
     changes: VecCollection<'scope, u64, (PackedRow, Row)>,
     view_name: &str,
     view_index: usize,
     owner: bool,
-    mut sinks: Vec<(String, Box<dyn ViewSink>)>,
+    mut sinks: Vec<ResumedSink>,
+    phases: u64,
     state: Arc<OutputState>,
 ) {
     let rows = Arc::new(AtomicI64::new(0));
@@ -147,6 +163,7 @@ pub fn deliver_view<'scope>(
         &format!("Sinks of {view_name}"),
         move |_capability, _info| {
             let mut pending: Vec<((PackedRow, Row), u64, isize)> = Vec::new();
+            let mut view = ViewRows::new();
             let mut delivered_upper = 0u64;
             let mut finished = false;
             move |(input, frontier), _output| {
@@ -155,30 +172,39 @@ pub fn deliver_view<'scope>(
                 if finished || upper <= delivered_upper && !frontier.is_empty() {
                     return;
                 }
-                let (ready, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, time, _)| *time < upper);
-                pending = later;
-                let mut updates: Vec<((PackedRow, Row), isize)> =
-                    ready.into_iter().map(|(data, _, diff)| (data, diff)).collect();
-                consolidate(&mut updates);
-                let mut batch_changes: Vec<ViewChange> = updates
-                    .into_iter()
-                    .map(|((key, values), diff)| ViewChange { key: key.unpack(), values, diff: diff as i64 })
-                    .collect();
-                batch_changes.sort();
-                rows.fetch_add(batch_changes.iter().map(|c| c.diff).sum::<i64>(), Ordering::Relaxed);
-                let positions = state.positions_at(upper);
-                let batch = ViewBatch { changes: &batch_changes, upper, positions: &positions };
-                for (name, sink) in sinks.iter_mut() {
-                    if let Err(message) = with_retries(name, || sink.apply(batch)) {
-                        state.fail(message);
-                    }
+                // The batches to hand out now: one per resume phase passed,
+                // then one for the rest.
+                let mut cuts: Vec<u64> = (delivered_upper + 1..=phases.min(upper)).collect();
+                if cuts.last() != Some(&upper) && upper > delivered_upper {
+                    cuts.push(upper);
                 }
-                delivered_upper = upper;
-                state.delivered(view_index, upper);
+                for cut in cuts {
+                    let (ready, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, time, _)| *time < cut);
+                    pending = later;
+                    let mut updates: Vec<((PackedRow, Row), isize)> =
+                        ready.into_iter().map(|(data, _, diff)| (data, diff)).collect();
+                    consolidate(&mut updates);
+                    let mut batch_changes: Vec<ViewChange> = updates
+                        .into_iter()
+                        .map(|((key, values), diff)| ViewChange { key: key.unpack(), values, diff: diff as i64 })
+                        .collect();
+                    batch_changes.sort();
+                    rows.fetch_add(batch_changes.iter().map(|c| c.diff).sum::<i64>(), Ordering::Relaxed);
+                    apply_changes(&mut view, &batch_changes);
+                    let positions = state.positions_at(cut);
+                    let batch = ViewBatch { changes: &batch_changes, upper: cut, positions: &positions, rows: &view };
+                    for resumed in sinks.iter_mut().filter(|s| cut > s.skip_until) {
+                        if let Err(message) = with_retries(&resumed.name, || resumed.sink.apply(batch)) {
+                            state.fail(message);
+                        }
+                    }
+                    delivered_upper = cut;
+                    state.delivered(view_index, cut);
+                }
                 if frontier.is_empty() {
                     finished = true;
-                    for (name, sink) in sinks.iter_mut() {
-                        if let Err(message) = with_retries(name, || sink.finish()) {
+                    for resumed in sinks.iter_mut() {
+                        if let Err(message) = with_retries(&resumed.name, || resumed.sink.finish()) {
                             state.fail(message);
                         }
                     }
@@ -186,6 +212,19 @@ pub fn deliver_view<'scope>(
             }
         },
     );
+}
+
+/// Applies a batch of changes to a view's rows: removals first, as an
+/// update is the old row out and the new one in.
+pub fn apply_changes(view: &mut ViewRows, changes: &[ViewChange]) {
+    for change in changes.iter().filter(|c| c.diff < 0) {
+        if view.get(&change.key) == Some(&change.values) {
+            view.remove(&change.key);
+        }
+    }
+    for change in changes.iter().filter(|c| c.diff > 0) {
+        view.insert(change.key.clone(), change.values.clone());
+    }
 }
 
 /// Hands each completed batch's dead letters, in log order, to the

@@ -19,12 +19,12 @@ use tracing::{debug, info};
 
 use projector_core::config::PipelinePlan;
 use projector_core::event::BadRecordKind;
-use projector_core::record::DeadLetter;
-use projector_core::sink::{DeadLetterSink, ViewSink};
+use projector_core::record::{DeadLetter, LogPosition};
+use projector_core::sink::{DeadLetterSink, SourcePositions, ViewSink};
 use projector_core::source::{Poll, Source, SourceError};
 
 use crate::decode::{KeyedEvent, decode_record};
-use crate::output::{OutputState, deliver_dead_letters, deliver_view};
+use crate::output::{OutputState, ResumedSink, deliver_dead_letters, deliver_view};
 use crate::{orders, views};
 
 /// How to run.
@@ -114,6 +114,105 @@ pub enum RunError {
     Runtime(String),
 }
 
+/// A record read beyond the current resume barrier, held for a later batch.
+type Held = (LogPosition, Result<KeyedEvent, DeadLetter>);
+
+/// A sink, and the positions it reported at resume.
+type OpenedSink = (String, Box<dyn ViewSink>, Option<SourcePositions>);
+
+/// Sends decoded records into the dataflow at `time`.
+fn send(
+    events: &mut InputSession<u64, KeyedEvent, isize>,
+    dead_letters: &mut InputHandleVec<u64, DeadLetter>,
+    decoded: &mut Vec<KeyedEvent>,
+    bad: &mut Vec<DeadLetter>,
+    time: u64,
+) {
+    for event in decoded.drain(..) {
+        events.update_at(event, time, 1);
+    }
+    for letter in bad.drain(..) {
+        dead_letters.send(letter);
+    }
+}
+
+/// Whether a reader at `positions` has read everything before `barrier`.
+fn reached(positions: &SourcePositions, barrier: &SourcePositions) -> bool {
+    positions.0.iter().all(|((source, partition), next)| *next >= barrier.get(*source, *partition))
+}
+
+/// A reader's positions, none beyond `barrier`.
+fn below(positions: &SourcePositions, barrier: &SourcePositions) -> SourcePositions {
+    SourcePositions(
+        positions
+            .0
+            .iter()
+            .map(|(&(source, partition), &next)| ((source, partition), next.min(barrier.get(source, partition))))
+            .collect(),
+    )
+}
+
+/// Asks every sink where it stands and plans the resume: the distinct
+/// positions sinks hold become barriers, in order, and each sink skips the
+/// batches up to its own barrier. A sink whose position is not in line with
+/// the others (neither before nor after one of them) is reset and rebuilt
+/// from the start.
+fn resume_sinks(
+    view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>>,
+) -> Result<(Vec<Vec<ResumedSink>>, Vec<SourcePositions>), RunError> {
+    let mut opened: Vec<Vec<OpenedSink>> = Vec::new();
+    for sinks in view_sinks {
+        let mut view = Vec::new();
+        for (name, mut sink) in sinks {
+            let at = sink.resume().map_err(|e| RunError::Failed(format!("{name}: cannot open: {e}")))?;
+            view.push((name, sink, at));
+        }
+        opened.push(view);
+    }
+    let mut held: Vec<SourcePositions> = opened.iter().flatten().filter_map(|(_, _, at)| at.clone()).collect();
+    held.sort_by_key(SourcePositions::total);
+    held.dedup();
+    let barriers = longest_chain(&held);
+    let mut resumed = Vec::new();
+    for view in opened {
+        let mut sinks = Vec::new();
+        for (name, mut sink, at) in view {
+            let skip_until = match at.and_then(|at| barriers.iter().position(|b| *b == at)) {
+                Some(index) => {
+                    info!(sink = %name, batch = index + 1, "resuming from the sink's checkpoint");
+                    index as u64 + 1
+                }
+                None => {
+                    sink.reset().map_err(|e| RunError::Failed(format!("{name}: cannot reset: {e}")))?;
+                    0
+                }
+            };
+            sinks.push(ResumedSink { name, sink, skip_until });
+        }
+        resumed.push(sinks);
+    }
+    Ok((resumed, barriers))
+}
+
+/// The longest list of `positions` (sorted by total) in which each is at
+/// or after the one before: the most sinks that can resume in one pass.
+fn longest_chain(positions: &[SourcePositions]) -> Vec<SourcePositions> {
+    // best[i]: (length of the longest chain ending at i, the element before i).
+    let mut best: Vec<(usize, Option<usize>)> = Vec::with_capacity(positions.len());
+    for (i, position) in positions.iter().enumerate() {
+        let before = (0..i).filter(|&j| positions[j].le(position)).max_by_key(|&j| best[j].0);
+        best.push((before.map_or(1, |j| best[j].0 + 1), before));
+    }
+    let mut at = (0..positions.len()).max_by_key(|&i| best[i].0);
+    let mut chain = Vec::new();
+    while let Some(i) = at {
+        chain.push(positions[i].clone());
+        at = best[i].1;
+    }
+    chain.reverse();
+    chain
+}
+
 /// Runs the plan's views over `sources` (one per `plan.config.sources`
 /// entry, or any list the caller builds) into `outputs`.
 pub fn run(
@@ -126,7 +225,10 @@ pub fn run(
     let view_names: Vec<String> = plan.views.iter().map(|v| v.name.clone()).collect();
     let workers = options.workers.max(1);
     let state = Arc::new(OutputState::default());
-    let outputs = Arc::new(Mutex::new(Some(outputs)));
+    let (view_sinks, barriers) = resume_sinks(outputs.view_sinks)?;
+    let barriers = Arc::new(barriers);
+    let phases = barriers.len() as u64;
+    let outputs = Arc::new(Mutex::new(Some((view_sinks, outputs.dead_letter_sinks))));
     let records_read = Arc::clone(&options.progress);
     let config = if workers == 1 { timely::Config::thread() } else { timely::Config::process(workers) };
 
@@ -136,7 +238,7 @@ pub fn run(
         let index = worker.index();
         let peers = worker.peers();
         let state = Arc::clone(&worker_state);
-        let mut outputs =
+        let (mut view_sinks, mut dead_letter_sinks) =
             if index == 0 { outputs.lock().ok().and_then(|mut o| o.take()) } else { None }.unwrap_or_default();
 
         let mut readers = Vec::new();
@@ -160,16 +262,20 @@ pub fn run(
             for (view_index, view_plan) in plan.views.iter().enumerate() {
                 let rows = views::view(Arc::clone(view_plan), states.clone());
                 let rows = rows.probe_with(&probe);
-                let sinks = outputs.view_sinks.get_mut(view_index).map(std::mem::take).unwrap_or_default();
-                deliver_view(rows, &view_plan.name, view_index, index == 0, sinks, Arc::clone(&state));
+                let sinks = view_sinks.get_mut(view_index).map(std::mem::take).unwrap_or_default();
+                deliver_view(rows, &view_plan.name, view_index, index == 0, sinks, phases, Arc::clone(&state));
             }
             let dead_letters = dead_letters.probe_with(&probe);
-            deliver_dead_letters(dead_letters, std::mem::take(&mut outputs.dead_letter_sinks), Arc::clone(&state));
+            deliver_dead_letters(dead_letters, std::mem::take(&mut dead_letter_sinks), Arc::clone(&state));
             probe
         });
 
         // Per reader: its current batch, and whether it is finished.
         let mut epochs: Vec<Option<u64>> = vec![Some(0); readers.len()];
+        // Per reader: the resume phase it is in (batch `i` holds the records
+        // before barrier `i`), and the records it read beyond that barrier.
+        let mut phase: Vec<usize> = vec![0; readers.len()];
+        let mut held: Vec<Vec<Held>> = readers.iter().map(|_| Vec::new()).collect();
         if let Ok(mut table) = state.progress.lock() {
             for (reader_index, (_, reader)) in readers.iter().enumerate() {
                 table.record(index, reader_index, 0, reader.positions());
@@ -188,7 +294,11 @@ pub fn run(
                 if let Ok(mut table) = state.progress.lock() {
                     for (reader_index, (_, reader)) in readers.iter().enumerate() {
                         if epochs[reader_index].is_some() {
-                            table.record(index, reader_index, u64::MAX, reader.positions());
+                            let positions = match barriers.get(phase[reader_index]) {
+                                Some(barrier) => below(&reader.positions(), barrier),
+                                None => reader.positions(),
+                            };
+                            table.record(index, reader_index, u64::MAX, positions);
                         }
                     }
                 }
@@ -202,9 +312,19 @@ pub fn run(
                     let Some(current) = epochs[reader_index] else { continue };
                     let before = reader.positions();
                     let source = reader_index as u16;
-                    let poll = reader.poll(options.poll_records, &mut |record| match decode_record(source, record) {
-                        Ok(event) => decoded.push(event),
-                        Err(letter) => bad.push(letter),
+                    let barrier = barriers.get(phase[reader_index]);
+                    let stash = &mut held[reader_index];
+                    let poll = reader.poll(options.poll_records, &mut |record| {
+                        let position = record.position;
+                        let decoded_record = decode_record(source, record);
+                        if barrier.is_some_and(|b| position.offset >= b.get(source, position.partition)) {
+                            stash.push((position, decoded_record));
+                            return;
+                        }
+                        match decoded_record {
+                            Ok(event) => decoded.push(event),
+                            Err(letter) => bad.push(letter),
+                        }
                     });
                     let poll = match poll {
                         Ok(poll) => poll,
@@ -214,6 +334,38 @@ pub fn run(
                             return Err(RunError::Source { source_name: source_name.clone(), error });
                         }
                     };
+                    backlog |= decoded.len() + bad.len() + held[reader_index].len() >= options.poll_records;
+                    delivered += decoded.len() + bad.len();
+                    if phase[reader_index] < barriers.len() {
+                        // Resuming: batch `i` ends exactly at barrier `i`.
+                        let finished = matches!(poll, Poll::Finished);
+                        let mut time = phase[reader_index] as u64;
+                        send(events, dead_letters, &mut decoded, &mut bad, time);
+                        while let Some(barrier) = barriers.get(phase[reader_index])
+                            && (finished || reached(&reader.positions(), barrier))
+                        {
+                            phase[reader_index] += 1;
+                            time = phase[reader_index] as u64;
+                            if let Ok(mut table) = state.progress.lock() {
+                                table.record(index, reader_index, time, below(&reader.positions(), barrier));
+                            }
+                            let next_barrier = barriers.get(phase[reader_index]);
+                            for (position, item) in std::mem::take(&mut held[reader_index]) {
+                                if next_barrier.is_some_and(|b| position.offset >= b.get(source, position.partition)) {
+                                    held[reader_index].push((position, item));
+                                } else {
+                                    match item {
+                                        Ok(event) => decoded.push(event),
+                                        Err(letter) => bad.push(letter),
+                                    }
+                                }
+                            }
+                            delivered += decoded.len() + bad.len();
+                            send(events, dead_letters, &mut decoded, &mut bad, time);
+                        }
+                        epochs[reader_index] = Some(time);
+                        continue;
+                    }
                     let next = match poll {
                         Poll::Records { epoch } | Poll::Idle { epoch } => Some(epoch.max(current)),
                         Poll::Finished => None,
@@ -226,15 +378,7 @@ pub fn run(
                         }
                     }
                     epochs[reader_index] = next;
-                    let time = next.unwrap_or(current);
-                    backlog |= decoded.len() + bad.len() >= options.poll_records;
-                    delivered += decoded.len() + bad.len();
-                    for event in decoded.drain(..) {
-                        events.update_at(event, time, 1);
-                    }
-                    for letter in bad.drain(..) {
-                        dead_letters.send(letter);
-                    }
+                    send(events, dead_letters, &mut decoded, &mut bad, next.unwrap_or(current));
                 }
                 worker_records.records.fetch_add(delivered as u64, Ordering::Relaxed);
                 match epochs.iter().flatten().min() {

@@ -1,0 +1,163 @@
+//! Resuming sinks from their checkpoints: after a restart the pipeline
+//! rebuilds its state from the log, and each sink takes only the changes
+//! after the position it holds, even when sinks stopped at different points,
+//! the batches of the new run are cut differently, or a sink's position does
+//! not fit the others (it is reset and rebuilt). Each ends equal to a sink
+//! that took the whole log in one run.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use projector_core::config::check_text;
+use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewRows, ViewSink};
+use projector_core::source::Source;
+use projector_dataflows::output::apply_changes;
+use projector_dataflows::runner::{Outputs, RunOptions, run};
+use projector_datagen::{Generator, GeneratorConfig};
+use projector_source_file::FileSource;
+use projector_tests::shipped_config_text;
+
+/// What a sink holds between runs: the view's rows and the positions they
+/// reflect, as an exactly-once store would keep them.
+#[derive(Debug, Default)]
+struct Store {
+    rows: ViewRows,
+    positions: Option<SourcePositions>,
+    resets: usize,
+    /// Batches with changes handed over again although the store held them.
+    repeated: usize,
+}
+
+/// A sink over a [`Store`] that takes the first `accept` batches of a run
+/// and loses the rest (as if the process died before writing them).
+struct MemorySink {
+    store: Arc<Mutex<Store>>,
+    accept: usize,
+    seen: usize,
+}
+
+impl ViewSink for MemorySink {
+    fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        Ok(self.store.lock().unwrap().positions.clone())
+    }
+
+    fn reset(&mut self) -> Result<(), SinkError> {
+        let mut store = self.store.lock().unwrap();
+        store.rows.clear();
+        store.positions = None;
+        store.resets += 1;
+        Ok(())
+    }
+
+    fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
+        self.seen += 1;
+        if self.seen > self.accept {
+            return Ok(());
+        }
+        let mut store = self.store.lock().unwrap();
+        if let Some(held) = &store.positions
+            && batch.positions.le(held)
+            && !batch.changes.is_empty()
+        {
+            store.repeated += 1;
+        }
+        apply_changes(&mut store.rows, batch.changes);
+        store.positions = Some(batch.positions.clone());
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+fn run_file(path: &Path, sinks: Vec<Vec<(String, Box<dyn ViewSink>)>>, workers: usize, batch: u64) {
+    let dir = path.parent().unwrap();
+    let plan = check_text(&shipped_config_text(), "pipelines.yaml", dir).unwrap();
+    let source: Arc<dyn Source> = Arc::new(FileSource::new(0, path, batch));
+    run(
+        Arc::new(plan),
+        vec![("events".into(), source)],
+        Outputs { view_sinks: sinks, dead_letter_sinks: Vec::new() },
+        RunOptions { workers, poll_records: 50, ..RunOptions::default() },
+    )
+    .unwrap();
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn sinks_resume_from_their_own_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = GeneratorConfig { events: 6000, seed: 11, bad_ratio: 0.02, ..GeneratorConfig::default() };
+    let lines: Vec<String> = Generator::new(config).map(|r| r.line).collect();
+    let (first, all) = (dir.path().join("first.jsonl"), dir.path().join("all.jsonl"));
+    write_lines(&first, &lines[..lines.len() / 2]);
+    write_lines(&all, &lines);
+    let views = 3;
+
+    // The reference: one sink per view that takes the whole log in one run.
+    let whole: Vec<Arc<Mutex<Store>>> = (0..views).map(|_| Arc::default()).collect();
+    let sinks = whole
+        .iter()
+        .map(|store| {
+            vec![("whole".to_string(), Box::new(MemorySink { store: store.clone(), accept: usize::MAX, seen: 0 }) as _)]
+        })
+        .collect();
+    run_file(&all, sinks, 2, 500);
+
+    // Per view: a sink that took all of the first run, one that lost all
+    // but its first 3 batches, and one whose position fits neither.
+    let steady: Vec<Arc<Mutex<Store>>> = (0..views).map(|_| Arc::default()).collect();
+    let lagging: Vec<Arc<Mutex<Store>>> = (0..views).map(|_| Arc::default()).collect();
+    let odd: Vec<Arc<Mutex<Store>>> = (0..views).map(|_| Arc::default()).collect();
+    let sinks_of = |accept_lagging: usize| -> Vec<Vec<(String, Box<dyn ViewSink>)>> {
+        (0..views)
+            .map(|view| {
+                vec![
+                    (
+                        "steady".to_string(),
+                        Box::new(MemorySink { store: steady[view].clone(), accept: usize::MAX, seen: 0 }) as _,
+                    ),
+                    (
+                        "lagging".to_string(),
+                        Box::new(MemorySink { store: lagging[view].clone(), accept: accept_lagging, seen: 0 }) as _,
+                    ),
+                    (
+                        "odd".to_string(),
+                        Box::new(MemorySink { store: odd[view].clone(), accept: usize::MAX, seen: 0 }) as _,
+                    ),
+                ]
+            })
+            .collect()
+    };
+    run_file(&first, sinks_of(3), 2, 300);
+    for view in 0..views {
+        let mut odd = odd[view].lock().unwrap();
+        odd.rows.insert(Default::default(), Default::default());
+        odd.positions = Some(SourcePositions([((0, 0), 10), ((0, 9), 5)].into_iter().collect()));
+        let (steady, lagging) = (steady[view].lock().unwrap(), lagging[view].lock().unwrap());
+        assert!(lagging.positions.as_ref().unwrap().total() < steady.positions.as_ref().unwrap().total());
+    }
+
+    // Restart over the whole log, batches cut differently, on 1 worker.
+    run_file(&all, sinks_of(usize::MAX), 1, 700);
+    for view in 0..views {
+        let want = whole[view].lock().unwrap();
+        assert!(!want.rows.is_empty());
+        for (name, store) in [("steady", &steady[view]), ("lagging", &lagging[view]), ("odd", &odd[view])] {
+            let got = store.lock().unwrap();
+            assert_eq!(got.repeated, 0, "view {view}: {name} was handed batches it held");
+            assert_eq!(got.rows.len(), want.rows.len(), "view {view}: {name} rows");
+            assert!(got.rows == want.rows, "view {view}: {name} differs from the one-run sink");
+            assert_eq!(got.positions, want.positions, "view {view}: {name} positions");
+        }
+        // Every sink that held nothing was reset at its first run; the odd
+        // one again at the restart.
+        assert_eq!(steady[view].lock().unwrap().resets, 1);
+        assert_eq!(odd[view].lock().unwrap().resets, 2);
+    }
+}
