@@ -14,6 +14,7 @@ use projector_core::sink::{DeadLetterSink, SinkError, ViewSink};
 use projector_core::source::Source;
 use projector_dataflows::runner::Outputs;
 use projector_sink_file::{FileDeadLetterSink, FileViewSink};
+use projector_sink_redis::RedisViewSink;
 use projector_source_file::FileSource;
 use projector_source_kafka::{KafkaDeadLetterSink, KafkaSource};
 
@@ -40,11 +41,21 @@ pub fn sources(plan: &PipelinePlan) -> Vec<(String, Arc<dyn Source>)> {
 /// The config's sinks, grouped by view, and its dead-letter destinations.
 pub fn outputs(plan: &PipelinePlan) -> Result<Outputs, SinkError> {
     let mut view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>> = plan.views.iter().map(|_| Vec::new()).collect();
+    let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
     for sink in &plan.config.sinks {
         let Some(view_index) = plan.views.iter().position(|v| v.name == sink.view.value) else { continue };
         let built: Box<dyn ViewSink> = match &sink.kind {
             SinkKind::File(file) => {
                 Box::new(FileViewSink::new(Arc::clone(&plan.views[view_index]), &file.path, Some(FILE_SINK_INTERVAL)))
+            }
+            SinkKind::Redis(redis) => Box::new(RedisViewSink::new(
+                &sink.name,
+                Arc::clone(&plan.views[view_index]),
+                redis,
+                source_names.clone(),
+            )?),
+            SinkKind::ClickHouse(_) => {
+                return Err(SinkError::Fatal(format!("sink {:?}: ClickHouse sinks are not built yet", sink.name)));
             }
         };
         view_sinks[view_index].push((format!("sink {:?}", sink.name), built));

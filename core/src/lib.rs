@@ -18,5 +18,6 @@ pub mod record;
 pub mod relation;
 pub mod sink;
 pub mod source;
+pub mod template;
 pub mod value;
 pub mod view;

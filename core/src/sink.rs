@@ -123,3 +123,59 @@ pub trait DeadLetterSink: Send {
     /// Flushes everything.
     fn finish(&mut self) -> Result<(), SinkError>;
 }
+
+/// Source positions as sinks store them in their checkpoints: by source
+/// name (indexes change when the config changes) and partition, e.g.
+/// `{"orders":{"0":1200,"1":1187}}`.
+pub fn positions_to_json(positions: &SourcePositions, source_names: &[String]) -> String {
+    let mut out: BTreeMap<&str, BTreeMap<String, u64>> = BTreeMap::new();
+    for ((source, partition), next) in &positions.0 {
+        let name = source_names.get(usize::from(*source)).map_or("?", String::as_str);
+        out.entry(name).or_default().insert(partition.to_string(), *next);
+    }
+    serde_json::to_string(&out).unwrap_or_default()
+}
+
+/// Reads [`positions_to_json`]'s text back; sources no longer configured
+/// are left out (nothing of theirs is read again).
+pub fn positions_from_json(text: &str, source_names: &[String]) -> Result<SourcePositions, String> {
+    let parsed: BTreeMap<String, BTreeMap<String, u64>> =
+        serde_json::from_str(text).map_err(|e| format!("the stored positions {text:?} are not valid: {e}"))?;
+    let mut positions = SourcePositions::default();
+    for (name, partitions) in parsed {
+        let Some(source) = source_names.iter().position(|n| *n == name) else { continue };
+        for (partition, next) in partitions {
+            let partition: u32 =
+                partition.parse().map_err(|_| format!("the stored positions name partition {partition:?}"))?;
+            positions.0.insert((source as u16, partition), next);
+        }
+    }
+    Ok(positions)
+}
+
+/// What a sink says about itself, for `projector status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkStatus {
+    /// The generation of the run that last opened it.
+    pub generation: Option<u64>,
+    /// Its checkpoint: the positions its content reflects, by source name
+    /// and partition (`None`: it holds nothing yet).
+    pub positions: Option<BTreeMap<String, BTreeMap<u32, u64>>>,
+    /// When its newest data was written (Unix milliseconds).
+    pub written_at_ms: Option<i64>,
+}
+
+impl SinkStatus {
+    /// Reads positions in [`positions_to_json`]'s form.
+    pub fn parse_positions(text: &str) -> Option<BTreeMap<String, BTreeMap<u32, u64>>> {
+        let parsed: BTreeMap<String, BTreeMap<String, u64>> = serde_json::from_str(text).ok()?;
+        Some(
+            parsed
+                .into_iter()
+                .map(|(name, partitions)| {
+                    (name, partitions.into_iter().filter_map(|(p, next)| Some((p.parse().ok()?, next))).collect())
+                })
+                .collect(),
+        )
+    }
+}

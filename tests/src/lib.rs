@@ -9,6 +9,7 @@
 
 pub mod kafka;
 pub mod reference;
+pub mod services;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -462,16 +462,93 @@ fn sink(name: &str, pos: Pos, node: &Node, base_dir: &Path, diags: &mut Diagnost
     let component = format!("sink {name:?}");
     let mut fields = Fields::new(node, &component, "", diags)?;
     let view = required(&mut fields, "view", diags).and_then(|n| text(n, &component, "view", diags));
-    let kind = match component_type(&mut fields, &component, &["file"], diags)?.as_str() {
+    let kind = match component_type(&mut fields, &component, &["file", "redis", "clickhouse"], diags)?.as_str() {
         "file" => {
             let path =
                 required(&mut fields, "path", diags).and_then(|n| path_value(n, &component, "path", base_dir, diags));
             fields.finish(&["type", "view", "path"], diags);
             SinkKind::File(FileSinkConfig { path: path? })
         }
+        "redis" => {
+            let url = fields.take("url").and_then(|n| text(n, &component, "url", diags));
+            let key = required(&mut fields, "key", diags).and_then(|n| text(n, &component, "key", diags));
+            let prefix = fields.take("prefix").and_then(|n| text(n, &component, "prefix", diags));
+            let rankings = match fields.take("rankings") {
+                Some(node) => rankings(node, &component, diags),
+                None => Some(Vec::new()),
+            };
+            fields.finish(&["type", "view", "url", "key", "prefix", "rankings"], diags);
+            SinkKind::Redis(RedisSinkConfig {
+                url: url.map_or_else(|| "redis://127.0.0.1:6379".to_string(), |u| u.value),
+                key: key?,
+                prefix: prefix.map(|p| p.value).unwrap_or_default(),
+                rankings: rankings?,
+            })
+        }
+        "clickhouse" => {
+            let mut optional = |key: &str| fields.take(key).and_then(|n| text(n, &component, key, diags));
+            let (url, database, table) = (optional("url"), optional("database"), optional("table"));
+            let (user, password) = (optional("user"), optional("password"));
+            let batch_rows = match fields.take("batch_rows") {
+                Some(n) => positive(n, &component, "batch_rows", diags),
+                None => Some(100_000),
+            };
+            let batch_ms = match fields.take("batch_ms") {
+                Some(n) => positive(n, &component, "batch_ms", diags),
+                None => Some(1000),
+            };
+            let allowed = ["type", "view", "url", "database", "table", "user", "password", "batch_rows", "batch_ms"];
+            fields.finish(&allowed, diags);
+            for (key, value) in [("database", &database), ("table", &table)] {
+                if let Some(value) = value
+                    && !is_identifier(&value.value)
+                {
+                    diags.push(
+                        value.pos,
+                        &component,
+                        key,
+                        format!("{:?} is not a valid name; use lowercase letters, digits and '_'", value.value),
+                    );
+                }
+            }
+            SinkKind::ClickHouse(ClickHouseSinkConfig {
+                url: url.map_or_else(|| "http://127.0.0.1:8123".to_string(), |u| u.value),
+                database: database.map_or_else(|| "default".to_string(), |d| d.value),
+                table: table.map(|t| t.value).unwrap_or_default(),
+                user: user.map(|u| u.value),
+                password: password.map(|p| p.value),
+                batch_rows: batch_rows?,
+                batch_ms: batch_ms?,
+            })
+        }
         _ => return None,
     };
     Some(SinkConfig { name: name.to_string(), pos, view: view?, kind })
+}
+
+/// `rankings:` of a Redis sink: `name: { key, member, score }`.
+fn rankings(node: &Node, component: &str, diags: &mut Diagnostics) -> Option<Vec<RankingConfig>> {
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (name, key, value) in named_entries(node, component, "rankings", diags)? {
+        let path = format!("rankings.{name}");
+        let Some(mut fields) = Fields::new(value, component, &path, diags) else {
+            ok = false;
+            continue;
+        };
+        let mut part = |field: &str| {
+            required(&mut fields, field, diags).and_then(|n| text(n, component, &format!("{path}.{field}"), diags))
+        };
+        let (ranking_key, member, score) = (part("key"), part("member"), part("score"));
+        fields.finish(&["key", "member", "score"], diags);
+        match (ranking_key, member, score) {
+            (Some(ranking_key), Some(member), Some(score)) => {
+                out.push(RankingConfig { name: spanned_key(key, name), key: ranking_key, member, score })
+            }
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 // ------------------------------------------------------------- helpers --

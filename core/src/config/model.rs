@@ -285,6 +285,64 @@ pub struct SinkConfig {
 pub enum SinkKind {
     /// `type: file`: the view's rows as JSON Lines.
     File(FileSinkConfig),
+    /// `type: redis`: one hash per row, sorted sets for rankings.
+    Redis(RedisSinkConfig),
+    /// `type: clickhouse`: a table of versioned rows.
+    ClickHouse(ClickHouseSinkConfig),
+}
+
+/// Options of `type: redis` sinks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RedisSinkConfig {
+    /// `url`: `redis://host:port[/db]` (default `redis://127.0.0.1:6379`).
+    pub url: String,
+    /// `key`: the key of a row's hash, a template over the view's key
+    /// fields such as `order_summary:{store_id}:{date}`; it must name every
+    /// key field, so that two rows never share a hash.
+    pub key: Spanned<String>,
+    /// `prefix` (optional): put before every key the sink writes, its
+    /// checkpoint included (several pipelines or tests on one server).
+    pub prefix: String,
+    /// `rankings` (optional): sorted sets kept with the rows, by name.
+    pub rankings: Vec<RankingConfig>,
+}
+
+/// A sorted set of a view's rows, so a top-N read is one command.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RankingConfig {
+    /// The ranking's name.
+    pub name: Spanned<String>,
+    /// `key`: the sorted set's key, a template over key fields (rows with
+    /// the same rendering share the set), e.g. `top_products:{store_id}:{date}`.
+    pub key: Spanned<String>,
+    /// `member`: the row's member in that set, a template over key fields;
+    /// with `key` it must name every key field.
+    pub member: Spanned<String>,
+    /// `score`: the numeric field that orders the set.
+    pub score: Spanned<String>,
+}
+
+/// Options of `type: clickhouse` sinks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClickHouseSinkConfig {
+    /// `url`: the HTTP interface (default `http://127.0.0.1:8123`).
+    pub url: String,
+    /// `database` (default `default`); created when missing.
+    pub database: String,
+    /// `table` (default: the view's name): the view readers query. The
+    /// versioned rows live in `<table>_rows`, and the sink's checkpoints
+    /// in `projector_checkpoints`.
+    pub table: String,
+    /// `user` and `password` (optional; use `${VAR}` for secrets).
+    pub user: Option<String>,
+    /// See `user`.
+    pub password: Option<String>,
+    /// `batch_rows` (default 100000): write once this many changed rows
+    /// are waiting...
+    pub batch_rows: u64,
+    /// `batch_ms` (default 1000): ...or once the oldest waiting change is
+    /// this old (ClickHouse prefers about one insert per second).
+    pub batch_ms: u64,
 }
 
 /// Options of `type: file` sinks.

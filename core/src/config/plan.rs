@@ -11,6 +11,7 @@ use super::expr::{Scope, compile, compile_condition};
 use super::model::*;
 use super::{Diagnostics, PipelinePlan};
 use crate::relation::Relation;
+use crate::template::KeyTemplate;
 use crate::value::{FieldType, Value};
 use crate::view::{KeyPlan, LabelPlan, MeasurePlan, ViewPlan};
 
@@ -24,6 +25,7 @@ pub(super) fn plan(config: PipelineConfig, diags: &mut Diagnostics) -> PipelineP
     }
     let declared: Vec<&str> = config.views.iter().map(|v| v.name.as_str()).collect();
     let mut outputs: BTreeMap<std::path::PathBuf, String> = BTreeMap::new();
+    let mut tables: BTreeMap<(String, String), String> = BTreeMap::new();
     for source in &config.sources {
         if let SourceKind::File(file) = &source.kind
             && let Some(path) = &file.dead_letters
@@ -42,17 +44,114 @@ pub(super) fn plan(config: PipelineConfig, diags: &mut Diagnostics) -> PipelineP
                 format!("names {:?}, which is not a declared view; declared views: {list}", sink.view.value),
             );
         }
-        let SinkKind::File(file) = &sink.kind;
-        if let Some(other) = outputs.insert(file.path.clone(), component.clone()) {
-            diags.push(
-                sink.pos,
-                &component,
-                "path",
-                format!("{} is also written by {other}; each file needs one writer", file.path.display()),
-            );
+        let view = views.iter().find(|v| v.name == sink.view.value);
+        match &sink.kind {
+            SinkKind::File(file) => {
+                if let Some(other) = outputs.insert(file.path.clone(), component.clone()) {
+                    diags.push(
+                        sink.pos,
+                        &component,
+                        "path",
+                        format!("{} is also written by {other}; each file needs one writer", file.path.display()),
+                    );
+                }
+            }
+            SinkKind::Redis(redis) => {
+                if let Some(view) = view {
+                    check_redis_sink(redis, view, &component, diags);
+                }
+            }
+            SinkKind::ClickHouse(clickhouse) => {
+                let table = if clickhouse.table.is_empty() { &sink.view.value } else { &clickhouse.table };
+                let place = format!("{}.{table}", clickhouse.database);
+                if let Some(other) = tables.insert((clickhouse.url.clone(), place.clone()), component.clone()) {
+                    diags.push(
+                        sink.pos,
+                        &component,
+                        "table",
+                        format!("{place} is also written by {other}; each table needs one writer"),
+                    );
+                }
+            }
         }
     }
     PipelinePlan { config, views }
+}
+
+/// Key templates name key fields, the row key names every key field, and a
+/// ranking's score is a numeric field.
+fn check_redis_sink(redis: &RedisSinkConfig, view: &ViewPlan, component: &str, diags: &mut Diagnostics) {
+    let keys: Vec<String> = view.keys.iter().map(|k| k.name.clone()).collect();
+    let parse =
+        |text: &Spanned<String>, path: &str, diags: &mut Diagnostics| match KeyTemplate::parse(&text.value, &keys) {
+            Ok(template) => Some(template),
+            Err(error) => {
+                diags.push(text.pos, component, path, error);
+                None
+            }
+        };
+    let missing = |named: &[usize]| -> Vec<&str> {
+        (0..keys.len()).filter(|i| !named.contains(i)).map(|i| keys[i].as_str()).collect()
+    };
+    if let Some(template) = parse(&redis.key, "key", diags) {
+        let absent = missing(&template.fields().collect::<Vec<_>>());
+        if !absent.is_empty() {
+            diags.push(
+                redis.key.pos,
+                component,
+                "key",
+                format!(
+                    "must name every key field of view {:?}, or rows would share a hash; missing: {}",
+                    view.name,
+                    absent.iter().map(|f| format!("{{{f}}}")).collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+    }
+    let fields = view.output_fields();
+    for ranking in &redis.rankings {
+        let path = format!("rankings.{}", ranking.name.value);
+        let set = parse(&ranking.key, &format!("{path}.key"), diags);
+        let member = parse(&ranking.member, &format!("{path}.member"), diags);
+        if let (Some(set), Some(member)) = (set, member) {
+            let absent = missing(&set.fields().chain(member.fields()).collect::<Vec<_>>());
+            if !absent.is_empty() {
+                diags.push(
+                    ranking.member.pos,
+                    component,
+                    &format!("{path}.member"),
+                    format!(
+                        "with the ranking's key, must name every key field, or rows would share a member; missing: {}",
+                        absent.iter().map(|f| format!("{{{f}}}")).collect::<Vec<_>>().join(", ")
+                    ),
+                );
+            }
+        }
+        match fields.iter().find(|(name, _)| *name == ranking.score.value) {
+            Some((_, ty)) if ty.is_numeric() => {}
+            Some((_, ty)) => diags.push(
+                ranking.score.pos,
+                component,
+                &format!("{path}.score"),
+                format!("{:?} is a {ty} field; a score must be a number", ranking.score.value),
+            ),
+            None => {
+                let numeric: Vec<&str> =
+                    fields.iter().filter(|(_, ty)| ty.is_numeric()).map(|(name, _)| name.as_str()).collect();
+                diags.push(
+                    ranking.score.pos,
+                    component,
+                    &format!("{path}.score"),
+                    format!(
+                        "{:?} is not a field of view {:?}; numeric fields: {}",
+                        ranking.score.value,
+                        view.name,
+                        numeric.join(", ")
+                    ),
+                );
+            }
+        }
+    }
 }
 
 fn view_plan(view: &ViewConfig, diags: &mut Diagnostics) -> Option<ViewPlan> {

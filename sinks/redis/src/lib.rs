@@ -1,0 +1,396 @@
+//! The `redis` sink: a view as one hash per row, and sorted sets for
+//! rankings, exactly once.
+//!
+//! Keys (all under the sink's `prefix`):
+//! - `<key template>`: a hash per row with every field of the row (key
+//!   fields, measures, labels) as plain text; a null field is absent.
+//! - `<ranking key template>`: a sorted set per ranking, member from the
+//!   member template, score from the ranking's numeric field.
+//! - `projector:sink:<sink name>`: the sink's state, a hash with
+//!   `generation` (the run that owns the sink), `upper` (the last batch it
+//!   took in that run), `positions` (the source offsets its content
+//!   reflects, JSON) and `written_at_ms`.
+//!
+//! Each batch is one `MULTI`/`EXEC` under `WATCH` of the state key: the
+//! rows, the rankings and the new checkpoint land together or not at all.
+//! Before queuing it, the sink reads the state: another generation there
+//! means a newer run took over, and this run stops without writing (fencing);
+//! a batch not newer than the stored one changes nothing; a state key that
+//! vanished means Redis lost its data (restarted without persistence), and
+//! the sink rewrites the whole view. A run takes its generation when it
+//! opens the sink, which also moves the state key and so aborts any
+//! transaction an older run had under way.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::{Commands, Connection, RedisError};
+use tracing::{info, warn};
+
+use projector_core::config::RedisSinkConfig;
+use projector_core::sink::{
+    SinkError, SinkStatus, SourcePositions, ViewBatch, ViewChange, ViewRows, ViewSink, positions_from_json,
+    positions_to_json,
+};
+use projector_core::template::{KeyTemplate, write_plain};
+use projector_core::value::{Row, Value};
+use projector_core::view::ViewPlan;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Takes the next generation, starts the run's batch count over, and
+/// answers the stored positions (nil when the sink holds nothing).
+const OPEN_SCRIPT: &str = r"
+local generation = redis.call('HINCRBY', KEYS[1], 'generation', 1)
+redis.call('HSET', KEYS[1], 'upper', 0)
+return {generation, redis.call('HGET', KEYS[1], 'positions')}
+";
+
+/// Where a ranking's score comes from.
+#[derive(Clone, Copy, Debug)]
+enum Score {
+    Key(usize),
+    Value(usize),
+}
+
+#[derive(Clone, Debug)]
+struct Ranking {
+    key: KeyTemplate,
+    member: KeyTemplate,
+    score: Score,
+}
+
+/// A view materialized in Redis.
+pub struct RedisViewSink {
+    name: String,
+    client: redis::Client,
+    connection: Option<Connection>,
+    prefix: String,
+    key: KeyTemplate,
+    rankings: Vec<Ranking>,
+    /// Output field names: keys, then measures and labels.
+    key_fields: Vec<String>,
+    value_fields: Vec<String>,
+    state_key: String,
+    source_names: Vec<String>,
+    generation: Option<u64>,
+}
+
+fn retryable(what: &str, error: RedisError) -> SinkError {
+    SinkError::Retryable(format!("Redis: {what}: {error}"))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The key of a sink's state hash.
+pub fn state_key(prefix: &str, sink_name: &str) -> String {
+    format!("{prefix}projector:sink:{sink_name}")
+}
+
+impl RedisViewSink {
+    /// A sink named `name` (its key under `sinks:`) writing `plan`'s rows as
+    /// `config` says; `source_names` name the positions it stores. The
+    /// templates were checked with the config; an error here means they
+    /// were not.
+    pub fn new(
+        name: &str,
+        plan: Arc<ViewPlan>,
+        config: &RedisSinkConfig,
+        source_names: Vec<String>,
+    ) -> Result<RedisViewSink, SinkError> {
+        let key_fields: Vec<String> = plan.keys.iter().map(|k| k.name.clone()).collect();
+        let outputs = plan.output_fields();
+        let value_fields: Vec<String> = outputs[key_fields.len()..].iter().map(|(n, _)| n.clone()).collect();
+        let template = |text: &str| KeyTemplate::parse(text, &key_fields).map_err(SinkError::Fatal);
+        let mut rankings = Vec::new();
+        for ranking in &config.rankings {
+            let field = &ranking.score.value;
+            let score = match key_fields.iter().position(|f| f == field) {
+                Some(index) => Score::Key(index),
+                None => match value_fields.iter().position(|f| f == field) {
+                    Some(index) => Score::Value(index),
+                    None => return Err(SinkError::Fatal(format!("ranking score {field:?} is not a field"))),
+                },
+            };
+            rankings.push(Ranking {
+                key: template(&ranking.key.value)?,
+                member: template(&ranking.member.value)?,
+                score,
+            });
+        }
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| SinkError::Fatal(format!("Redis url {:?}: {e}", config.url)))?;
+        Ok(RedisViewSink {
+            name: name.to_string(),
+            client,
+            connection: None,
+            prefix: config.prefix.clone(),
+            key: template(&config.key.value)?,
+            rankings,
+            key_fields,
+            value_fields,
+            state_key: state_key(&config.prefix, name),
+            source_names,
+            generation: None,
+        })
+    }
+
+    fn connection(&mut self) -> Result<&mut Connection, SinkError> {
+        if self.connection.is_none() {
+            let connection =
+                self.client.get_connection_with_timeout(TIMEOUT).map_err(|e| retryable("cannot connect", e))?;
+            connection.set_read_timeout(Some(TIMEOUT)).map_err(|e| retryable("cannot set a timeout", e))?;
+            connection.set_write_timeout(Some(TIMEOUT)).map_err(|e| retryable("cannot set a timeout", e))?;
+            self.connection = Some(connection);
+        }
+        self.connection.as_mut().ok_or_else(|| SinkError::Retryable("Redis: not connected".into()))
+    }
+
+    /// Runs `work` on the connection; an I/O failure drops the connection
+    /// (the next attempt reconnects) and is worth a retry.
+    fn with_connection<T>(
+        &mut self,
+        what: &str,
+        work: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
+    ) -> Result<T, SinkError> {
+        let result = work(self.connection()?);
+        result.map_err(|error| {
+            if error.is_io_error() || error.is_connection_dropped() || error.is_timeout() {
+                self.connection = None;
+                retryable(what, error)
+            } else {
+                SinkError::Fatal(format!("Redis: {what}: {error}"))
+            }
+        })
+    }
+
+    /// Takes a new generation; answers the stored positions, if any.
+    fn open(&mut self) -> Result<Option<String>, SinkError> {
+        let state_key = self.state_key.clone();
+        let (generation, positions): (u64, Option<String>) = self
+            .with_connection("cannot open the sink", |c| redis::Script::new(OPEN_SCRIPT).key(&state_key).invoke(c))?;
+        info!(sink = %self.name, generation, "took a new generation of the Redis sink");
+        self.generation = Some(generation);
+        Ok(positions)
+    }
+
+    /// Deletes every key of this sink's rows and rankings, and its
+    /// checkpoint (not its generation).
+    fn clear(&mut self) -> Result<(), SinkError> {
+        let mut patterns = vec![format!("{}{}", glob_escape(&self.prefix), self.key.glob())];
+        for ranking in &self.rankings {
+            patterns.push(format!("{}{}", glob_escape(&self.prefix), ranking.key.glob()));
+        }
+        let state_key = self.state_key.clone();
+        let mut deleted = 0usize;
+        for pattern in patterns {
+            let keys: Vec<String> = self.with_connection("cannot list keys", |c| {
+                let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(1000);
+                c.scan_options(options)?.collect::<Result<Vec<String>, RedisError>>()
+            })?;
+            for chunk in keys.chunks(1000) {
+                let chunk: Vec<&String> = chunk.iter().filter(|k| **k != state_key).collect();
+                if chunk.is_empty() {
+                    continue;
+                }
+                deleted += chunk.len();
+                self.with_connection("cannot delete keys", |c| c.del::<_, ()>(chunk))?;
+            }
+        }
+        self.with_connection("cannot clear the checkpoint", |c| {
+            c.hdel::<_, _, ()>(&state_key, &["positions", "written_at_ms"])
+        })?;
+        if deleted > 0 {
+            info!(sink = %self.name, keys = deleted, "cleared the Redis sink");
+        }
+        Ok(())
+    }
+
+    /// Queues a row's hash and ranking entries.
+    fn queue_row(&self, pipe: &mut redis::Pipeline, key: &Row, values: &Row) {
+        let mut hash_key = self.prefix.clone();
+        self.key.render_into(key, &mut hash_key);
+        let mut fields: Vec<(&str, String)> = Vec::with_capacity(key.len() + values.len());
+        for (name, value) in self.key_fields.iter().zip(key.iter()).chain(self.value_fields.iter().zip(values.iter())) {
+            if *value != Value::Null {
+                let mut text = String::new();
+                write_plain(value, &mut text);
+                fields.push((name, text));
+            }
+        }
+        pipe.del(&hash_key).ignore();
+        if !fields.is_empty() {
+            pipe.hset_multiple(&hash_key, &fields).ignore();
+        }
+        for ranking in &self.rankings {
+            let score = match ranking.score {
+                Score::Key(index) => key.get(index),
+                Score::Value(index) => values.get(index),
+            };
+            let (set, member) = self.ranking_entry(ranking, key);
+            match score.and_then(Value::as_i128) {
+                Some(score) => pipe.zadd(set, member, score as f64).ignore(),
+                None => pipe.zrem(set, member).ignore(),
+            };
+        }
+    }
+
+    /// Queues the removal of a row that is gone.
+    fn queue_removal(&self, pipe: &mut redis::Pipeline, key: &Row) {
+        let mut hash_key = self.prefix.clone();
+        self.key.render_into(key, &mut hash_key);
+        pipe.del(hash_key).ignore();
+        for ranking in &self.rankings {
+            let (set, member) = self.ranking_entry(ranking, key);
+            pipe.zrem(set, member).ignore();
+        }
+    }
+
+    fn ranking_entry(&self, ranking: &Ranking, key: &Row) -> (String, String) {
+        let mut set = self.prefix.clone();
+        ranking.key.render_into(key, &mut set);
+        (set, ranking.member.render(key))
+    }
+
+    /// Queues a batch's changes: a key with an addition is (re)written, a
+    /// key with only a removal is deleted.
+    fn queue_changes(&self, pipe: &mut redis::Pipeline, changes: &[ViewChange]) {
+        for (index, change) in changes.iter().enumerate() {
+            if change.diff > 0 {
+                self.queue_row(pipe, &change.key, &change.values);
+            } else {
+                let same_key = |c: &ViewChange| c.key == change.key && c.diff > 0;
+                let readded = changes[index.saturating_sub(1)..changes.len().min(index + 2)].iter().any(same_key);
+                if !readded {
+                    self.queue_removal(pipe, &change.key);
+                }
+            }
+        }
+    }
+
+    /// Commits one batch (or the whole view, `rows`) with the checkpoint,
+    /// under the state key's watch. `Ok(false)`: the watch fired; try again.
+    fn commit(&mut self, batch: &ViewBatch<'_>, rows: Option<&ViewRows>) -> Result<Commit, SinkError> {
+        let generation = self.generation.ok_or_else(|| SinkError::Fatal("the sink was not opened".into()))?;
+        let state_key = self.state_key.clone();
+        let (stored, upper): (Option<u64>, Option<u64>) = self.with_connection("cannot read the checkpoint", |c| {
+            redis::cmd("WATCH").arg(&state_key).exec(c)?;
+            redis::cmd("HMGET").arg(&state_key).arg("generation").arg("upper").query(c)
+        })?;
+        match stored {
+            None => {
+                self.with_connection("cannot unwatch", |c| redis::cmd("UNWATCH").exec(c))?;
+                return Ok(Commit::Lost);
+            }
+            Some(stored) if stored != generation => {
+                self.with_connection("cannot unwatch", |c| redis::cmd("UNWATCH").exec(c))?;
+                return Err(SinkError::Fatal(format!(
+                    "fenced: generation {stored} of this Redis sink belongs to a newer run; this run \
+                     (generation {generation}) writes nothing more and stops"
+                )));
+            }
+            Some(_) if rows.is_none() && upper.unwrap_or(0) >= batch.upper => {
+                self.with_connection("cannot unwatch", |c| redis::cmd("UNWATCH").exec(c))?;
+                return Ok(Commit::Done);
+            }
+            Some(_) => {}
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match rows {
+            Some(rows) => {
+                for (key, values) in rows {
+                    self.queue_row(&mut pipe, key, values);
+                }
+            }
+            None => self.queue_changes(&mut pipe, batch.changes),
+        }
+        let positions = positions_to_json(batch.positions, &self.source_names);
+        let checkpoint =
+            [("upper", batch.upper.to_string()), ("positions", positions), ("written_at_ms", now_ms().to_string())];
+        pipe.hset_multiple(&state_key, &checkpoint).ignore();
+        let done: Option<()> = self.with_connection("cannot write a batch", |c| pipe.query(c))?;
+        Ok(if done.is_some() { Commit::Done } else { Commit::Raced })
+    }
+}
+
+enum Commit {
+    Done,
+    /// The state key changed under the watch.
+    Raced,
+    /// The state key is gone: Redis lost the sink's data.
+    Lost,
+}
+
+fn glob_escape(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl ViewSink for RedisViewSink {
+    fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        match self.open()? {
+            Some(text) => Ok(Some(positions_from_json(&text, &self.source_names).map_err(SinkError::Fatal)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn reset(&mut self) -> Result<(), SinkError> {
+        self.clear()
+    }
+
+    fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
+        loop {
+            match self.commit(&batch, None)? {
+                Commit::Done => return Ok(()),
+                Commit::Raced => continue,
+                Commit::Lost => {
+                    warn!(
+                        sink = %self.name,
+                        rows = batch.rows.len(),
+                        "the Redis sink's checkpoint is gone (Redis lost its data?); rewriting the whole view"
+                    );
+                    self.open()?;
+                    self.clear()?;
+                    loop {
+                        match self.commit(&batch, Some(batch.rows))? {
+                            Commit::Done => return Ok(()),
+                            Commit::Raced => continue,
+                            Commit::Lost => return Err(SinkError::Retryable("Redis lost the sink again".into())),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Reads a Redis sink's state for `projector status`.
+pub fn status(config: &RedisSinkConfig, sink_name: &str) -> Result<SinkStatus, String> {
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| format!("Redis url {:?}: {e}", config.url))?;
+    let mut connection = client.get_connection_with_timeout(TIMEOUT).map_err(|e| format!("Redis: {e}"))?;
+    let (generation, positions, written): (Option<u64>, Option<String>, Option<i64>) = redis::cmd("HMGET")
+        .arg(state_key(&config.prefix, sink_name))
+        .arg("generation")
+        .arg("positions")
+        .arg("written_at_ms")
+        .query(&mut connection)
+        .map_err(|e| format!("Redis: {e}"))?;
+    Ok(SinkStatus {
+        generation,
+        positions: positions.as_deref().and_then(SinkStatus::parse_positions),
+        written_at_ms: written,
+    })
+}

@@ -1,0 +1,121 @@
+//! Real servers for tests: each test starts its own Redis (and ClickHouse)
+//! process on a free loopback port, so it can stop, restart or wipe it.
+//!
+//! The test command (`scripts/test-all.sh`) installs the Debian packages.
+//! With `CI=true` a missing server binary fails the test; elsewhere the
+//! test says so and returns.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether `binary` is installed; with `CI=true` a missing one fails.
+pub fn available(binary: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {binary}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{binary} is not installed: run the tests with scripts/test-all.sh, which installs it"
+        );
+        eprintln!("{binary} is not installed; skipping (scripts/test-all.sh installs it)");
+    }
+    found
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A `redis-server` of this test's own.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    append_only: bool,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server; `append_only` keeps its data across restarts
+    /// (`appendfsync always`), otherwise nothing is persisted.
+    pub fn start(append_only: bool) -> RedisServer {
+        let mut server = RedisServer { port: free_port(), dir: tempfile::tempdir().unwrap(), append_only, child: None };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.append_only {
+            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            command.args(["--appendonly", "no"]);
+        }
+        self.child = Some(command.spawn().expect("redis-server starts"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.connection().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not answer", self.port);
+    }
+
+    /// A connection, if the server answers.
+    pub fn connection(&self) -> Option<redis::Connection> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut connection = client.get_connection_with_timeout(Duration::from_millis(500)).ok()?;
+        redis::cmd("PING").query::<String>(&mut connection).ok()?;
+        Some(connection)
+    }
+
+    /// Stops the server (SIGKILL: what a crash or an OOM kill does).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The `projector` binary of this build (`target/<profile>/projector`,
+/// next to the test binaries' `deps/` folder).
+pub fn projector_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let binary = exe.parent().and_then(Path::parent).expect("target/<profile>").join("projector");
+    assert!(binary.is_file(), "{} is missing: build it first (cargo build -p projector)", binary.display());
+    binary
+}

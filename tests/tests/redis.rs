@@ -1,0 +1,348 @@
+//! The Redis sink against a real `redis-server`: the views land as one
+//! hash per row with rankings as sorted sets and equal the recomputation;
+//! a restart resumes from the sink's checkpoint; a Redis that lost its data
+//! (restarted without persistence) is detected and rebuilt, also while the
+//! pipeline runs; with AOF it resumes; Redis down for 30 s while events
+//! flow, then up: the pipeline waits and converges; a fenced older
+//! generation writes nothing.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use projector::{commands, components};
+use projector_core::config::{PipelinePlan, check_text};
+use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewChange, ViewRows};
+use projector_core::value::{Row, Value};
+use projector_dataflows::runner::RunOptions;
+use projector_datagen::{Generator, GeneratorConfig};
+use projector_tests::services::{RedisServer, available};
+use projector_tests::{kafka, reference, shipped_config_text};
+use redis::Commands;
+use serde_json::Value as Json;
+
+/// Hash templates of the shipped views, as the test config declares them.
+const KEYS: [(&str, &[&str]); 3] = [
+    ("order_summary", &["store_id", "date"]),
+    ("product_sales", &["store_id", "date", "product_id"]),
+    ("customer_ltv", &["store_id", "customer_id"]),
+];
+
+/// The shipped views with `sources` and one Redis sink per view.
+fn config(sources: &str, url: &str, prefix: &str) -> String {
+    let shipped = shipped_config_text();
+    let views = &shipped[shipped.find("\nviews:").unwrap()..shipped.find("\nsinks:").unwrap()];
+    let mut text = format!("version: 1\nsources:\n{sources}{views}\nsinks:\n");
+    for (view, keys) in KEYS {
+        let key: Vec<String> = keys.iter().map(|k| format!("{{{k}}}")).collect();
+        text.push_str(&format!(
+            "  {view}_redis:\n    type: redis\n    view: {view}\n    url: {url}\n    prefix: \"{prefix}\"\n    key: \"{view}:{}\"\n",
+            key.join(":")
+        ));
+        if view == "product_sales" {
+            text.push_str(
+                "    rankings:\n      top_products:\n        key: \"top_products:{store_id}:{date}\"\n        member: \"{product_id}\"\n        score: revenue_cents\n",
+            );
+        }
+    }
+    text
+}
+
+fn file_source(path: &Path) -> String {
+    format!("  events:\n    type: file\n    path: {}\n", path.display())
+}
+
+fn plan(text: &str, dir: &Path) -> PipelinePlan {
+    check_text(text, "redis.yaml", dir).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+fn generated(events: u64, seed: u64) -> Vec<String> {
+    let config =
+        GeneratorConfig { events, seed, bad_ratio: 0.01, customers_per_store: 200, ..GeneratorConfig::default() };
+    Generator::new(config).map(|r| r.line).collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn plain(value: &Json) -> Option<String> {
+    match value {
+        Json::Null => None,
+        Json::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+type Hashes = BTreeMap<String, BTreeMap<String, String>>;
+/// Per view its hashes, and per sorted set its members by descending score.
+type Content = (BTreeMap<&'static str, Hashes>, BTreeMap<String, Vec<(String, f64)>>);
+
+/// What Redis should hold for `lines`: per view, hash key -> fields.
+fn expected(lines: &[String], prefix: &str) -> Content {
+    let log = reference::read(lines);
+    let rows = [
+        reference::order_summary(&log.orders),
+        reference::product_sales(&log.orders),
+        reference::customer_ltv(&log.orders),
+    ];
+    let mut views = BTreeMap::new();
+    let mut rankings: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
+    for ((view, keys), rows) in KEYS.iter().zip(rows) {
+        let mut hashes = Hashes::new();
+        for row in rows {
+            let object = row.as_object().unwrap();
+            let parts: Vec<String> = keys.iter().map(|k| plain(&object[*k]).unwrap()).collect();
+            let fields = object.iter().filter_map(|(k, v)| Some((k.clone(), plain(v)?))).collect();
+            hashes.insert(format!("{prefix}{view}:{}", parts.join(":")), fields);
+            if *view == "product_sales" {
+                let set = format!("{prefix}top_products:{}:{}", parts[0], parts[1]);
+                rankings.entry(set).or_default().push((parts[2].clone(), object["revenue_cents"].as_f64().unwrap()));
+            }
+        }
+        views.insert(*view, hashes);
+    }
+    for members in rankings.values_mut() {
+        members.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+    }
+    (views, rankings)
+}
+
+/// What Redis holds under `prefix`, in the same shape.
+fn held(connection: &mut redis::Connection, prefix: &str) -> Content {
+    let mut views = BTreeMap::new();
+    for (view, _) in KEYS {
+        let keys: Vec<String> = connection.keys(format!("{prefix}{view}:*")).unwrap();
+        let mut hashes = Hashes::new();
+        for key in keys {
+            let fields: BTreeMap<String, String> = connection.hgetall(&key).unwrap();
+            hashes.insert(key, fields);
+        }
+        views.insert(view, hashes);
+    }
+    let mut rankings = BTreeMap::new();
+    let sets: Vec<String> = connection.keys(format!("{prefix}top_products:*")).unwrap();
+    for set in sets {
+        let members: Vec<(String, f64)> = connection.zrevrange_withscores(&set, 0, -1).unwrap();
+        rankings.insert(set, members);
+    }
+    (views, rankings)
+}
+
+fn assert_holds(server: &RedisServer, lines: &[String], prefix: &str) {
+    let (want_views, want_rankings) = expected(lines, prefix);
+    let (got_views, got_rankings) = held(&mut server.connection().unwrap(), prefix);
+    for (view, want) in &want_views {
+        let got = &got_views[view];
+        assert!(!want.is_empty());
+        for (key, fields) in want {
+            assert_eq!(got.get(key), Some(fields), "{view}: hash {key}");
+        }
+        let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).take(5).collect();
+        assert!(extra.is_empty(), "{view}: hashes that should not be there: {extra:?}");
+    }
+    assert_eq!(got_rankings, want_rankings, "top_products sorted sets");
+}
+
+fn checkpoint(server: &RedisServer, prefix: &str, sink: &str) -> BTreeMap<String, String> {
+    server.connection().unwrap().hgetall(format!("{prefix}projector:sink:{sink}")).unwrap()
+}
+
+fn run_file(text: &str, dir: &Path, workers: usize) {
+    commands::run_config(plan(text, dir), RunOptions { workers, ..RunOptions::default() }).unwrap();
+}
+
+#[test]
+fn redis_holds_the_views_and_resumes_after_a_restart() {
+    if !available("redis-server") {
+        return;
+    }
+    let server = RedisServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let lines = generated(6000, 21);
+    let events = dir.path().join("events.jsonl");
+    write_lines(&events, &lines[..3500]);
+    let text = config(&file_source(&events), &server.url(), "resume:");
+    run_file(&text, dir.path(), 2);
+    assert_holds(&server, &lines[..3500], "resume:");
+    let first = checkpoint(&server, "resume:", "order_summary_redis");
+    assert_eq!(first["generation"], "1");
+    assert_eq!(first["positions"], r#"{"events":{"0":3501}}"#);
+
+    // The log grows; the restart resumes from the checkpoint.
+    write_lines(&events, &lines);
+    run_file(&text, dir.path(), 1);
+    assert_holds(&server, &lines, "resume:");
+    let second = checkpoint(&server, "resume:", "order_summary_redis");
+    assert_eq!(second["generation"], "2");
+    assert_eq!(second["positions"], format!(r#"{{"events":{{"0":{}}}}}"#, lines.len() + 1));
+}
+
+#[test]
+fn redis_restarted_without_persistence_is_rebuilt_and_with_aof_resumes() {
+    if !available("redis-server") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lines = generated(5000, 22);
+    let events = dir.path().join("events.jsonl");
+    for append_only in [false, true] {
+        let mut server = RedisServer::start(append_only);
+        write_lines(&events, &lines[..2000]);
+        let text = config(&file_source(&events), &server.url(), "restart:");
+        run_file(&text, dir.path(), 2);
+        server.restart();
+        let kept = checkpoint(&server, "restart:", "customer_ltv_redis");
+        if append_only {
+            assert_eq!(kept["positions"], r#"{"events":{"0":2001}}"#, "AOF keeps the checkpoint");
+        } else {
+            assert!(kept.is_empty(), "without persistence the checkpoint is gone");
+        }
+        write_lines(&events, &lines);
+        run_file(&text, dir.path(), 2);
+        assert_holds(&server, &lines, "restart:");
+        // With AOF the run resumed (generation 2); without, Redis started
+        // over and the view was rebuilt under generation 1.
+        let after = checkpoint(&server, "restart:", "customer_ltv_redis");
+        assert_eq!(after["generation"], if append_only { "2" } else { "1" });
+    }
+}
+
+fn batch_of(changes: &[ViewChange], upper: u64, positions: &SourcePositions, rows: &ViewRows) -> Vec<ViewChange> {
+    let _ = (upper, positions, rows);
+    changes.to_vec()
+}
+
+#[test]
+fn a_fenced_older_generation_writes_nothing() {
+    if !available("redis-server") {
+        return;
+    }
+    let server = RedisServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(&file_source(&dir.path().join("none.jsonl")), &server.url(), "fence:");
+    let plan = plan(&text, dir.path());
+    let mut older = components::outputs(&plan).unwrap().view_sinks.remove(0).remove(0).1;
+    let mut newer = components::outputs(&plan).unwrap().view_sinks.remove(0).remove(0).1;
+    assert_eq!(older.resume().unwrap(), None);
+    assert_eq!(newer.resume().unwrap(), None);
+
+    let key: Row = vec![Value::UInt(1), Value::Date(19_000)].into();
+    let values: Row = vec![Value::Int(1), Value::Int(500), Value::Int(500), Value::Int(0)].into();
+    let changes = vec![ViewChange { key: key.clone(), values: values.clone(), diff: 1 }];
+    let positions = SourcePositions([((0, 0), 10)].into_iter().collect());
+    let rows: ViewRows = [(key, values)].into_iter().collect();
+    let changes = batch_of(&changes, 1, &positions, &rows);
+    let batch = ViewBatch { changes: &changes, upper: 1, positions: &positions, rows: &rows };
+    match older.apply(batch) {
+        Err(SinkError::Fatal(message)) => assert!(message.contains("fenced"), "{message}"),
+        other => panic!("the older generation's write should be refused, got {other:?}"),
+    }
+    let mut connection = server.connection().unwrap();
+    let keys: Vec<String> = connection.keys("fence:order_summary:*").unwrap();
+    assert!(keys.is_empty(), "the fenced write changed {keys:?}");
+    let state = checkpoint(&server, "fence:", "order_summary_redis");
+    assert_eq!(state.get("positions"), None);
+
+    newer.apply(batch).unwrap();
+    let fields: BTreeMap<String, String> = connection.hgetall("fence:order_summary:1:2022-01-08").unwrap();
+    assert_eq!(fields["revenue_cents"], "500");
+    // A batch that is not newer than the checkpoint changes nothing.
+    let _: () = connection.del("fence:order_summary:1:2022-01-08").unwrap();
+    newer.apply(batch).unwrap();
+    let gone: bool = connection.exists("fence:order_summary:1:2022-01-08").unwrap();
+    assert!(!gone, "a repeated batch was written again");
+}
+
+/// Runs the pipeline on a Kafka topic in a thread until `stop`.
+struct Running {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(text: String, dir: &Path) -> Running {
+        let plan = plan(&text, dir);
+        let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
+        let stop = Arc::clone(&options.stop);
+        let thread = std::thread::spawn(move || {
+            commands::run_config(plan, options).unwrap();
+        });
+        Running { stop, thread: Some(thread) }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+/// Waits until every sink's checkpoint covers `count` records of the topic.
+fn wait_for(server: &RedisServer, prefix: &str, count: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    let covered = |sink: &str| -> u64 {
+        server
+            .connection()
+            .and_then(|mut c| {
+                c.hget::<_, _, Option<String>>(format!("{prefix}projector:sink:{sink}"), "positions").ok()
+            })
+            .flatten()
+            .and_then(|text| serde_json::from_str::<BTreeMap<String, BTreeMap<String, u64>>>(&text).ok())
+            .map_or(0, |p| p.values().flat_map(|parts| parts.values()).sum())
+    };
+    loop {
+        let least = KEYS.iter().map(|(view, _)| covered(&format!("{view}_redis"))).min().unwrap_or(0);
+        if least >= count {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the sinks cover {least} of {count} records");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn redis_down_or_wiped_while_the_pipeline_runs() {
+    if !available("redis-server") {
+        return;
+    }
+    let mut server = RedisServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let topic = kafka::fresh_topic("redis-live");
+    // Keyed by aggregate, as the command side appends them; no stray copies
+    // across orders, whose first copy in a multi-partition log is not the
+    // first line (README: duplicates).
+    let generator = GeneratorConfig { events: 6000, seed: 23, bad_ratio: 0.0, ..GeneratorConfig::default() };
+    let keyed: Vec<(String, String)> = Generator::new(generator).map(|r| (r.key, r.line)).collect();
+    let lines: Vec<String> = keyed.iter().map(|(_, line)| line.clone()).collect();
+    let records = |range: std::ops::Range<usize>| keyed[range].to_vec();
+    let all = lines.len();
+    kafka::append(&topic, records(0..2000));
+    let sources = format!(
+        "  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n    batch_ms: 50\n",
+        kafka::brokers()
+    );
+    let running = Running::start(config(&sources, &server.url(), "live:"), dir.path());
+    wait_for(&server, "live:", 2000, Duration::from_secs(60));
+    assert_holds(&server, &lines[..2000], "live:");
+
+    // Redis loses everything: the sink notices at its next batch and
+    // rewrites the whole view.
+    server.restart();
+    kafka::append(&topic, records(2000..4000));
+    wait_for(&server, "live:", 4000, Duration::from_secs(60));
+    assert_holds(&server, &lines[..4000], "live:");
+
+    // Redis down for 30 s while events flow: the pipeline retries, then
+    // converges once it is back.
+    let quiet = std::env::var("REDIS_DOWN_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    server.stop();
+    kafka::append(&topic, records(4000..all));
+    std::thread::sleep(Duration::from_secs(quiet));
+    server.restart();
+    wait_for(&server, "live:", all as u64, Duration::from_secs(60));
+    running.stop();
+    assert_holds(&server, &lines, "live:");
+}
