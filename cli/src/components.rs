@@ -13,6 +13,7 @@ use projector_core::record::DeadLetter;
 use projector_core::sink::{DeadLetterSink, SinkError, ViewSink};
 use projector_core::source::Source;
 use projector_dataflows::runner::Outputs;
+use projector_sink_clickhouse::ClickHouseViewSink;
 use projector_sink_file::{FileDeadLetterSink, FileViewSink};
 use projector_sink_redis::RedisViewSink;
 use projector_source_file::FileSource;
@@ -54,9 +55,12 @@ pub fn outputs(plan: &PipelinePlan) -> Result<Outputs, SinkError> {
                 redis,
                 source_names.clone(),
             )?),
-            SinkKind::ClickHouse(_) => {
-                return Err(SinkError::Fatal(format!("sink {:?}: ClickHouse sinks are not built yet", sink.name)));
-            }
+            SinkKind::ClickHouse(clickhouse) => Box::new(ClickHouseViewSink::new(
+                &sink.name,
+                Arc::clone(&plan.views[view_index]),
+                clickhouse,
+                source_names.clone(),
+            )?),
         };
         view_sinks[view_index].push((format!("sink {:?}", sink.name), built));
     }

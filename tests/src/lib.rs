@@ -88,3 +88,12 @@ pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
 pub fn shipped_config_text() -> String {
     std::fs::read_to_string(shipped_config()).unwrap()
 }
+
+/// The `views:` section of the shipped config (from its `views:` line to
+/// its `sinks:` line), to build test configs with other sources and sinks.
+pub fn shipped_views_yaml() -> String {
+    let shipped = shipped_config_text();
+    let start = shipped.find("\nviews:").unwrap();
+    let end = shipped.find("\nsinks:").unwrap();
+    shipped[start..end].to_string()
+}

@@ -119,3 +119,105 @@ pub fn projector_binary() -> PathBuf {
     assert!(binary.is_file(), "{} is missing: build it first (cargo build -p projector)", binary.display());
     binary
 }
+
+/// A `clickhouse-server` of this test's own, in a scratch directory.
+pub struct ClickHouseServer {
+    pub http_port: u16,
+    tcp_port: u16,
+    interserver_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl ClickHouseServer {
+    /// Starts a server and waits until it answers (a few seconds).
+    pub fn start() -> ClickHouseServer {
+        let mut server = ClickHouseServer {
+            http_port: free_port(),
+            tcp_port: free_port(),
+            interserver_port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    fn spawn(&mut self) {
+        let dir = self.dir.path();
+        for sub in ["data", "tmp", "uf", "fs"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let arg = |name: &str, value: &Path| format!("--{name}={}/", value.display());
+        let child = Command::new("clickhouse-server")
+            .arg("--config-file=/etc/clickhouse-server/config.xml")
+            .arg("--")
+            .arg(arg("path", &dir.join("data")))
+            .arg(arg("tmp_path", &dir.join("tmp")))
+            .arg(arg("user_files_path", &dir.join("uf")))
+            .arg(arg("format_schema_path", &dir.join("fs")))
+            .arg(format!("--logger.log={}", dir.join("log.txt").display()))
+            .arg(format!("--logger.errorlog={}", dir.join("err.txt").display()))
+            .arg(format!("--http_port={}", self.http_port))
+            .arg(format!("--tcp_port={}", self.tcp_port))
+            .arg(format!("--interserver_http_port={}", self.interserver_port))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("clickhouse-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.query("SELECT 1").is_ok_and(|answer| answer.trim() == "1") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("clickhouse-server on port {} did not answer; see {}", self.http_port, dir.join("err.txt").display());
+    }
+
+    /// Runs `sql` over HTTP and answers the body (TabSeparated unless the
+    /// query says otherwise).
+    pub fn query(&self, sql: &str) -> Result<String, String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+        let request = format!(
+            "POST / HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{sql}",
+            sql.len()
+        );
+        stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
+            Ok(body.to_string())
+        } else {
+            Err(format!("{}: {body}", head.lines().next().unwrap_or_default()))
+        }
+    }
+
+    /// Stops the server (SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for ClickHouseServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

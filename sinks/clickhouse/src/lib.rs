@@ -1,0 +1,591 @@
+//! The `clickhouse` sink: a view as versioned rows, exactly once.
+//!
+//! Tables, in the sink's database (created when missing):
+//! - `<table>_rows`: the view's key and value columns, `_deleted` (1 for the
+//!   tombstone of a row that disappeared) and `_version`, in a
+//!   `ReplacingMergeTree(_version)` ordered by the key: the row with the
+//!   highest version is the key's current state, so writing the same row
+//!   twice is harmless.
+//! - `<table>`: a view over it, `SELECT … FROM <table>_rows FINAL WHERE
+//!   _deleted = 0`: what readers query.
+//! - `projector_checkpoints`: one row per commit of every ClickHouse sink in
+//!   the database: `sink`, `generation`, `seq`, `committed` (the version of
+//!   the data it covers), `positions` (the source offsets that data
+//!   reflects, JSON) and `written_at`.
+//!
+//! A run takes a new generation when it opens the sink: it writes a claim
+//! row, then deletes rows newer than the last commit (written by a run that
+//! died before committing them) and waits for that mutation. Changes are
+//! gathered per key (latest state wins) and written at most every
+//! `batch_ms` or `batch_rows`, each write with version `generation << 32 |
+//! seq`; the checkpoint row goes in after the data it covers. Before and
+//! after each data insert the sink checks that no newer generation claimed
+//! the sink; if one did, it deletes what it just wrote and stops (fencing).
+//! ClickHouse down: every step is retried with backoff, nothing is dropped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{info, warn};
+
+use projector_core::config::{ClickHouseSinkConfig, MeasureFunction};
+use projector_core::sink::{
+    SinkError, SinkStatus, SourcePositions, ViewBatch, ViewSink, positions_from_json, positions_to_json,
+};
+use projector_core::value::{FieldType, Row, Value, format_date};
+use projector_core::view::ViewPlan;
+
+/// How long one request may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// With no data to write, the checkpoint still follows the source at most
+/// this often.
+const IDLE_CHECKPOINT: Duration = Duration::from_secs(10);
+
+/// A column of the rows table.
+#[derive(Clone, Debug)]
+struct Column {
+    name: String,
+    ty: FieldType,
+    nullable: bool,
+}
+
+impl Column {
+    fn sql_type(&self) -> String {
+        let base = match self.ty {
+            FieldType::UInt => "UInt64",
+            FieldType::Int => "Int64",
+            FieldType::Text => "String",
+            FieldType::Date => "Date",
+            FieldType::Timestamp => "DateTime('UTC')",
+            FieldType::Bool => "UInt8",
+        };
+        if self.nullable { format!("Nullable({base})") } else { base.to_string() }
+    }
+}
+
+/// A view materialized in ClickHouse.
+pub struct ClickHouseViewSink {
+    name: String,
+    client: clickhouse::Client,
+    runtime: tokio::runtime::Runtime,
+    database: String,
+    table: String,
+    keys: Vec<Column>,
+    values: Vec<Column>,
+    batch_rows: usize,
+    batch_every: Duration,
+    source_names: Vec<String>,
+    generation: u64,
+    seq: u64,
+    /// The version of the newest committed data.
+    committed: u64,
+    /// Per key its latest state since the last write (`None`: deleted).
+    pending: BTreeMap<Row, Option<Row>>,
+    pending_since: Option<Instant>,
+    /// The last batch taken, and the positions it brought the view to.
+    taken_upper: u64,
+    taken_positions: Option<SourcePositions>,
+    /// When the last checkpoint was written, and what it said.
+    checkpoint_at: Instant,
+    checkpoint_positions: Option<SourcePositions>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn quote(text: &str) -> String {
+    let mut out = String::from("'");
+    for c in text.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// One value in ClickHouse's TabSeparated text.
+fn write_tsv(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("\\N"),
+        Value::Bool(b) => out.push(if *b { '1' } else { '0' }),
+        Value::UInt(v) => {
+            let _ = write!(out, "{v}");
+        }
+        Value::Int(v) => {
+            let _ = write!(out, "{v}");
+        }
+        Value::Date(d) => out.push_str(&format_date(*d)),
+        // DateTime holds whole seconds; the text form is the Unix time.
+        Value::Timestamp(t) => {
+            let _ = write!(out, "{}", t.0.div_euclid(1_000_000_000));
+        }
+        Value::Text(s) => {
+            for c in s.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+        }
+    }
+}
+
+/// A placeholder for a column of a tombstone.
+fn write_default(column: &Column, out: &mut String) {
+    if column.nullable {
+        out.push_str("\\N");
+        return;
+    }
+    out.push_str(match column.ty {
+        FieldType::Date => "1970-01-01",
+        FieldType::Text => "",
+        _ => "0",
+    });
+}
+
+impl ClickHouseViewSink {
+    /// A sink named `name` writing `plan`'s rows as `config` says;
+    /// `source_names` name the positions it stores.
+    pub fn new(
+        name: &str,
+        plan: Arc<ViewPlan>,
+        config: &ClickHouseSinkConfig,
+        source_names: Vec<String>,
+    ) -> Result<ClickHouseViewSink, SinkError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SinkError::Fatal(format!("cannot start the ClickHouse client's runtime: {e}")))?;
+        let mut client = clickhouse::Client::default()
+            .with_url(&config.url)
+            .with_validation(false)
+            .with_compression(clickhouse::Compression::None);
+        if let Some(user) = &config.user {
+            client = client.with_user(user);
+        }
+        if let Some(password) = &config.password {
+            client = client.with_password(password);
+        }
+        let keys = plan.keys.iter().map(|k| Column { name: k.name.clone(), ty: k.ty, nullable: false }).collect();
+        let measures = plan.measures.iter().map(|m| Column {
+            name: m.name.clone(),
+            ty: m.ty,
+            nullable: matches!(m.function, MeasureFunction::Min | MeasureFunction::Max),
+        });
+        let labels = plan.labels.iter().map(|l| Column { name: l.name.clone(), ty: FieldType::Text, nullable: true });
+        Ok(ClickHouseViewSink {
+            name: name.to_string(),
+            client,
+            runtime,
+            database: config.database.clone(),
+            table: if config.table.is_empty() { plan.name.clone() } else { config.table.clone() },
+            keys,
+            values: measures.chain(labels).collect(),
+            batch_rows: config.batch_rows as usize,
+            batch_every: Duration::from_millis(config.batch_ms),
+            source_names,
+            generation: 0,
+            seq: 0,
+            committed: 0,
+            pending: BTreeMap::new(),
+            pending_since: None,
+            taken_upper: 0,
+            taken_positions: None,
+            checkpoint_at: Instant::now(),
+            checkpoint_positions: None,
+        })
+    }
+
+    fn rows_table(&self) -> String {
+        format!("{}.{}_rows", self.database, self.table)
+    }
+
+    fn checkpoints_table(&self) -> String {
+        format!("{}.projector_checkpoints", self.database)
+    }
+
+    /// Runs a statement.
+    fn execute(&self, what: &str, sql: &str) -> Result<(), SinkError> {
+        let query = self.client.query(sql);
+        let result = self.runtime.block_on(async { tokio::time::timeout(TIMEOUT, query.execute()).await });
+        classify(what, result)
+    }
+
+    /// Runs a query and answers its TabSeparated text.
+    fn select(&self, what: &str, sql: &str) -> Result<String, SinkError> {
+        let cursor = self.client.query(sql).fetch_bytes("TabSeparated");
+        let result = self.runtime.block_on(async {
+            tokio::time::timeout(TIMEOUT, async move {
+                let mut cursor = cursor?;
+                let bytes = cursor.collect().await?;
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            })
+            .await
+        });
+        classify(what, result)
+    }
+
+    /// Sends TabSeparated rows with an `INSERT … FORMAT TabSeparated`.
+    fn insert(&self, what: &str, sql: &str, body: String) -> Result<(), SinkError> {
+        let mut insert = self.client.insert_formatted_with(sql);
+        let result = self.runtime.block_on(async {
+            tokio::time::timeout(TIMEOUT, async move {
+                insert.send(body.into()).await?;
+                insert.end().await
+            })
+            .await
+        });
+        classify(what, result)
+    }
+
+    fn column_list(&self) -> Vec<&Column> {
+        self.keys.iter().chain(self.values.iter()).collect()
+    }
+
+    /// Creates the database, tables and reader view when missing, and
+    /// checks that an existing rows table has this view's columns.
+    fn create_tables(&self) -> Result<(), SinkError> {
+        self.execute("cannot create the database", &format!("CREATE DATABASE IF NOT EXISTS {}", self.database))?;
+        let columns: Vec<String> = self.column_list().iter().map(|c| format!("{} {}", c.name, c.sql_type())).collect();
+        let order: Vec<&str> = self.keys.iter().map(|c| c.name.as_str()).collect();
+        self.execute(
+            "cannot create the rows table",
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {} ({}, _deleted UInt8, _version UInt64) \
+                 ENGINE = ReplacingMergeTree(_version) ORDER BY ({})",
+                self.rows_table(),
+                columns.join(", "),
+                order.join(", ")
+            ),
+        )?;
+        let found = self.select(
+            "cannot read the rows table's columns",
+            &format!(
+                "SELECT name, type FROM system.columns WHERE database = {} AND table = {}",
+                quote(&self.database),
+                quote(&format!("{}_rows", self.table))
+            ),
+        )?;
+        let found: Vec<String> = found.lines().map(|l| l.replace("\\'", "'").replace('\t', " ")).collect();
+        let mut wanted: Vec<String> =
+            self.column_list().iter().map(|c| format!("{} {}", c.name, c.sql_type())).collect();
+        wanted.push("_deleted UInt8".into());
+        wanted.push("_version UInt64".into());
+        if found != wanted {
+            return Err(SinkError::Fatal(format!(
+                "table {} has columns [{}] but view needs [{}]; drop the table (or name another `table:`) \
+                 and the sink rebuilds it",
+                self.rows_table(),
+                found.join(", "),
+                wanted.join(", ")
+            )));
+        }
+        let names: Vec<&str> = self.column_list().iter().map(|c| c.name.as_str()).collect();
+        self.execute(
+            "cannot create the reader view",
+            &format!(
+                "CREATE VIEW IF NOT EXISTS {}.{} AS SELECT {} FROM {} FINAL WHERE _deleted = 0",
+                self.database,
+                self.table,
+                names.join(", "),
+                self.rows_table()
+            ),
+        )?;
+        self.execute(
+            "cannot create the checkpoints table",
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {} (sink String, generation UInt64, seq UInt64, committed UInt64, \
+                 positions String, written_at DateTime('UTC'), rows UInt64) \
+                 ENGINE = MergeTree ORDER BY (sink, generation, seq)",
+                self.checkpoints_table()
+            ),
+        )
+    }
+
+    /// The newest generation any run took of this sink.
+    fn newest_generation(&self) -> Result<u64, SinkError> {
+        let text = self.select(
+            "cannot read the sink's generation",
+            &format!("SELECT max(generation) FROM {} WHERE sink = {}", self.checkpoints_table(), quote(&self.name)),
+        )?;
+        Ok(text.trim().parse().unwrap_or(0))
+    }
+
+    /// The last checkpoint: (committed version, positions text).
+    fn last_checkpoint(&self) -> Result<Option<(u64, String)>, SinkError> {
+        let text = self.select(
+            "cannot read the sink's checkpoint",
+            &format!(
+                "SELECT committed, positions FROM {} WHERE sink = {} ORDER BY generation DESC, seq DESC LIMIT 1",
+                self.checkpoints_table(),
+                quote(&self.name)
+            ),
+        )?;
+        let Some(line) = text.lines().next() else { return Ok(None) };
+        let (committed, positions) = line.split_once('\t').unwrap_or((line, ""));
+        Ok(Some((committed.parse().unwrap_or(0), positions.replace("\\\\", "\\"))))
+    }
+
+    fn write_checkpoint(&self, seq: u64, committed: u64, positions: &str, rows: usize) -> Result<(), SinkError> {
+        let mut line = String::new();
+        for value in [
+            Value::Text(self.name.as_str().into()),
+            Value::UInt(self.generation),
+            Value::UInt(seq),
+            Value::UInt(committed),
+            Value::Text(positions.into()),
+            Value::UInt(now_secs()),
+            Value::UInt(rows as u64),
+        ] {
+            if !line.is_empty() {
+                line.push('\t');
+            }
+            write_tsv(&value, &mut line);
+        }
+        line.push('\n');
+        self.insert(
+            "cannot write the checkpoint",
+            &format!(
+                "INSERT INTO {} (sink, generation, seq, committed, positions, written_at, rows) FORMAT TabSeparated",
+                self.checkpoints_table()
+            ),
+            line,
+        )
+    }
+
+    /// Deletes rows with versions in `(above, below)` and waits until the
+    /// mutation is done.
+    fn delete_versions(&self, above: u64, below: u64) -> Result<(), SinkError> {
+        self.execute(
+            "cannot delete uncommitted rows",
+            &format!("ALTER TABLE {} DELETE WHERE _version > {above} AND _version < {below}", self.rows_table()),
+        )?;
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let open = self.select(
+                "cannot read the mutation's progress",
+                &format!(
+                    "SELECT count() FROM system.mutations WHERE database = {} AND table = {} AND is_done = 0",
+                    quote(&self.database),
+                    quote(&format!("{}_rows", self.table))
+                ),
+            )?;
+            if open.trim() == "0" {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(SinkError::Retryable("the delete of uncommitted rows is still running".into()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn fenced(&self) -> Result<(), SinkError> {
+        let newest = self.newest_generation()?;
+        if newest != self.generation {
+            return Err(SinkError::Fatal(format!(
+                "fenced: generation {newest} of this ClickHouse sink belongs to a newer run; this run \
+                 (generation {}) writes nothing more and stops",
+                self.generation
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes the pending rows (if any) and then the checkpoint.
+    fn flush(&mut self) -> Result<(), SinkError> {
+        let Some(positions) = self.taken_positions.clone() else { return Ok(()) };
+        if self.pending.is_empty() && self.checkpoint_positions.as_ref() == Some(&positions) {
+            return Ok(());
+        }
+        self.fenced()?;
+        let seq = self.seq + 1;
+        let version = (self.generation << 32) | seq;
+        let rows = self.pending.len();
+        if rows > 0 {
+            let mut body = String::new();
+            for (key, values) in &self.pending {
+                for value in key.iter() {
+                    write_tsv(value, &mut body);
+                    body.push('\t');
+                }
+                match values {
+                    Some(values) => {
+                        for value in values.iter() {
+                            write_tsv(value, &mut body);
+                            body.push('\t');
+                        }
+                        body.push('0');
+                    }
+                    None => {
+                        for column in &self.values {
+                            write_default(column, &mut body);
+                            body.push('\t');
+                        }
+                        body.push('1');
+                    }
+                }
+                let _ = writeln!(body, "\t{version}");
+            }
+            let names: Vec<&str> = self.column_list().iter().map(|c| c.name.as_str()).collect();
+            self.insert(
+                "cannot write rows",
+                &format!(
+                    "INSERT INTO {} ({}, _deleted, _version) FORMAT TabSeparated",
+                    self.rows_table(),
+                    names.join(", ")
+                ),
+                body,
+            )?;
+            if let Err(error) = self.fenced() {
+                // A newer run took over while this one wrote: take it back.
+                let _ = self.delete_versions(version - 1, version + 1);
+                return Err(error);
+            }
+        }
+        let committed = if rows > 0 { version } else { self.committed };
+        self.write_checkpoint(seq, committed, &positions_to_json(&positions, &self.source_names), rows)?;
+        self.seq = seq;
+        self.committed = committed;
+        self.pending.clear();
+        self.pending_since = None;
+        self.checkpoint_at = Instant::now();
+        self.checkpoint_positions = Some(positions);
+        Ok(())
+    }
+}
+
+fn classify<T>(
+    what: &str,
+    result: Result<Result<T, clickhouse::error::Error>, tokio::time::error::Elapsed>,
+) -> Result<T, SinkError> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(clickhouse::error::Error::BadResponse(message))) => {
+            // The server answered: a bad statement will not get better, but
+            // an overloaded server might.
+            let busy = ["TOO_MANY", "MEMORY_LIMIT", "TIMEOUT", "Too many"].iter().any(|m| message.contains(m));
+            if busy {
+                Err(SinkError::Retryable(format!("ClickHouse: {what}: {message}")))
+            } else {
+                Err(SinkError::Fatal(format!("ClickHouse: {what}: {message}")))
+            }
+        }
+        Ok(Err(error)) => Err(SinkError::Retryable(format!("ClickHouse: {what}: {error}"))),
+        Err(_) => Err(SinkError::Retryable(format!("ClickHouse: {what}: no answer within {}s", TIMEOUT.as_secs()))),
+    }
+}
+
+impl ViewSink for ClickHouseViewSink {
+    fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        self.create_tables()?;
+        let last = self.last_checkpoint()?;
+        self.generation = self.newest_generation()? + 1;
+        self.seq = 0;
+        let (committed, positions) = last.clone().unwrap_or((0, String::new()));
+        // Claim the sink, then drop what older runs wrote after their last
+        // commit (they died before committing it, or were fenced).
+        self.write_checkpoint(0, committed, &positions, 0)?;
+        self.delete_versions(committed, self.generation << 32)?;
+        self.committed = committed;
+        info!(sink = %self.name, generation = self.generation, "took a new generation of the ClickHouse sink");
+        if positions.is_empty() {
+            return Ok(None);
+        }
+        let positions = positions_from_json(&positions, &self.source_names).map_err(SinkError::Fatal)?;
+        self.checkpoint_positions = Some(positions.clone());
+        self.taken_positions = Some(positions.clone());
+        Ok(Some(positions))
+    }
+
+    fn reset(&mut self) -> Result<(), SinkError> {
+        self.execute("cannot empty the rows table", &format!("TRUNCATE TABLE {}", self.rows_table()))?;
+        self.seq += 1;
+        self.committed = 0;
+        self.write_checkpoint(self.seq, 0, "", 0)?;
+        self.checkpoint_positions = None;
+        self.taken_positions = None;
+        Ok(())
+    }
+
+    fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
+        // A retried batch was taken already; only the write is left.
+        if batch.upper > self.taken_upper {
+            for (index, change) in batch.changes.iter().enumerate() {
+                if change.diff > 0 {
+                    self.pending.insert(change.key.clone(), Some(change.values.clone()));
+                } else {
+                    let neighbours = &batch.changes[index.saturating_sub(1)..batch.changes.len().min(index + 2)];
+                    if !neighbours.iter().any(|c| c.key == change.key && c.diff > 0) {
+                        self.pending.insert(change.key.clone(), None);
+                    }
+                }
+            }
+            if !batch.changes.is_empty() && self.pending_since.is_none() {
+                self.pending_since = Some(Instant::now());
+            }
+            self.taken_upper = batch.upper;
+            self.taken_positions = Some(batch.positions.clone());
+        }
+        let due = self.pending.len() >= self.batch_rows
+            || self.pending_since.is_some_and(|since| since.elapsed() >= self.batch_every)
+            || self.checkpoint_at.elapsed() >= IDLE_CHECKPOINT;
+        if !due {
+            return Ok(());
+        }
+        self.flush().inspect_err(|error| {
+            if matches!(error, SinkError::Retryable(_)) {
+                warn!(sink = %self.name, %error, "ClickHouse write failed");
+            }
+        })
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.flush()
+    }
+}
+
+/// Reads a ClickHouse sink's state for `projector status`.
+pub fn status(config: &ClickHouseSinkConfig, sink_name: &str) -> Result<SinkStatus, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let mut client = clickhouse::Client::default()
+        .with_url(&config.url)
+        .with_validation(false)
+        .with_compression(clickhouse::Compression::None);
+    if let Some(user) = &config.user {
+        client = client.with_user(user);
+    }
+    if let Some(password) = &config.password {
+        client = client.with_password(password);
+    }
+    let sql = format!(
+        "SELECT max(generation), argMax(positions, generation * 4294967296 + seq), \
+         maxIf(toUnixTimestamp(written_at), rows > 0) FROM {}.projector_checkpoints WHERE sink = {} HAVING count() > 0",
+        config.database,
+        quote(sink_name)
+    );
+    let text = runtime
+        .block_on(async {
+            let mut cursor = client.query(&sql).fetch_bytes("TabSeparated")?;
+            cursor.collect().await
+        })
+        .map_err(|e| format!("ClickHouse: {e}"))?;
+    let text = String::from_utf8_lossy(&text);
+    let Some(line) = text.lines().next() else { return Ok(SinkStatus::default()) };
+    let mut fields = line.split('\t');
+    let generation = fields.next().and_then(|g| g.parse().ok());
+    let positions = fields.next().map(|p| p.replace("\\\\", "\\")).filter(|p| !p.is_empty());
+    let written = fields.next().and_then(|w| w.parse::<i64>().ok()).filter(|s| *s > 0).map(|s| s * 1000);
+    Ok(SinkStatus {
+        generation,
+        positions: positions.as_deref().and_then(SinkStatus::parse_positions),
+        written_at_ms: written,
+    })
+}

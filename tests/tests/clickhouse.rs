@@ -1,0 +1,202 @@
+//! The ClickHouse sink against a real `clickhouse-server` (Debian's 18.16
+//! here): the views land as versioned rows and read back through the sink's
+//! view (`FINAL`) equal to the recomputation; a restart resumes from the
+//! sink's checkpoint; ClickHouse down for 30 s while events flow, then up:
+//! the pipeline waits and converges; a fenced older generation writes
+//! nothing.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use projector::{commands, components};
+use projector_core::config::{PipelinePlan, check_text};
+use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewChange, ViewRows};
+use projector_core::value::{Row, Value};
+use projector_dataflows::runner::RunOptions;
+use projector_datagen::{Generator, GeneratorConfig};
+use projector_tests::services::{ClickHouseServer, available};
+use projector_tests::{kafka, reference, shipped_views_yaml};
+use serde_json::Value as Json;
+
+const VIEWS: [&str; 3] = ["order_summary", "product_sales", "customer_ltv"];
+
+/// The shipped views with `sources` and one ClickHouse sink per view.
+fn config(sources: &str, url: &str, database: &str) -> String {
+    let sources = if sources.is_empty() { "  events:\n    type: file\n    path: none.jsonl\n" } else { sources };
+    let mut text = format!("version: 1\nsources:\n{sources}{}\nsinks:\n", shipped_views_yaml());
+    for view in VIEWS {
+        text.push_str(&format!(
+            "  {view}_ch:\n    type: clickhouse\n    view: {view}\n    url: {url}\n    database: {database}\n    batch_ms: 200\n"
+        ));
+    }
+    text
+}
+
+fn plan(text: &str, dir: &Path) -> PipelinePlan {
+    check_text(text, "clickhouse.yaml", dir).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// The output fields of each shipped view, in order.
+fn fields(view: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(&config("", "http://127.0.0.1:1", "x"), dir.path());
+    let view = plan.views.iter().find(|v| v.name == view).unwrap();
+    view.output_fields().into_iter().map(|(name, _)| name).collect()
+}
+
+/// A reference row as the TabSeparated line ClickHouse gives back.
+fn tsv(row: &Json, fields: &[String]) -> String {
+    let fields: Vec<String> = fields
+        .iter()
+        .map(|field| match &row[field.as_str()] {
+            Json::Null => "\\N".to_string(),
+            Json::String(s) if s.len() >= 20 && s.ends_with('Z') && s.as_bytes()[10] == b'T' => {
+                // An instant: DateTime keeps whole seconds, shown in UTC.
+                s[..19].replace('T', " ")
+            }
+            Json::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    fields.join("\t")
+}
+
+fn assert_holds(server: &ClickHouseServer, database: &str, lines: &[String]) {
+    let log = reference::read(lines);
+    let expected = [
+        reference::order_summary(&log.orders),
+        reference::product_sales(&log.orders),
+        reference::customer_ltv(&log.orders),
+    ];
+    for (view, rows) in VIEWS.iter().zip(expected) {
+        assert!(!rows.is_empty());
+        let names = fields(view);
+        let want: BTreeSet<String> = rows.iter().map(|row| tsv(row, &names)).collect();
+        let text = server.query(&format!("SELECT * FROM {database}.{view}")).unwrap();
+        let got: BTreeSet<String> = text.lines().map(str::to_string).collect();
+        assert_eq!(text.lines().count(), got.len(), "{view}: a key appears twice");
+        let missing: Vec<&String> = want.difference(&got).take(3).collect();
+        let extra: Vec<&String> = got.difference(&want).take(3).collect();
+        assert!(missing.is_empty() && extra.is_empty(), "{view}: missing {missing:?}, extra {extra:?}");
+    }
+}
+
+fn generation(server: &ClickHouseServer, database: &str, sink: &str) -> u64 {
+    let sql = format!("SELECT max(generation) FROM {database}.projector_checkpoints WHERE sink = '{sink}'");
+    server.query(&sql).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn clickhouse_holds_the_views_and_resumes_after_a_restart() {
+    if !available("clickhouse-server") {
+        return;
+    }
+    let server = ClickHouseServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config_ = GeneratorConfig { events: 6000, seed: 31, bad_ratio: 0.01, ..GeneratorConfig::default() };
+    let lines: Vec<String> = Generator::new(config_).map(|r| r.line).collect();
+    let events = dir.path().join("events.jsonl");
+    write_lines(&events, &lines[..3500]);
+    let text = config(&format!("  events:\n    type: file\n    path: {}\n", events.display()), &server.url(), "resume");
+    commands::run_config(plan(&text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+    assert_holds(&server, "resume", &lines[..3500]);
+    assert_eq!(generation(&server, "resume", "customer_ltv_ch"), 1);
+
+    write_lines(&events, &lines);
+    commands::run_config(plan(&text, dir.path()), RunOptions { workers: 1, ..RunOptions::default() }).unwrap();
+    assert_holds(&server, "resume", &lines);
+    assert_eq!(generation(&server, "resume", "customer_ltv_ch"), 2);
+    let positions = server
+        .query("SELECT argMax(positions, generation * 4294967296 + seq) FROM resume.projector_checkpoints WHERE sink = 'order_summary_ch'")
+        .unwrap();
+    assert_eq!(positions.trim(), format!(r#"{{"events":{{"0":{}}}}}"#, lines.len() + 1));
+}
+
+#[test]
+fn a_fenced_older_generation_writes_nothing() {
+    if !available("clickhouse-server") {
+        return;
+    }
+    let server = ClickHouseServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config("  events:\n    type: file\n    path: none.jsonl\n", &server.url(), "fence");
+    let plan = plan(&text, dir.path());
+    let mut older = components::outputs(&plan).unwrap().view_sinks.remove(0).remove(0).1;
+    let mut newer = components::outputs(&plan).unwrap().view_sinks.remove(0).remove(0).1;
+    assert_eq!(older.resume().unwrap(), None);
+    assert_eq!(newer.resume().unwrap(), None);
+
+    let key: Row = vec![Value::UInt(1), Value::Date(19_000)].into();
+    let values: Row = vec![Value::Int(1), Value::Int(500), Value::Int(500), Value::Int(0)].into();
+    let changes = vec![ViewChange { key: key.clone(), values: values.clone(), diff: 1 }];
+    let positions = SourcePositions([((0, 0), 10)].into_iter().collect());
+    let rows: ViewRows = [(key, values)].into_iter().collect();
+    let batch = ViewBatch { changes: &changes, upper: 1, positions: &positions, rows: &rows };
+    older.apply(batch).unwrap();
+    match older.finish() {
+        Err(SinkError::Fatal(message)) => assert!(message.contains("fenced"), "{message}"),
+        other => panic!("the older generation's write should be refused, got {other:?}"),
+    }
+    assert_eq!(server.query("SELECT count() FROM fence.order_summary_rows").unwrap().trim(), "0");
+
+    newer.apply(batch).unwrap();
+    newer.finish().unwrap();
+    let row = server.query("SELECT store_id, date, revenue_cents FROM fence.order_summary").unwrap();
+    assert_eq!(row, "1\t2022-01-08\t500\n");
+}
+
+#[test]
+fn clickhouse_down_while_the_pipeline_runs() {
+    if !available("clickhouse-server") {
+        return;
+    }
+    let mut server = ClickHouseServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = kafka::fresh_topic("clickhouse-live");
+    let generator = GeneratorConfig { events: 6000, seed: 33, bad_ratio: 0.0, ..GeneratorConfig::default() };
+    let keyed: Vec<(String, String)> = Generator::new(generator).map(|r| (r.key, r.line)).collect();
+    let lines: Vec<String> = keyed.iter().map(|(_, line)| line.clone()).collect();
+    kafka::append(&topic, keyed[..3000].to_vec());
+    let sources = format!(
+        "  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n    batch_ms: 50\n",
+        kafka::brokers()
+    );
+    let plan = plan(&config(&sources, &server.url(), "live"), dir.path());
+    let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
+    let stop: Arc<AtomicBool> = Arc::clone(&options.stop);
+    let pipeline = std::thread::spawn(move || commands::run_config(plan, options).unwrap());
+
+    let covered = |server: &ClickHouseServer| -> u64 {
+        let sql = "SELECT min(n) FROM (SELECT sink, argMax(positions, generation * 4294967296 + seq) AS p, \
+                   arraySum(arrayMap(x -> toUInt64(x), extractAll(p, ':([0-9]+)'))) AS n \
+                   FROM live.projector_checkpoints GROUP BY sink) HAVING count() = 3";
+        server.query(sql).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+    };
+    let wait_for = |server: &ClickHouseServer, count: u64| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while covered(server) < count {
+            assert!(Instant::now() < deadline, "the sinks cover {} of {count} records", covered(server));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for(&server, 3000);
+    assert_holds(&server, "live", &lines[..3000]);
+
+    let quiet = std::env::var("CLICKHOUSE_DOWN_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    server.stop();
+    kafka::append(&topic, keyed[3000..].to_vec());
+    std::thread::sleep(Duration::from_secs(quiet));
+    server.restart();
+    wait_for(&server, lines.len() as u64);
+    stop.store(true, Ordering::Relaxed);
+    pipeline.join().unwrap();
+    assert_holds(&server, "live", &lines);
+}
