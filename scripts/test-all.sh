@@ -41,6 +41,22 @@ stop_services() {
     done
 }
 
+# Redis and ClickHouse: Debian's packages. Each test starts its own server
+# process on free loopback ports (it must stop, restart or wipe it), so
+# here they are only installed.
+install_packages() {
+    local missing=()
+    command -v redis-server > /dev/null || missing+=(redis-server)
+    command -v clickhouse-server > /dev/null || missing+=(clickhouse-server clickhouse-client)
+    [ ${#missing[@]} -eq 0 ] && return
+    echo "== installing ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y --no-install-recommends "${missing[@]}" \
+        || { $sudo apt-get update && $sudo apt-get install -y --no-install-recommends "${missing[@]}"; }
+}
+
 trap stop_services EXIT
 mkdir -p "$SERVICES_DIR"
 
@@ -52,6 +68,7 @@ echo "== build (once)"
 cargo build --workspace --all-targets --locked
 
 echo "== services"
+install_packages
 start_kafka
 
 echo "== tests"

@@ -16,3 +16,4 @@ pub mod commands;
 pub mod components;
 pub mod demo;
 pub mod http_client;
+pub mod status;

@@ -85,6 +85,14 @@ enum Command {
         #[arg(short, long, value_name = "FILE", default_value = "pipelines.yaml")]
         config: PathBuf,
     },
+    /// Where each source partition and sink stands: per partition the
+    /// committed offset, the end of the log and the lag; per sink its
+    /// generation, checkpoint and the age of its newest data.
+    Status {
+        /// The config file.
+        #[arg(short, long, value_name = "FILE", default_value = "pipelines.yaml")]
+        config: PathBuf,
+    },
     /// Write a generated, contract-conformant event log (JSON Lines), with
     /// updates, cancels, out-of-order events, redeliveries and optionally
     /// bad records. The same seed gives the same log.
@@ -234,6 +242,16 @@ fn execute(command: Command) -> Result<(), CommandError> {
                 plan.views.len(),
                 plan.config.sinks.len()
             );
+        }
+        Command::Status { config } => {
+            let plan = commands::load(&config)?;
+            match projector::status::status(&plan) {
+                Ok(text) => print!("{text}"),
+                Err((text, error)) => {
+                    print!("{text}");
+                    return Err(error);
+                }
+            }
         }
         Command::Generate(args) => {
             let config = args.generator_config();

@@ -10,6 +10,7 @@
 pub mod kafka;
 pub mod reference;
 pub mod services;
+pub mod sinks;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,6 @@
 //! nothing.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,21 +18,16 @@ use projector_core::value::{Row, Value};
 use projector_dataflows::runner::RunOptions;
 use projector_datagen::{Generator, GeneratorConfig};
 use projector_tests::services::{ClickHouseServer, available};
-use projector_tests::{kafka, reference, shipped_views_yaml};
-use serde_json::Value as Json;
-
-const VIEWS: [&str; 3] = ["order_summary", "product_sales", "customer_ltv"];
+use projector_tests::sinks::{assert_clickhouse_holds, clickhouse_covered, clickhouse_sinks_yaml};
+use projector_tests::{kafka, shipped_views_yaml};
 
 /// The shipped views with `sources` and one ClickHouse sink per view.
 fn config(sources: &str, url: &str, database: &str) -> String {
-    let sources = if sources.is_empty() { "  events:\n    type: file\n    path: none.jsonl\n" } else { sources };
-    let mut text = format!("version: 1\nsources:\n{sources}{}\nsinks:\n", shipped_views_yaml());
-    for view in VIEWS {
-        text.push_str(&format!(
-            "  {view}_ch:\n    type: clickhouse\n    view: {view}\n    url: {url}\n    database: {database}\n    batch_ms: 200\n"
-        ));
-    }
-    text
+    format!(
+        "version: 1\nsources:\n{sources}{}\nsinks:\n{}",
+        shipped_views_yaml(),
+        clickhouse_sinks_yaml(url, database, 200)
+    )
 }
 
 fn plan(text: &str, dir: &Path) -> PipelinePlan {
@@ -42,51 +36,6 @@ fn plan(text: &str, dir: &Path) -> PipelinePlan {
 
 fn write_lines(path: &Path, lines: &[String]) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
-}
-
-/// The output fields of each shipped view, in order.
-fn fields(view: &str) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let plan = plan(&config("", "http://127.0.0.1:1", "x"), dir.path());
-    let view = plan.views.iter().find(|v| v.name == view).unwrap();
-    view.output_fields().into_iter().map(|(name, _)| name).collect()
-}
-
-/// A reference row as the TabSeparated line ClickHouse gives back.
-fn tsv(row: &Json, fields: &[String]) -> String {
-    let fields: Vec<String> = fields
-        .iter()
-        .map(|field| match &row[field.as_str()] {
-            Json::Null => "\\N".to_string(),
-            Json::String(s) if s.len() >= 20 && s.ends_with('Z') && s.as_bytes()[10] == b'T' => {
-                // An instant: DateTime keeps whole seconds, shown in UTC.
-                s[..19].replace('T', " ")
-            }
-            Json::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .collect();
-    fields.join("\t")
-}
-
-fn assert_holds(server: &ClickHouseServer, database: &str, lines: &[String]) {
-    let log = reference::read(lines);
-    let expected = [
-        reference::order_summary(&log.orders),
-        reference::product_sales(&log.orders),
-        reference::customer_ltv(&log.orders),
-    ];
-    for (view, rows) in VIEWS.iter().zip(expected) {
-        assert!(!rows.is_empty());
-        let names = fields(view);
-        let want: BTreeSet<String> = rows.iter().map(|row| tsv(row, &names)).collect();
-        let text = server.query(&format!("SELECT * FROM {database}.{view}")).unwrap();
-        let got: BTreeSet<String> = text.lines().map(str::to_string).collect();
-        assert_eq!(text.lines().count(), got.len(), "{view}: a key appears twice");
-        let missing: Vec<&String> = want.difference(&got).take(3).collect();
-        let extra: Vec<&String> = got.difference(&want).take(3).collect();
-        assert!(missing.is_empty() && extra.is_empty(), "{view}: missing {missing:?}, extra {extra:?}");
-    }
 }
 
 fn generation(server: &ClickHouseServer, database: &str, sink: &str) -> u64 {
@@ -107,12 +56,12 @@ fn clickhouse_holds_the_views_and_resumes_after_a_restart() {
     write_lines(&events, &lines[..3500]);
     let text = config(&format!("  events:\n    type: file\n    path: {}\n", events.display()), &server.url(), "resume");
     commands::run_config(plan(&text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
-    assert_holds(&server, "resume", &lines[..3500]);
+    assert_clickhouse_holds(&server, "resume", &lines[..3500]);
     assert_eq!(generation(&server, "resume", "customer_ltv_ch"), 1);
 
     write_lines(&events, &lines);
     commands::run_config(plan(&text, dir.path()), RunOptions { workers: 1, ..RunOptions::default() }).unwrap();
-    assert_holds(&server, "resume", &lines);
+    assert_clickhouse_holds(&server, "resume", &lines);
     assert_eq!(generation(&server, "resume", "customer_ltv_ch"), 2);
     let positions = server
         .query("SELECT argMax(positions, generation * 4294967296 + seq) FROM resume.projector_checkpoints WHERE sink = 'order_summary_ch'")
@@ -174,12 +123,7 @@ fn clickhouse_down_while_the_pipeline_runs() {
     let stop: Arc<AtomicBool> = Arc::clone(&options.stop);
     let pipeline = std::thread::spawn(move || commands::run_config(plan, options).unwrap());
 
-    let covered = |server: &ClickHouseServer| -> u64 {
-        let sql = "SELECT min(n) FROM (SELECT sink, argMax(positions, generation * 4294967296 + seq) AS p, \
-                   arraySum(arrayMap(x -> toUInt64(x), extractAll(p, ':([0-9]+)'))) AS n \
-                   FROM live.projector_checkpoints GROUP BY sink) HAVING count() = 3";
-        server.query(sql).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
-    };
+    let covered = |server: &ClickHouseServer| clickhouse_covered(server, "live");
     let wait_for = |server: &ClickHouseServer, count: u64| {
         let deadline = Instant::now() + Duration::from_secs(90);
         while covered(server) < count {
@@ -188,7 +132,7 @@ fn clickhouse_down_while_the_pipeline_runs() {
         }
     };
     wait_for(&server, 3000);
-    assert_holds(&server, "live", &lines[..3000]);
+    assert_clickhouse_holds(&server, "live", &lines[..3000]);
 
     let quiet = std::env::var("CLICKHOUSE_DOWN_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     server.stop();
@@ -198,5 +142,5 @@ fn clickhouse_down_while_the_pipeline_runs() {
     wait_for(&server, lines.len() as u64);
     stop.store(true, Ordering::Relaxed);
     pipeline.join().unwrap();
-    assert_holds(&server, "live", &lines);
+    assert_clickhouse_holds(&server, "live", &lines);
 }

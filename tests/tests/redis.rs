@@ -20,35 +20,13 @@ use projector_core::value::{Row, Value};
 use projector_dataflows::runner::RunOptions;
 use projector_datagen::{Generator, GeneratorConfig};
 use projector_tests::services::{RedisServer, available};
-use projector_tests::{kafka, reference, shipped_config_text};
+use projector_tests::sinks::{assert_redis_holds, redis_covered, redis_sinks_yaml};
+use projector_tests::{kafka, shipped_views_yaml};
 use redis::Commands;
-use serde_json::Value as Json;
-
-/// Hash templates of the shipped views, as the test config declares them.
-const KEYS: [(&str, &[&str]); 3] = [
-    ("order_summary", &["store_id", "date"]),
-    ("product_sales", &["store_id", "date", "product_id"]),
-    ("customer_ltv", &["store_id", "customer_id"]),
-];
 
 /// The shipped views with `sources` and one Redis sink per view.
 fn config(sources: &str, url: &str, prefix: &str) -> String {
-    let shipped = shipped_config_text();
-    let views = &shipped[shipped.find("\nviews:").unwrap()..shipped.find("\nsinks:").unwrap()];
-    let mut text = format!("version: 1\nsources:\n{sources}{views}\nsinks:\n");
-    for (view, keys) in KEYS {
-        let key: Vec<String> = keys.iter().map(|k| format!("{{{k}}}")).collect();
-        text.push_str(&format!(
-            "  {view}_redis:\n    type: redis\n    view: {view}\n    url: {url}\n    prefix: \"{prefix}\"\n    key: \"{view}:{}\"\n",
-            key.join(":")
-        ));
-        if view == "product_sales" {
-            text.push_str(
-                "    rankings:\n      top_products:\n        key: \"top_products:{store_id}:{date}\"\n        member: \"{product_id}\"\n        score: revenue_cents\n",
-            );
-        }
-    }
-    text
+    format!("version: 1\nsources:\n{sources}{}\nsinks:\n{}", shipped_views_yaml(), redis_sinks_yaml(url, prefix))
 }
 
 fn file_source(path: &Path) -> String {
@@ -67,84 +45,6 @@ fn generated(events: u64, seed: u64) -> Vec<String> {
 
 fn write_lines(path: &Path, lines: &[String]) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
-}
-
-fn plain(value: &Json) -> Option<String> {
-    match value {
-        Json::Null => None,
-        Json::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
-type Hashes = BTreeMap<String, BTreeMap<String, String>>;
-/// Per view its hashes, and per sorted set its members by descending score.
-type Content = (BTreeMap<&'static str, Hashes>, BTreeMap<String, Vec<(String, f64)>>);
-
-/// What Redis should hold for `lines`: per view, hash key -> fields.
-fn expected(lines: &[String], prefix: &str) -> Content {
-    let log = reference::read(lines);
-    let rows = [
-        reference::order_summary(&log.orders),
-        reference::product_sales(&log.orders),
-        reference::customer_ltv(&log.orders),
-    ];
-    let mut views = BTreeMap::new();
-    let mut rankings: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
-    for ((view, keys), rows) in KEYS.iter().zip(rows) {
-        let mut hashes = Hashes::new();
-        for row in rows {
-            let object = row.as_object().unwrap();
-            let parts: Vec<String> = keys.iter().map(|k| plain(&object[*k]).unwrap()).collect();
-            let fields = object.iter().filter_map(|(k, v)| Some((k.clone(), plain(v)?))).collect();
-            hashes.insert(format!("{prefix}{view}:{}", parts.join(":")), fields);
-            if *view == "product_sales" {
-                let set = format!("{prefix}top_products:{}:{}", parts[0], parts[1]);
-                rankings.entry(set).or_default().push((parts[2].clone(), object["revenue_cents"].as_f64().unwrap()));
-            }
-        }
-        views.insert(*view, hashes);
-    }
-    for members in rankings.values_mut() {
-        members.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
-    }
-    (views, rankings)
-}
-
-/// What Redis holds under `prefix`, in the same shape.
-fn held(connection: &mut redis::Connection, prefix: &str) -> Content {
-    let mut views = BTreeMap::new();
-    for (view, _) in KEYS {
-        let keys: Vec<String> = connection.keys(format!("{prefix}{view}:*")).unwrap();
-        let mut hashes = Hashes::new();
-        for key in keys {
-            let fields: BTreeMap<String, String> = connection.hgetall(&key).unwrap();
-            hashes.insert(key, fields);
-        }
-        views.insert(view, hashes);
-    }
-    let mut rankings = BTreeMap::new();
-    let sets: Vec<String> = connection.keys(format!("{prefix}top_products:*")).unwrap();
-    for set in sets {
-        let members: Vec<(String, f64)> = connection.zrevrange_withscores(&set, 0, -1).unwrap();
-        rankings.insert(set, members);
-    }
-    (views, rankings)
-}
-
-fn assert_holds(server: &RedisServer, lines: &[String], prefix: &str) {
-    let (want_views, want_rankings) = expected(lines, prefix);
-    let (got_views, got_rankings) = held(&mut server.connection().unwrap(), prefix);
-    for (view, want) in &want_views {
-        let got = &got_views[view];
-        assert!(!want.is_empty());
-        for (key, fields) in want {
-            assert_eq!(got.get(key), Some(fields), "{view}: hash {key}");
-        }
-        let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).take(5).collect();
-        assert!(extra.is_empty(), "{view}: hashes that should not be there: {extra:?}");
-    }
-    assert_eq!(got_rankings, want_rankings, "top_products sorted sets");
 }
 
 fn checkpoint(server: &RedisServer, prefix: &str, sink: &str) -> BTreeMap<String, String> {
@@ -167,7 +67,7 @@ fn redis_holds_the_views_and_resumes_after_a_restart() {
     write_lines(&events, &lines[..3500]);
     let text = config(&file_source(&events), &server.url(), "resume:");
     run_file(&text, dir.path(), 2);
-    assert_holds(&server, &lines[..3500], "resume:");
+    assert_redis_holds(&server, &lines[..3500], "resume:");
     let first = checkpoint(&server, "resume:", "order_summary_redis");
     assert_eq!(first["generation"], "1");
     assert_eq!(first["positions"], r#"{"events":{"0":3501}}"#);
@@ -175,7 +75,7 @@ fn redis_holds_the_views_and_resumes_after_a_restart() {
     // The log grows; the restart resumes from the checkpoint.
     write_lines(&events, &lines);
     run_file(&text, dir.path(), 1);
-    assert_holds(&server, &lines, "resume:");
+    assert_redis_holds(&server, &lines, "resume:");
     let second = checkpoint(&server, "resume:", "order_summary_redis");
     assert_eq!(second["generation"], "2");
     assert_eq!(second["positions"], format!(r#"{{"events":{{"0":{}}}}}"#, lines.len() + 1));
@@ -203,7 +103,7 @@ fn redis_restarted_without_persistence_is_rebuilt_and_with_aof_resumes() {
         }
         write_lines(&events, &lines);
         run_file(&text, dir.path(), 2);
-        assert_holds(&server, &lines, "restart:");
+        assert_redis_holds(&server, &lines, "restart:");
         // With AOF the run resumed (generation 2); without, Redis started
         // over and the view was rebuilt under generation 1.
         let after = checkpoint(&server, "restart:", "customer_ltv_redis");
@@ -283,22 +183,8 @@ impl Running {
 /// Waits until every sink's checkpoint covers `count` records of the topic.
 fn wait_for(server: &RedisServer, prefix: &str, count: u64, within: Duration) {
     let deadline = Instant::now() + within;
-    let covered = |sink: &str| -> u64 {
-        server
-            .connection()
-            .and_then(|mut c| {
-                c.hget::<_, _, Option<String>>(format!("{prefix}projector:sink:{sink}"), "positions").ok()
-            })
-            .flatten()
-            .and_then(|text| serde_json::from_str::<BTreeMap<String, BTreeMap<String, u64>>>(&text).ok())
-            .map_or(0, |p| p.values().flat_map(|parts| parts.values()).sum())
-    };
-    loop {
-        let least = KEYS.iter().map(|(view, _)| covered(&format!("{view}_redis"))).min().unwrap_or(0);
-        if least >= count {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the sinks cover {least} of {count} records");
+    while redis_covered(server, prefix) < count {
+        assert!(Instant::now() < deadline, "the sinks cover {} of {count} records", redis_covered(server, prefix));
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -326,14 +212,14 @@ fn redis_down_or_wiped_while_the_pipeline_runs() {
     );
     let running = Running::start(config(&sources, &server.url(), "live:"), dir.path());
     wait_for(&server, "live:", 2000, Duration::from_secs(60));
-    assert_holds(&server, &lines[..2000], "live:");
+    assert_redis_holds(&server, &lines[..2000], "live:");
 
     // Redis loses everything: the sink notices at its next batch and
     // rewrites the whole view.
     server.restart();
     kafka::append(&topic, records(2000..4000));
     wait_for(&server, "live:", 4000, Duration::from_secs(60));
-    assert_holds(&server, &lines[..4000], "live:");
+    assert_redis_holds(&server, &lines[..4000], "live:");
 
     // Redis down for 30 s while events flow: the pipeline retries, then
     // converges once it is back.
@@ -344,5 +230,5 @@ fn redis_down_or_wiped_while_the_pipeline_runs() {
     server.restart();
     wait_for(&server, "live:", all as u64, Duration::from_secs(60));
     running.stop();
-    assert_holds(&server, &lines, "live:");
+    assert_redis_holds(&server, &lines, "live:");
 }

@@ -249,3 +249,22 @@ impl SourceReader for KafkaReader {
         SourcePositions(self.next.iter().map(|(p, next)| ((self.source_index, *p as u32), *next as u64)).collect())
     }
 }
+
+/// The end offset (high watermark) of every partition of `topic`, for
+/// `projector status`.
+pub fn end_offsets(
+    brokers: &str,
+    properties: &[(String, String)],
+    topic: &str,
+) -> Result<BTreeMap<u32, u64>, SourceError> {
+    let consumer: BaseConsumer =
+        client_config(brokers, properties).create().map_err(|e| fatal("cannot create a Kafka consumer", e))?;
+    let mut ends = BTreeMap::new();
+    for partition in partitions(&consumer, topic)? {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+            .map_err(|e| fatal(&format!("cannot read the offsets of {topic}/{partition}"), e))?;
+        ends.insert(partition as u32, high.max(0) as u64);
+    }
+    Ok(ends)
+}

@@ -1,0 +1,139 @@
+//! `projector status`: where each source partition and each sink stands.
+//!
+//! For every source partition: the committed offset (the lowest position
+//! any checkpointing sink has committed: a restart delivers everything
+//! after it), the end of the log, and the lag between them. For every
+//! sink: its generation, its checkpoint, and the age of its newest data.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::BufRead;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use projector_core::config::{PipelinePlan, SinkKind, SourceKind};
+use projector_core::sink::SinkStatus;
+
+use crate::commands::CommandError;
+
+/// What one sink said, or why it could not say.
+struct SinkReport {
+    name: String,
+    kind: &'static str,
+    view: String,
+    status: Result<Option<SinkStatus>, String>,
+}
+
+fn sink_reports(plan: &PipelinePlan) -> Vec<SinkReport> {
+    plan.config
+        .sinks
+        .iter()
+        .map(|sink| {
+            let (kind, status) = match &sink.kind {
+                SinkKind::File(_) => ("file", Ok(None)),
+                SinkKind::Redis(redis) => ("redis", projector_sink_redis::status(redis, &sink.name).map(Some)),
+                SinkKind::ClickHouse(clickhouse) => {
+                    ("clickhouse", projector_sink_clickhouse::status(clickhouse, &sink.name).map(Some))
+                }
+            };
+            SinkReport { name: sink.name.clone(), kind, view: sink.view.value.clone(), status }
+        })
+        .collect()
+}
+
+/// The next line number after the last line of a file (its end, in the
+/// file source's positions).
+fn file_end(path: &std::path::Path) -> Result<u64, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut lines = 0u64;
+    let mut reader = std::io::BufReader::new(file);
+    let mut buffer = Vec::new();
+    while reader.read_until(b'\n', &mut buffer).map_err(|e| e.to_string())? > 0 {
+        lines += 1;
+        buffer.clear();
+    }
+    Ok(lines + 1)
+}
+
+fn age(written_at_ms: i64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let seconds = (now - written_at_ms).max(0) as f64 / 1000.0;
+    if seconds < 120.0 { format!("{seconds:.1} s ago") } else { format!("{:.1} min ago", seconds / 60.0) }
+}
+
+/// The report, as text; `Err` when some source or sink could not be read
+/// (the text still says everything that could be).
+pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
+    let mut out = String::new();
+    let mut problems = Vec::new();
+    let sinks = sink_reports(plan);
+    // Per source and partition, the lowest committed offset of any sink.
+    let mut committed: BTreeMap<(String, u32), u64> = BTreeMap::new();
+    let checkpointing: Vec<&SinkStatus> =
+        sinks.iter().filter_map(|s| s.status.as_ref().ok().and_then(Option::as_ref)).collect();
+    for source in &plan.config.sources {
+        let ends: Result<BTreeMap<u32, u64>, String> = match &source.kind {
+            SourceKind::Kafka(kafka) => {
+                let _ = writeln!(out, "source {} (kafka topic {} at {})", source.name, kafka.topic, kafka.brokers);
+                projector_source_kafka::source::end_offsets(&kafka.brokers, &kafka.properties, &kafka.topic)
+                    .map_err(|e| e.to_string())
+            }
+            SourceKind::File(file) => {
+                let _ = writeln!(out, "source {} (file {})", source.name, file.path.display());
+                file_end(&file.path).map(|end| [(0, end)].into_iter().collect())
+            }
+        };
+        let ends = match ends {
+            Ok(ends) => ends,
+            Err(error) => {
+                let _ = writeln!(out, "  cannot read the end of the log: {error}");
+                problems.push(format!("source {}: {error}", source.name));
+                BTreeMap::new()
+            }
+        };
+        let _ = writeln!(out, "  {:>9}  {:>12}  {:>12}  {:>10}", "partition", "committed", "end", "lag");
+        for (partition, end) in &ends {
+            let lowest = checkpointing
+                .iter()
+                .map(|status| {
+                    status
+                        .positions
+                        .as_ref()
+                        .and_then(|p| p.get(&source.name))
+                        .and_then(|p| p.get(partition))
+                        .copied()
+                        .unwrap_or(0)
+                })
+                .min();
+            if let Some(lowest) = lowest {
+                committed.insert((source.name.clone(), *partition), lowest);
+            }
+            let (shown, lag) = match lowest {
+                Some(lowest) => (lowest.to_string(), end.saturating_sub(lowest).to_string()),
+                None => ("-".to_string(), "-".to_string()),
+            };
+            let _ = writeln!(out, "  {partition:>9}  {shown:>12}  {end:>12}  {lag:>10}");
+        }
+    }
+    for sink in &sinks {
+        let _ = writeln!(out, "sink {} ({}, view {})", sink.name, sink.kind, sink.view);
+        match &sink.status {
+            Ok(None) => {
+                let _ = writeln!(out, "  no checkpoint (rewritten from the views at each run)");
+            }
+            Ok(Some(status)) => {
+                let generation = status.generation.map_or("-".to_string(), |g| g.to_string());
+                let checkpoint = match &status.positions {
+                    Some(positions) => serde_json::to_string(positions).unwrap_or_default(),
+                    None => "none (holds nothing yet)".to_string(),
+                };
+                let newest = status.written_at_ms.map_or("never".to_string(), age);
+                let _ = writeln!(out, "  generation {generation}, checkpoint {checkpoint}, newest data {newest}");
+            }
+            Err(error) => {
+                let _ = writeln!(out, "  cannot read its state: {error}");
+                problems.push(format!("sink {}: {error}", sink.name));
+            }
+        }
+    }
+    if problems.is_empty() { Ok(out) } else { Err((out, CommandError::Io(problems.join("; ")))) }
+}
