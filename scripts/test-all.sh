@@ -22,8 +22,10 @@ PIDS=()
 # these machines). It is built with the workspace.
 start_kafka() {
     local address_file="$SERVICES_DIR/kafka.address"
-    rm -f "$address_file"
-    "${CARGO_TARGET_DIR:-target}/debug/projector-mock-kafka" --address-file "$address_file" > "$SERVICES_DIR/kafka.log" 2>&1 &
+    local control_file="$SERVICES_DIR/kafka.control"
+    rm -f "$address_file" "$control_file"
+    "${CARGO_TARGET_DIR:-target}/debug/projector-mock-kafka" --address-file "$address_file" \
+        --control-file "$control_file" > "$SERVICES_DIR/kafka.log" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 1 100); do
         [ -s "$address_file" ] && break
@@ -31,7 +33,8 @@ start_kafka() {
     done
     [ -s "$address_file" ] || { echo "the Kafka mock broker did not start:"; cat "$SERVICES_DIR/kafka.log"; exit 1; }
     KAFKA_BROKERS="$(cat "$address_file")"
-    export KAFKA_BROKERS
+    KAFKA_MOCK_CONTROL="$(cat "$control_file")"
+    export KAFKA_BROKERS KAFKA_MOCK_CONTROL
     echo "Kafka mock broker at $KAFKA_BROKERS"
 }
 

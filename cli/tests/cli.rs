@@ -74,9 +74,11 @@ fn check_reports_errors_and_exits_2() {
     let ok = projector(&["check", "-c", &shipped()], dir.path());
     assert!(ok.status.success(), "{}", text(&ok.stderr));
     assert!(text(&ok.stdout).contains("ok (1 sources, 3 views, 3 sinks)"));
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kafka.yaml").display().to_string();
-    let ok = projector(&["check", "-c", &example], dir.path());
-    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    for example in ["kafka.yaml", "sinks.yaml"] {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(example).display().to_string();
+        let ok = projector(&["check", "-c", &example], dir.path());
+        assert!(ok.status.success(), "{example}: {}", text(&ok.stderr));
+    }
 }
 
 #[test]

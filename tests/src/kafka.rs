@@ -24,20 +24,52 @@ pub fn brokers() -> String {
         std::env::var("CI").as_deref() != Ok("true"),
         "KAFKA_BROKERS is not set: run the tests with scripts/test-all.sh, which starts the broker"
     );
-    static LOCAL: OnceLock<String> = OnceLock::new();
-    LOCAL
-        .get_or_init(|| {
-            let (send, receive) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let cluster = rdkafka::mocking::MockCluster::new(1).expect("in-process mock cluster");
-                send.send(cluster.bootstrap_servers()).expect("address");
-                loop {
-                    std::thread::park();
-                }
-            });
-            receive.recv().expect("mock cluster address")
-        })
-        .clone()
+    local().0.clone()
+}
+
+/// The in-process mock cluster of a plain `cargo test`: its address, and a
+/// way to ask it for topics.
+type TopicRequest = (String, i32, std::sync::mpsc::Sender<Result<(), String>>);
+
+fn local() -> &'static (String, std::sync::Mutex<std::sync::mpsc::Sender<TopicRequest>>) {
+    static LOCAL: OnceLock<(String, std::sync::Mutex<std::sync::mpsc::Sender<TopicRequest>>)> = OnceLock::new();
+    LOCAL.get_or_init(|| {
+        let (send, receive) = std::sync::mpsc::channel();
+        let (create, requests) = std::sync::mpsc::channel::<TopicRequest>();
+        std::thread::spawn(move || {
+            let cluster = rdkafka::mocking::MockCluster::new(1).expect("in-process mock cluster");
+            send.send(cluster.bootstrap_servers()).expect("address");
+            for (name, partitions, reply) in requests {
+                let _ = reply.send(cluster.create_topic(&name, partitions, 1).map_err(|e| e.to_string()));
+            }
+            loop {
+                std::thread::park();
+            }
+        });
+        (receive.recv().expect("mock cluster address"), std::sync::Mutex::new(create))
+    })
+}
+
+/// A fresh topic with `partitions` partitions (the mock keeps at most
+/// 5 MiB per partition, and auto-creates topics with 4). Asks the test
+/// broker's control port (`KAFKA_MOCK_CONTROL`, see projector-mock-kafka).
+pub fn create_topic(name: &str, partitions: i32) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let topic = fresh_topic(name);
+    if std::env::var("KAFKA_BROKERS").is_ok_and(|b| !b.is_empty()) {
+        let control = std::env::var("KAFKA_MOCK_CONTROL")
+            .expect("KAFKA_MOCK_CONTROL is not set: start projector-mock-kafka with --control-file");
+        let mut stream = std::net::TcpStream::connect(&control).expect("the mock broker's control port");
+        writeln!(stream, "create {topic} {partitions}").unwrap();
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer).unwrap();
+        assert_eq!(answer.trim(), "ok", "creating {topic}");
+    } else {
+        let (reply, answer) = std::sync::mpsc::channel();
+        local().1.lock().unwrap().send((topic.clone(), partitions, reply)).unwrap();
+        answer.recv().unwrap().unwrap_or_else(|e| panic!("creating {topic}: {e}"));
+    }
+    topic
 }
 
 /// A topic name no other test uses.

@@ -84,7 +84,10 @@ fn reports_every_error_with_its_position() {
             "{}: sink \"out\": 'view' names \"sumary\", which is not a declared view; declared views: summary, lines",
             at(BROKEN, "sumary")
         ),
-        format!("{}: sink \"db\": 'type' \"postgres\" is not a known type; allowed: file", at(BROKEN, "postgres")),
+        format!(
+            "{}: sink \"db\": 'type' \"postgres\" is not a known type; allowed: file, redis, clickhouse",
+            at(BROKEN, "postgres")
+        ),
     ];
     for line in &expected {
         assert!(found.contains(line), "missing:\n  {line}\nfound:\n  {}", found.join("\n  "));
@@ -204,4 +207,71 @@ fn environment_variables_fill_values_and_unset_ones_are_errors() {
             "pipelines.yaml:4:14: config: environment variable PROJECTOR_TEST_SURELY_UNSET is not set; set it, or write ${PROJECTOR_TEST_SURELY_UNSET:-default} for a default"
         ]
     );
+}
+
+const BAD_SINKS: &str = r#"version: 1
+sources:
+  events: { type: file, path: events.jsonl }
+views:
+  sales:
+    from: order_lines
+    group_by: [store_id, product_id]
+    measures:
+      revenue: { sum: line_total_cents }
+      first: { min: created_at }
+sinks:
+  hot:
+    type: redis
+    view: sales
+    key: "sales:{store_id}"
+    rankings:
+      top:
+        key: "top:{store}"
+        member: "{product_id}"
+        score: first
+      top_by_nothing:
+        key: "top2:{store_id}"
+        member: "x"
+        score: revenue_cents
+  cold:
+    type: clickhouse
+    view: sales
+    database: Analytics
+    batch_ms: 0
+"#;
+
+#[test]
+fn reports_bad_redis_and_clickhouse_sinks() {
+    let found = errors(BAD_SINKS);
+    let expected = [
+        format!(
+            "{}: sink \"hot\": 'key' must name every key field of view \"sales\", or rows would share a hash; missing: {{product_id}}",
+            at(BAD_SINKS, "sales:{store_id}")
+        ),
+        format!(
+            "{}: sink \"hot\": 'rankings.top.key' {{store}} at character 5 is not a key field of the view; key fields: store_id, product_id",
+            at(BAD_SINKS, "top:{store}")
+        ),
+        format!(
+            "{}: sink \"hot\": 'rankings.top.score' \"first\" is a timestamp field; a score must be a number",
+            at(BAD_SINKS, "first\n")
+        ),
+        format!(
+            "{}: sink \"hot\": 'rankings.top_by_nothing.member' with the ranking's key, must name every key field, or rows would share a member; missing: {{product_id}}",
+            at(BAD_SINKS, "x\"\n")
+        ),
+        format!(
+            "{}: sink \"hot\": 'rankings.top_by_nothing.score' \"revenue_cents\" is not a field of view \"sales\"; numeric fields: store_id, product_id, revenue",
+            at(BAD_SINKS, "revenue_cents")
+        ),
+        format!(
+            "{}: sink \"cold\": 'database' \"Analytics\" is not a valid name; use lowercase letters, digits and '_'",
+            at(BAD_SINKS, "Analytics")
+        ),
+        format!("{}: sink \"cold\": 'batch_ms' must be a whole number of at least 1 (got 0)", at(BAD_SINKS, "0\n")),
+    ];
+    for line in &expected {
+        assert!(found.contains(line), "missing error:\n  {line}\nfound:\n  {}", found.join("\n  "));
+    }
+    assert_eq!(found.len(), expected.len(), "found:\n  {}", found.join("\n  "));
 }

@@ -59,7 +59,8 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     let redis = RedisServer::start(true);
     let clickhouse = ClickHouseServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let topic = kafka::fresh_topic("crash");
+    // The mock broker keeps at most 5 MiB per partition.
+    let topic = kafka::create_topic("crash", 32);
     let generator = GeneratorConfig { events, seed: 77, bad_ratio: 0.0, ..GeneratorConfig::default() };
     let keyed: Vec<(String, String)> = Generator::new(generator).map(|r| (r.key, r.line)).collect();
     let lines: Vec<String> = keyed.iter().map(|(_, line)| line.clone()).collect();
@@ -93,8 +94,18 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     let mut moments = Moments(seed);
     let started = Instant::now();
     for kill in 1..=kills {
+        // Kill once the run writes again (after it rebuilt its state from
+        // the log), at a random moment: before, during or after a write.
+        let before = (redis_covered(&redis, "crash:"), clickhouse_covered(&clickhouse, "crash"));
         let mut child = start(&config, &log);
-        let wait = moments.next_millis(300, 3000);
+        let writing = Instant::now() + Duration::from_secs(120);
+        while (redis_covered(&redis, "crash:"), clickhouse_covered(&clickhouse, "crash")) == before
+            && Instant::now() < writing
+            && child.try_wait().ok().flatten().is_none()
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let wait = moments.next_millis(1, 1500);
         std::thread::sleep(Duration::from_millis(wait));
         if let Ok(Some(status)) = child.try_wait() {
             panic!("projector run exited early ({status}); see {}", std::fs::read_to_string(&log).unwrap());
@@ -102,7 +113,7 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
         child.kill().unwrap();
         child.wait().unwrap();
         println!(
-            "kill {kill} after {wait} ms: Redis covers {} and ClickHouse {} of {total} records",
+            "kill {kill}, {wait} ms after it wrote: Redis covers {} and ClickHouse {} of {total} records",
             redis_covered(&redis, "crash:"),
             clickhouse_covered(&clickhouse, "crash")
         );

@@ -4,13 +4,19 @@
 //!
 //! ```text
 //! projector-mock-kafka [--brokers N] [--topic NAME:PARTITIONS]... [--address-file FILE]
+//!                      [--control-file FILE]
 //! ```
 //!
 //! Prints the bootstrap address (and writes it to FILE), then serves until
 //! killed. Topics not created up front are created on first use with 4
-//! partitions.
+//! partitions. The mock has no CreateTopics request; with
+//! `--control-file`, it listens on a loopback port (written to that file)
+//! for lines `create NAME PARTITIONS`, answered `ok` or `error: ...`, so
+//! tests can make topics with more partitions (the mock keeps at most 5 MiB
+//! per partition).
 
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 
 use rdkafka::mocking::MockCluster;
 
@@ -18,6 +24,7 @@ fn main() {
     let mut brokers = 1;
     let mut topics: Vec<(String, i32)> = Vec::new();
     let mut address_file = None;
+    let mut control_file = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -29,6 +36,7 @@ fn main() {
                 topics.push((name.to_string(), partitions));
             }
             "--address-file" => address_file = Some(args.next().unwrap_or_else(|| usage("--address-file FILE"))),
+            "--control-file" => control_file = Some(args.next().unwrap_or_else(|| usage("--control-file FILE"))),
             "--help" | "-h" => usage(""),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -46,23 +54,50 @@ fn main() {
             std::process::exit(1);
         }
     }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| fail(&format!("cannot listen: {e}")));
+    if let Some(file) = control_file {
+        let control = listener.local_addr().unwrap_or_else(|e| fail(&e.to_string())).to_string();
+        std::fs::write(&file, control).unwrap_or_else(|e| fail(&format!("cannot write {file}: {e}")));
+    }
+    // The address last: whoever waits for it finds the control port ready.
     let address = cluster.bootstrap_servers();
     println!("{address}");
-    if let Some(file) = address_file
-        && let Err(error) = std::fs::write(&file, &address)
-    {
-        eprintln!("projector-mock-kafka: cannot write {file}: {error}");
-        std::process::exit(1);
+    if let Some(file) = address_file {
+        std::fs::write(&file, &address).unwrap_or_else(|e| fail(&format!("cannot write {file}: {e}")));
     }
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let Ok(mut writer) = stream.try_clone() else { continue };
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let answer = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                ["create", name, partitions] => match partitions.parse() {
+                    Ok(partitions) => match cluster.create_topic(name, partitions, 1) {
+                        Ok(()) => "ok".to_string(),
+                        Err(error) => format!("error: {error}"),
+                    },
+                    Err(_) => format!("error: {partitions:?} is not a partition count"),
+                },
+                _ => "error: expected `create NAME PARTITIONS`".to_string(),
+            };
+            if writeln!(writer, "{answer}").is_err() {
+                break;
+            }
+        }
     }
+}
+
+fn fail(problem: &str) -> ! {
+    eprintln!("projector-mock-kafka: {problem}");
+    std::process::exit(1);
 }
 
 fn usage(problem: &str) -> ! {
     if !problem.is_empty() {
         eprintln!("projector-mock-kafka: {problem}");
     }
-    eprintln!("usage: projector-mock-kafka [--brokers N] [--topic NAME:PARTITIONS]... [--address-file FILE]");
+    eprintln!(
+        "usage: projector-mock-kafka [--brokers N] [--topic NAME:PARTITIONS]... [--address-file FILE] [--control-file FILE]"
+    );
     std::process::exit(2);
 }
