@@ -23,26 +23,20 @@
 //! `BENCH_LATENCY_PARTITIONS`, `BENCH_LINGER_MS` (latency producer),
 //! `BENCH_FETCH_WAIT_MS`, `BENCH_IDLE_US` (how long an idle worker sleeps).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientContext;
-use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
-
-use projector::commands;
+use projector_benches::{
+    CompletionSink, Completions, bench_topic, kafka_source, knob, latencies, mock_broker, percentile, shipped_plan,
+    steady_load, summary,
+};
 use projector_commands::log::CommandLogConfig;
-use projector_core::config::{KafkaSourceConfig, PipelinePlan, StartPosition};
-use projector_core::sink::{SinkError, ViewBatch, ViewSink};
-use projector_core::source::Source;
+use projector_core::config::PipelinePlan;
+use projector_core::sink::ViewSink;
 use projector_dataflows::runner::{Outputs, RunOptions, run};
 use projector_datagen::{Generator, GeneratorConfig};
-use projector_source_kafka::KafkaSource;
-use projector_source_kafka::client::producer_config;
 
 #[global_allocator]
 static ALLOCATOR: projector::Allocator = mimalloc::MiMalloc;
@@ -50,15 +44,14 @@ static ALLOCATOR: projector::Allocator = mimalloc::MiMalloc;
 fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
     let size = |bench: u64, test: u64| if benchmarking { bench } else { test };
-    let knob = |name: &str, default: i32| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     // The mock broker keeps at most 5 MiB per partition: the 1M-event log
     // needs many partitions. For latency, fewer partitions: the mock scans
     // a partition's whole message-set list on every fetch (librdkafka's
     // "FIXME: Maintain an index"), which a real broker does not.
-    let (brokers, _cluster) = broker(&[
-        ("throughput", knob("BENCH_PARTITIONS", 64)),
-        ("latency", knob("BENCH_LATENCY_PARTITIONS", 8)),
-        ("commands", knob("BENCH_PARTITIONS", 64)),
+    let brokers = mock_broker(&[
+        (bench_topic("throughput"), knob("BENCH_PARTITIONS", 64)),
+        (bench_topic("latency"), knob("BENCH_LATENCY_PARTITIONS", 8)),
+        (bench_topic("commands"), knob("BENCH_PARTITIONS", 64)),
     ]);
     let plan = shipped_plan();
     let events = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(size(1_000_000, 20_000));
@@ -68,52 +61,8 @@ fn main() {
     command_api(&brokers, 2_000.0, Duration::from_secs(size(10, 2)));
 }
 
-/// An in-process mock cluster with the bench topics created.
-fn broker(topics: &[(&str, i32)]) -> (String, std::thread::JoinHandle<()>) {
-    let (send, receive) = std::sync::mpsc::channel();
-    let topics: Vec<(String, i32)> = topics.iter().map(|(t, partitions)| (topic(t), *partitions)).collect();
-    let thread = std::thread::spawn(move || {
-        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-        for (name, partitions) in &topics {
-            cluster.create_topic(name, *partitions, 1).expect("bench topic");
-        }
-        send.send(cluster.bootstrap_servers()).expect("address");
-        loop {
-            std::thread::park();
-        }
-    });
-    (receive.recv().expect("mock cluster address"), thread)
-}
-
-fn shipped_plan() -> PipelinePlan {
-    commands::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines.yaml")).expect("shipped config")
-}
-
-fn topic(name: &str) -> String {
-    format!("bench-{name}-{}", std::process::id())
-}
-
-fn source(brokers: &str, topic: &str, bounded: bool) -> Arc<dyn Source> {
-    Arc::new(KafkaSource::new(
-        0,
-        KafkaSourceConfig {
-            brokers: brokers.to_string(),
-            topic: topic.to_string(),
-            start: StartPosition::Earliest,
-            bounded,
-            batch_ms: std::env::var("BENCH_BATCH_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(10),
-            dead_letter_topic: None,
-            group_id: "projector-bench".into(),
-            properties: std::env::var("BENCH_FETCH_WAIT_MS")
-                .map(|ms| vec![("fetch.wait.max.ms".to_string(), ms)])
-                .unwrap_or_default(),
-        },
-        Instant::now(),
-    ))
-}
-
 fn throughput(brokers: &str, plan: &PipelinePlan, events: u64) {
-    let topic = topic("throughput");
+    let topic = bench_topic("throughput");
     let started = Instant::now();
     let records =
         Generator::new(GeneratorConfig { events, seed: 42, ..GeneratorConfig::default() }).map(|r| (r.key, r.line));
@@ -127,7 +76,7 @@ fn throughput(brokers: &str, plan: &PipelinePlan, events: u64) {
         let started = Instant::now();
         let summary = run(
             Arc::new(plan.clone()),
-            vec![("bench".into(), source(brokers, &topic, true))],
+            vec![("bench".into(), kafka_source(brokers, &topic, true))],
             Outputs::default(),
             RunOptions { workers, ..RunOptions::default() },
         )
@@ -142,67 +91,21 @@ fn throughput(brokers: &str, plan: &PipelinePlan, events: u64) {
     }
 }
 
-/// Records where each appended record landed and when it was sent.
-struct Acks(Arc<Mutex<Vec<(i32, i64, Instant)>>>);
-
-impl ClientContext for Acks {}
-
-impl ProducerContext for Acks {
-    type DeliveryOpaque = Box<Instant>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Instant>) {
-        if let Ok(message) = result {
-            use rdkafka::message::Message;
-            if let Ok(mut acks) = self.0.lock() {
-                acks.push((message.partition(), message.offset(), *sent));
-            }
-        }
-    }
-}
-
-/// When a batch of the views completed, and the next offset it covers per
-/// partition.
-type Completion = (Instant, BTreeMap<u32, u64>);
-
-/// Remembers when each batch of the views completed, and what it covered.
-struct Completions(Arc<Mutex<Vec<Completion>>>);
-
-impl ViewSink for Completions {
-    fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
-        let covered = batch.positions.0.iter().map(|((_, partition), next)| (*partition, *next)).collect();
-        if let Ok(mut completions) = self.0.lock() {
-            completions.push((Instant::now(), covered));
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<(), SinkError> {
-        Ok(())
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 fn latency(brokers: &str, plan: &PipelinePlan, rate: f64, duration: Duration) {
-    let topic = topic("latency");
+    let topic = bench_topic("latency");
     let warm =
         Generator::new(GeneratorConfig { events: 1, seed: 1, ..GeneratorConfig::default() }).map(|r| (r.key, r.line));
     projector_source_kafka::produce::append_all(brokers, &topic, warm).expect("topic");
-    let completions = Arc::new(Mutex::new(Vec::new()));
+    let completions = Completions::default();
     let mut view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>> = plan.views.iter().map(|_| Vec::new()).collect();
-    view_sinks[0].push(("latency".into(), Box::new(Completions(Arc::clone(&completions)))));
+    view_sinks[0].push(("latency".into(), Box::new(CompletionSink(Arc::clone(&completions)))));
     let mut options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
     if let Some(micros) = std::env::var("BENCH_IDLE_US").ok().and_then(|v| v.parse().ok()) {
         options.idle_wait = Duration::from_micros(micros);
     }
     let stop = Arc::clone(&options.stop);
     let pipeline = {
-        let (plan, source) = (plan.clone(), source(brokers, &topic, false));
+        let (plan, source) = (plan.clone(), kafka_source(brokers, &topic, false));
         std::thread::spawn(move || {
             run(
                 Arc::new(plan),
@@ -213,74 +116,20 @@ fn latency(brokers: &str, plan: &PipelinePlan, rate: f64, duration: Duration) {
         })
     };
     std::thread::sleep(Duration::from_millis(500));
-    let acks = Arc::new(Mutex::new(Vec::new()));
-    let producer: BaseProducer<Acks> = producer_config(brokers, &[])
-        .set("linger.ms", std::env::var("BENCH_LINGER_MS").unwrap_or_else(|_| "5".into()))
-        .set("compression.type", "lz4")
-        .create_with_context(Acks(Arc::clone(&acks)))
-        .expect("producer");
-    let events = (rate * duration.as_secs_f64()) as u64;
-    let mut generator = Generator::new(GeneratorConfig { events: u64::MAX, seed: 7, ..GeneratorConfig::default() });
-    let started = Instant::now();
-    let mut sent = 0u64;
-    while sent < events {
-        let due = ((started.elapsed().as_secs_f64() * rate) as u64).min(events);
-        while sent < due {
-            let record = generator.next().expect("generated record");
-            let mut record =
-                BaseRecord::with_opaque_to(&topic, Box::new(Instant::now())).key(&record.key).payload(&record.line);
-            while let Err((_, returned)) = producer.send(record) {
-                // The local queue is full: serve deliveries and retry.
-                producer.poll(Duration::from_millis(1));
-                record = returned;
-            }
-            sent += 1;
-        }
-        // Serve delivery reports, then wait for the next millisecond's
-        // share: the load generator should not take the cores it measures.
-        producer.poll(Duration::ZERO);
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let _ = producer.flush(Duration::from_secs(30));
-    let sending = started.elapsed().as_secs_f64();
+    let (sent, achieved, acks) = steady_load(brokers, &topic, rate, duration);
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     pipeline.join().expect("pipeline thread").expect("pipeline");
-
-    let completions = completions.lock().expect("completions");
-    if std::env::var("DEBUG_RECV").is_ok() {
-        for (partition, offset, sent) in acks.lock().expect("acks").iter() {
-            if offset % 50 == 0 {
-                eprintln!("sent {partition} {offset} {sent:?}");
-            }
-        }
-        for (at, covered) in completions.iter() {
-            eprintln!("done {at:?} {covered:?}");
-        }
-    }
-    let mut latencies: Vec<Duration> = Vec::new();
-    for (partition, offset, acked) in acks.lock().expect("acks").iter() {
-        let seen = completions
-            .iter()
-            .find(|(_, covered)| covered.get(&(*partition as u32)).is_some_and(|next| *next > *offset as u64))
-            .map(|(at, _)| *at);
-        if let Some(at) = seen {
-            latencies.push(at.saturating_duration_since(*acked));
-        }
-    }
-    latencies.sort();
+    let latencies = latencies(&acks, &completions.lock().expect("completions"));
     println!(
-        "kafka latency: {sent} events at {:.0}/s; event-to-view latency of {}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        sent as f64 / sending,
+        "kafka latency: {sent} events at {achieved:.0}/s; event-to-view latency of {}: {}",
         latencies.len(),
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        summary(&latencies)
     );
 }
 
 fn command_api(brokers: &str, rate: f64, duration: Duration) {
-    let topic = topic("commands");
+    let topic = bench_topic("commands");
     let state = std::env::temp_dir().join(format!("projector-bench-commands-{}", std::process::id()));
     let log = CommandLogConfig {
         brokers: brokers.to_string(),

@@ -203,6 +203,12 @@ impl ClickHouseViewSink {
         })
     }
 
+    /// The positions of the last checkpoint this run wrote or resumed
+    /// from: what the sink's committed data reflects.
+    pub fn checkpoint(&self) -> Option<&SourcePositions> {
+        self.checkpoint_positions.as_ref()
+    }
+
     fn rows_table(&self) -> String {
         format!("{}.{}_rows", self.database, self.table)
     }

@@ -1,0 +1,284 @@
+//! The exactly-once sinks under load, against real `redis-server` and
+//! `clickhouse-server` processes on loopback (started here, as the tests
+//! do).
+//!
+//! 1. Sink throughput: the rows of the three views over a generated log,
+//!    written in one batch into a fresh Redis sink and a fresh ClickHouse
+//!    sink; prints rows/s for each.
+//! 2. Ingest with both sinks: about 1,000,000 events from a 64-partition
+//!    topic into the three views and both sinks of every view, 2 workers;
+//!    prints events/s (the views alone: `--bench kafka_e2e`).
+//! 3. Event-to-sink latency at a steady 20,000 events/s with both sinks on:
+//!    from the call that appends an event to the commit (data and
+//!    checkpoint) of the first Redis transaction / ClickHouse checkpoint
+//!    that covers it, for `product_sales` (the view with the most rows).
+//!
+//! Run: `cargo bench -p projector-benches --bench sinks_e2e`. Under
+//! `cargo test` it runs each part small. Knobs: `BENCH_EVENTS` (log size of
+//! 1 and 2), `BENCH_RATE`, `BENCH_SECONDS` (of 3), plus those of kafka_e2e.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use projector_benches::{
+    Completions, bench_topic, generated_lines, kafka_source, knob, latencies, mock_broker, note, steady_load, summary,
+};
+use projector_core::config::{PipelinePlan, SinkKind, check_text};
+use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewChange, ViewRows, ViewSink};
+use projector_core::source::Source;
+use projector_dataflows::output::apply_changes;
+use projector_dataflows::runner::{Outputs, RunOptions, run};
+use projector_datagen::{Generator, GeneratorConfig};
+use projector_sink_clickhouse::ClickHouseViewSink;
+use projector_sink_redis::RedisViewSink;
+use projector_source_file::FileSource;
+use projector_tests::services::{ClickHouseServer, RedisServer, available};
+use projector_tests::shipped_views_yaml;
+use projector_tests::sinks::{clickhouse_sinks_yaml, redis_sinks_yaml};
+
+#[global_allocator]
+static ALLOCATOR: projector::Allocator = mimalloc::MiMalloc;
+
+fn main() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let size = |bench: u64, test: u64| if benchmarking { bench } else { test };
+    if !available("redis-server") || !available("clickhouse-server") {
+        return;
+    }
+    let redis = RedisServer::start(false);
+    let clickhouse = ClickHouseServer::start();
+    let events = knob("BENCH_EVENTS", size(1_000_000, 20_000));
+    let brokers = mock_broker(&[
+        (bench_topic("ingest"), knob("BENCH_PARTITIONS", 64)),
+        (bench_topic("latency"), knob("BENCH_LATENCY_PARTITIONS", 8)),
+    ]);
+    sink_throughput(&redis, &clickhouse, events);
+    ingest(&brokers, &redis, &clickhouse, events);
+    let rate = knob("BENCH_RATE", 20_000.0);
+    latency(&brokers, &redis, &clickhouse, rate, Duration::from_secs(knob("BENCH_SECONDS", size(10, 2))));
+}
+
+/// The shipped views with Redis and ClickHouse sinks for each, reading
+/// `sources`.
+fn plan(
+    sources: &str,
+    redis: &RedisServer,
+    prefix: &str,
+    clickhouse: &ClickHouseServer,
+    database: &str,
+) -> PipelinePlan {
+    let text = format!(
+        "version: 1\nsources:\n{sources}{}\nsinks:\n{}{}",
+        shipped_views_yaml(),
+        redis_sinks_yaml(&redis.url(), prefix),
+        clickhouse_sinks_yaml(&clickhouse.url(), database, 1000),
+    );
+    check_text(&text, "bench.yaml", std::path::Path::new(".")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn kafka_sources(brokers: &str, topic: &str) -> String {
+    format!("  events:\n    type: kafka\n    brokers: {brokers}\n    topic: {topic}\n")
+}
+
+/// Notes each commit of a Redis sink (every batch is one transaction).
+struct TimedRedis(RedisViewSink, Completions);
+
+impl ViewSink for TimedRedis {
+    fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        self.0.resume()
+    }
+    fn reset(&mut self) -> Result<(), SinkError> {
+        self.0.reset()
+    }
+    fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
+        self.0.apply(batch)?;
+        note(&self.1, batch.positions);
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.0.finish()
+    }
+}
+
+/// Notes each checkpoint a ClickHouse sink writes.
+struct TimedClickHouse(ClickHouseViewSink, Completions);
+
+impl TimedClickHouse {
+    fn after(&mut self, before: Option<SourcePositions>) {
+        if let Some(now) = self.0.checkpoint()
+            && Some(now) != before.as_ref()
+        {
+            note(&self.1, now);
+        }
+    }
+}
+
+impl ViewSink for TimedClickHouse {
+    fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        self.0.resume()
+    }
+    fn reset(&mut self) -> Result<(), SinkError> {
+        self.0.reset()
+    }
+    fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
+        let before = self.0.checkpoint().cloned();
+        self.0.apply(batch)?;
+        self.after(before);
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), SinkError> {
+        let before = self.0.checkpoint().cloned();
+        self.0.finish()?;
+        self.after(before);
+        Ok(())
+    }
+}
+
+/// The config's sinks; those of `timed_view` note their commits.
+fn sinks(plan: &PipelinePlan, timed_view: &str, redis_done: &Completions, clickhouse_done: &Completions) -> Outputs {
+    let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
+    let mut view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>> = plan.views.iter().map(|_| Vec::new()).collect();
+    for sink in &plan.config.sinks {
+        let index = plan.views.iter().position(|v| v.name == sink.view.value).expect("view");
+        let view = Arc::clone(&plan.views[index]);
+        let timed = view.name == timed_view;
+        let built: Box<dyn ViewSink> = match &sink.kind {
+            SinkKind::Redis(config) => {
+                let inner = RedisViewSink::new(&sink.name, view, config, source_names.clone()).expect("redis sink");
+                if timed { Box::new(TimedRedis(inner, Arc::clone(redis_done))) } else { Box::new(inner) }
+            }
+            SinkKind::ClickHouse(config) => {
+                let inner =
+                    ClickHouseViewSink::new(&sink.name, view, config, source_names.clone()).expect("clickhouse sink");
+                if timed { Box::new(TimedClickHouse(inner, Arc::clone(clickhouse_done))) } else { Box::new(inner) }
+            }
+            SinkKind::File(_) => continue,
+        };
+        view_sinks[index].push((sink.name.clone(), built));
+    }
+    Outputs { view_sinks, dead_letter_sinks: Vec::new() }
+}
+
+/// Keeps a view's rows.
+struct Capture(Arc<Mutex<ViewRows>>);
+
+impl ViewSink for Capture {
+    fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
+        apply_changes(&mut self.0.lock().expect("rows"), batch.changes);
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+fn sink_throughput(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u64) {
+    // The views' rows over a generated log, computed once.
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let path = dir.path().join("events.jsonl");
+    std::fs::write(&path, generated_lines(events, 42).join("\n") + "\n").expect("events file");
+    let files = format!("  events:\n    type: file\n    path: {}\n", path.display());
+    let plan = plan(&files, redis, "throughput:", clickhouse, "throughput");
+    let captured: Vec<Arc<Mutex<ViewRows>>> = plan.views.iter().map(|_| Arc::default()).collect();
+    let view_sinks =
+        captured.iter().map(|rows| vec![("capture".to_string(), Box::new(Capture(Arc::clone(rows))) as _)]).collect();
+    let source: Arc<dyn Source> = Arc::new(FileSource::new(0, &path, 1_000_000));
+    run(
+        Arc::new(plan.clone()),
+        vec![("events".into(), source)],
+        Outputs { view_sinks, dead_letter_sinks: Vec::new() },
+        RunOptions { workers: 2, ..RunOptions::default() },
+    )
+    .expect("file run");
+    let source_names = vec!["events".to_string()];
+    let positions = SourcePositions([((0, 0), events + 1)].into_iter().collect());
+    for kind in ["redis", "clickhouse"] {
+        let (mut rows_written, mut elapsed) = (0usize, Duration::ZERO);
+        for (index, view) in plan.views.iter().enumerate() {
+            let rows = captured[index].lock().expect("rows");
+            let changes: Vec<ViewChange> = rows
+                .iter()
+                .map(|(key, values)| ViewChange { key: key.clone(), values: values.clone(), diff: 1 })
+                .collect();
+            let sink = plan
+                .config
+                .sinks
+                .iter()
+                .find(|s| s.view.value == view.name && s.name.ends_with(if kind == "redis" { "_redis" } else { "_ch" }))
+                .expect("sink");
+            let mut built: Box<dyn ViewSink> = match &sink.kind {
+                SinkKind::Redis(config) => Box::new(
+                    RedisViewSink::new(&sink.name, Arc::clone(view), config, source_names.clone()).expect("sink"),
+                ),
+                SinkKind::ClickHouse(config) => Box::new(
+                    ClickHouseViewSink::new(&sink.name, Arc::clone(view), config, source_names.clone()).expect("sink"),
+                ),
+                SinkKind::File(_) => unreachable!("no file sinks here"),
+            };
+            built.resume().expect("resume");
+            let started = Instant::now();
+            let batch = ViewBatch { changes: &changes, upper: 1, positions: &positions, rows: &rows };
+            built.apply(batch).expect("write");
+            built.finish().expect("flush");
+            elapsed += started.elapsed();
+            rows_written += changes.len();
+        }
+        println!(
+            "sink throughput: {kind}: {rows_written} rows of the three views in {:.2} s = {:.0} rows/s",
+            elapsed.as_secs_f64(),
+            rows_written as f64 / elapsed.as_secs_f64()
+        );
+    }
+}
+
+fn ingest(brokers: &str, redis: &RedisServer, clickhouse: &ClickHouseServer, events: u64) {
+    let topic = bench_topic("ingest");
+    let records =
+        Generator::new(GeneratorConfig { events, seed: 42, ..GeneratorConfig::default() }).map(|r| (r.key, r.line));
+    let appended = projector_source_kafka::produce::append_all(brokers, &topic, records).expect("append");
+    let plan = plan(&kafka_sources(brokers, &topic), redis, "ingest:", clickhouse, "ingest");
+    let outputs = sinks(&plan, "", &Completions::default(), &Completions::default());
+    let started = Instant::now();
+    let summary = run(
+        Arc::new(plan),
+        vec![("events".into(), kafka_source(brokers, &topic, true))],
+        outputs,
+        RunOptions { workers: 2, ..RunOptions::default() },
+    )
+    .expect("pipeline");
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(summary.records, appended);
+    println!(
+        "ingest with Redis and ClickHouse sinks on every view: {} events in {seconds:.2} s = {:.0} events/s (2 workers)",
+        summary.records,
+        summary.records as f64 / seconds
+    );
+}
+
+fn latency(brokers: &str, redis: &RedisServer, clickhouse: &ClickHouseServer, rate: f64, duration: Duration) {
+    let topic = bench_topic("latency");
+    let warm =
+        Generator::new(GeneratorConfig { events: 1, seed: 1, ..GeneratorConfig::default() }).map(|r| (r.key, r.line));
+    projector_source_kafka::produce::append_all(brokers, &topic, warm).expect("topic");
+    let plan = plan(&kafka_sources(brokers, &topic), redis, "latency:", clickhouse, "latency");
+    let (redis_done, clickhouse_done) = (Completions::default(), Completions::default());
+    let outputs = sinks(&plan, "product_sales", &redis_done, &clickhouse_done);
+    let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
+    let stop = Arc::clone(&options.stop);
+    let source = kafka_source(brokers, &topic, false);
+    let pipeline = std::thread::spawn(move || run(Arc::new(plan), vec![("events".into(), source)], outputs, options));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (sent, achieved, acks) = steady_load(brokers, &topic, rate, duration);
+    std::thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Ordering::Relaxed);
+    pipeline.join().expect("pipeline thread").expect("pipeline");
+    for (name, done) in [("Redis", &redis_done), ("ClickHouse", &clickhouse_done)] {
+        let latencies = latencies(&acks, &done.lock().expect("completions"));
+        println!(
+            "event-to-sink latency, {name}, product_sales, {sent} events at {achieved:.0}/s with both sinks on: {} of them, {}",
+            latencies.len(),
+            summary(&latencies)
+        );
+    }
+}
