@@ -85,6 +85,9 @@ fn kafka_sources(brokers: &str, topic: &str) -> String {
 struct TimedRedis(RedisViewSink, Completions);
 
 impl ViewSink for TimedRedis {
+    fn wants_rows(&self) -> bool {
+        self.0.wants_rows()
+    }
     fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
         self.0.resume()
     }

@@ -69,8 +69,9 @@ pub struct ViewBatch<'a> {
     pub upper: u64,
     /// The source positions the view reflects after this batch.
     pub positions: &'a SourcePositions,
-    /// The whole view after this batch (for a sink that must rewrite all of
-    /// it, for example after its store lost its data).
+    /// The whole view after this batch, for a sink that must rewrite all of
+    /// it (for example after its store lost its data); kept only for sinks
+    /// whose [`ViewSink::wants_rows`] says so, empty for the others.
     pub rows: &'a ViewRows,
 }
 
@@ -100,6 +101,11 @@ pub trait ViewSink: Send {
     /// older runs takes its new generation here.
     fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
         Ok(None)
+    }
+    /// Whether [`ViewBatch::rows`] must hold the whole view (the runner
+    /// then keeps a copy of it for this sink).
+    fn wants_rows(&self) -> bool {
+        false
     }
     /// Drops what the sink holds: the runner cannot start from the position
     /// it reported and will hand it the whole view from the start.

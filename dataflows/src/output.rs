@@ -74,6 +74,8 @@ pub struct OutputState {
     pub view_rows: Mutex<BTreeMap<usize, Arc<AtomicI64>>>,
     /// The batch each view's sinks have taken, by view index.
     pub delivered: Mutex<BTreeMap<usize, u64>>,
+    /// The threads that write to view sinks; the run waits for them.
+    pub sink_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl OutputState {
@@ -107,10 +109,18 @@ impl OutputState {
 }
 
 /// Calls `attempt` until it succeeds or fails for good; retryable errors are
-/// retried with backoff (up to 5 s between attempts), never dropped.
-fn with_retries(what: &str, mut attempt: impl FnMut() -> Result<(), SinkError>) -> Result<(), String> {
+/// retried with backoff (up to 5 s between attempts), never dropped. Gives
+/// up when the run failed elsewhere (`state`).
+fn with_retries(
+    what: &str,
+    state: &OutputState,
+    mut attempt: impl FnMut() -> Result<(), SinkError>,
+) -> Result<(), String> {
     let mut delay = Duration::from_millis(50);
     loop {
+        if let Some(failure) = state.failure.lock().ok().and_then(|f| f.clone()) {
+            return Err(failure);
+        }
         match attempt() {
             Ok(()) => return Ok(()),
             Err(SinkError::Retryable(message)) => {
@@ -134,8 +144,69 @@ pub struct ResumedSink {
     pub skip_until: u64,
 }
 
+/// What a view's output operator hands a sink's thread.
+enum Delivery {
+    /// A completed batch: its changes, upper and the positions it reflects.
+    Batch(Arc<Vec<ViewChange>>, u64, Arc<SourcePositions>),
+    /// All input was processed: flush.
+    Finish,
+}
+
+/// Batches a sink's thread may have queued before the dataflow waits.
+const SINK_QUEUE: usize = 64;
+
+/// Starts the thread that writes to one sink, in batch order, so that a
+/// sink's writes overlap the dataflow's work and one slow sink does not
+/// hold up the others. It keeps the view's rows for sinks that want them.
+fn spawn_sink(resumed: ResumedSink, state: Arc<OutputState>) -> Option<std::sync::mpsc::SyncSender<Delivery>> {
+    let (send, receive) = std::sync::mpsc::sync_channel::<Delivery>(SINK_QUEUE);
+    let ResumedSink { name, mut sink, skip_until } = resumed;
+    let thread_state = Arc::clone(&state);
+    let spawned = std::thread::Builder::new().name(format!("sink {name}")).spawn(move || {
+        let state = thread_state;
+        let keep_rows = sink.wants_rows();
+        let mut rows = ViewRows::new();
+        while let Ok(delivery) = receive.recv() {
+            match delivery {
+                Delivery::Batch(changes, upper, positions) => {
+                    if keep_rows {
+                        apply_changes(&mut rows, &changes);
+                    }
+                    if upper <= skip_until {
+                        continue;
+                    }
+                    let batch = ViewBatch { changes: &changes, upper, positions: &positions, rows: &rows };
+                    if let Err(message) = with_retries(&name, &state, || sink.apply(batch)) {
+                        state.fail(message);
+                        return;
+                    }
+                }
+                Delivery::Finish => {
+                    if let Err(message) = with_retries(&name, &state, || sink.finish()) {
+                        state.fail(message);
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    match spawned {
+        Ok(handle) => {
+            if let Ok(mut threads) = state.sink_threads.lock() {
+                threads.push(handle);
+            }
+            Some(send)
+        }
+        Err(error) => {
+            state.fail(format!("cannot start a sink thread: {error}"));
+            None
+        }
+    }
+}
+
 /// Hands each completed batch of a view's changes to its sinks (on worker
 /// 0, the `owner`; other workers pass `sinks` empty and receive no data).
+/// Each sink is written by a thread of its own, in batch order.
 ///
 /// The first `phases` batches (uppers `1..=phases`) are delivered one by
 /// one even when the frontier passes several at once: they end at the
@@ -145,7 +216,7 @@ pub fn deliver_view<'scope>(
     view_name: &str,
     view_index: usize,
     owner: bool,
-    mut sinks: Vec<ResumedSink>,
+    sinks: Vec<ResumedSink>,
     phases: u64,
     state: Arc<OutputState>,
 ) {
@@ -158,12 +229,12 @@ pub fn deliver_view<'scope>(
             delivered.insert(view_index, 0);
         }
     }
+    let senders: Vec<_> = sinks.into_iter().filter_map(|sink| spawn_sink(sink, Arc::clone(&state))).collect();
     changes.inner.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
         Exchange::new(|_| 0u64),
         &format!("Sinks of {view_name}"),
         move |_capability, _info| {
             let mut pending: Vec<((PackedRow, Row), u64, isize)> = Vec::new();
-            let mut view = ViewRows::new();
             let mut delivered_upper = 0u64;
             let mut finished = false;
             move |(input, frontier), _output| {
@@ -190,23 +261,20 @@ pub fn deliver_view<'scope>(
                         .collect();
                     batch_changes.sort();
                     rows.fetch_add(batch_changes.iter().map(|c| c.diff).sum::<i64>(), Ordering::Relaxed);
-                    apply_changes(&mut view, &batch_changes);
-                    let positions = state.positions_at(cut);
-                    let batch = ViewBatch { changes: &batch_changes, upper: cut, positions: &positions, rows: &view };
-                    for resumed in sinks.iter_mut().filter(|s| cut > s.skip_until) {
-                        if let Err(message) = with_retries(&resumed.name, || resumed.sink.apply(batch)) {
-                            state.fail(message);
-                        }
+                    let batch_changes = Arc::new(batch_changes);
+                    let positions = Arc::new(state.positions_at(cut));
+                    for sender in &senders {
+                        // A full queue holds the dataflow back (the sink is
+                        // slow or down); a closed one means the run failed.
+                        let _ = sender.send(Delivery::Batch(Arc::clone(&batch_changes), cut, Arc::clone(&positions)));
                     }
                     delivered_upper = cut;
                     state.delivered(view_index, cut);
                 }
                 if frontier.is_empty() {
                     finished = true;
-                    for resumed in sinks.iter_mut() {
-                        if let Err(message) = with_retries(&resumed.name, || resumed.sink.finish()) {
-                            state.fail(message);
-                        }
+                    for sender in &senders {
+                        let _ = sender.send(Delivery::Finish);
                     }
                 }
             }
@@ -259,7 +327,7 @@ pub fn deliver_dead_letters<'scope>(
                         }
                     }
                     for (name, sink) in sinks.iter_mut() {
-                        if let Err(message) = with_retries(name, || sink.write(&ready)) {
+                        if let Err(message) = with_retries(name, &state, || sink.write(&ready)) {
                             state.fail(message);
                         }
                     }
@@ -267,7 +335,7 @@ pub fn deliver_dead_letters<'scope>(
                 if frontier.is_empty() {
                     finished = true;
                     for (name, sink) in sinks.iter_mut() {
-                        if let Err(message) = with_retries(name, || sink.finish()) {
+                        if let Err(message) = with_retries(name, &state, || sink.finish()) {
                             state.fail(message);
                         }
                     }

@@ -417,7 +417,15 @@ pub fn run(
     })
     .map_err(RunError::Runtime)?;
 
-    for result in guards.join() {
+    let results = guards.join();
+    // Every sink thread finishes its queue (or gives up, if the run failed).
+    let threads = state.sink_threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+    for thread in threads {
+        if thread.join().is_err() {
+            state.fail("a sink thread panicked".to_string());
+        }
+    }
+    for result in results {
         match result {
             Ok(Ok(())) => {}
             Ok(Err(error)) => return Err(error),

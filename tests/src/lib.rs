@@ -98,3 +98,15 @@ pub fn shipped_views_yaml() -> String {
     let end = shipped.find("\nsinks:").unwrap();
     shipped[start..end].to_string()
 }
+
+/// Prints a line and appends it to `$PROJECTOR_TEST_REPORT` (the test
+/// command shows that file at the end: output of passing tests is hidden).
+pub fn report(line: &str) {
+    println!("{line}");
+    if let Ok(path) = std::env::var("PROJECTOR_TEST_REPORT")
+        && let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path)
+    {
+        use std::io::Write;
+        let _ = writeln!(file, "{line}");
+    }
+}

@@ -17,7 +17,7 @@ use projector_tests::sinks::{
     assert_clickhouse_holds, assert_redis_holds, clickhouse_covered, clickhouse_sinks_yaml, redis_covered,
     redis_sinks_yaml,
 };
-use projector_tests::{kafka, shipped_views_yaml};
+use projector_tests::{kafka, report, shipped_views_yaml};
 
 fn knob(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -90,7 +90,7 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     };
 
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    println!("kill moments seed {seed}");
+    report(&format!("crash test: kill moments seed {seed}"));
     let mut moments = Moments(seed);
     let started = Instant::now();
     for kill in 1..=kills {
@@ -112,11 +112,11 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        println!(
-            "kill {kill}, {wait} ms after it wrote: Redis covers {} and ClickHouse {} of {total} records",
+        report(&format!(
+            "crash test: kill {kill}, {wait} ms after it wrote: Redis covers {} and ClickHouse {} of {total} records",
             redis_covered(&redis, "crash:"),
             clickhouse_covered(&clickhouse, "crash")
-        );
+        ));
     }
     producer.join().unwrap();
 
@@ -138,12 +138,12 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     assert_redis_holds(&redis, &lines, "crash:");
     assert_clickhouse_holds(&clickhouse, "crash", &lines);
     let rows = |view: &str| clickhouse.query(&format!("SELECT count() FROM crash.{view}")).unwrap().trim().to_string();
-    println!(
-        "{total} events, {kills} kills in {:.0} s; rows equal to the recomputation in Redis and ClickHouse: \
+    report(&format!(
+        "crash test: {total} events, {kills} kills in {:.0} s; rows equal to the recomputation in Redis and ClickHouse: \
          order_summary {}, product_sales {}, customer_ltv {}",
         started.elapsed().as_secs_f64(),
         rows("order_summary"),
         rows("product_sales"),
         rows("customer_ltv"),
-    );
+    ));
 }

@@ -336,6 +336,11 @@ fn glob_escape(text: &str) -> String {
 }
 
 impl ViewSink for RedisViewSink {
+    fn wants_rows(&self) -> bool {
+        // To rewrite the view when Redis lost it.
+        true
+    }
+
     fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
         match self.open()? {
             Some(text) => Ok(Some(positions_from_json(&text, &self.source_names).map_err(SinkError::Fatal)?)),
