@@ -154,6 +154,20 @@ enum Delivery {
 
 /// Batches a sink's thread may have queued before the dataflow waits.
 const SINK_QUEUE: usize = 64;
+/// Queued batches are merged into one write up to about this many changes.
+const MERGE_CHANGES: usize = 200_000;
+
+/// The net effect of consecutive batches of changes: what they add and
+/// remove together, sorted by key (a row added by one and changed by the
+/// next appears once, with its last values).
+fn net_changes(parts: &[Arc<Vec<ViewChange>>]) -> Vec<ViewChange> {
+    let mut updates: Vec<((Row, Row), i64)> = parts
+        .iter()
+        .flat_map(|part| part.iter().map(|c| ((c.key.clone(), c.values.clone()), c.diff)))
+        .collect();
+    consolidate(&mut updates);
+    updates.into_iter().map(|((key, values), diff)| ViewChange { key, values, diff }).collect()
+}
 
 /// Starts the thread that writes to one sink, in batch order, so that a
 /// sink's writes overlap the dataflow's work and one slow sink does not
@@ -166,27 +180,59 @@ fn spawn_sink(resumed: ResumedSink, state: Arc<OutputState>) -> Option<std::sync
         let state = thread_state;
         let keep_rows = sink.wants_rows();
         let mut rows = ViewRows::new();
-        while let Ok(delivery) = receive.recv() {
-            match delivery {
-                Delivery::Batch(changes, upper, positions) => {
+        let mut next = receive.recv();
+        loop {
+            match next {
+                Ok(Delivery::Batch(changes, upper, positions)) => {
                     if keep_rows {
                         apply_changes(&mut rows, &changes);
                     }
                     if upper <= skip_until {
+                        next = receive.recv();
                         continue;
                     }
+                    // Batches that queued up while the sink wrote go in one
+                    // write: their net changes, ending at the last one.
+                    let (mut parts, mut upper, mut positions) = (vec![changes], upper, positions);
+                    let mut total = parts[0].len();
+                    let mut after = None;
+                    while total < MERGE_CHANGES {
+                        match receive.try_recv() {
+                            Ok(Delivery::Batch(more, more_upper, more_positions)) => {
+                                if keep_rows {
+                                    apply_changes(&mut rows, &more);
+                                }
+                                total += more.len();
+                                parts.push(more);
+                                (upper, positions) = (more_upper, more_positions);
+                            }
+                            Ok(Delivery::Finish) => {
+                                after = Some(Ok(Delivery::Finish));
+                                break;
+                            }
+                            Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                                after = Some(Err(std::sync::mpsc::RecvError));
+                                break;
+                            }
+                        }
+                    }
+                    let changes = if parts.len() == 1 { parts.swap_remove(0) } else { Arc::new(net_changes(&parts)) };
                     let batch = ViewBatch { changes: &changes, upper, positions: &positions, rows: &rows };
                     if let Err(message) = with_retries(&name, &state, || sink.apply(batch)) {
                         state.fail(message);
                         return;
                     }
+                    next = after.unwrap_or_else(|| receive.recv());
                 }
-                Delivery::Finish => {
+                Ok(Delivery::Finish) => {
                     if let Err(message) = with_retries(&name, &state, || sink.finish()) {
                         state.fail(message);
                     }
                     return;
                 }
+                // The dataflow stopped without finishing (the run failed).
+                Err(_) => return,
             }
         }
     });
@@ -351,6 +397,23 @@ mod tests {
 
     fn at(offset: u64) -> SourcePositions {
         SourcePositions([((0, 0), offset)].into_iter().collect())
+    }
+
+    fn change(key: u64, value: i64, diff: i64) -> ViewChange {
+        let key: Row = vec![projector_core::value::Value::UInt(key)].into();
+        let values: Row = vec![projector_core::value::Value::Int(value)].into();
+        ViewChange { key, values, diff }
+    }
+
+    #[test]
+    fn queued_batches_merge_into_their_net_changes() {
+        let first = Arc::new(vec![change(1, 10, 1), change(3, 30, 1)]);
+        // Row 1 changes, row 2 appears, row 3 appears and goes again.
+        let second = Arc::new(vec![change(1, 10, -1), change(1, 11, 1), change(2, 20, 1), change(3, 30, -1)]);
+        assert_eq!(net_changes(&[first, second]), vec![change(1, 11, 1), change(2, 20, 1)]);
+        let third = Arc::new(vec![change(1, 11, -1), change(1, 12, 1)]);
+        let before = Arc::new(vec![change(1, 10, -1), change(1, 11, 1)]);
+        assert_eq!(net_changes(&[before, third]), vec![change(1, 10, -1), change(1, 12, 1)]);
     }
 
     #[test]

@@ -220,7 +220,11 @@ impl RedisViewSink {
                 fields.push((name, text));
             }
         }
-        pipe.del(&hash_key).ignore();
+        // HSET replaces every field the row has; a field that is null now
+        // must go too, and only DEL does that.
+        if fields.len() < key.len() + values.len() {
+            pipe.del(&hash_key).ignore();
+        }
         if !fields.is_empty() {
             pipe.hset_multiple(&hash_key, &fields).ignore();
         }
