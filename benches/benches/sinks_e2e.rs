@@ -78,7 +78,8 @@ fn plan(
     let redis_yaml = if which == "clickhouse" { String::new() } else { redis_sinks_yaml(&redis.url(), prefix) };
     let clickhouse_yaml =
         if which == "redis" { String::new() } else { clickhouse_sinks_yaml(&clickhouse.url(), database, 1000) };
-    let text = format!("version: 1\nsources:\n{sources}{}\nsinks:\n{redis_yaml}{clickhouse_yaml}", shipped_views_yaml());
+    let text =
+        format!("version: 1\nsources:\n{sources}{}\nsinks:\n{redis_yaml}{clickhouse_yaml}", shipped_views_yaml());
     check_text(&text, "bench.yaml", std::path::Path::new(".")).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -203,7 +204,9 @@ fn sink_throughput(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u
     let positions = SourcePositions([((0, 0), events + 1)].into_iter().collect());
     let kinds: Vec<&str> = ["redis", "clickhouse"]
         .into_iter()
-        .filter(|kind| plan.config.sinks.iter().any(|s| s.name.ends_with(if *kind == "redis" { "_redis" } else { "_ch" })))
+        .filter(|kind| {
+            plan.config.sinks.iter().any(|s| s.name.ends_with(if *kind == "redis" { "_redis" } else { "_ch" }))
+        })
         .collect();
     for kind in kinds {
         let (mut rows_written, mut elapsed) = (0usize, Duration::ZERO);

@@ -161,10 +161,8 @@ const MERGE_CHANGES: usize = 200_000;
 /// remove together, sorted by key (a row added by one and changed by the
 /// next appears once, with its last values).
 fn net_changes(parts: &[Arc<Vec<ViewChange>>]) -> Vec<ViewChange> {
-    let mut updates: Vec<((Row, Row), i64)> = parts
-        .iter()
-        .flat_map(|part| part.iter().map(|c| ((c.key.clone(), c.values.clone()), c.diff)))
-        .collect();
+    let mut updates: Vec<((Row, Row), i64)> =
+        parts.iter().flat_map(|part| part.iter().map(|c| ((c.key.clone(), c.values.clone()), c.diff))).collect();
     consolidate(&mut updates);
     updates.into_iter().map(|((key, values), diff)| ViewChange { key, values, diff }).collect()
 }

@@ -67,6 +67,17 @@ fn clickhouse_holds_the_views_and_resumes_after_a_restart() {
         .query("SELECT argMax(positions, generation * 4294967296 + seq) FROM resume.projector_checkpoints WHERE sink = 'order_summary_ch'")
         .unwrap();
     assert_eq!(positions.trim(), format!(r#"{{"events":{{"0":{}}}}}"#, lines.len() + 1));
+
+    // `projector status` shows each sink's generation and checkpoint.
+    let status = projector::status::status(&plan(&text, dir.path())).unwrap();
+    let end = lines.len() + 1;
+    for view in projector_tests::sinks::VIEWS {
+        let line = format!(
+            "sink {view}_ch (clickhouse, view {view})\n  generation 2, checkpoint {{\"events\":{{\"0\":{end}}}}}, newest data"
+        );
+        assert!(status.contains(&line), "{line}\nnot in\n{status}");
+    }
+    assert!(status.contains(&format!("          0  {end:>12}  {end:>12}           0")), "{status}");
 }
 
 #[test]

@@ -79,6 +79,27 @@ fn redis_holds_the_views_and_resumes_after_a_restart() {
     let second = checkpoint(&server, "resume:", "order_summary_redis");
     assert_eq!(second["generation"], "2");
     assert_eq!(second["positions"], format!(r#"{{"events":{{"0":{}}}}}"#, lines.len() + 1));
+
+    // `projector status`: the partition is committed up to its end, and each
+    // sink shows its generation and checkpoint.
+    let end = lines.len() + 1;
+    let text = projector::status::status(&plan(&text, dir.path())).unwrap();
+    assert!(text.contains(&format!("          0  {end:>12}  {end:>12}           0")), "{text}");
+    for (view, _) in projector_tests::sinks::KEYS {
+        let line = format!(
+            "sink {view}_redis (redis, view {view})\n  generation 2, checkpoint {{\"events\":{{\"0\":{end}}}}}, newest data"
+        );
+        assert!(text.contains(&line), "{line}\nnot in\n{text}");
+    }
+    // A sink whose server is down is named, and the command fails.
+    drop(server);
+    let (text, error) = projector::status::status(&plan(&text_for_status(&events), dir.path())).unwrap_err();
+    assert!(text.contains("cannot read its state"), "{text}");
+    assert!(error.to_string().contains("order_summary_redis"), "{error}");
+}
+
+fn text_for_status(events: &Path) -> String {
+    config(&file_source(events), "redis://127.0.0.1:1", "resume:")
 }
 
 #[test]
