@@ -33,6 +33,14 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
+/// Kills a server process (SIGKILL) and reaps it.
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// A `redis-server` of this test's own.
 pub struct RedisServer {
     pub port: u16,
@@ -88,10 +96,7 @@ impl RedisServer {
 
     /// Stops the server (SIGKILL: what a crash or an OOM kill does).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts it again on the same port and directory.
@@ -203,10 +208,7 @@ impl ClickHouseServer {
 
     /// Stops the server (SIGKILL).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts it again on the same ports and data.

@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use projector_core::sink::{SourcePositions, ViewChange, ViewRows};
+use projector_core::value::{Row, Value};
 use redis::Commands;
 use serde_json::Value as Json;
 
@@ -210,4 +212,15 @@ pub fn clickhouse_covered(server: &ClickHouseServer, database: &str) -> u64 {
         })
         .min()
         .unwrap_or(0)
+}
+
+/// One `order_summary` row (store 1, 2022-01-08, revenue 500) as a batch's
+/// changes, the whole view, and positions: for tests that call a sink
+/// directly.
+pub fn one_summary_row() -> (Vec<ViewChange>, ViewRows, SourcePositions) {
+    let key: Row = vec![Value::UInt(1), Value::Date(19_000)].into();
+    let values: Row = vec![Value::Int(1), Value::Int(500), Value::Int(500), Value::Int(0)].into();
+    let changes = vec![ViewChange { key: key.clone(), values: values.clone(), diff: 1 }];
+    let rows: ViewRows = [(key, values)].into_iter().collect();
+    (changes, rows, SourcePositions([((0, 0), 10)].into_iter().collect()))
 }

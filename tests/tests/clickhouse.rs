@@ -13,12 +13,11 @@ use std::time::{Duration, Instant};
 
 use projector::{commands, components};
 use projector_core::config::{PipelinePlan, check_text};
-use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewChange, ViewRows};
-use projector_core::value::{Row, Value};
+use projector_core::sink::{SinkError, ViewBatch};
 use projector_dataflows::runner::RunOptions;
 use projector_datagen::{Generator, GeneratorConfig};
 use projector_tests::services::{ClickHouseServer, available};
-use projector_tests::sinks::{assert_clickhouse_holds, clickhouse_covered, clickhouse_sinks_yaml};
+use projector_tests::sinks::{assert_clickhouse_holds, clickhouse_covered, clickhouse_sinks_yaml, one_summary_row};
 use projector_tests::{kafka, shipped_views_yaml};
 
 /// The shipped views with `sources` and one ClickHouse sink per view.
@@ -94,11 +93,7 @@ fn a_fenced_older_generation_writes_nothing() {
     assert_eq!(older.resume().unwrap(), None);
     assert_eq!(newer.resume().unwrap(), None);
 
-    let key: Row = vec![Value::UInt(1), Value::Date(19_000)].into();
-    let values: Row = vec![Value::Int(1), Value::Int(500), Value::Int(500), Value::Int(0)].into();
-    let changes = vec![ViewChange { key: key.clone(), values: values.clone(), diff: 1 }];
-    let positions = SourcePositions([((0, 0), 10)].into_iter().collect());
-    let rows: ViewRows = [(key, values)].into_iter().collect();
+    let (changes, rows, positions) = one_summary_row();
     let batch = ViewBatch { changes: &changes, upper: 1, positions: &positions, rows: &rows };
     older.apply(batch).unwrap();
     match older.finish() {

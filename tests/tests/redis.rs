@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 
 use projector::{commands, components};
 use projector_core::config::{PipelinePlan, check_text};
-use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewChange, ViewRows};
-use projector_core::value::{Row, Value};
+use projector_core::sink::{SinkError, ViewBatch};
 use projector_dataflows::runner::RunOptions;
 use projector_datagen::{Generator, GeneratorConfig};
 use projector_tests::services::{RedisServer, available};
-use projector_tests::sinks::{assert_redis_holds, redis_covered, redis_sinks_yaml};
+use projector_tests::sinks::{assert_redis_holds, one_summary_row, redis_covered, redis_sinks_yaml};
 use projector_tests::{kafka, shipped_views_yaml};
 use redis::Commands;
 
@@ -132,11 +131,6 @@ fn redis_restarted_without_persistence_is_rebuilt_and_with_aof_resumes() {
     }
 }
 
-fn batch_of(changes: &[ViewChange], upper: u64, positions: &SourcePositions, rows: &ViewRows) -> Vec<ViewChange> {
-    let _ = (upper, positions, rows);
-    changes.to_vec()
-}
-
 #[test]
 fn a_fenced_older_generation_writes_nothing() {
     if !available("redis-server") {
@@ -151,12 +145,7 @@ fn a_fenced_older_generation_writes_nothing() {
     assert_eq!(older.resume().unwrap(), None);
     assert_eq!(newer.resume().unwrap(), None);
 
-    let key: Row = vec![Value::UInt(1), Value::Date(19_000)].into();
-    let values: Row = vec![Value::Int(1), Value::Int(500), Value::Int(500), Value::Int(0)].into();
-    let changes = vec![ViewChange { key: key.clone(), values: values.clone(), diff: 1 }];
-    let positions = SourcePositions([((0, 0), 10)].into_iter().collect());
-    let rows: ViewRows = [(key, values)].into_iter().collect();
-    let changes = batch_of(&changes, 1, &positions, &rows);
+    let (changes, rows, positions) = one_summary_row();
     let batch = ViewBatch { changes: &changes, upper: 1, positions: &positions, rows: &rows };
     match older.apply(batch) {
         Err(SinkError::Fatal(message)) => assert!(message.contains("fenced"), "{message}"),

@@ -92,6 +92,22 @@ pub struct ClickHouseViewSink {
     checkpoint_positions: Option<SourcePositions>,
 }
 
+/// A client of the sink's server. Validation is off: ClickHouse 18.16 has
+/// no `RowBinaryWithNamesAndTypes`, and the sink sends TabSeparated anyway.
+fn client(config: &ClickHouseSinkConfig) -> clickhouse::Client {
+    let mut client = clickhouse::Client::default()
+        .with_url(&config.url)
+        .with_validation(false)
+        .with_compression(clickhouse::Compression::None);
+    if let Some(user) = &config.user {
+        client = client.with_user(user);
+    }
+    if let Some(password) = &config.password {
+        client = client.with_password(password);
+    }
+    client
+}
+
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -163,16 +179,7 @@ impl ClickHouseViewSink {
             .enable_all()
             .build()
             .map_err(|e| SinkError::Fatal(format!("cannot start the ClickHouse client's runtime: {e}")))?;
-        let mut client = clickhouse::Client::default()
-            .with_url(&config.url)
-            .with_validation(false)
-            .with_compression(clickhouse::Compression::None);
-        if let Some(user) = &config.user {
-            client = client.with_user(user);
-        }
-        if let Some(password) = &config.password {
-            client = client.with_password(password);
-        }
+        let client = client(config);
         let keys = plan.keys.iter().map(|k| Column { name: k.name.clone(), ty: k.ty, nullable: false }).collect();
         let measures = plan.measures.iter().map(|m| Column {
             name: m.name.clone(),
@@ -561,16 +568,7 @@ impl ViewSink for ClickHouseViewSink {
 /// Reads a ClickHouse sink's state for `projector status`.
 pub fn status(config: &ClickHouseSinkConfig, sink_name: &str) -> Result<SinkStatus, String> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    let mut client = clickhouse::Client::default()
-        .with_url(&config.url)
-        .with_validation(false)
-        .with_compression(clickhouse::Compression::None);
-    if let Some(user) = &config.user {
-        client = client.with_user(user);
-    }
-    if let Some(password) = &config.password {
-        client = client.with_password(password);
-    }
+    let client = client(config);
     let sql = format!(
         "SELECT max(generation), argMax(positions, generation * 4294967296 + seq), \
          maxIf(toUnixTimestamp(written_at), rows > 0) FROM {}.projector_checkpoints WHERE sink = {} HAVING count() > 0",
