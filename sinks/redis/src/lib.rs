@@ -157,7 +157,13 @@ impl RedisViewSink {
     ) -> Result<T, SinkError> {
         let result = work(self.connection()?);
         result.map_err(|error| {
-            if error.is_io_error() || error.is_connection_dropped() || error.is_timeout() {
+            // Down, restarting, still loading its AOF (LOADING), out of
+            // memory for now: worth a retry on a fresh connection. A wrong
+            // command or a type clash is not.
+            let transient = !matches!(error.retry_method(), redis::RetryMethod::NoRetry)
+                || error.is_timeout()
+                || error.to_string().contains("OOM");
+            if transient {
                 self.connection = None;
                 retryable(what, error)
             } else {
