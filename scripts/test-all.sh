@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"  # one build per run: no incremental cache
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 export PROPTEST_CASES="${PROPTEST_CASES:-48}"
