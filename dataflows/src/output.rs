@@ -111,20 +111,20 @@ impl OutputState {
 /// Calls `attempt` until it succeeds or fails for good; retryable errors are
 /// retried with backoff (up to 5 s between attempts), never dropped. Gives
 /// up when the run failed elsewhere (`state`).
-fn with_retries(
+pub(crate) fn with_retries<T>(
     what: &str,
     state: &OutputState,
-    mut attempt: impl FnMut() -> Result<(), SinkError>,
-) -> Result<(), String> {
+    mut attempt: impl FnMut() -> Result<T, SinkError>,
+) -> Result<T, String> {
     let mut delay = Duration::from_millis(50);
     loop {
         if let Some(failure) = state.failure.lock().ok().and_then(|f| f.clone()) {
             return Err(failure);
         }
         match attempt() {
-            Ok(()) => return Ok(()),
+            Ok(value) => return Ok(value),
             Err(SinkError::Retryable(message)) => {
-                warn!(sink = what, error = %message, retry_in_ms = delay.as_millis() as u64, "sink write failed; retrying");
+                warn!(sink = what, error = %message, retry_in_ms = delay.as_millis() as u64, "sink failed; retrying");
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -24,7 +24,7 @@ use projector_core::sink::{DeadLetterSink, SourcePositions, ViewSink};
 use projector_core::source::{Poll, Source, SourceError};
 
 use crate::decode::{KeyedEvent, decode_record};
-use crate::output::{OutputState, ResumedSink, deliver_dead_letters, deliver_view};
+use crate::output::{OutputState, ResumedSink, deliver_dead_letters, deliver_view, with_retries};
 use crate::{orders, views};
 
 /// How to run.
@@ -159,12 +159,15 @@ fn below(positions: &SourcePositions, barrier: &SourcePositions) -> SourcePositi
 /// from the start.
 fn resume_sinks(
     view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>>,
+    state: &OutputState,
 ) -> Result<(Vec<Vec<ResumedSink>>, Vec<SourcePositions>), RunError> {
     let mut opened: Vec<Vec<OpenedSink>> = Vec::new();
     for sinks in view_sinks {
         let mut view = Vec::new();
         for (name, mut sink) in sinks {
-            let at = sink.resume().map_err(|e| RunError::Failed(format!("{name}: cannot open: {e}")))?;
+            // A sink that is down at the start is waited for, like one that
+            // goes down later.
+            let at = with_retries(&name, state, || sink.resume()).map_err(RunError::Failed)?;
             view.push((name, sink, at));
         }
         opened.push(view);
@@ -183,7 +186,7 @@ fn resume_sinks(
                     index as u64 + 1
                 }
                 None => {
-                    sink.reset().map_err(|e| RunError::Failed(format!("{name}: cannot reset: {e}")))?;
+                    with_retries(&name, state, || sink.reset()).map_err(RunError::Failed)?;
                     0
                 }
             };
@@ -225,7 +228,7 @@ pub fn run(
     let view_names: Vec<String> = plan.views.iter().map(|v| v.name.clone()).collect();
     let workers = options.workers.max(1);
     let state = Arc::new(OutputState::default());
-    let (view_sinks, barriers) = resume_sinks(outputs.view_sinks)?;
+    let (view_sinks, barriers) = resume_sinks(outputs.view_sinks, &state)?;
     let barriers = Arc::new(barriers);
     let phases = barriers.len() as u64;
     let outputs = Arc::new(Mutex::new(Some((view_sinks, outputs.dead_letter_sinks))));

@@ -242,3 +242,25 @@ fn redis_down_or_wiped_while_the_pipeline_runs() {
     running.stop();
     assert_redis_holds(&server, &lines, "live:");
 }
+
+#[test]
+fn a_pipeline_started_while_redis_is_down_waits_for_it() {
+    if !available("redis-server") {
+        return;
+    }
+    let mut server = RedisServer::start(false);
+    server.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let lines = generated(2000, 24);
+    let events = dir.path().join("events.jsonl");
+    write_lines(&events, &lines);
+    let plan = plan(&config(&file_source(&events), &server.url(), "late:"), dir.path());
+    let run = std::thread::spawn(move || {
+        commands::run_config(plan, RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!run.is_finished(), "the run should wait for Redis");
+    server.restart();
+    run.join().unwrap();
+    assert_redis_holds(&server, &lines, "late:");
+}
