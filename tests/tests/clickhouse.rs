@@ -138,7 +138,8 @@ fn clickhouse_down_while_the_pipeline_runs() {
         "  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n    batch_ms: 50\n",
         kafka::brokers()
     );
-    let plan = plan(&config(&sources, &server.url(), "live"), dir.path());
+    let text = config(&sources, &server.url(), "live");
+    let plan = plan(&text, dir.path());
     let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
     let stop: Arc<AtomicBool> = Arc::clone(&options.stop);
     let pipeline = std::thread::spawn(move || commands::run_config(plan, options).unwrap());
@@ -163,4 +164,14 @@ fn clickhouse_down_while_the_pipeline_runs() {
     stop.store(true, Ordering::Relaxed);
     pipeline.join().unwrap();
     assert_clickhouse_holds(&server, "live", &lines);
+
+    // `projector status` reads the topic's end offsets: every partition is
+    // committed to its end.
+    let status = projector::status::status(&self::plan(&text, dir.path())).unwrap();
+    let partitions: Vec<&str> = status.lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).collect();
+    assert_eq!(partitions.len(), 4, "{status}");
+    for line in partitions {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((fields[1], fields[3]), (fields[2], "0"), "committed = end, lag 0: {status}");
+    }
 }
