@@ -136,6 +136,19 @@ fn send(
     }
 }
 
+/// Whether a record at `position` of `source` belongs after `barrier`.
+fn beyond(barrier: Option<&SourcePositions>, source: u16, position: LogPosition) -> bool {
+    barrier.is_some_and(|b| position.offset >= b.get(source, position.partition))
+}
+
+/// Puts a decoded record with the events or with the dead letters.
+fn route(item: Result<KeyedEvent, DeadLetter>, decoded: &mut Vec<KeyedEvent>, bad: &mut Vec<DeadLetter>) {
+    match item {
+        Ok(event) => decoded.push(event),
+        Err(letter) => bad.push(letter),
+    }
+}
+
 /// Whether a reader at `positions` has read everything before `barrier`.
 fn reached(positions: &SourcePositions, barrier: &SourcePositions) -> bool {
     positions.0.iter().all(|((source, partition), next)| *next >= barrier.get(*source, *partition))
@@ -320,13 +333,10 @@ pub fn run(
                     let poll = reader.poll(options.poll_records, &mut |record| {
                         let position = record.position;
                         let decoded_record = decode_record(source, record);
-                        if barrier.is_some_and(|b| position.offset >= b.get(source, position.partition)) {
+                        if beyond(barrier, source, position) {
                             stash.push((position, decoded_record));
-                            return;
-                        }
-                        match decoded_record {
-                            Ok(event) => decoded.push(event),
-                            Err(letter) => bad.push(letter),
+                        } else {
+                            route(decoded_record, &mut decoded, &mut bad);
                         }
                     });
                     let poll = match poll {
@@ -354,13 +364,10 @@ pub fn run(
                             }
                             let next_barrier = barriers.get(phase[reader_index]);
                             for (position, item) in std::mem::take(&mut held[reader_index]) {
-                                if next_barrier.is_some_and(|b| position.offset >= b.get(source, position.partition)) {
+                                if beyond(next_barrier, source, position) {
                                     held[reader_index].push((position, item));
                                 } else {
-                                    match item {
-                                        Ok(event) => decoded.push(event),
-                                        Err(letter) => bad.push(letter),
-                                    }
+                                    route(item, &mut decoded, &mut bad);
                                 }
                             }
                             delivered += decoded.len() + bad.len();

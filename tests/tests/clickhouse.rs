@@ -49,8 +49,8 @@ fn clickhouse_holds_the_views_and_resumes_after_a_restart() {
     }
     let server = ClickHouseServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let config_ = GeneratorConfig { events: 6000, seed: 31, bad_ratio: 0.01, ..GeneratorConfig::default() };
-    let lines: Vec<String> = Generator::new(config_).map(|r| r.line).collect();
+    let generator = GeneratorConfig { events: 6000, seed: 31, bad_ratio: 0.01, ..GeneratorConfig::default() };
+    let lines: Vec<String> = Generator::new(generator).map(|r| r.line).collect();
     let events = dir.path().join("events.jsonl");
     write_lines(&events, &lines[..3500]);
     let text = config(&format!("  events:\n    type: file\n    path: {}\n", events.display()), &server.url(), "resume");

@@ -220,6 +220,11 @@ impl ClickHouseViewSink {
         format!("{}.{}_rows", self.database, self.table)
     }
 
+    /// The rows table in `system.*` tables' terms.
+    fn rows_table_filter(&self) -> String {
+        format!("database = {} AND table = {}", quote(&self.database), quote(&format!("{}_rows", self.table)))
+    }
+
     fn checkpoints_table(&self) -> String {
         format!("{}.projector_checkpoints", self.database)
     }
@@ -280,15 +285,10 @@ impl ClickHouseViewSink {
         )?;
         let found = self.select(
             "cannot read the rows table's columns",
-            &format!(
-                "SELECT name, type FROM system.columns WHERE database = {} AND table = {}",
-                quote(&self.database),
-                quote(&format!("{}_rows", self.table))
-            ),
+            &format!("SELECT name, type FROM system.columns WHERE {}", self.rows_table_filter()),
         )?;
         let found: Vec<String> = found.lines().map(|l| l.replace("\\'", "'").replace('\t', " ")).collect();
-        let mut wanted: Vec<String> =
-            self.column_list().iter().map(|c| format!("{} {}", c.name, c.sql_type())).collect();
+        let mut wanted = columns;
         wanted.push("_deleted UInt8".into());
         wanted.push("_version UInt64".into());
         if found != wanted {
@@ -394,11 +394,7 @@ impl ClickHouseViewSink {
         loop {
             let open = self.select(
                 "cannot read the mutation's progress",
-                &format!(
-                    "SELECT count() FROM system.mutations WHERE database = {} AND table = {} AND is_done = 0",
-                    quote(&self.database),
-                    quote(&format!("{}_rows", self.table))
-                ),
+                &format!("SELECT count() FROM system.mutations WHERE {} AND is_done = 0", self.rows_table_filter()),
             )?;
             if open.trim() == "0" {
                 return Ok(());
