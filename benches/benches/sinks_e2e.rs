@@ -17,7 +17,8 @@
 //!
 //! Run: `cargo bench -p projector-benches --bench sinks_e2e`. Under
 //! `cargo test` it runs each part small. Knobs: `BENCH_EVENTS` (log size of
-//! 1 and 2), `BENCH_RATE`, `BENCH_SECONDS` (of 3), plus those of kafka_e2e.
+//! 1 and 2), `BENCH_RATE`, `BENCH_SECONDS` (of 3), `BENCH_PARTS` (a comma list of
+//! latency, sinks, ingest), plus those of kafka_e2e.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -58,10 +59,19 @@ fn main() {
     // Latency first, on quiet servers: the bulk writes of the other parts
     // leave ClickHouse merging in the background for a while, on the same
     // 2 cores.
-    let rate = knob("BENCH_RATE", 20_000.0);
-    latency(&brokers, &redis, &clickhouse, rate, Duration::from_secs(knob("BENCH_SECONDS", size(10, 2))));
-    sink_throughput(&redis, &clickhouse, events);
-    ingest(&brokers, &redis, &clickhouse, events);
+    // `BENCH_PARTS`: which parts run (default all: latency,sinks,ingest).
+    let parts: String = knob("BENCH_PARTS", "latency,sinks,ingest".to_string());
+    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
+    if part("latency") {
+        let rate = knob("BENCH_RATE", 20_000.0);
+        latency(&brokers, &redis, &clickhouse, rate, Duration::from_secs(knob("BENCH_SECONDS", size(10, 2))));
+    }
+    if part("sinks") {
+        sink_throughput(&redis, &clickhouse, events);
+    }
+    if part("ingest") {
+        ingest(&brokers, &redis, &clickhouse, events);
+    }
 }
 
 /// The shipped views with Redis and ClickHouse sinks for each, reading

@@ -165,14 +165,26 @@ impl EventId {
     /// The compact form of `text`.
     pub fn new(text: &str) -> EventId {
         let bytes = text.as_bytes();
-        let canonical = bytes.len() == 36
-            && bytes.iter().enumerate().all(|(i, b)| match i {
-                8 | 13 | 18 | 23 => *b == b'-',
-                _ => b.is_ascii_digit() || (b'a'..=b'f').contains(b),
-            });
-        if canonical {
-            let hex: String = text.chars().filter(|c| *c != '-').collect();
-            if let Ok(value) = u128::from_str_radix(&hex, 16) {
+        if bytes.len() == 36 {
+            let mut value: u128 = 0;
+            let mut canonical = true;
+            for (i, b) in bytes.iter().enumerate() {
+                let digit = match (i, b) {
+                    (8 | 13 | 18 | 23, b'-') => continue,
+                    (8 | 13 | 18 | 23, _) => None,
+                    (_, b'0'..=b'9') => Some(b - b'0'),
+                    (_, b'a'..=b'f') => Some(b - b'a' + 10),
+                    _ => None,
+                };
+                match digit {
+                    Some(digit) => value = value << 4 | u128::from(digit),
+                    None => {
+                        canonical = false;
+                        break;
+                    }
+                }
+            }
+            if canonical {
                 return EventId::Uuid(value.to_be_bytes());
             }
         }

@@ -5,7 +5,7 @@
 //! a sink can store data and its checkpoint together (exactly-once sinks
 //! build on that). All calls for one sink come from one thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::record::DeadLetter;
 use crate::value::Row;
@@ -57,8 +57,9 @@ impl SourcePositions {
     }
 }
 
-/// A view's rows, by key: what a view holds after a batch.
-pub type ViewRows = BTreeMap<Row, Row>;
+/// A view's rows, by key: what a view holds after a batch (in no order;
+/// sinks that write in key order sort).
+pub type ViewRows = HashMap<Row, Row>;
 
 /// A completed batch of one view's changes.
 #[derive(Clone, Copy, Debug)]

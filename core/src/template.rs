@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::value::{Value, format_date};
+use crate::value::{Value, write_date};
 
 /// A parsed template.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,7 +128,7 @@ pub fn write_plain(value: &Value, out: &mut String) {
         Value::Int(v) => {
             let _ = write!(out, "{v}");
         }
-        Value::Date(d) => out.push_str(&format_date(*d)),
+        Value::Date(d) => write_date(*d, out),
         Value::Timestamp(t) => out.push_str(&t.to_rfc3339()),
         Value::Text(s) => out.push_str(s),
     }

@@ -173,10 +173,22 @@ const UNIX_EPOCH_DAY: NaiveDate = match NaiveDate::from_ymd_opt(1970, 1, 1) {
 
 /// `YYYY-MM-DD` for a day count since 1970-01-01.
 pub fn format_date(days: i32) -> String {
-    match UNIX_EPOCH_DAY.checked_add_signed(chrono::TimeDelta::days(i64::from(days))) {
-        Some(date) => date.format("%Y-%m-%d").to_string(),
-        None => format!("day {days}"),
-    }
+    let mut text = String::with_capacity(10);
+    write_date(days, &mut text);
+    text
+}
+
+/// Appends `YYYY-MM-DD` for a day count since 1970-01-01 (chrono's `%Y`
+/// for years outside 0 to 9999), without parsing a format string.
+pub fn write_date(days: i32, out: &mut String) {
+    use std::fmt::Write;
+    let _ = match UNIX_EPOCH_DAY.checked_add_signed(chrono::TimeDelta::days(i64::from(days))) {
+        Some(date) if (0..=9999).contains(&date.year()) => {
+            write!(out, "{:04}-{:02}-{:02}", date.year(), date.month(), date.day())
+        }
+        Some(date) => write!(out, "{}", date.format("%Y-%m-%d")),
+        None => write!(out, "day {days}"),
+    };
 }
 
 /// Parses `YYYY-MM-DD` into a day count since 1970-01-01.
@@ -215,6 +227,18 @@ mod tests {
         assert_eq!(format_date(t.utc_day()), "1969-12-31");
         assert_eq!(parse_date("1969-12-31"), Some(-1));
         assert_eq!(date_month(parse_date("2024-02-29").unwrap()), "2024-02");
+    }
+
+    #[test]
+    fn dates_format_like_chrono_everywhere() {
+        for days in [-800_000, -719_528, -1, 0, 19_000, 2_932_896, 2_932_897, i32::MAX] {
+            let expected = match UNIX_EPOCH_DAY.checked_add_signed(chrono::TimeDelta::days(i64::from(days))) {
+                Some(date) => date.format("%Y-%m-%d").to_string(),
+                None => format!("day {days}"),
+            };
+            assert_eq!(format_date(days), expected, "{days}");
+        }
+        assert_eq!(format_date(0), "1970-01-01");
     }
 
     #[test]

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use projector::{commands, components};
 use projector_core::config::{PipelinePlan, check_text};
-use projector_core::sink::{SinkError, ViewBatch};
+use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewChange, ViewRows};
+use projector_core::value::{Row, Value};
 use projector_dataflows::runner::RunOptions;
 use projector_datagen::{Generator, GeneratorConfig};
 use projector_tests::services::{RedisServer, available};
@@ -165,6 +166,57 @@ fn a_fenced_older_generation_writes_nothing() {
     newer.apply(batch).unwrap();
     let gone: bool = connection.exists("fence:order_summary:1:2022-01-08").unwrap();
     assert!(!gone, "a repeated batch was written again");
+}
+
+#[test]
+fn updates_change_only_their_fields_and_rankings_and_follow_nulls() {
+    if !available("redis-server") {
+        return;
+    }
+    let server = RedisServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(&file_source(&dir.path().join("none.jsonl")), &server.url(), "upd:");
+    let plan = plan(&text, dir.path());
+    let view = plan.views.iter().position(|v| v.name == "product_sales").unwrap();
+    let mut sink = components::outputs(&plan).unwrap().view_sinks.remove(view).remove(0).1;
+    assert_eq!(sink.resume().unwrap(), None);
+    let key: Row = vec![Value::UInt(3), Value::UInt(42), Value::Date(19_000)].into();
+    let values = |v: [Value; 3]| -> Row { v.into_iter().collect::<Vec<_>>().into() };
+    let change = |values: &Row, diff| ViewChange { key: key.clone(), values: values.clone(), diff };
+    let first = values([Value::Int(2), Value::Int(500), Value::Int(1)]);
+    let nulled = values([Value::Int(2), Value::Int(700), Value::Null]);
+    let back = values([Value::Int(3), Value::Int(700), Value::Int(1)]);
+    let batches: Vec<Vec<ViewChange>> = vec![
+        vec![change(&first, 1)],
+        vec![change(&first, -1), change(&nulled, 1)],
+        vec![change(&nulled, -1), change(&back, 1)],
+        vec![change(&back, -1)],
+    ];
+    let mut connection = server.connection().unwrap();
+    let hash = "upd:product_sales:3:2022-01-08:42";
+    let expected: [&[(&str, &str)]; 3] = [
+        &[("units_sold", "2"), ("revenue_cents", "500"), ("order_count", "1")],
+        &[("units_sold", "2"), ("revenue_cents", "700")],
+        &[("units_sold", "3"), ("revenue_cents", "700"), ("order_count", "1")],
+    ];
+    let scores = [Some(500.0), Some(700.0), Some(700.0), None];
+    for (upper, changes) in batches.iter().enumerate() {
+        let positions = SourcePositions([((0, 0), upper as u64 + 1)].into_iter().collect());
+        let rows = ViewRows::new();
+        sink.apply(ViewBatch { changes, upper: upper as u64 + 1, positions: &positions, rows: &rows }).unwrap();
+        let got: BTreeMap<String, String> = connection.hgetall(hash).unwrap();
+        let want: BTreeMap<String, String> = match expected.get(upper) {
+            Some(fields) => [("store_id", "3"), ("product_id", "42"), ("date", "2022-01-08")]
+                .iter()
+                .chain(fields.iter())
+                .map(|(f, v)| (f.to_string(), v.to_string()))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        assert_eq!(got, want, "after batch {}", upper + 1);
+        let score: Option<f64> = connection.zscore("upd:top_products:3:2022-01-08", "42").unwrap();
+        assert_eq!(score, scores[upper], "ranking after batch {}", upper + 1);
+    }
 }
 
 /// Runs the pipeline on a Kafka topic in a thread until `stop`.

@@ -264,18 +264,59 @@ impl RedisViewSink {
         (set, ranking.member.render(key))
     }
 
-    /// Queues a batch's changes: a key with an addition is (re)written, a
-    /// key with only a removal is deleted.
-    fn queue_changes(&self, pipe: &mut redis::Pipeline, changes: &[ViewChange]) {
-        for (index, change) in changes.iter().enumerate() {
-            if change.diff > 0 {
-                self.queue_row(pipe, &change.key, &change.values);
+    /// Queues an updated row: only the fields whose value changed, and the
+    /// ranking entries whose score changed. The hash holds the old values
+    /// (the sink's checkpoint says so), so the rest is already right.
+    fn queue_update(&self, pipe: &mut redis::Pipeline, key: &Row, old: &Row, new: &Row) {
+        let mut hash_key = self.prefix.clone();
+        self.key.render_into(key, &mut hash_key);
+        let mut set: Vec<(&str, String)> = Vec::new();
+        let mut unset: Vec<&str> = Vec::new();
+        for ((name, before), after) in self.value_fields.iter().zip(old.iter()).zip(new.iter()) {
+            if before == after {
+                continue;
+            }
+            if *after == Value::Null {
+                unset.push(name);
             } else {
-                let same_key = |c: &ViewChange| c.key == change.key && c.diff > 0;
-                let readded = changes[index.saturating_sub(1)..changes.len().min(index + 2)].iter().any(same_key);
-                if !readded {
-                    self.queue_removal(pipe, &change.key);
-                }
+                let mut text = String::new();
+                write_plain(after, &mut text);
+                set.push((name, text));
+            }
+        }
+        if !unset.is_empty() {
+            pipe.hdel(&hash_key, unset).ignore();
+        }
+        if !set.is_empty() {
+            pipe.hset_multiple(&hash_key, &set).ignore();
+        }
+        for ranking in &self.rankings {
+            let Score::Value(index) = ranking.score else { continue };
+            let (before, after) = (old.get(index).and_then(Value::as_i128), new.get(index).and_then(Value::as_i128));
+            if before == after {
+                continue;
+            }
+            let (set, member) = self.ranking_entry(ranking, key);
+            match after {
+                Some(score) => pipe.zadd(set, member, score as f64).ignore(),
+                None => pipe.zrem(set, member).ignore(),
+            };
+        }
+    }
+
+    /// Queues a batch's changes, which come sorted by key: a key with only
+    /// an addition is written whole, one with a removal and an addition
+    /// (an update) has its changed fields written, one with only a
+    /// removal is deleted.
+    fn queue_changes(&self, pipe: &mut redis::Pipeline, changes: &[ViewChange]) {
+        for group in changes.chunk_by(|a, b| a.key == b.key) {
+            let key = &group[0].key;
+            let old = group.iter().find(|c| c.diff < 0).map(|c| &c.values);
+            match (old, group.iter().find(|c| c.diff > 0).map(|c| &c.values)) {
+                (_, None) => self.queue_removal(pipe, key),
+                (None, Some(new)) => self.queue_row(pipe, key, new),
+                (Some(old), Some(new)) if old.len() == new.len() => self.queue_update(pipe, key, old, new),
+                (Some(_), Some(new)) => self.queue_row(pipe, key, new),
             }
         }
     }
