@@ -8,7 +8,7 @@
 //! counts as seen. A bad record becomes a [`DeadLetter`] with a copy of its
 //! bytes and travels the dead-letter path as data.
 
-use projector_core::event::{EventId, decode_event};
+use projector_core::event::{EventId, decode_order_event};
 use projector_core::order::OrderEvent;
 use projector_core::record::{DeadLetter, RecordRef};
 
@@ -20,11 +20,8 @@ pub type KeyedEvent = (EventId, (EventPosition, Option<OrderEvent>));
 
 /// Decodes one record of source number `source`.
 pub fn decode_record(source: u16, record: RecordRef<'_>) -> Result<KeyedEvent, DeadLetter> {
-    match decode_event(record.bytes) {
-        Ok(event) => {
-            let (event_id, order_event) = event.into_order_event();
-            Ok((event_id, ((source, record.position), order_event)))
-        }
+    match decode_order_event(record.bytes) {
+        Ok((event_id, order_event)) => Ok((event_id, ((source, record.position), order_event))),
         Err(bad) => Err(DeadLetter {
             source,
             position: record.position,

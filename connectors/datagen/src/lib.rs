@@ -498,7 +498,7 @@ impl projector_core::source::SourceReader for DatagenReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use projector_core::event::decode_event;
+    use projector_core::event::{decode_event, decode_order_event};
 
     #[test]
     fn same_seed_same_log_and_every_good_record_decodes() {
@@ -510,6 +510,8 @@ mod tests {
         let mut bad = 0;
         for record in &first {
             let decoded = decode_event(record.line.as_bytes());
+            let for_views = decode_order_event(record.line.as_bytes());
+            assert_eq!(for_views, decoded.clone().map(|e| e.into_order_event()), "{}", record.line);
             match record.bad {
                 None => assert!(decoded.is_ok(), "{:?}: {}", decoded, record.line),
                 Some(kind) => {
