@@ -21,7 +21,8 @@
 //! small, as a smoke test. Knobs: `BENCH_EVENTS` (throughput log size),
 //! `BENCH_RATE` (latency rate), `BENCH_BATCH_MS`, `BENCH_PARTITIONS`,
 //! `BENCH_LATENCY_PARTITIONS`, `BENCH_LINGER_MS` (latency producer),
-//! `BENCH_FETCH_WAIT_MS`, `BENCH_IDLE_US` (how long an idle worker sleeps).
+//! `BENCH_FETCH_WAIT_MS`, `BENCH_IDLE_US` (how long an idle worker sleeps),
+//! `BENCH_WORKERS` (the throughput runs' worker counts, default `1,2`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,7 +73,8 @@ fn throughput(brokers: &str, plan: &PipelinePlan, events: u64) {
         started.elapsed().as_secs_f64(),
         appended as f64 / started.elapsed().as_secs_f64()
     );
-    for workers in [1usize, 2] {
+    let workers_list: String = knob("BENCH_WORKERS", "1,2".to_string());
+    for workers in workers_list.split(',').filter_map(|w| w.trim().parse::<usize>().ok()) {
         let started = Instant::now();
         let summary = run(
             Arc::new(plan.clone()),

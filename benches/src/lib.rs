@@ -68,12 +68,25 @@ pub fn kafka_source(brokers: &str, topic: &str, bounded: bool) -> Arc<dyn Source
             batch_ms: knob("BENCH_BATCH_MS", 10),
             dead_letter_topic: None,
             group_id: "projector-bench".into(),
-            properties: std::env::var("BENCH_FETCH_WAIT_MS")
-                .map(|ms| vec![("fetch.wait.max.ms".to_string(), ms)])
-                .unwrap_or_default(),
+            properties: consumer_properties(),
         },
         Instant::now(),
     ))
+}
+
+/// Consumer properties from `BENCH_FETCH_WAIT_MS` and `BENCH_CONSUMER`
+/// (comma-separated `name=value` librdkafka properties).
+fn consumer_properties() -> Vec<(String, String)> {
+    let mut properties: Vec<(String, String)> = std::env::var("BENCH_CONSUMER")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
+        .collect();
+    if let Ok(ms) = std::env::var("BENCH_FETCH_WAIT_MS") {
+        properties.push(("fetch.wait.max.ms".to_string(), ms));
+    }
+    properties
 }
 
 /// Where each appended record landed and when its append was called.
