@@ -243,7 +243,8 @@ fn sink_throughput(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u
             };
             built.resume().expect("resume");
             let started = Instant::now();
-            let batch = ViewBatch { changes: &changes, upper: 1, positions: &positions, rows: &rows };
+            let batch =
+                ViewBatch { changes: &changes, upper: 1, positions: &positions, newest_event_at: None, rows: &rows };
             built.apply(batch).expect("write");
             built.finish().expect("flush");
             elapsed += started.elapsed();

@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use projector_commands::log::CommandLogConfig;
 use projector_commands::service::CommandService;
 use projector_core::config::{CommandsConfig, PipelinePlan};
+use projector_query_api::serving::ServingStore;
 use projector_query_api::{ApiState, bind, router, serve};
 
 use crate::commands::CommandError;
@@ -47,16 +48,22 @@ pub fn command_log(commands: &CommandsConfig) -> CommandLogConfig {
     }
 }
 
-/// Starts the API of `plan`, if it declares one; returns once it listens
-/// (and the command side has rebuilt its state), or with why it cannot.
-pub fn start(plan: &PipelinePlan) -> Result<Option<ApiServer>, CommandError> {
+/// Starts the API of `plan`, if it declares one, serving the views of
+/// `reads`; returns once it listens (and the command side has rebuilt its
+/// state), or with why it cannot.
+pub fn start(plan: &PipelinePlan, reads: Option<Arc<ServingStore>>) -> Result<Option<ApiServer>, CommandError> {
     let Some(api) = &plan.config.api else { return Ok(None) };
     let log = plan.config.commands.as_ref().map(command_log);
-    start_with(api.listen, log).map(Some)
+    start_with(api.listen, log, reads).map(Some)
 }
 
-/// Starts an API on `listen` with the command side of `log` (if any).
-pub fn start_with(listen: SocketAddr, log: Option<CommandLogConfig>) -> Result<ApiServer, CommandError> {
+/// Starts an API on `listen` with the command side of `log` (if any) and
+/// the views of `reads` (if any).
+pub fn start_with(
+    listen: SocketAddr,
+    log: Option<CommandLogConfig>,
+    reads: Option<Arc<ServingStore>>,
+) -> Result<ApiServer, CommandError> {
     let (ready_send, ready) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let (shutdown_send, shutdown) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
@@ -92,7 +99,7 @@ pub fn start_with(listen: SocketAddr, log: Option<CommandLogConfig>) -> Result<A
                 let shutdown = async move {
                     let _ = shutdown.await;
                 };
-                if let Err(error) = serve(listener, router(ApiState { commands }), shutdown).await {
+                if let Err(error) = serve(listener, router(ApiState { commands, reads }), shutdown).await {
                     tracing::error!(%error, "the HTTP API stopped");
                 }
             });

@@ -60,9 +60,11 @@ pub fn run_config(plan: PipelinePlan, options: RunOptions) -> Result<RunSummary,
             plan.config.file
         )));
     }
-    let api = crate::api::start(&plan)?;
     let sources = components::sources(&plan);
-    let outputs = components::outputs(&plan).map_err(|e| CommandError::Io(e.to_string()))?;
+    let mut outputs = components::outputs(&plan).map_err(|e| CommandError::Io(e.to_string()))?;
+    // With an API, the views are also served from memory.
+    let reads = plan.config.api.is_some().then(|| components::serve_views(&plan, &mut outputs));
+    let api = crate::api::start(&plan, reads)?;
     let result = run(Arc::new(plan), sources, outputs, options);
     if let Some(api) = api {
         api.stop();

@@ -13,6 +13,7 @@ use projector_core::record::DeadLetter;
 use projector_core::sink::{DeadLetterSink, SinkError, ViewSink};
 use projector_core::source::Source;
 use projector_dataflows::runner::Outputs;
+use projector_query_api::serving::ServingStore;
 use projector_sink_clickhouse::ClickHouseViewSink;
 use projector_sink_file::{FileDeadLetterSink, FileViewSink};
 use projector_sink_redis::RedisViewSink;
@@ -147,4 +148,16 @@ impl DeadLetterSink for DeadLetterRoutes {
         }
         Ok(())
     }
+}
+
+/// A serving store of the views of `plan`, fed by one more sink per view
+/// in `outputs`, for the read routes of the API.
+pub fn serve_views(plan: &PipelinePlan, outputs: &mut Outputs) -> Arc<ServingStore> {
+    let store = Arc::new(ServingStore::new(plan));
+    for (index, view) in plan.views.iter().enumerate() {
+        if let (Some(sinks), Some(sink)) = (outputs.view_sinks.get_mut(index), store.sink(&view.name)) {
+            sinks.push(("serving".to_string(), Box::new(sink)));
+        }
+    }
+    store
 }

@@ -141,16 +141,17 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
         properties: Vec::new(),
         state_dir: None,
     };
-    let api = crate::api::start_with(options.listen, Some(log))?;
+    let mut view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>> = plan.views.iter().map(|_| Vec::new()).collect();
+    let board = Arc::new(Mutex::new(Board::default()));
+    view_sinks[summary_index].push(("terminal".into(), Box::new(BoardSink(Arc::clone(&board)))));
+    let mut outputs = Outputs { view_sinks, dead_letter_sinks: Vec::new() };
+    let reads = crate::components::serve_views(&plan, &mut outputs);
+    let api = crate::api::start_with(options.listen, Some(log), Some(reads))?;
     println!(
         "command API on http://{}  (try: curl -X PUT http://{}/v1/stores/1/inventory/SKU-1 -d '{{\"available\": 5}}')",
         api.address, api.address
     );
 
-    let board = Arc::new(Mutex::new(Board::default()));
-    let mut view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>> = plan.views.iter().map(|_| Vec::new()).collect();
-    view_sinks[summary_index].push(("terminal".into(), Box::new(BoardSink(Arc::clone(&board)))));
-    let outputs = Outputs { view_sinks, dead_letter_sinks: Vec::new() };
     let source = KafkaSource::new(
         0,
         KafkaSourceConfig {

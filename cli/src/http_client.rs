@@ -27,11 +27,41 @@ pub struct ApiResponse {
     pub body: Value,
 }
 
+/// A response with its headers.
+#[derive(Clone, Debug)]
+pub struct ApiReply {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers, names in lower case.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The body as JSON (`Value::Null` when it is empty or not JSON).
+    pub body: Value,
+}
+
 impl ApiClient {
     /// A client of the API at `address`.
     pub fn new(address: SocketAddr) -> ApiClient {
         let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build_http();
         ApiClient { client, base: format!("http://{address}") }
+    }
+
+    /// A `GET` with extra request headers; answers the status, the
+    /// response headers (names in lower case) and the JSON body.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<ApiReply, String> {
+        let mut request = hyper::Request::builder().method("GET").uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+        let response = self.client.request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.to_string())))
+            .collect();
+        let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(ApiReply { status, headers, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) })
     }
 
     /// Sends a request; `body` is sent as is (JSON by convention).

@@ -384,20 +384,20 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, BadRecord> {
 }
 
 /// Decodes and validates one event like [`decode_event`] (same answer for
-/// every record) and returns what the views need: its id, and its effect on
-/// its order if it is an order event. Builds no [`Event`], so the fields the
-/// views do not use are checked but not copied.
-pub fn decode_order_event(bytes: &[u8]) -> Result<(EventId, Option<OrderEvent>), BadRecord> {
+/// every record) and returns what the views need: its id, its effect on its
+/// order if it is an order event, and when it occurred. Builds no
+/// [`Event`], so the fields the views do not use are checked but not copied.
+pub fn decode_order_event(bytes: &[u8]) -> Result<(EventId, Option<OrderEvent>, Timestamp), BadRecord> {
     let (envelope, payload) = decode_wire(bytes)?;
     let event_id = EventId::new(&envelope.event_id.0);
     let change = match payload {
         WirePayload::Created(created) => created_change(envelope.store_id, created),
         WirePayload::Updated(updated) => updated_change(updated),
         WirePayload::Cancelled(_) => OrderChange::Cancelled,
-        WirePayload::Reserved(_) | WirePayload::Payment(_) => return Ok((event_id, None)),
+        WirePayload::Reserved(_) | WirePayload::Payment(_) => return Ok((event_id, None, envelope.occurred_at)),
     };
     let order_id: Arc<str> = envelope.aggregate_id.0.as_ref().into();
-    Ok((event_id, Some(OrderEvent { order_id, sequence: envelope.sequence as u64, change })))
+    Ok((event_id, Some(OrderEvent { order_id, sequence: envelope.sequence as u64, change }), envelope.occurred_at))
 }
 
 fn created_change(store_id: u64, created: OrderCreated) -> OrderChange {
@@ -708,7 +708,11 @@ mod tests {
 
     /// Both decoders give the same answer.
     fn agree(text: &str) {
-        let full = decode_event(text.as_bytes()).map(Event::into_order_event);
+        let full = decode_event(text.as_bytes()).map(|event| {
+            let occurred_at = event.occurred_at;
+            let (event_id, order_event) = event.into_order_event();
+            (event_id, order_event, occurred_at)
+        });
         assert_eq!(decode_order_event(text.as_bytes()), full, "{text}");
     }
 

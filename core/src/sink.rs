@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::record::DeadLetter;
-use crate::value::Row;
+use crate::value::{Row, Timestamp};
 
 /// For each source partition, the next offset to read: everything before it
 /// is reflected in the output that carries these positions.
@@ -70,6 +70,9 @@ pub struct ViewBatch<'a> {
     pub upper: u64,
     /// The source positions the view reflects after this batch.
     pub positions: &'a SourcePositions,
+    /// The latest `occurred_at` of the events the view reflects, if any:
+    /// with the time now, how fresh the view is.
+    pub newest_event_at: Option<Timestamp>,
     /// The whole view after this batch, for a sink that must rewrite all of
     /// it (for example after its store lost its data); kept only for sinks
     /// whose [`ViewSink::wants_rows`] says so, empty for the others.

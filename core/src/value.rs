@@ -160,6 +160,12 @@ impl Timestamp {
         format!("{:04}-{:02}", date.year(), date.month())
     }
 
+    /// The current instant, from the system clock.
+    pub fn now() -> Timestamp {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        Timestamp(i64::try_from(nanos).unwrap_or(i64::MAX))
+    }
+
     /// The UTC year of the instant.
     pub fn utc_year(self) -> i32 {
         DateTime::<Utc>::from_timestamp_nanos(self.0).year()

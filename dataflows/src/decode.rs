@@ -11,6 +11,7 @@
 use projector_core::event::{EventId, decode_order_event};
 use projector_core::order::OrderEvent;
 use projector_core::record::{DeadLetter, RecordRef};
+use projector_core::value::Timestamp;
 
 use crate::EventPosition;
 
@@ -18,10 +19,13 @@ use crate::EventPosition;
 /// for order events, its effect on the order.
 pub type KeyedEvent = (EventId, (EventPosition, Option<OrderEvent>));
 
-/// Decodes one record of source number `source`.
-pub fn decode_record(source: u16, record: RecordRef<'_>) -> Result<KeyedEvent, DeadLetter> {
+/// Decodes one record of source number `source`: the event, and when it
+/// occurred (for the freshness of the views).
+pub fn decode_record(source: u16, record: RecordRef<'_>) -> Result<(KeyedEvent, Timestamp), DeadLetter> {
     match decode_order_event(record.bytes) {
-        Ok((event_id, order_event)) => Ok((event_id, ((source, record.position), order_event))),
+        Ok((event_id, order_event, occurred_at)) => {
+            Ok(((event_id, ((source, record.position), order_event)), occurred_at))
+        }
         Err(bad) => Err(DeadLetter {
             source,
             position: record.position,

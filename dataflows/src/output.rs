@@ -23,7 +23,7 @@ use projector_core::event::BadRecordKind;
 use projector_core::packed::PackedRow;
 use projector_core::record::DeadLetter;
 use projector_core::sink::{DeadLetterSink, SinkError, SourcePositions, ViewBatch, ViewChange, ViewRows, ViewSink};
-use projector_core::value::Row;
+use projector_core::value::{Row, Timestamp};
 
 /// The source positions each worker's readers had reached at each batch
 /// boundary. A reader records `(upper, positions)` when it moves to batch
@@ -31,31 +31,51 @@ use projector_core::value::Row;
 /// they are exactly the records before `positions`.
 #[derive(Debug, Default)]
 pub struct ProgressTable {
-    entries: BTreeMap<(usize, usize), Vec<(u64, SourcePositions)>>,
+    entries: BTreeMap<(usize, usize), Vec<Boundary>>,
 }
+
+/// A batch boundary of one reader: the batch, the positions before it and
+/// the latest `occurred_at` of the events before it.
+type Boundary = (u64, SourcePositions, Option<Timestamp>);
 
 impl ProgressTable {
     /// Records that reader `reader` of worker `worker` delivered everything
-    /// before batch `upper`, which ends at `positions`.
-    pub fn record(&mut self, worker: usize, reader: usize, upper: u64, positions: SourcePositions) {
-        self.entries.entry((worker, reader)).or_default().push((upper, positions));
+    /// before batch `upper`, which ends at `positions`, and that the latest
+    /// `occurred_at` of those events is `newest`.
+    pub fn record(
+        &mut self,
+        worker: usize,
+        reader: usize,
+        upper: u64,
+        positions: SourcePositions,
+        newest: Option<Timestamp>,
+    ) {
+        self.entries.entry((worker, reader)).or_default().push((upper, positions, newest));
     }
 
     /// The positions reflected by all output before batch `upper`.
     pub fn positions_at(&self, upper: u64) -> SourcePositions {
         let mut merged = SourcePositions::default();
         for history in self.entries.values() {
-            if let Some((_, positions)) = history.iter().rev().find(|(u, _)| *u <= upper) {
+            if let Some((_, positions, _)) = history.iter().rev().find(|(u, ..)| *u <= upper) {
                 merged.merge(positions);
             }
         }
         merged
     }
 
+    /// The latest `occurred_at` of the events before batch `upper`.
+    pub fn newest_at(&self, upper: u64) -> Option<Timestamp> {
+        self.entries
+            .values()
+            .filter_map(|history| history.iter().rev().find(|(u, ..)| *u <= upper).and_then(|(.., newest)| *newest))
+            .max()
+    }
+
     /// Forgets entries that no batch at or after `upper` needs.
     pub fn prune(&mut self, upper: u64) {
         for history in self.entries.values_mut() {
-            let keep_from = history.iter().rposition(|(u, _)| *u <= upper).unwrap_or(0);
+            let keep_from = history.iter().rposition(|(u, ..)| *u <= upper).unwrap_or(0);
             history.drain(..keep_from);
         }
     }
@@ -88,8 +108,10 @@ impl OutputState {
         }
     }
 
-    fn positions_at(&self, upper: u64) -> SourcePositions {
-        self.progress.lock().map(|table| table.positions_at(upper)).unwrap_or_default()
+    /// The positions and the latest `occurred_at` reflected by the output
+    /// before `upper`.
+    fn progress_at(&self, upper: u64) -> (SourcePositions, Option<Timestamp>) {
+        self.progress.lock().map(|table| (table.positions_at(upper), table.newest_at(upper))).unwrap_or_default()
     }
 
     /// Notes that view `view` delivered everything before `upper`, and
@@ -146,8 +168,9 @@ pub struct ResumedSink {
 
 /// What a view's output operator hands a sink's thread.
 enum Delivery {
-    /// A completed batch: its changes, upper and the positions it reflects.
-    Batch(Arc<Vec<ViewChange>>, u64, Arc<SourcePositions>),
+    /// A completed batch: its changes, upper, the positions it reflects and
+    /// the latest `occurred_at` of its events.
+    Batch(Arc<Vec<ViewChange>>, u64, Arc<SourcePositions>, Option<Timestamp>),
     /// All input was processed: flush.
     Finish,
 }
@@ -181,7 +204,7 @@ fn spawn_sink(resumed: ResumedSink, state: Arc<OutputState>) -> Option<std::sync
         let mut next = receive.recv();
         loop {
             match next {
-                Ok(Delivery::Batch(changes, upper, positions)) => {
+                Ok(Delivery::Batch(changes, upper, positions, newest)) => {
                     if keep_rows {
                         apply_changes(&mut rows, &changes);
                     }
@@ -191,18 +214,18 @@ fn spawn_sink(resumed: ResumedSink, state: Arc<OutputState>) -> Option<std::sync
                     }
                     // Batches that queued up while the sink wrote go in one
                     // write: their net changes, ending at the last one.
-                    let (mut parts, mut upper, mut positions) = (vec![changes], upper, positions);
+                    let (mut parts, mut upper, mut positions, mut newest) = (vec![changes], upper, positions, newest);
                     let mut total = parts[0].len();
                     let mut after = None;
                     while total < MERGE_CHANGES {
                         match receive.try_recv() {
-                            Ok(Delivery::Batch(more, more_upper, more_positions)) => {
+                            Ok(Delivery::Batch(more, more_upper, more_positions, more_newest)) => {
                                 if keep_rows {
                                     apply_changes(&mut rows, &more);
                                 }
                                 total += more.len();
                                 parts.push(more);
-                                (upper, positions) = (more_upper, more_positions);
+                                (upper, positions, newest) = (more_upper, more_positions, more_newest);
                             }
                             Ok(Delivery::Finish) => {
                                 after = Some(Ok(Delivery::Finish));
@@ -216,7 +239,13 @@ fn spawn_sink(resumed: ResumedSink, state: Arc<OutputState>) -> Option<std::sync
                         }
                     }
                     let changes = if parts.len() == 1 { parts.swap_remove(0) } else { Arc::new(net_changes(&parts)) };
-                    let batch = ViewBatch { changes: &changes, upper, positions: &positions, rows: &rows };
+                    let batch = ViewBatch {
+                        changes: &changes,
+                        upper,
+                        positions: &positions,
+                        newest_event_at: newest,
+                        rows: &rows,
+                    };
                     if let Err(message) = with_retries(&name, &state, || sink.apply(batch)) {
                         state.fail(message);
                         return;
@@ -306,11 +335,13 @@ pub fn deliver_view<'scope>(
                     batch_changes.sort();
                     rows.fetch_add(batch_changes.iter().map(|c| c.diff).sum::<i64>(), Ordering::Relaxed);
                     let batch_changes = Arc::new(batch_changes);
-                    let positions = Arc::new(state.positions_at(cut));
+                    let (positions, newest) = state.progress_at(cut);
+                    let positions = Arc::new(positions);
                     for sender in &senders {
                         // A full queue holds the dataflow back (the sink is
                         // slow or down); a closed one means the run failed.
-                        let _ = sender.send(Delivery::Batch(Arc::clone(&batch_changes), cut, Arc::clone(&positions)));
+                        let delivery = Delivery::Batch(Arc::clone(&batch_changes), cut, Arc::clone(&positions), newest);
+                        let _ = sender.send(delivery);
                     }
                     delivered_upper = cut;
                     state.delivered(view_index, cut);
@@ -417,14 +448,19 @@ mod tests {
     #[test]
     fn positions_come_from_the_latest_boundary_of_every_worker() {
         let mut table = ProgressTable::default();
-        table.record(0, 0, 0, at(1));
-        table.record(1, 0, 0, at(1));
-        table.record(0, 0, 1, at(101));
-        table.record(1, 0, 1, at(101));
-        table.record(0, 0, 2, at(201));
+        let t = |seconds: i64| Some(Timestamp(seconds * 1_000_000_000));
+        table.record(0, 0, 0, at(1), None);
+        table.record(1, 0, 0, at(1), None);
+        table.record(0, 0, 1, at(101), t(5));
+        table.record(1, 0, 1, at(101), t(7));
+        table.record(0, 0, 2, at(201), t(9));
         assert_eq!(table.positions_at(1), at(101));
-        // Worker 1 has not passed batch 2 yet: the merged position waits.
+        assert_eq!(table.newest_at(0), None);
+        assert_eq!(table.newest_at(1), t(7));
+        // Worker 1 has not passed batch 2 yet: the merged position waits;
+        // the newest event is the latest either worker sent.
         assert_eq!(table.positions_at(2), at(101));
+        assert_eq!(table.newest_at(2), t(9));
         table.prune(1);
         assert_eq!(table.positions_at(1), at(101));
     }

@@ -22,6 +22,7 @@ use projector_core::event::BadRecordKind;
 use projector_core::record::{DeadLetter, LogPosition};
 use projector_core::sink::{DeadLetterSink, SourcePositions, ViewSink};
 use projector_core::source::{Poll, Source, SourceError};
+use projector_core::value::Timestamp;
 
 use crate::decode::{KeyedEvent, decode_record};
 use crate::output::{OutputState, ResumedSink, deliver_dead_letters, deliver_view, with_retries};
@@ -115,7 +116,7 @@ pub enum RunError {
 }
 
 /// A record read beyond the current resume barrier, held for a later batch.
-type Held = (LogPosition, Result<KeyedEvent, DeadLetter>);
+type Held = (LogPosition, Result<(KeyedEvent, Timestamp), DeadLetter>);
 
 /// A sink, and the positions it reported at resume.
 type OpenedSink = (String, Box<dyn ViewSink>, Option<SourcePositions>);
@@ -141,10 +142,19 @@ fn beyond(barrier: Option<&SourcePositions>, source: u16, position: LogPosition)
     barrier.is_some_and(|b| position.offset >= b.get(source, position.partition))
 }
 
-/// Puts a decoded record with the events or with the dead letters.
-fn route(item: Result<KeyedEvent, DeadLetter>, decoded: &mut Vec<KeyedEvent>, bad: &mut Vec<DeadLetter>) {
+/// Puts a decoded record with the events or with the dead letters, and
+/// keeps `newest` at the latest `occurred_at` of the events.
+fn route(
+    item: Result<(KeyedEvent, Timestamp), DeadLetter>,
+    decoded: &mut Vec<KeyedEvent>,
+    bad: &mut Vec<DeadLetter>,
+    newest: &mut Option<Timestamp>,
+) {
     match item {
-        Ok(event) => decoded.push(event),
+        Ok((event, occurred_at)) => {
+            *newest = (*newest).max(Some(occurred_at));
+            decoded.push(event);
+        }
         Err(letter) => bad.push(letter),
     }
 }
@@ -292,9 +302,11 @@ pub fn run(
         // before barrier `i`), and the records it read beyond that barrier.
         let mut phase: Vec<usize> = vec![0; readers.len()];
         let mut held: Vec<Vec<Held>> = readers.iter().map(|_| Vec::new()).collect();
+        // Per reader: the latest `occurred_at` of the events it sent.
+        let mut newest: Vec<Option<Timestamp>> = vec![None; readers.len()];
         if let Ok(mut table) = state.progress.lock() {
             for (reader_index, (_, reader)) in readers.iter().enumerate() {
-                table.record(index, reader_index, 0, reader.positions());
+                table.record(index, reader_index, 0, reader.positions(), None);
             }
         }
         let mut decoded: Vec<KeyedEvent> = Vec::with_capacity(options.poll_records);
@@ -314,7 +326,7 @@ pub fn run(
                                 Some(barrier) => below(&reader.positions(), barrier),
                                 None => reader.positions(),
                             };
-                            table.record(index, reader_index, u64::MAX, positions);
+                            table.record(index, reader_index, u64::MAX, positions, newest[reader_index]);
                         }
                     }
                 }
@@ -327,16 +339,18 @@ pub fn run(
                 for (reader_index, (source_name, reader)) in readers.iter_mut().enumerate() {
                     let Some(current) = epochs[reader_index] else { continue };
                     let before = reader.positions();
+                    let newest_before = newest[reader_index];
                     let source = reader_index as u16;
                     let barrier = barriers.get(phase[reader_index]);
                     let stash = &mut held[reader_index];
+                    let latest = &mut newest[reader_index];
                     let poll = reader.poll(options.poll_records, &mut |record| {
                         let position = record.position;
                         let decoded_record = decode_record(source, record);
                         if beyond(barrier, source, position) {
                             stash.push((position, decoded_record));
                         } else {
-                            route(decoded_record, &mut decoded, &mut bad);
+                            route(decoded_record, &mut decoded, &mut bad, latest);
                         }
                     });
                     let poll = match poll {
@@ -360,14 +374,15 @@ pub fn run(
                             phase[reader_index] += 1;
                             time = phase[reader_index] as u64;
                             if let Ok(mut table) = state.progress.lock() {
-                                table.record(index, reader_index, time, below(&reader.positions(), barrier));
+                                let positions = below(&reader.positions(), barrier);
+                                table.record(index, reader_index, time, positions, newest[reader_index]);
                             }
                             let next_barrier = barriers.get(phase[reader_index]);
                             for (position, item) in std::mem::take(&mut held[reader_index]) {
                                 if beyond(next_barrier, source, position) {
                                     held[reader_index].push((position, item));
                                 } else {
-                                    route(item, &mut decoded, &mut bad);
+                                    route(item, &mut decoded, &mut bad, &mut newest[reader_index]);
                                 }
                             }
                             delivered += decoded.len() + bad.len();
@@ -382,8 +397,12 @@ pub fn run(
                     };
                     if let Ok(mut table) = state.progress.lock() {
                         match next {
-                            Some(epoch) if epoch > current => table.record(index, reader_index, epoch, before),
-                            None => table.record(index, reader_index, u64::MAX, reader.positions()),
+                            Some(epoch) if epoch > current => {
+                                table.record(index, reader_index, epoch, before, newest_before)
+                            }
+                            None => {
+                                table.record(index, reader_index, u64::MAX, reader.positions(), newest[reader_index])
+                            }
                             _ => {}
                         }
                     }

@@ -1,10 +1,10 @@
 //! The HTTP API of Projector (axum on hyper).
 //!
-//! Today it carries the command routes of contract section 6 and
-//! `/healthz`; the read routes, `/metrics` and `/readyz` come with the
-//! query API. Handlers are thin: they read the path, headers and body,
-//! call [`CommandService`], and render its answer. Every error is JSON with
-//! a message a person can act on.
+//! It carries the command routes of contract section 6 (handlers read the
+//! path, headers and body, call [`CommandService`] and render its answer),
+//! the read routes ([`reads`], answered from the in-process
+//! [`serving::ServingStore`] the pipeline feeds) and `/healthz`. Every
+//! error is JSON with a message a person can act on.
 
 // Helpers return the error response itself (`Result<_, Response>`), which
 // is large; it is built once per failed request, so boxing buys nothing.
@@ -29,11 +29,16 @@ use projector_commands::state::Answer;
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+pub mod reads;
+pub mod serving;
+
 /// What the routes share.
 #[derive(Clone)]
 pub struct ApiState {
     /// The command side, when the config has one.
     pub commands: Option<Arc<CommandService>>,
+    /// The views, when a pipeline runs in this process.
+    pub reads: Option<Arc<serving::ServingStore>>,
 }
 
 /// A JSON response.
@@ -42,7 +47,7 @@ fn json_response(status: u16, body: Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-fn error(status: u16, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: u16, message: impl Into<String>) -> Response {
     json_response(status, json!({"error": message.into()}))
 }
 
@@ -57,6 +62,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/stores/{store_id}/orders", post(place_order))
         .route("/v1/orders/{order_id}/cancel", post(cancel_order))
         .route("/v1/stores/{store_id}/inventory/{sku}", put(set_stock))
+        .route("/v1/stores/{store_id}/orders/summary", get(reads::orders_summary))
+        .route("/v1/stores/{store_id}/products/top", get(reads::top_products))
+        .route("/v1/stores/{store_id}/customers/segments", get(reads::segments))
+        .route("/v1/stores/{store_id}/customers/{customer_id}", get(reads::customer))
+        .route("/v1/views/{view}", get(reads::view_rows))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

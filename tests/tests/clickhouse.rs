@@ -94,7 +94,7 @@ fn a_fenced_older_generation_writes_nothing() {
     assert_eq!(newer.resume().unwrap(), None);
 
     let (changes, rows, positions) = one_summary_row();
-    let batch = ViewBatch { changes: &changes, upper: 1, positions: &positions, rows: &rows };
+    let batch = ViewBatch { changes: &changes, upper: 1, positions: &positions, newest_event_at: None, rows: &rows };
     older.apply(batch).unwrap();
     match older.finish() {
         Err(SinkError::Fatal(message)) => assert!(message.contains("fenced"), "{message}"),

@@ -32,7 +32,7 @@ fn log_config(topic: &str, state_dir: &Path) -> CommandLogConfig {
 }
 
 fn start_api(topic: &str, state_dir: &Path) -> ApiServer {
-    start_with(SocketAddr::from(([127, 0, 0, 1], 0)), Some(log_config(topic, state_dir))).unwrap()
+    start_with(SocketAddr::from(([127, 0, 0, 1], 0)), Some(log_config(topic, state_dir)), None).unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -279,7 +279,7 @@ fn the_pipeline_follows_commands_live() {
     );
     let plan = check_text(&config, "live.yaml", dir.path()).unwrap();
     // The API of the config listens on a free port: start it the way run does.
-    let api = projector::api::start(&plan).unwrap().unwrap();
+    let api = projector::api::start(&plan, None).unwrap().unwrap();
     let client = ApiClient::new(api.address);
     let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
     let stop = Arc::clone(&options.stop);

@@ -147,7 +147,7 @@ fn a_fenced_older_generation_writes_nothing() {
     assert_eq!(newer.resume().unwrap(), None);
 
     let (changes, rows, positions) = one_summary_row();
-    let batch = ViewBatch { changes: &changes, upper: 1, positions: &positions, rows: &rows };
+    let batch = ViewBatch { changes: &changes, upper: 1, positions: &positions, newest_event_at: None, rows: &rows };
     match older.apply(batch) {
         Err(SinkError::Fatal(message)) => assert!(message.contains("fenced"), "{message}"),
         other => panic!("the older generation's write should be refused, got {other:?}"),
@@ -203,7 +203,14 @@ fn updates_change_only_their_fields_and_rankings_and_follow_nulls() {
     for (upper, changes) in batches.iter().enumerate() {
         let positions = SourcePositions([((0, 0), upper as u64 + 1)].into_iter().collect());
         let rows = ViewRows::new();
-        sink.apply(ViewBatch { changes, upper: upper as u64 + 1, positions: &positions, rows: &rows }).unwrap();
+        sink.apply(ViewBatch {
+            changes,
+            upper: upper as u64 + 1,
+            positions: &positions,
+            newest_event_at: None,
+            rows: &rows,
+        })
+        .unwrap();
         let got: BTreeMap<String, String> = connection.hgetall(hash).unwrap();
         let want: BTreeMap<String, String> = match expected.get(upper) {
             Some(fields) => [("store_id", "3"), ("product_id", "42"), ("date", "2022-01-08")]

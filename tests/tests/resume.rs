@@ -29,12 +29,9 @@ struct Store {
     repeated: usize,
 }
 
-/// A sink over a [`Store`] that takes the first `accept` batches of a run
-/// and loses the rest (as if the process died before writing them).
+/// A sink over a [`Store`].
 struct MemorySink {
     store: Arc<Mutex<Store>>,
-    accept: usize,
-    seen: usize,
 }
 
 impl ViewSink for MemorySink {
@@ -51,10 +48,6 @@ impl ViewSink for MemorySink {
     }
 
     fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
-        self.seen += 1;
-        if self.seen > self.accept {
-            return Ok(());
-        }
         let mut store = self.store.lock().unwrap();
         if let Some(held) = &store.positions
             && batch.positions.le(held)
@@ -94,7 +87,9 @@ fn sinks_resume_from_their_own_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let config = GeneratorConfig { events: 6000, seed: 11, bad_ratio: 0.02, ..GeneratorConfig::default() };
     let lines: Vec<String> = Generator::new(config).map(|r| r.line).collect();
-    let (first, all) = (dir.path().join("first.jsonl"), dir.path().join("all.jsonl"));
+    let (quarter, first, all) =
+        (dir.path().join("quarter.jsonl"), dir.path().join("first.jsonl"), dir.path().join("all.jsonl"));
+    write_lines(&quarter, &lines[..lines.len() / 4]);
     write_lines(&first, &lines[..lines.len() / 2]);
     write_lines(&all, &lines);
     let views = 3;
@@ -103,38 +98,28 @@ fn sinks_resume_from_their_own_checkpoints() {
     let whole: Vec<Arc<Mutex<Store>>> = (0..views).map(|_| Arc::default()).collect();
     let sinks = whole
         .iter()
-        .map(|store| {
-            vec![("whole".to_string(), Box::new(MemorySink { store: store.clone(), accept: usize::MAX, seen: 0 }) as _)]
-        })
+        .map(|store| vec![("whole".to_string(), Box::new(MemorySink { store: store.clone() }) as _)])
         .collect();
     run_file(&all, sinks, 2, 500);
 
-    // Per view: a sink that took all of the first run, one that lost all
-    // but its first 3 batches, and one whose position fits neither.
+    // Per view: a sink that stopped after the first half of the log, one
+    // that stopped after the first quarter (its process died earlier), and
+    // one whose position fits neither.
     let steady: Vec<Arc<Mutex<Store>>> = (0..views).map(|_| Arc::default()).collect();
     let lagging: Vec<Arc<Mutex<Store>>> = (0..views).map(|_| Arc::default()).collect();
     let odd: Vec<Arc<Mutex<Store>>> = (0..views).map(|_| Arc::default()).collect();
-    let sinks_of = |accept_lagging: usize| -> Vec<Vec<(String, Box<dyn ViewSink>)>> {
+    let sinks_of = |stores: &[&Vec<Arc<Mutex<Store>>>]| -> Vec<Vec<(String, Box<dyn ViewSink>)>> {
         (0..views)
             .map(|view| {
-                vec![
-                    (
-                        "steady".to_string(),
-                        Box::new(MemorySink { store: steady[view].clone(), accept: usize::MAX, seen: 0 }) as _,
-                    ),
-                    (
-                        "lagging".to_string(),
-                        Box::new(MemorySink { store: lagging[view].clone(), accept: accept_lagging, seen: 0 }) as _,
-                    ),
-                    (
-                        "odd".to_string(),
-                        Box::new(MemorySink { store: odd[view].clone(), accept: usize::MAX, seen: 0 }) as _,
-                    ),
-                ]
+                stores
+                    .iter()
+                    .map(|store| ("memory".to_string(), Box::new(MemorySink { store: store[view].clone() }) as _))
+                    .collect()
             })
             .collect()
     };
-    run_file(&first, sinks_of(3), 2, 300);
+    run_file(&quarter, sinks_of(&[&lagging]), 2, 200);
+    run_file(&first, sinks_of(&[&steady, &odd]), 2, 300);
     for view in 0..views {
         let mut odd = odd[view].lock().unwrap();
         odd.rows.insert(Default::default(), Default::default());
@@ -144,7 +129,7 @@ fn sinks_resume_from_their_own_checkpoints() {
     }
 
     // Restart over the whole log, batches cut differently, on 1 worker.
-    run_file(&all, sinks_of(usize::MAX), 1, 700);
+    run_file(&all, sinks_of(&[&steady, &lagging, &odd]), 1, 700);
     for view in 0..views {
         let want = whole[view].lock().unwrap();
         assert!(!want.rows.is_empty());

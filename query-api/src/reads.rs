@@ -1,0 +1,540 @@
+//! The read routes of contract section 6, answered from the serving store.
+//!
+//! Every answer is computed under one view's read lock, so it reflects one
+//! completed batch, and says how fresh it is: the JSON field `freshness`
+//! and the headers `X-Projector-Positions` (next offset per source and
+//! partition), `X-Projector-Events` (their sum), `X-Projector-Newest-Event-At`
+//! and `X-Projector-Newest-Event-Age-Ms`. The `ETag` is derived from the
+//! view and the positions it reflects (the view's content is a function of
+//! them), so `If-None-Match` with it answers `304 Not Modified` until a
+//! batch moves the view, also across restarts.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value as Json, json};
+
+use projector_core::value::{FieldType, Row, Timestamp, Value, format_date, parse_date};
+
+use crate::serving::{Freshness, ServingStore, ServingView, ViewState, with_prefix};
+use crate::{ApiState, error};
+
+/// Longest query string accepted, in bytes.
+pub const MAX_QUERY_BYTES: usize = 2048;
+/// Most rows one page of `/v1/views/{view}` holds.
+pub const MAX_PAGE_ROWS: usize = 1000;
+/// Rows of a page when `limit` is not given.
+pub const DEFAULT_PAGE_ROWS: usize = 100;
+/// Longest date range of one request, in days.
+pub const MAX_RANGE_DAYS: i32 = 366;
+/// Days of a range when `from` is not given.
+pub const DEFAULT_RANGE_DAYS: i32 = 30;
+/// Most products a top-products answer lists.
+pub const MAX_TOP_PRODUCTS: usize = 1000;
+
+/// The query parameters of a request, each name at most once.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(uri: &Uri, allowed: &[&str]) -> Result<Params, Response> {
+        let query = uri.query().unwrap_or("");
+        if query.len() > MAX_QUERY_BYTES {
+            return Err(error(414, format!("the query string is longer than {MAX_QUERY_BYTES} bytes")));
+        }
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            if !allowed.contains(&name.as_ref()) {
+                let known = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
+                return Err(error(400, format!("unknown query parameter {name:?}; this route takes: {known}")));
+            }
+            if pairs.iter().any(|(seen, _)| *seen == name) {
+                return Err(error(400, format!("query parameter {name:?} is given more than once")));
+            }
+            pairs.push((name.into_owned(), value.into_owned()));
+        }
+        Ok(Params(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+fn reads(state: &ApiState) -> Result<&Arc<ServingStore>, Response> {
+    state.reads.as_ref().ok_or_else(|| error(503, "this server serves no views; it runs without a pipeline"))
+}
+
+/// The view `name` with the fields a route needs, by index.
+fn seed_view<'a>(
+    store: &'a ServingStore,
+    name: &str,
+    fields: &[&str],
+) -> Result<(&'a Arc<ServingView>, Vec<usize>), Response> {
+    let view = store.view(name).ok_or_else(|| {
+        error(
+            404,
+            format!("this config declares no view {name:?}, which this route reads; declare it in pipelines.yaml"),
+        )
+    })?;
+    let indexes = fields
+        .iter()
+        .map(|field| {
+            view.field(field).ok_or_else(|| {
+                error(404, format!("the view {name:?} of this config has no field {field:?}, which this route needs"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if view.key_len == 0 || view.fields[0].0 != "store_id" {
+        return Err(error(404, format!("the view {name:?} of this config is not keyed by store_id first")));
+    }
+    Ok((view, indexes))
+}
+
+fn store_id(text: &str) -> Result<u64, Response> {
+    text.parse().map_err(|_| error(400, format!("store id {text:?} in the path is not a whole number")))
+}
+
+/// A field of a row (keys first, then values).
+fn at<'a>(key: &'a Row, values: &'a Row, index: usize) -> &'a Value {
+    if index < key.len() { &key[index] } else { values.get(index - key.len()).unwrap_or(&Value::Null) }
+}
+
+fn int(value: &Value) -> i128 {
+    value.as_i128().unwrap_or(0)
+}
+
+fn row_object(view: &ServingView, key: &Row, values: &Row) -> Map<String, Json> {
+    view.fields
+        .iter()
+        .zip(key.iter().chain(values.iter()))
+        .map(|((name, _), value)| (name.clone(), value.to_json()))
+        .collect()
+}
+
+/// Parses `text` as a value of a field of type `ty`.
+fn parse_value(text: &str, ty: FieldType) -> Option<Value> {
+    match ty {
+        FieldType::UInt => text.parse().ok().map(Value::UInt),
+        FieldType::Int => text.parse().ok().map(Value::Int),
+        FieldType::Text => Some(Value::Text(text.into())),
+        FieldType::Date => parse_date(text).map(Value::Date),
+        FieldType::Timestamp => Timestamp::parse_rfc3339(text).map(Value::Timestamp),
+        FieldType::Bool => match text {
+            "true" => Some(Value::Bool(true)),
+            "false" => Some(Value::Bool(false)),
+            _ => None,
+        },
+    }
+}
+
+fn example(ty: FieldType) -> &'static str {
+    match ty {
+        FieldType::UInt => "a whole number such as 42",
+        FieldType::Int => "an integer such as -5",
+        FieldType::Text => "text",
+        FieldType::Date => "a date such as 2024-03-01",
+        FieldType::Timestamp => "an RFC 3339 instant such as 2024-03-01T12:00:00Z",
+        FieldType::Bool => "true or false",
+    }
+}
+
+/// The inclusive date range of `from` and `to`: `to` defaults to the latest
+/// date the store has (today when it has none), `from` to 30 days before
+/// `to`.
+fn date_range(params: &Params, latest: Option<i32>) -> Result<(i32, i32), Response> {
+    let date = |name: &str| -> Result<Option<i32>, Response> {
+        match params.get(name) {
+            None => Ok(None),
+            Some(text) => parse_date(text)
+                .map(Some)
+                .ok_or_else(|| error(400, format!("{name}={text:?} is not a date; write it as YYYY-MM-DD"))),
+        }
+    };
+    let today = Timestamp::now().utc_day();
+    let to = date("to")?.unwrap_or(latest.unwrap_or(today));
+    let from = date("from")?.unwrap_or(to - (DEFAULT_RANGE_DAYS - 1));
+    if from > to {
+        return Err(error(400, format!("from ({}) is after to ({})", format_date(from), format_date(to))));
+    }
+    if to - from + 1 > MAX_RANGE_DAYS {
+        return Err(error(
+            400,
+            format!("the range from {} to {} is longer than {MAX_RANGE_DAYS} days", format_date(from), format_date(to)),
+        ));
+    }
+    Ok((from, to))
+}
+
+/// The latest date field `date` holds among rows with key prefix `prefix`.
+fn latest_date(state: &ViewState, prefix: &[Value], date: usize) -> Option<i32> {
+    with_prefix(state, prefix)
+        .filter_map(|(key, values)| match at(key, values, date) {
+            Value::Date(day) => Some(*day),
+            _ => None,
+        })
+        .max()
+}
+
+/// The ETag of a view as of `freshness`.
+fn etag(view: &str, freshness: &Freshness) -> String {
+    let mut hasher = DefaultHasher::new();
+    view.hash(&mut hasher);
+    freshness.positions.hash(&mut hasher);
+    format!("\"{:016x}\"", hasher.finish())
+}
+
+fn not_modified(request: &HeaderMap, tag: &str) -> bool {
+    request
+        .get_all("if-none-match")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|candidate| candidate.trim().trim_start_matches("W/"))
+        .any(|candidate| candidate == tag || candidate == "*")
+}
+
+fn freshness_json(freshness: &Freshness) -> Json {
+    json!({
+        "positions": serde_json::from_str::<Json>(&freshness.positions).unwrap_or(Json::Null),
+        "events": freshness.events as u64,
+        "newest_event_at": freshness.newest_event_at.map(|t| t.to_rfc3339()),
+        "newest_event_age_ms": freshness.newest_event_age_ms,
+    })
+}
+
+/// Answers one read of `view`: `answer` computes the body from the view's
+/// state (under its read lock) unless `If-None-Match` says the client has
+/// it already.
+fn read(
+    store: &ServingStore,
+    view: &ServingView,
+    request: &HeaderMap,
+    answer: impl FnOnce(&ViewState) -> Result<Map<String, Json>, Response>,
+) -> Response {
+    let state = view.read();
+    let freshness = store.freshness(&state);
+    let tag = etag(&view.name, &freshness);
+    let (status, body) = if not_modified(request, &tag) {
+        (StatusCode::NOT_MODIFIED, None)
+    } else {
+        match answer(&state) {
+            Ok(mut body) => {
+                body.insert("freshness".into(), freshness_json(&freshness));
+                (StatusCode::OK, Some(body))
+            }
+            Err(response) => return response,
+        }
+    };
+    drop(state);
+    let mut response = match body {
+        Some(body) => (status, axum::Json(Json::Object(body))).into_response(),
+        None => status.into_response(),
+    };
+    let headers = response.headers_mut();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    set("etag", tag);
+    set("cache-control", "no-cache".into());
+    set("x-projector-positions", freshness.positions.clone());
+    set("x-projector-events", freshness.events.to_string());
+    if let Some(at) = freshness.newest_event_at {
+        set("x-projector-newest-event-at", at.to_rfc3339());
+    }
+    if let Some(age) = freshness.newest_event_age_ms {
+        set("x-projector-newest-event-age-ms", age.to_string());
+    }
+    response
+}
+
+/// `GET /v1/stores/{store_id}/orders/summary?from=&to=&group_by=day|overall`
+pub async fn orders_summary(
+    State(state): State<ApiState>,
+    Path(store): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let result = (|| {
+        let store_reads = reads(&state)?;
+        let store_id = store_id(&store)?;
+        let params = Params::parse(&uri, &["from", "to", "group_by"])?;
+        let by_day = match params.get("group_by").unwrap_or("day") {
+            "day" => true,
+            "overall" => false,
+            other => return Err(error(400, format!("group_by={other:?} is not known; use day or overall"))),
+        };
+        let fields = ["date", "order_count", "revenue_cents", "cancellation_count"];
+        let (view, index) = seed_view(store_reads, "order_summary", &fields)?;
+        let (date, orders, revenue, cancelled) = (index[0], index[1], index[2], index[3]);
+        Ok(read(store_reads, view, &headers, |state| {
+            let prefix = [Value::UInt(store_id)];
+            let (from, to) = date_range(&params, latest_date(state, &prefix, date))?;
+            let in_range = with_prefix(state, &prefix)
+                .filter(|(key, values)| matches!(at(key, values, date), Value::Date(day) if (from..=to).contains(day)));
+            let mut body = Map::new();
+            body.insert("store_id".into(), json!(store_id));
+            body.insert("from".into(), json!(format_date(from)));
+            body.insert("to".into(), json!(format_date(to)));
+            body.insert("group_by".into(), json!(if by_day { "day" } else { "overall" }));
+            if by_day {
+                let rows: Vec<Json> =
+                    in_range.map(|(key, values)| Json::Object(row_object(view, key, values))).collect();
+                body.insert("rows".into(), Json::Array(rows));
+            } else {
+                let (mut order_count, mut revenue_cents, mut cancellation_count) = (0i128, 0i128, 0i128);
+                for (key, values) in in_range {
+                    order_count += int(at(key, values, orders));
+                    revenue_cents += int(at(key, values, revenue));
+                    cancellation_count += int(at(key, values, cancelled));
+                }
+                let average = if order_count == 0 { 0 } else { revenue_cents / order_count };
+                body.insert(
+                    "total".into(),
+                    json!({
+                        "order_count": order_count as i64,
+                        "revenue_cents": revenue_cents as i64,
+                        "average_order_value_cents": average as i64,
+                        "cancellation_count": cancellation_count as i64,
+                    }),
+                );
+            }
+            Ok(body)
+        }))
+    })();
+    result.unwrap_or_else(|response| response)
+}
+
+/// `GET /v1/stores/{store_id}/products/top?from=&to=&limit=50`
+pub async fn top_products(
+    State(state): State<ApiState>,
+    Path(store): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let result = (|| {
+        let store_reads = reads(&state)?;
+        let store_id = store_id(&store)?;
+        let params = Params::parse(&uri, &["from", "to", "limit"])?;
+        let limit = limit(&params, 50, MAX_TOP_PRODUCTS)?;
+        let fields = ["product_id", "date", "units_sold", "revenue_cents", "order_count"];
+        let (view, index) = seed_view(store_reads, "product_sales", &fields)?;
+        Ok(read(store_reads, view, &headers, |state| {
+            let prefix = [Value::UInt(store_id)];
+            let (from, to) = date_range(&params, latest_date(state, &prefix, index[1]))?;
+            // product_id -> (units, revenue, orders)
+            let mut products: BTreeMap<&Value, (i128, i128, i128)> = BTreeMap::new();
+            for (key, values) in with_prefix(state, &prefix) {
+                if !matches!(at(key, values, index[1]), Value::Date(day) if (from..=to).contains(day)) {
+                    continue;
+                }
+                let entry = products.entry(at(key, values, index[0])).or_default();
+                entry.0 += int(at(key, values, index[2]));
+                entry.1 += int(at(key, values, index[3]));
+                entry.2 += int(at(key, values, index[4]));
+            }
+            let mut ranked: Vec<(&Value, (i128, i128, i128))> = products.into_iter().collect();
+            // Revenue descending, ties by product id ascending.
+            ranked.sort_by(|a, b| b.1.1.cmp(&a.1.1).then_with(|| a.0.cmp(b.0)));
+            let top: Vec<Json> = ranked
+                .into_iter()
+                .take(limit)
+                .map(|(product, (units, revenue, orders))| {
+                    json!({
+                        "product_id": product.to_json(),
+                        "units_sold": units as i64,
+                        "revenue_cents": revenue as i64,
+                        "order_count": orders as i64,
+                    })
+                })
+                .collect();
+            let mut body = Map::new();
+            body.insert("store_id".into(), json!(store_id));
+            body.insert("from".into(), json!(format_date(from)));
+            body.insert("to".into(), json!(format_date(to)));
+            body.insert("products".into(), Json::Array(top));
+            Ok(body)
+        }))
+    })();
+    result.unwrap_or_else(|response| response)
+}
+
+/// `GET /v1/stores/{store_id}/customers/{customer_id}`
+pub async fn customer(
+    State(state): State<ApiState>,
+    Path((store, customer)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let result = (|| {
+        let store_reads = reads(&state)?;
+        let store_id = store_id(&store)?;
+        let customer_id: u64 = customer
+            .parse()
+            .map_err(|_| error(400, format!("customer id {customer:?} in the path is not a whole number")))?;
+        Params::parse(&uri, &[])?;
+        let (view, _) = seed_view(store_reads, "customer_ltv", &["customer_id"])?;
+        if view.key_len != 2 || view.fields[1].0 != "customer_id" {
+            return Err(error(404, "the view \"customer_ltv\" of this config is not keyed by store_id, customer_id"));
+        }
+        Ok(read(store_reads, view, &headers, |state| {
+            let key: Row = vec![Value::UInt(store_id), Value::UInt(customer_id)].into();
+            match state.rows.get_key_value(&key) {
+                Some((key, values)) => Ok(row_object(view, key, values)),
+                None => Err(error(404, format!("store {store_id} has no customer {customer_id} with an order"))),
+            }
+        }))
+    })();
+    result.unwrap_or_else(|response| response)
+}
+
+/// `GET /v1/stores/{store_id}/customers/segments`
+pub async fn segments(
+    State(state): State<ApiState>,
+    Path(store): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let result = (|| {
+        let store_reads = reads(&state)?;
+        let store_id = store_id(&store)?;
+        Params::parse(&uri, &[])?;
+        let (view, index) = seed_view(store_reads, "customer_ltv", &["segment", "lifetime_value_cents"])?;
+        Ok(read(store_reads, view, &headers, |state| {
+            let mut segments: BTreeMap<String, (u64, i128)> = BTreeMap::new();
+            for (key, values) in with_prefix(state, &[Value::UInt(store_id)]) {
+                let segment = match at(key, values, index[0]) {
+                    Value::Text(text) => text.to_string(),
+                    Value::Null => String::new(),
+                    other => other.to_json().to_string(),
+                };
+                let entry = segments.entry(segment).or_default();
+                entry.0 += 1;
+                entry.1 += int(at(key, values, index[1]));
+            }
+            let list: Vec<Json> = segments
+                .into_iter()
+                .map(|(segment, (customers, value))| {
+                    json!({"segment": segment, "customers": customers, "lifetime_value_cents": value as i64})
+                })
+                .collect();
+            let mut body = Map::new();
+            body.insert("store_id".into(), json!(store_id));
+            body.insert("segments".into(), Json::Array(list));
+            Ok(body)
+        }))
+    })();
+    result.unwrap_or_else(|response| response)
+}
+
+fn limit(params: &Params, default: usize, max: usize) -> Result<usize, Response> {
+    match params.get("limit") {
+        None => Ok(default),
+        Some(text) => match text.parse::<usize>() {
+            Ok(limit) if (1..=max).contains(&limit) => Ok(limit),
+            _ => Err(error(400, format!("limit={text:?} must be a whole number from 1 to {max}"))),
+        },
+    }
+}
+
+/// `GET /v1/views/{view}?<key field>=<value>&…&limit=&after=`: rows in key
+/// order, filtered by key fields, a page at a time; `next` is the path of
+/// the next page (`null` on the last).
+pub async fn view_rows(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let result = (|| {
+        let store_reads = reads(&state)?;
+        let view = store_reads.view(&name).ok_or_else(|| {
+            let names: Vec<&str> = store_reads.names().collect();
+            error(404, format!("no view {name:?}; this config declares: {}", names.join(", ")))
+        })?;
+        let mut allowed: Vec<&str> = view.key_names().collect();
+        allowed.extend(["limit", "after"]);
+        let params = Params::parse(&uri, &allowed)?;
+        let limit = limit(&params, DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS)?;
+        // Equality filters on key fields, by key index.
+        let mut filters: Vec<(usize, Value)> = Vec::new();
+        for (index, (field, ty)) in view.fields[..view.key_len].iter().enumerate() {
+            if let Some(text) = params.get(field) {
+                let value = parse_value(text, *ty)
+                    .ok_or_else(|| error(400, format!("{field}={text:?} is not {}", example(*ty))))?;
+                filters.push((index, value));
+            }
+        }
+        let after = match params.get("after") {
+            None => None,
+            Some(text) => Some(cursor(view, text)?),
+        };
+        Ok(read(store_reads, view, &headers, |state| {
+            // The key fields filtered from the first on select a range.
+            let prefix: Vec<Value> = (0..view.key_len)
+                .map_while(|index| filters.iter().find(|(i, _)| *i == index).map(|(_, v)| v.clone()))
+                .collect();
+            let matching = with_prefix(state, &prefix)
+                .filter(|(key, _)| after.as_ref().is_none_or(|after| *key > after))
+                .filter(|(key, _)| filters.iter().all(|(index, value)| key.get(*index) == Some(value)));
+            let mut rows = Vec::new();
+            let mut last: Option<&Row> = None;
+            let mut more = false;
+            for (key, values) in matching {
+                if rows.len() == limit {
+                    more = true;
+                    break;
+                }
+                rows.push(Json::Object(row_object(view, key, values)));
+                last = Some(key);
+            }
+            let next = match (more, last) {
+                (true, Some(key)) => {
+                    let token = Json::Array(key.iter().map(Value::to_json).collect()).to_string();
+                    let mut query = form_urlencoded::Serializer::new(String::new());
+                    for (name, value) in &params.0 {
+                        if name != "after" {
+                            query.append_pair(name, value);
+                        }
+                    }
+                    query.append_pair("after", &token);
+                    Json::String(format!("{}?{}", uri.path(), query.finish()))
+                }
+                _ => Json::Null,
+            };
+            let mut body = Map::new();
+            body.insert("view".into(), json!(view.name));
+            body.insert("rows".into(), Json::Array(rows));
+            body.insert("next".into(), next);
+            Ok(body)
+        }))
+    })();
+    result.unwrap_or_else(|response| response)
+}
+
+/// The key a page token (`after`) names: a JSON array of the key's values.
+fn cursor(view: &ServingView, text: &str) -> Result<Row, Response> {
+    let bad = || error(400, format!("after={text:?} is not a page token; use the `next` path of the previous page"));
+    let items: Vec<Json> = serde_json::from_str(text).map_err(|_| bad())?;
+    if items.len() != view.key_len {
+        return Err(bad());
+    }
+    let values = items
+        .iter()
+        .zip(&view.fields[..view.key_len])
+        .map(|(item, (_, ty))| match item {
+            Json::String(text) => parse_value(text, *ty),
+            Json::Number(number) => parse_value(&number.to_string(), *ty),
+            Json::Bool(flag) => parse_value(&flag.to_string(), *ty),
+            Json::Null => Some(Value::Null),
+            _ => None,
+        })
+        .collect::<Option<Vec<Value>>>()
+        .ok_or_else(bad)?;
+    Ok(values.into())
+}

@@ -1,0 +1,167 @@
+//! The in-process serving store: every view's rows, fed by the dataflow's
+//! output, for the read routes.
+//!
+//! Each view is a sink of the pipeline ([`ServingSink`]). A batch is applied
+//! under the view's write lock and readers hold its read lock while they
+//! compute an answer, so every answer is consistent as of one completed
+//! batch (one dataflow frontier): no half-applied batch is ever visible.
+//! Rows are kept sorted by key, so a read for one store (the first key
+//! field of the seed views) is a range scan.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use projector_core::config::PipelinePlan;
+use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewSink, positions_to_json};
+use projector_core::value::{FieldType, Row, Timestamp, Value};
+
+/// What one view holds as of one completed batch.
+#[derive(Debug, Default)]
+pub struct ViewState {
+    /// The rows, by key.
+    pub rows: BTreeMap<Row, Row>,
+    /// Batches taken so far (0: none yet).
+    pub batches: u64,
+    /// The source positions the rows reflect.
+    pub positions: SourcePositions,
+    /// The latest `occurred_at` of the events the rows reflect.
+    pub newest_event_at: Option<Timestamp>,
+}
+
+/// One view of the store.
+#[derive(Debug)]
+pub struct ServingView {
+    /// The view's name.
+    pub name: String,
+    /// Output fields (keys first), with their types.
+    pub fields: Vec<(String, FieldType)>,
+    /// How many of `fields` are key fields.
+    pub key_len: usize,
+    state: RwLock<ViewState>,
+}
+
+impl ServingView {
+    /// The view as of its last completed batch; hold it only while
+    /// computing one answer (a batch waits for it).
+    pub fn read(&self) -> RwLockReadGuard<'_, ViewState> {
+        // A panic while applying a batch poisons the lock; the state is
+        // still a whole batch's (apply does not panic mid-way), so read on.
+        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The index of field `name`, if the view has it.
+    pub fn field(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|(field, _)| field == name)
+    }
+
+    /// The key fields' names.
+    pub fn key_names(&self) -> impl Iterator<Item = &str> {
+        self.fields[..self.key_len].iter().map(|(name, _)| name.as_str())
+    }
+}
+
+/// Rows of `state` whose key starts with `prefix`, in key order.
+pub fn with_prefix<'a>(state: &'a ViewState, prefix: &[Value]) -> impl Iterator<Item = (&'a Row, &'a Row)> + 'a {
+    let start: Row = prefix.to_vec().into();
+    let prefix = start.clone();
+    state
+        .rows
+        .range((Bound::Included(start), Bound::Unbounded))
+        .take_while(move |(key, _)| key.len() >= prefix.len() && key[..prefix.len()] == prefix[..])
+}
+
+/// Every declared view, by name.
+#[derive(Debug, Default)]
+pub struct ServingStore {
+    views: BTreeMap<String, Arc<ServingView>>,
+    /// Source names by index, to render positions.
+    pub source_names: Vec<String>,
+}
+
+impl ServingStore {
+    /// An empty store for the views of `plan`.
+    pub fn new(plan: &PipelinePlan) -> ServingStore {
+        let views = plan
+            .views
+            .iter()
+            .map(|view| {
+                let serving = ServingView {
+                    name: view.name.clone(),
+                    fields: view.output_fields(),
+                    key_len: view.keys.len(),
+                    state: RwLock::new(ViewState::default()),
+                };
+                (view.name.clone(), Arc::new(serving))
+            })
+            .collect();
+        ServingStore { views, source_names: plan.config.sources.iter().map(|s| s.name.clone()).collect() }
+    }
+
+    /// The view named `name`.
+    pub fn view(&self, name: &str) -> Option<&Arc<ServingView>> {
+        self.views.get(name)
+    }
+
+    /// The names of all views.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.views.keys().map(String::as_str)
+    }
+
+    /// The sink that feeds view `name`.
+    pub fn sink(&self, name: &str) -> Option<ServingSink> {
+        self.views.get(name).map(|view| ServingSink(Arc::clone(view)))
+    }
+
+    /// How fresh `state` is, now.
+    pub fn freshness(&self, state: &ViewState) -> Freshness {
+        let now = Timestamp::now().0;
+        Freshness {
+            positions: positions_to_json(&state.positions, &self.source_names),
+            events: state.positions.total(),
+            newest_event_at: state.newest_event_at,
+            newest_event_age_ms: state.newest_event_at.map(|at| ((now - at.0).max(0) / 1_000_000) as u64),
+        }
+    }
+}
+
+/// How fresh an answer is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Freshness {
+    /// The log position the answer reflects: next offset per source and
+    /// partition, as JSON (`{"events": {"0": 1200, "1": 1187}}`).
+    pub positions: String,
+    /// The sum of those offsets (records read), a number that only grows.
+    pub events: u128,
+    /// The latest `occurred_at` of the events reflected.
+    pub newest_event_at: Option<Timestamp>,
+    /// Its age now, in milliseconds.
+    pub newest_event_age_ms: Option<u64>,
+}
+
+/// Feeds one view of the store from the pipeline.
+pub struct ServingSink(Arc<ServingView>);
+
+impl ViewSink for ServingSink {
+    fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
+        let mut state = self.0.state.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for change in batch.changes.iter().filter(|c| c.diff < 0) {
+            if state.rows.get(&change.key) == Some(&change.values) {
+                state.rows.remove(&change.key);
+            }
+        }
+        for change in batch.changes.iter().filter(|c| c.diff > 0) {
+            state.rows.insert(change.key.clone(), change.values.clone());
+        }
+        state.batches += 1;
+        state.positions = batch.positions.clone();
+        if batch.newest_event_at.is_some() {
+            state.newest_event_at = batch.newest_event_at;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,234 @@
+//! The read routes over the in-process serving store: every answer equals
+//! the plain recomputation of the log; freshness, `ETag` and `304`; every
+//! error path answers JSON with a message.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use projector::http_client::{ApiClient, ApiReply};
+use projector::{api, components};
+use projector_core::config::check_text;
+use projector_core::event::decode_event;
+use projector_dataflows::runner::{Outputs, RunOptions, run};
+use projector_datagen::{Generator, GeneratorConfig};
+use projector_source_file::FileSource;
+use projector_tests::{reference, shipped_views_yaml};
+use serde_json::{Value, json};
+
+/// The shipped views over a generated log, served by an API.
+struct Served {
+    lines: Vec<String>,
+    api: api::ApiServer,
+    runtime: tokio::runtime::Runtime,
+    client: ApiClient,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    fn start() -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            GeneratorConfig { events: 6_000, seed: 5, stores: 3, bad_ratio: 0.01, ..GeneratorConfig::default() };
+        let lines: Vec<String> = Generator::new(config).map(|r| r.line).collect();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let text = format!(
+            "version: 1\nsources:\n  events:\n    type: file\n    path: {}\n{}",
+            path.display(),
+            shipped_views_yaml()
+        );
+        let plan = check_text(&text, "reads.yaml", dir.path()).unwrap();
+        let mut outputs = Outputs { view_sinks: plan.views.iter().map(|_| Vec::new()).collect(), ..Outputs::default() };
+        let store = components::serve_views(&plan, &mut outputs);
+        let source: Arc<dyn projector_core::source::Source> = Arc::new(FileSource::new(0, &path, 500));
+        run(
+            Arc::new(plan),
+            vec![("events".into(), source)],
+            outputs,
+            RunOptions { workers: 2, ..RunOptions::default() },
+        )
+        .unwrap();
+        let api = api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(store)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let client = ApiClient::new(api.address);
+        Served { lines, api, runtime, client, _dir: dir }
+    }
+
+    fn get(&self, path: &str) -> ApiReply {
+        self.get_with(path, &[])
+    }
+
+    fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> ApiReply {
+        self.runtime.block_on(self.client.get(path, headers)).unwrap()
+    }
+
+    /// Asserts `path` answers `status` with a JSON error naming `needle`.
+    fn fails(&self, path: &str, status: u16, needle: &str) {
+        let reply = self.get(path);
+        assert_eq!(reply.status, status, "{path}: {:?}", reply.body);
+        let message = reply.body["error"].as_str().unwrap_or_else(|| panic!("{path}: no error message"));
+        assert!(message.contains(needle), "{path}: {message:?} does not mention {needle:?}");
+    }
+}
+
+fn of_store(rows: Vec<Value>, store: u64) -> Vec<Value> {
+    rows.into_iter().filter(|r| r["store_id"] == json!(store)).collect()
+}
+
+fn date_in(row: &Value, from: &str, to: &str) -> bool {
+    let date = row["date"].as_str().unwrap();
+    (from..=to).contains(&date)
+}
+
+#[test]
+fn reads_answer_the_recomputation_with_freshness_and_etags() {
+    let served = Served::start();
+    let log = reference::read(&served.lines);
+    let (from, to) = ("2024-03-05", "2024-03-20");
+
+    // Orders summary, by day and overall.
+    let want: Vec<Value> =
+        of_store(reference::order_summary(&log.orders), 2).into_iter().filter(|r| date_in(r, from, to)).collect();
+    assert!(want.len() > 5);
+    let reply = served.get(&format!("/v1/stores/2/orders/summary?from={from}&to={to}"));
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["rows"].as_array().unwrap(), &want);
+    let total = served.get(&format!("/v1/stores/2/orders/summary?from={from}&to={to}&group_by=overall"));
+    let sum = |field: &str| want.iter().map(|r| r[field].as_i64().unwrap()).sum::<i64>();
+    let (orders, revenue) = (sum("order_count"), sum("revenue_cents"));
+    assert_eq!(
+        total.body["total"],
+        json!({"order_count": orders, "revenue_cents": revenue, "average_order_value_cents": revenue / orders,
+               "cancellation_count": sum("cancellation_count")})
+    );
+
+    // Top products over the range: revenue descending, ties by product id.
+    let mut products: BTreeMap<u64, (i64, i64, i64)> = BTreeMap::new();
+    for row in of_store(reference::product_sales(&log.orders), 2).iter().filter(|r| date_in(r, from, to)) {
+        let entry = products.entry(row["product_id"].as_u64().unwrap()).or_default();
+        entry.0 += row["units_sold"].as_i64().unwrap();
+        entry.1 += row["revenue_cents"].as_i64().unwrap();
+        entry.2 += row["order_count"].as_i64().unwrap();
+    }
+    let mut ranked: Vec<(u64, (i64, i64, i64))> = products.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.1.cmp(&a.1.1).then(a.0.cmp(&b.0)));
+    let want: Vec<Value> = ranked
+        .iter()
+        .take(7)
+        .map(|(product, (units, revenue, orders))| {
+            json!({"product_id": product, "units_sold": units, "revenue_cents": revenue, "order_count": orders})
+        })
+        .collect();
+    assert_eq!(want.len(), 7);
+    let reply = served.get(&format!("/v1/stores/2/products/top?from={from}&to={to}&limit=7"));
+    assert_eq!(reply.body["products"].as_array().unwrap(), &want);
+
+    // One customer, and one that is not there.
+    let customers = of_store(reference::customer_ltv(&log.orders), 1);
+    let customer = &customers[customers.len() / 2];
+    let id = customer["customer_id"].as_u64().unwrap();
+    let mut reply = served.get(&format!("/v1/stores/1/customers/{id}"));
+    assert_eq!(reply.status, 200);
+    reply.body.as_object_mut().unwrap().remove("freshness");
+    assert_eq!(&reply.body, customer);
+    served.fails("/v1/stores/1/customers/999999999", 404, "no customer 999999999");
+
+    // Segments.
+    let mut segments: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+    for row in &customers {
+        let entry = segments.entry(row["segment"].as_str().unwrap().to_string()).or_default();
+        entry.0 += 1;
+        entry.1 += row["lifetime_value_cents"].as_i64().unwrap();
+    }
+    let want: Vec<Value> = segments
+        .iter()
+        .map(|(segment, (n, value))| json!({"segment": segment, "customers": n, "lifetime_value_cents": value}))
+        .collect();
+    assert_eq!(served.get("/v1/stores/1/customers/segments").body["segments"].as_array().unwrap(), &want);
+
+    // Any view, filtered by key fields, a page at a time.
+    let mut path = "/v1/views/customer_ltv?store_id=1&limit=7".to_string();
+    let mut pages = Vec::new();
+    loop {
+        let reply = served.get(&path);
+        assert_eq!(reply.status, 200, "{path}: {:?}", reply.body);
+        let rows = reply.body["rows"].as_array().unwrap();
+        assert!(rows.len() <= 7);
+        pages.extend(rows.iter().cloned());
+        match reply.body["next"].as_str() {
+            Some(next) => path = next.to_string(),
+            None => break,
+        }
+    }
+    assert!(customers.len() > 20);
+    assert_eq!(pages, customers);
+    let product = ranked[0].0;
+    let want: Vec<Value> = of_store(reference::product_sales(&log.orders), 2)
+        .into_iter()
+        .filter(|r| r["product_id"] == json!(product))
+        .collect();
+    assert!(want.len() > 1);
+    let reply = served.get(&format!("/v1/views/product_sales?product_id={product}&store_id=2&limit=1000"));
+    assert_eq!(reply.body["rows"].as_array().unwrap(), &want);
+    assert_eq!(reply.body["next"], Value::Null);
+    let reply = served.get("/v1/views/order_summary?date=2024-03-10");
+    assert_eq!(
+        reply.body["rows"].as_array().unwrap().len(),
+        reference::order_summary(&log.orders).iter().filter(|r| r["date"] == "2024-03-10").count()
+    );
+
+    // Freshness: the log position and the newest event, in the body and
+    // the headers; the ETag gets 304 until the view changes.
+    let newest = served
+        .lines
+        .iter()
+        .filter_map(|line| decode_event(line.as_bytes()).ok())
+        .map(|event| event.occurred_at)
+        .max()
+        .unwrap();
+    let reply = served.get("/v1/stores/2/orders/summary");
+    let freshness = &reply.body["freshness"];
+    assert_eq!(freshness["newest_event_at"], json!(newest.to_rfc3339()));
+    assert!(freshness["newest_event_age_ms"].as_u64().unwrap() > 0);
+    assert!(freshness["positions"]["events"]["0"].as_u64().unwrap() >= served.lines.len() as u64);
+    assert_eq!(reply.headers["x-projector-newest-event-at"], newest.to_rfc3339());
+    assert_eq!(reply.headers["cache-control"], "no-cache");
+    // Without from/to: the 30 days up to the store's latest date.
+    assert_eq!(reply.body["to"], json!("2024-03-30"));
+    assert_eq!(reply.body["from"], json!("2024-03-01"));
+    let tag = reply.headers["etag"].clone();
+    let again = served.get_with("/v1/stores/2/orders/summary", &[("if-none-match", &tag)]);
+    assert_eq!(again.status, 304);
+    assert_eq!(again.body, Value::Null);
+    assert_eq!(again.headers["etag"], tag);
+    let other = served.get_with("/v1/stores/2/orders/summary", &[("if-none-match", "\"0000\"")]);
+    assert_eq!(other.status, 200);
+    served.api.stop();
+}
+
+#[test]
+fn bad_reads_get_a_json_error_that_says_what_is_wrong() {
+    let served = Served::start();
+    served.fails("/v1/stores/x/orders/summary", 400, "store id \"x\"");
+    served.fails("/v1/stores/1/orders/summary?from=2024-02-30", 400, "from=\"2024-02-30\" is not a date");
+    served.fails("/v1/stores/1/orders/summary?from=2024-03-10&to=2024-03-01", 400, "is after to");
+    served.fails("/v1/stores/1/orders/summary?from=2020-01-01&to=2024-03-01", 400, "longer than 366 days");
+    served.fails("/v1/stores/1/orders/summary?group_by=week", 400, "group_by=\"week\"");
+    served.fails("/v1/stores/1/orders/summary?store=1", 400, "unknown query parameter \"store\"");
+    served.fails("/v1/stores/1/orders/summary?to=2024-03-01&to=2024-03-02", 400, "more than once");
+    served.fails("/v1/stores/1/products/top?limit=0", 400, "limit=\"0\"");
+    served.fails("/v1/stores/1/products/top?limit=5000", 400, "from 1 to 1000");
+    served.fails("/v1/stores/1/customers/abc", 400, "customer id \"abc\"");
+    served.fails("/v1/stores/1/customers/segments?x=1", 400, "unknown query parameter");
+    served.fails("/v1/views/nope", 404, "no view \"nope\"");
+    served.fails("/v1/views/customer_ltv?segment=vip", 400, "this route takes: store_id, customer_id, limit, after");
+    served.fails("/v1/views/customer_ltv?store_id=-1", 400, "store_id=\"-1\" is not a whole number");
+    served.fails("/v1/views/order_summary?date=March", 400, "is not a date such as 2024-03-01");
+    served.fails("/v1/views/order_summary?after=%5B1%5D", 400, "not a page token");
+    served.fails("/v1/views/order_summary?after=garbage", 400, "not a page token");
+    served.fails(&format!("/v1/views/order_summary?date={}", "9".repeat(3000)), 414, "longer than 2048 bytes");
+    served.fails("/v1/nothing", 404, "no route for GET /v1/nothing");
+    served.api.stop();
+}
