@@ -141,7 +141,8 @@ fn command_api(brokers: &str, rate: f64, duration: Duration) {
         properties: Vec::new(),
         state_dir: Some(state.clone()),
     };
-    let api = projector::api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), Some(log), None).expect("api");
+    let api = projector::api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), Some(log), None, Default::default())
+        .expect("api");
     let client = projector::http_client::ApiClient::new(api.address);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let (latencies, achieved, failures) = runtime.block_on(async move {

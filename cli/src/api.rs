@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use projector_commands::log::CommandLogConfig;
 use projector_commands::service::CommandService;
 use projector_core::config::{CommandsConfig, PipelinePlan};
+use projector_query_api::auth::Auth;
 use projector_query_api::serving::ServingStore;
 use projector_query_api::{ApiState, bind, router, serve};
 
@@ -54,16 +55,19 @@ pub fn command_log(commands: &CommandsConfig) -> CommandLogConfig {
 pub fn start(plan: &PipelinePlan, reads: Option<Arc<ServingStore>>) -> Result<Option<ApiServer>, CommandError> {
     let Some(api) = &plan.config.api else { return Ok(None) };
     let log = plan.config.commands.as_ref().map(command_log);
-    start_with(api.listen, log, reads).map(Some)
+    let auth = Auth::new(&api.tokens).map_err(CommandError::Io)?;
+    start_with(api.listen, log, reads, auth).map(Some)
 }
 
-/// Starts an API on `listen` with the command side of `log` (if any) and
-/// the views of `reads` (if any).
+/// Starts an API on `listen` with the command side of `log` (if any), the
+/// views of `reads` (if any) and the tokens of `auth` (none: open).
 pub fn start_with(
     listen: SocketAddr,
     log: Option<CommandLogConfig>,
     reads: Option<Arc<ServingStore>>,
+    auth: Auth,
 ) -> Result<ApiServer, CommandError> {
+    let auth = Arc::new(auth);
     let (ready_send, ready) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let (shutdown_send, shutdown) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
@@ -99,7 +103,7 @@ pub fn start_with(
                 let shutdown = async move {
                     let _ = shutdown.await;
                 };
-                if let Err(error) = serve(listener, router(ApiState { commands, reads }), shutdown).await {
+                if let Err(error) = serve(listener, router(ApiState { commands, reads, auth }), shutdown).await {
                     tracing::error!(%error, "the HTTP API stopped");
                 }
             });

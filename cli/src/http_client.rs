@@ -15,6 +15,8 @@ use serde_json::Value;
 pub struct ApiClient {
     client: Client<HttpConnector, Full<Bytes>>,
     base: String,
+    /// Sent as `Authorization: Bearer <token>` with every request.
+    token: Option<String>,
 }
 
 /// A response: status and JSON body (`Value::Null` when the body is not
@@ -42,13 +44,21 @@ impl ApiClient {
     /// A client of the API at `address`.
     pub fn new(address: SocketAddr) -> ApiClient {
         let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build_http();
-        ApiClient { client, base: format!("http://{address}") }
+        ApiClient { client, base: format!("http://{address}"), token: None }
+    }
+
+    /// The same client, presenting API token `secret`.
+    pub fn with_token(&self, secret: &str) -> ApiClient {
+        ApiClient { token: Some(secret.to_string()), ..self.clone() }
     }
 
     /// A `GET` with extra request headers; answers the status, the
     /// response headers (names in lower case) and the JSON body.
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<ApiReply, String> {
         let mut request = hyper::Request::builder().method("GET").uri(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -78,6 +88,9 @@ impl ApiClient {
             .header("content-type", "application/json");
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
+        }
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
         }
         let request = request.body(Full::new(body.into())).map_err(|e| e.to_string())?;
         let response = self.client.request(request).await.map_err(|e| e.to_string())?;

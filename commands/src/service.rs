@@ -432,6 +432,11 @@ impl CommandService {
         .await
     }
 
+    /// The store of order `order_id`, if the command side knows the order.
+    pub async fn order_store(&self, order_id: &str) -> Option<u64> {
+        self.inner.lock().await.state.orders.get(order_id).map(|entry| entry.store_id)
+    }
+
     /// Units of `sku` available in `store_id` now.
     pub async fn available(&self, store_id: u64, sku: &str) -> i64 {
         self.inner.lock().await.state.available(store_id, sku)

@@ -29,8 +29,11 @@ use projector_commands::state::Answer;
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+pub mod auth;
 pub mod reads;
 pub mod serving;
+
+use auth::{Auth, Right};
 
 /// What the routes share.
 #[derive(Clone)]
@@ -39,6 +42,8 @@ pub struct ApiState {
     pub commands: Option<Arc<CommandService>>,
     /// The views, when a pipeline runs in this process.
     pub reads: Option<Arc<serving::ServingStore>>,
+    /// Who may call what.
+    pub auth: Arc<Auth>,
 }
 
 /// A JSON response.
@@ -116,8 +121,10 @@ async fn place_order(
     payload: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let service = commands(&state)?;
+        let caller = state.auth.caller(&headers, Right::Command)?;
         let store_id = store_id(&store)?;
+        caller.check_store(store_id)?;
+        let service = commands(&state)?;
         let key = idempotency_key(&headers)?;
         let payload = body(payload)?;
         Ok::<_, Response>(answer(service.place_order(store_id, &payload, key.as_deref()).await))
@@ -127,7 +134,16 @@ async fn place_order(
 
 async fn cancel_order(State(state): State<ApiState>, Path(order_id): Path<String>, headers: HeaderMap) -> Response {
     let result = async {
+        let caller = state.auth.caller(&headers, Right::Command)?;
         let service = commands(&state)?;
+        if caller.stores().is_some() {
+            // An order of a store outside the token is unknown to it: a 403
+            // would tell that the order exists.
+            match service.order_store(&order_id).await {
+                Some(store_id) if caller.check_store(store_id).is_ok() => {}
+                _ => return Err(error(404, format!("no order {order_id:?}"))),
+            }
+        }
         let key = idempotency_key(&headers)?;
         Ok::<_, Response>(answer(service.cancel_order(&order_id, key.as_deref()).await))
     };
@@ -141,8 +157,10 @@ async fn set_stock(
     payload: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let service = commands(&state)?;
+        let caller = state.auth.caller(&headers, Right::Command)?;
         let store_id = store_id(&store)?;
+        caller.check_store(store_id)?;
+        let service = commands(&state)?;
         if sku.is_empty() || sku.len() > 255 {
             return Err(error(400, "the SKU in the path must be 1 to 255 characters"));
         }

@@ -20,6 +20,7 @@ use serde_json::{Map, Value as Json, json};
 
 use projector_core::value::{FieldType, Row, Timestamp, Value, format_date, parse_date};
 
+use crate::auth::{Caller, Right};
 use crate::serving::{Freshness, ServingStore, ServingView, ViewState, with_prefix};
 use crate::{ApiState, error};
 
@@ -66,6 +67,14 @@ impl Params {
 
 fn reads(state: &ApiState) -> Result<&Arc<ServingStore>, Response> {
     state.reads.as_ref().ok_or_else(|| error(503, "this server serves no views; it runs without a pipeline"))
+}
+
+/// The caller of a store route: may read, and may read `store`.
+fn store_reader<'a>(state: &'a ApiState, headers: &HeaderMap, store: &str) -> Result<(Caller<'a>, u64), Response> {
+    let caller = state.auth.caller(headers, Right::Read)?;
+    let store_id = store_id(store)?;
+    caller.check_store(store_id)?;
+    Ok((caller, store_id))
 }
 
 /// The view `name` with the fields a route needs, by index.
@@ -261,8 +270,8 @@ pub async fn orders_summary(
     headers: HeaderMap,
 ) -> Response {
     let result = (|| {
+        let (_, store_id) = store_reader(&state, &headers, &store)?;
         let store_reads = reads(&state)?;
-        let store_id = store_id(&store)?;
         let params = Params::parse(&uri, &["from", "to", "group_by"])?;
         let by_day = match params.get("group_by").unwrap_or("day") {
             "day" => true,
@@ -318,8 +327,8 @@ pub async fn top_products(
     headers: HeaderMap,
 ) -> Response {
     let result = (|| {
+        let (_, store_id) = store_reader(&state, &headers, &store)?;
         let store_reads = reads(&state)?;
-        let store_id = store_id(&store)?;
         let params = Params::parse(&uri, &["from", "to", "limit"])?;
         let limit = limit(&params, 50, MAX_TOP_PRODUCTS)?;
         let fields = ["product_id", "date", "units_sold", "revenue_cents", "order_count"];
@@ -372,8 +381,8 @@ pub async fn customer(
     headers: HeaderMap,
 ) -> Response {
     let result = (|| {
+        let (_, store_id) = store_reader(&state, &headers, &store)?;
         let store_reads = reads(&state)?;
-        let store_id = store_id(&store)?;
         let customer_id: u64 = customer
             .parse()
             .map_err(|_| error(400, format!("customer id {customer:?} in the path is not a whole number")))?;
@@ -401,8 +410,8 @@ pub async fn segments(
     headers: HeaderMap,
 ) -> Response {
     let result = (|| {
+        let (_, store_id) = store_reader(&state, &headers, &store)?;
         let store_reads = reads(&state)?;
-        let store_id = store_id(&store)?;
         Params::parse(&uri, &[])?;
         let (view, index) = seed_view(store_reads, "customer_ltv", &["segment", "lifetime_value_cents"])?;
         Ok(read(store_reads, view, &headers, |state| {
@@ -452,6 +461,7 @@ pub async fn view_rows(
     headers: HeaderMap,
 ) -> Response {
     let result = (|| {
+        let caller = state.auth.caller(&headers, Right::Read)?;
         let store_reads = reads(&state)?;
         let view = store_reads.view(&name).ok_or_else(|| {
             let names: Vec<&str> = store_reads.names().collect();
@@ -474,6 +484,23 @@ pub async fn view_rows(
             None => None,
             Some(text) => Some(cursor(view, text)?),
         };
+        // A token for some stores reads only their rows: those of a view
+        // keyed by store_id, of its stores.
+        let scope = match caller.stores() {
+            None => None,
+            Some(stores) => {
+                let Some(index) = view.key_names().position(|name| name == "store_id") else {
+                    return Err(error(
+                        403,
+                        format!("view {name:?} has no store_id key, so only a token for every store may read it"),
+                    ));
+                };
+                if let Some((_, Value::UInt(store_id))) = filters.iter().find(|(i, _)| *i == index) {
+                    caller.check_store(*store_id)?;
+                }
+                Some((index, stores))
+            }
+        };
         Ok(read(store_reads, view, &headers, |state| {
             // The key fields filtered from the first on select a range.
             let prefix: Vec<Value> = (0..view.key_len)
@@ -481,7 +508,11 @@ pub async fn view_rows(
                 .collect();
             let matching = with_prefix(state, &prefix)
                 .filter(|(key, _)| after.as_ref().is_none_or(|after| *key > after))
-                .filter(|(key, _)| filters.iter().all(|(index, value)| key.get(*index) == Some(value)));
+                .filter(|(key, _)| filters.iter().all(|(index, value)| key.get(*index) == Some(value)))
+                .filter(|(key, _)| match scope {
+                    None => true,
+                    Some((index, stores)) => matches!(key.get(index), Some(Value::UInt(id)) if stores.contains(id)),
+                });
             let mut rows = Vec::new();
             let mut last: Option<&Row> = None;
             let mut more = false;

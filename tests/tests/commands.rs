@@ -32,7 +32,8 @@ fn log_config(topic: &str, state_dir: &Path) -> CommandLogConfig {
 }
 
 fn start_api(topic: &str, state_dir: &Path) -> ApiServer {
-    start_with(SocketAddr::from(([127, 0, 0, 1], 0)), Some(log_config(topic, state_dir)), None).unwrap()
+    start_with(SocketAddr::from(([127, 0, 0, 1], 0)), Some(log_config(topic, state_dir)), None, Default::default())
+        .unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use projector::http_client::{ApiClient, ApiReply};
 use projector::{api, components};
 use projector_core::config::check_text;
+use projector_core::config::{SecretSource, TokenConfig};
 use projector_core::event::decode_event;
 use projector_dataflows::runner::{Outputs, RunOptions, run};
 use projector_datagen::{Generator, GeneratorConfig};
+use projector_query_api::auth::Auth;
 use projector_source_file::FileSource;
 use projector_tests::{reference, shipped_views_yaml};
 use serde_json::{Value, json};
@@ -28,6 +30,10 @@ struct Served {
 
 impl Served {
     fn start() -> Served {
+        Served::start_with(Auth::default())
+    }
+
+    fn start_with(auth: Auth) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let config =
             GeneratorConfig { events: 6_000, seed: 5, stores: 3, bad_ratio: 0.01, ..GeneratorConfig::default() };
@@ -50,7 +56,7 @@ impl Served {
             RunOptions { workers: 2, ..RunOptions::default() },
         )
         .unwrap();
-        let api = api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(store)).unwrap();
+        let api = api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(store), auth).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let client = ApiClient::new(api.address);
         Served { lines, api, runtime, client, _dir: dir }
@@ -62,6 +68,10 @@ impl Served {
 
     fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> ApiReply {
         self.runtime.block_on(self.client.get(path, headers)).unwrap()
+    }
+
+    fn get_as(&self, token: &str, path: &str) -> ApiReply {
+        self.runtime.block_on(self.client.with_token(token).get(path, &[])).unwrap()
     }
 
     /// Asserts `path` answers `status` with a JSON error naming `needle`.
@@ -231,4 +241,123 @@ fn bad_reads_get_a_json_error_that_says_what_is_wrong() {
     served.fails(&format!("/v1/views/order_summary?date={}", "9".repeat(3000)), 414, "longer than 2048 bytes");
     served.fails("/v1/nothing", 404, "no route for GET /v1/nothing");
     served.api.stop();
+}
+
+const STORE_1: &str = "store-one-secret-0123456789";
+const EVERY_STORE: &str = "every-store-secret-0123456789";
+const COMMANDS_ONLY: &str = "commands-only-secret-0123456789";
+
+fn token(name: &str, secret: &str, stores: Option<Vec<u64>>, read: bool, command: bool) -> TokenConfig {
+    TokenConfig { name: name.into(), secret: SecretSource::Value(secret.into()), stores, read, command }
+}
+
+#[test]
+fn a_token_reads_only_its_stores_and_needs_the_read_right() {
+    let auth = Auth::new(&[
+        token("store_one", STORE_1, Some(vec![1]), true, false),
+        token("everything", EVERY_STORE, None, true, true),
+        token("writer", COMMANDS_ONLY, None, false, true),
+    ])
+    .unwrap();
+    let served = Served::start_with(auth);
+    let log = reference::read(&served.lines);
+
+    // No token, an unknown one, or one without the read right.
+    let reply = served.get("/v1/stores/1/customers/segments");
+    assert_eq!(reply.status, 401);
+    assert!(reply.body["error"].as_str().unwrap().contains("Authorization: Bearer"));
+    assert_eq!(served.get_as("not-a-token-at-all-0123456789", "/v1/stores/1/customers/segments").status, 401);
+    let reply = served.get_as(COMMANDS_ONLY, "/v1/stores/1/customers/segments");
+    assert_eq!(reply.status, 403);
+    assert!(reply.body["error"].as_str().unwrap().contains("does not have the read right"));
+    // Unauthenticated callers learn nothing, not even about bad paths.
+    assert_eq!(served.get("/v1/stores/x/orders/summary").status, 401);
+
+    // Store 1's token reads store 1, and nothing of store 2 on any route.
+    assert_eq!(served.get_as(STORE_1, "/v1/stores/1/orders/summary").status, 200);
+    for path in [
+        "/v1/stores/2/orders/summary",
+        "/v1/stores/2/orders/summary?group_by=overall",
+        "/v1/stores/2/products/top",
+        "/v1/stores/2/customers/segments",
+        "/v1/stores/2/customers/1",
+        "/v1/views/customer_ltv?store_id=2",
+        "/v1/views/product_sales?store_id=2&product_id=1",
+    ] {
+        let reply = served.get_as(STORE_1, path);
+        assert_eq!(reply.status, 403, "{path}: {:?}", reply.body);
+        assert!(reply.body["error"].as_str().unwrap().contains("is not allowed store 2"), "{path}");
+    }
+    // Without a store filter, /v1/views holds only the token's stores.
+    let want = of_store(reference::customer_ltv(&log.orders), 1);
+    let mut path = "/v1/views/customer_ltv?limit=1000".to_string();
+    let mut got = Vec::new();
+    loop {
+        let reply = served.get_as(STORE_1, &path);
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        got.extend(reply.body["rows"].as_array().unwrap().iter().cloned());
+        match reply.body["next"].as_str() {
+            Some(next) => path = next.to_string(),
+            None => break,
+        }
+    }
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+    let summary = served.get_as(STORE_1, "/v1/views/order_summary?date=2024-03-10&limit=1000");
+    assert!(summary.body["rows"].as_array().unwrap().iter().all(|row| row["store_id"] == json!(1)));
+    assert!(!summary.body["rows"].as_array().unwrap().is_empty());
+
+    // A token for every store reads every store.
+    assert_eq!(served.get_as(EVERY_STORE, "/v1/stores/2/customers/segments").status, 200);
+    let all = served.get_as(EVERY_STORE, "/v1/views/order_summary?date=2024-03-10&limit=1000");
+    assert!(all.body["rows"].as_array().unwrap().iter().any(|row| row["store_id"] == json!(2)));
+    served.api.stop();
+}
+
+#[test]
+fn tokens_are_declared_in_yaml_with_secrets_that_never_show() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "  file-secret-0123456789abcdef\n").unwrap();
+    let yaml = |tokens: &str| {
+        format!(
+            "version: 1\nsources:\n  events:\n    type: file\n    path: e.jsonl\n{}api:\n  listen: 127.0.0.1:0\n  tokens:\n{tokens}",
+            shipped_views_yaml()
+        )
+    };
+    let good = yaml(
+        "    dashboard:\n      secret: dashboard-secret-0123456789\n      stores: [7, 8]\n      rights: [read]\n    \
+         ops:\n      secret_file: secret.txt\n      stores: \"*\"\n      rights: [read, command]\n",
+    );
+    let plan = check_text(&good, "tokens.yaml", dir.path()).unwrap();
+    let tokens = &plan.config.api.as_ref().unwrap().tokens;
+    assert_eq!(tokens[0].stores, Some(vec![7, 8]));
+    assert!(tokens[0].read && !tokens[0].command);
+    assert_eq!(tokens[1].stores, None);
+    assert!(!format!("{:?}", plan.config).contains("dashboard-secret"), "a secret shows in the config's Debug");
+    let auth = Auth::new(tokens).unwrap();
+    assert!(!format!("{auth:?}").contains("secret-0123"), "a secret shows in the tokens' Debug");
+
+    for (tokens, needle) in [
+        ("    a:\n      secret: short\n      stores: [1]\n      rights: [read]\n", "at least 16 characters"),
+        ("    a:\n      stores: [1]\n      rights: [read]\n", "needs secret"),
+        (
+            "    a:\n      secret: long-enough-secret-0123\n      secret_file: x\n      stores: [1]\n      rights: [read]\n",
+            "either secret or secret_file",
+        ),
+        (
+            "    a:\n      secret: long-enough-secret-0123\n      stores: seven\n      rights: [read]\n",
+            "list of store ids",
+        ),
+        ("    a:\n      secret: long-enough-secret-0123\n      stores: [1]\n      rights: [write]\n", "not a right"),
+        ("    a:\n      secret: long-enough-secret-0123\n      stores: [1]\n", "rights"),
+        (
+            "    a:\n      secret: long-enough-secret-0123\n      stores: [1]\n      rights: [read]\n      scope: x\n",
+            "scope",
+        ),
+    ] {
+        let message = check_text(&yaml(tokens), "tokens.yaml", dir.path()).unwrap_err().to_string();
+        assert!(message.contains(needle), "{message:?} does not mention {needle:?}");
+        assert!(message.contains("tokens.yaml:"), "{message:?} does not say where");
+        assert!(!message.contains("short\n") && !message.contains("long-enough-secret"), "{message:?} shows a secret");
+    }
 }

@@ -70,7 +70,7 @@ pub(super) fn pipeline(root: Option<&Node>, file: &str, base_dir: &Path, diags: 
         }
     }
     if let Some(node) = top.take("api") {
-        config.api = api(node, diags);
+        config.api = api(node, base_dir, diags);
     }
     if let Some(node) = top.take("commands") {
         config.commands = commands(node, base_dir, diags);
@@ -87,7 +87,7 @@ pub(super) fn pipeline(root: Option<&Node>, file: &str, base_dir: &Path, diags: 
     config
 }
 
-fn api(node: &Node, diags: &mut Diagnostics) -> Option<ApiConfig> {
+fn api(node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<ApiConfig> {
     let component = "api";
     let mut fields = Fields::new(node, component, "", diags)?;
     let listen = match fields.take("listen") {
@@ -108,8 +108,123 @@ fn api(node: &Node, diags: &mut Diagnostics) -> Option<ApiConfig> {
         }
         None => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))),
     };
-    fields.finish(&["listen"], diags);
-    Some(ApiConfig { listen: listen? })
+    let tokens = match fields.take("tokens") {
+        Some(node) => tokens(node, base_dir, diags)?,
+        None => Vec::new(),
+    };
+    fields.finish(&["listen", "tokens"], diags);
+    Some(ApiConfig { listen: listen?, tokens })
+}
+
+/// Shortest secret accepted: a guessable token is no token.
+const MIN_SECRET_CHARS: usize = 16;
+
+fn tokens(node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<Vec<TokenConfig>> {
+    let component = "api";
+    let mut out = Vec::new();
+    for (name, _key, value) in named_entries(node, component, "tokens", diags)? {
+        let path = format!("tokens.{name}");
+        let Some(mut fields) = Fields::new(value, component, &path, diags) else { continue };
+        let secret_value = fields.take("secret");
+        let secret_file = fields.take("secret_file");
+        let secret = match (secret_value, secret_file) {
+            (Some(node), None) => {
+                let key = format!("{path}.secret");
+                text(node, component, &key, diags).and_then(|secret| {
+                    if secret.value.chars().count() < MIN_SECRET_CHARS {
+                        // The message must not show the secret.
+                        diags.push(
+                            node.pos,
+                            component,
+                            &key,
+                            format!("must be at least {MIN_SECRET_CHARS} characters long"),
+                        );
+                        return None;
+                    }
+                    Some(SecretSource::Value(secret.value))
+                })
+            }
+            (None, Some(node)) => {
+                path_value(node, component, &format!("{path}.secret_file"), base_dir, diags).map(SecretSource::File)
+            }
+            (Some(node), Some(_)) => {
+                diags.push(node.pos, component, &path, "give either secret or secret_file, not both".to_string());
+                None
+            }
+            (None, None) => {
+                diags.push(
+                    value.pos,
+                    component,
+                    &path,
+                    "needs secret (such as ${DASHBOARD_TOKEN}) or secret_file".to_string(),
+                );
+                None
+            }
+        };
+        let stores = required(&mut fields, "stores", diags).and_then(|node| token_stores(node, &path, diags));
+        let rights = required(&mut fields, "rights", diags).and_then(|node| token_rights(node, &path, diags));
+        fields.finish(&["secret", "secret_file", "stores", "rights"], diags);
+        if let (Some(secret), Some(stores), Some((read, command))) = (secret, stores, rights) {
+            out.push(TokenConfig { name: name.to_string(), secret, stores, read, command });
+        }
+    }
+    Some(out)
+}
+
+/// `stores`: `"*"` (all, `None`) or a list of store ids.
+fn token_stores(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<Option<Vec<u64>>> {
+    let key = format!("{path}.stores");
+    let message = "must be \"*\" (every store) or a list of store ids such as [7, 8]";
+    match &node.kind {
+        NodeKind::Scalar { text, .. } if text == "*" => Some(None),
+        NodeKind::Seq(items) if !items.is_empty() => {
+            let mut stores = Vec::new();
+            for item in items {
+                match plain_integer(item) {
+                    Some(id) if (0..=i128::from(u64::MAX)).contains(&id) => stores.push(id as u64),
+                    _ => {
+                        diags.push(item.pos, "api", &key, format!("{message} (got {})", describe(item)));
+                        return None;
+                    }
+                }
+            }
+            Some(Some(stores))
+        }
+        _ => {
+            diags.push(node.pos, "api", &key, format!("{message} (got {})", describe(node)));
+            None
+        }
+    }
+}
+
+/// `rights`: a non-empty list of `read` and `command`.
+fn token_rights(node: &Node, path: &str, diags: &mut Diagnostics) -> Option<(bool, bool)> {
+    let key = format!("{path}.rights");
+    let NodeKind::Seq(items) = &node.kind else {
+        diags.push(
+            node.pos,
+            "api",
+            &key,
+            format!("must be a list such as [read] or [read, command] (got {})", describe(node)),
+        );
+        return None;
+    };
+    let (mut read, mut command) = (false, false);
+    for item in items {
+        match item.as_scalar() {
+            Some("read") => read = true,
+            Some("command") => command = true,
+            _ => {
+                diags.push(item.pos, "api", &key, format!("{} is not a right; allowed: read, command", describe(item)));
+                return None;
+            }
+        }
+    }
+    if !read && !command {
+        diags.push(node.pos, "api", &key, "must grant read, command or both".to_string());
+        return None;
+    }
+    Some((read, command))
 }
 
 fn commands(node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<CommandsConfig> {

@@ -53,6 +53,43 @@ pub struct PipelineConfig {
 pub struct ApiConfig {
     /// `listen` (default `127.0.0.1:8080`): the address and port to serve on.
     pub listen: std::net::SocketAddr,
+    /// `tokens` (optional): API tokens; when any is declared, every `/v1`
+    /// route needs one (`Authorization: Bearer <secret>`).
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One API token of `api.tokens`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenConfig {
+    /// Its name (in logs and errors; the secret never is).
+    pub name: String,
+    /// Where its secret comes from.
+    pub secret: SecretSource,
+    /// `stores`: the store ids it may touch; `None` for `"*"` (all).
+    pub stores: Option<Vec<u64>>,
+    /// `rights` includes `read`: the read routes.
+    pub read: bool,
+    /// `rights` includes `command`: the command routes.
+    pub command: bool,
+}
+
+/// Where a token's secret comes from.
+#[derive(Clone, PartialEq)]
+pub enum SecretSource {
+    /// `secret`: the value (usually `${ENV_VAR}`).
+    Value(String),
+    /// `secret_file`: a file holding it (surrounding whitespace trimmed),
+    /// read when the API starts.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Value(_) => f.write_str("Value(<hidden>)"),
+            SecretSource::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
 }
 
 /// The `commands` section: where the command side keeps its log.
