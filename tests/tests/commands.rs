@@ -307,3 +307,54 @@ fn the_pipeline_follows_commands_live() {
     assert_eq!(summary[0]["order_count"], json!(10));
     assert_eq!(summary[0]["revenue_cents"], json!(12_500));
 }
+
+#[test]
+fn tokens_scope_commands_to_their_stores() {
+    use projector_core::config::{SecretSource, TokenConfig};
+    use projector_query_api::auth::Auth;
+    let token = |name: &str, secret: &str, stores: Option<Vec<u64>>, read: bool, command: bool| TokenConfig {
+        name: name.into(),
+        secret: SecretSource::Value(secret.into()),
+        stores,
+        read,
+        command,
+    };
+    let (store_7, store_8, reader) =
+        ("store-seven-commands-0123456789", "store-eight-commands-0123456789", "read-only-secret-0123456789");
+    let auth = Auth::new(&[
+        token("seven", store_7, Some(vec![7]), false, true),
+        token("eight", store_8, Some(vec![8]), false, true),
+        token("reader", reader, None, true, false),
+    ])
+    .unwrap();
+    let topic = kafka::fresh_topic("auth");
+    let state = tempfile::tempdir().unwrap();
+    let api =
+        start_with(SocketAddr::from(([127, 0, 0, 1], 0)), Some(log_config(&topic, state.path())), None, auth).unwrap();
+    let client = ApiClient::new(api.address);
+    let (seven, eight) = (client.with_token(store_7), client.with_token(store_8));
+    runtime().block_on(async {
+        let stock = r#"{"available": 10}"#;
+        // No token, a token without the command right, a store outside it.
+        assert_eq!(send(&client, "PUT", "/v1/stores/7/inventory/A", None, stock).await.0, 401);
+        let (status, body) = send(&client.with_token(reader), "PUT", "/v1/stores/7/inventory/A", None, stock).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("command right"));
+        let (status, body) = send(&eight, "PUT", "/v1/stores/7/inventory/A", None, stock).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("not allowed store 7"));
+        assert_eq!(send(&eight, "POST", "/v1/stores/7/orders", None, &order(1, &[("A", 1)])).await.0, 403);
+
+        assert_eq!(send(&seven, "PUT", "/v1/stores/7/inventory/A", None, stock).await.0, 200);
+        let (status, placed) = send(&seven, "POST", "/v1/stores/7/orders", None, &order(1, &[("A", 2)])).await;
+        assert_eq!(status, 202, "{placed}");
+        let order_id = placed["order_id"].as_str().unwrap().to_string();
+        // Store 8's token cannot cancel store 7's order, nor learn it exists.
+        let cancel = format!("/v1/orders/{order_id}/cancel");
+        let (status, body) = send(&eight, "POST", &cancel, None, "").await;
+        assert_eq!((status, body), (404, json!({"error": format!("no order {order_id:?}")})));
+        assert_eq!(send(&eight, "POST", "/v1/orders/nope/cancel", None, "").await.0, 404);
+        assert_eq!(send(&seven, "POST", &cancel, None, "").await.0, 202);
+    });
+    api.stop();
+}
