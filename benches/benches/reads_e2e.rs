@@ -114,7 +114,7 @@ fn value(ty: FieldType, n: u64) -> Value {
         FieldType::Text => Value::Text(["new", "returning", "loyal", "vip"][(n % 4) as usize].into()),
         FieldType::Date => Value::Date(19_800),
         FieldType::Timestamp => Value::Timestamp(Timestamp(1_709_294_400_000_000_000)),
-        FieldType::Bool => Value::Bool(n % 2 == 0),
+        FieldType::Bool => Value::Bool(n.is_multiple_of(2)),
     }
 }
 
