@@ -64,6 +64,10 @@ pub fn run_config(plan: PipelinePlan, options: RunOptions) -> Result<RunSummary,
     let mut outputs = components::outputs(&plan).map_err(|e| CommandError::Io(e.to_string()))?;
     // With an API, the views are also served from memory.
     let reads = plan.config.api.is_some().then(|| components::serve_views(&plan, &mut outputs));
+    if let Some(store) = &reads {
+        let progress = Arc::clone(&options.progress);
+        store.set_caught_up(Box::new(move || progress.caught_up_upper()));
+    }
     let api = crate::api::start(&plan, reads)?;
     let result = run(Arc::new(plan), sources, outputs, options);
     if let Some(api) = api {

@@ -146,7 +146,7 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
     view_sinks[summary_index].push(("terminal".into(), Box::new(BoardSink(Arc::clone(&board)))));
     let mut outputs = Outputs { view_sinks, dead_letter_sinks: Vec::new() };
     let reads = crate::components::serve_views(&plan, &mut outputs);
-    let api = crate::api::start_with(options.listen, Some(log), Some(reads), Default::default())?;
+    let api = crate::api::start_with(options.listen, Some(log), Some(Arc::clone(&reads)), Default::default())?;
     println!(
         "command API on http://{}  (try: curl -X PUT http://{}/v1/stores/1/inventory/SKU-1 -d '{{\"available\": 5}}')",
         api.address, api.address
@@ -174,6 +174,8 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
     };
     let stop = Arc::clone(&options.stop);
     let progress = Arc::clone(&run_options.progress);
+    let caught_up = Arc::clone(&progress);
+    reads.set_caught_up(Box::new(move || caught_up.caught_up_upper()));
     let sources: Vec<(String, Arc<dyn Source>)> = vec![("demo events".into(), Arc::new(source))];
     let runner = std::thread::spawn(move || run(Arc::new(plan), sources, outputs, run_options));
 

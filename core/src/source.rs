@@ -50,6 +50,11 @@ pub trait SourceReader: Send {
     fn poll(&mut self, max: usize, deliver: &mut dyn FnMut(RecordRef<'_>)) -> Result<Poll, SourceError>;
     /// For each partition this reader owns, the next offset it will read.
     fn positions(&self) -> SourcePositions;
+    /// Whether the reader has read up to where its log ended when it
+    /// started (a file: to its end). Readiness waits for this.
+    fn caught_up(&self) -> bool {
+        false
+    }
 }
 
 /// A source that can be split over workers.

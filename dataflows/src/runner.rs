@@ -65,6 +65,25 @@ impl Default for RunOptions {
 pub struct RunProgress {
     /// Records read from all sources so far.
     pub records: AtomicU64,
+    /// Workers whose readers all caught up with where their logs ended
+    /// when they started.
+    caught_up_workers: AtomicU64,
+    /// Workers of the run.
+    workers: AtomicU64,
+    /// The batch after which the output reflects all of that: one past the
+    /// latest batch those workers had sent records to.
+    caught_up_upper: AtomicU64,
+}
+
+impl RunProgress {
+    /// Once every reader has caught up with where its log ended when the
+    /// run started: the batch whose completion means the output reflects
+    /// all of it (output with an `upper` above it does).
+    pub fn caught_up_upper(&self) -> Option<u64> {
+        let workers = self.workers.load(Ordering::Acquire);
+        (workers > 0 && self.caught_up_workers.load(Ordering::Acquire) >= workers)
+            .then(|| self.caught_up_upper.load(Ordering::Acquire))
+    }
 }
 
 /// Where the run's output goes; only worker 0 writes.
@@ -256,6 +275,7 @@ pub fn run(
     let phases = barriers.len() as u64;
     let outputs = Arc::new(Mutex::new(Some((view_sinks, outputs.dead_letter_sinks))));
     let records_read = Arc::clone(&options.progress);
+    records_read.workers.store(workers as u64, Ordering::Release);
     let config = if workers == 1 { timely::Config::thread() } else { timely::Config::process(workers) };
 
     let worker_state = Arc::clone(&state);
@@ -309,6 +329,10 @@ pub fn run(
                 table.record(index, reader_index, 0, reader.positions(), None);
             }
         }
+        // The latest batch this worker sent records to, and whether its
+        // readers have all caught up (told once).
+        let mut latest_time = 0u64;
+        let mut caught_up = false;
         let mut decoded: Vec<KeyedEvent> = Vec::with_capacity(options.poll_records);
         let mut bad: Vec<DeadLetter> = Vec::new();
         let mut input = Some((events_input, dead_letters_input));
@@ -367,6 +391,7 @@ pub fn run(
                         // Resuming: batch `i` ends exactly at barrier `i`.
                         let finished = matches!(poll, Poll::Finished);
                         let mut time = phase[reader_index] as u64;
+                        latest_time = latest_time.max(time);
                         send(events, dead_letters, &mut decoded, &mut bad, time);
                         while let Some(barrier) = barriers.get(phase[reader_index])
                             && (finished || reached(&reader.positions(), barrier))
@@ -386,6 +411,7 @@ pub fn run(
                                 }
                             }
                             delivered += decoded.len() + bad.len();
+                            latest_time = latest_time.max(time);
                             send(events, dead_letters, &mut decoded, &mut bad, time);
                         }
                         epochs[reader_index] = Some(time);
@@ -407,7 +433,13 @@ pub fn run(
                         }
                     }
                     epochs[reader_index] = next;
+                    latest_time = latest_time.max(next.unwrap_or(current));
                     send(events, dead_letters, &mut decoded, &mut bad, next.unwrap_or(current));
+                }
+                if !caught_up && readers.iter().all(|(_, reader)| reader.caught_up()) {
+                    caught_up = true;
+                    worker_records.caught_up_upper.fetch_max(latest_time.saturating_add(1), Ordering::AcqRel);
+                    worker_records.caught_up_workers.fetch_add(1, Ordering::AcqRel);
                 }
                 worker_records.records.fetch_add(delivered as u64, Ordering::Relaxed);
                 match epochs.iter().flatten().min() {

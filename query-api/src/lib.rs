@@ -64,6 +64,7 @@ fn answer(answer: Answer) -> Response {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
         .route("/v1/stores/{store_id}/orders", post(place_order))
         .route("/v1/orders/{order_id}/cancel", post(cancel_order))
         .route("/v1/stores/{store_id}/inventory/{sku}", put(set_stock))
@@ -75,6 +76,22 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// `GET /readyz`: `200` once every view reflects the log up to where it
+/// ended when the pipeline started, `503` with each view's progress before.
+async fn ready(State(state): State<ApiState>) -> Response {
+    match state.reads.as_ref().map(|store| store.readiness()) {
+        None | Some(Ok(())) => json_response(200, json!({"status": "ready"})),
+        Some(Err(behind)) => {
+            let views: serde_json::Map<String, Value> =
+                behind.into_iter().map(|(view, events)| (view, json!({"events": events as u64}))).collect();
+            json_response(
+                503,
+                json!({"status": "catching up", "error": "the views have not caught up with the log yet", "views": views}),
+            )
+        }
+    }
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {

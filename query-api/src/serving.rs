@@ -23,6 +23,8 @@ pub struct ViewState {
     pub rows: BTreeMap<Row, Row>,
     /// Batches taken so far (0: none yet).
     pub batches: u64,
+    /// The last batch's upper: the rows reflect all input before it.
+    pub upper: u64,
     /// The source positions the rows reflect.
     pub positions: SourcePositions,
     /// The latest `occurred_at` of the events the rows reflect.
@@ -71,12 +73,23 @@ pub fn with_prefix<'a>(state: &'a ViewState, prefix: &[Value]) -> impl Iterator<
         .take_while(move |(key, _)| key.len() >= prefix.len() && key[..prefix.len()] == prefix[..])
 }
 
+/// Tells, once the pipeline's readers have caught up with where their logs
+/// ended at start, the batch upper that output must pass to reflect that.
+pub type CaughtUp = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+
 /// Every declared view, by name.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ServingStore {
     views: BTreeMap<String, Arc<ServingView>>,
     /// Source names by index, to render positions.
     pub source_names: Vec<String>,
+    caught_up: std::sync::OnceLock<CaughtUp>,
+}
+
+impl std::fmt::Debug for ServingStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingStore").field("views", &self.views.keys()).finish_non_exhaustive()
+    }
 }
 
 impl ServingStore {
@@ -95,7 +108,32 @@ impl ServingStore {
                 (view.name.clone(), Arc::new(serving))
             })
             .collect();
-        ServingStore { views, source_names: plan.config.sources.iter().map(|s| s.name.clone()).collect() }
+        ServingStore {
+            views,
+            source_names: plan.config.sources.iter().map(|s| s.name.clone()).collect(),
+            caught_up: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Where readiness comes from (the pipeline's progress); set once.
+    pub fn set_caught_up(&self, caught_up: CaughtUp) {
+        let _ = self.caught_up.set(caught_up);
+    }
+
+    /// Whether every view reflects the logs up to where they ended when the
+    /// pipeline started; `Err` says how far each view is.
+    pub fn readiness(&self) -> Result<(), Vec<(String, u128)>> {
+        let target = self.caught_up.get().and_then(|caught_up| caught_up());
+        let behind: Vec<(String, u128)> = self
+            .views
+            .values()
+            .filter_map(|view| {
+                let state = view.read();
+                let ready = target.is_some_and(|upper| state.upper >= upper);
+                (!ready).then(|| (view.name.clone(), state.positions.total()))
+            })
+            .collect();
+        if behind.is_empty() { Ok(()) } else { Err(behind) }
     }
 
     /// The view named `name`.
@@ -154,6 +192,7 @@ impl ViewSink for ServingSink {
             state.rows.insert(change.key.clone(), change.values.clone());
         }
         state.batches += 1;
+        state.upper = batch.upper;
         state.positions = batch.positions.clone();
         if batch.newest_event_at.is_some() {
             state.newest_event_at = batch.newest_event_at;

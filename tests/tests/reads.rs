@@ -361,3 +361,63 @@ fn tokens_are_declared_in_yaml_with_secrets_that_never_show() {
         assert!(!message.contains("short\n") && !message.contains("long-enough-secret"), "{message:?} shows a secret");
     }
 }
+
+#[test]
+fn readyz_waits_until_the_views_reflect_the_log_seen_at_start() {
+    use projector_tests::kafka;
+    let topic = kafka::create_topic(&kafka::fresh_topic("ready"), 4);
+    let config = GeneratorConfig { events: 40_000, seed: 9, bad_ratio: 0.0, ..GeneratorConfig::default() };
+    let records: Vec<(String, String)> = Generator::new(config).map(|r| (r.key, r.line)).collect();
+    let lines: Vec<String> = records.iter().map(|(_, line)| line.clone()).collect();
+    kafka::append(&topic, records);
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "version: 1\nsources:\n  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n{}api:\n  listen: 127.0.0.1:0\n",
+        kafka::brokers(),
+        shipped_views_yaml()
+    );
+    let plan = check_text(&text, "ready.yaml", dir.path()).unwrap();
+    let mut outputs = Outputs { view_sinks: plan.views.iter().map(|_| Vec::new()).collect(), ..Outputs::default() };
+    let store = components::serve_views(&plan, &mut outputs);
+    let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
+    let progress = Arc::clone(&options.progress);
+    store.set_caught_up(Box::new(move || progress.caught_up_upper()));
+    let api = api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(Arc::clone(&store)), Auth::default())
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = ApiClient::new(api.address);
+    let get = |path: &str| runtime.block_on(client.get(path, &[])).unwrap();
+    // Not ready before the pipeline ran at all.
+    let reply = get("/readyz");
+    assert_eq!(reply.status, 503, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], "catching up");
+
+    let stop = Arc::clone(&options.stop);
+    let pipeline = std::thread::spawn(move || {
+        let source = components::sources(&plan);
+        run(Arc::new(plan), source, outputs, options).unwrap()
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut saw_catching_up = false;
+    loop {
+        let reply = get("/readyz");
+        if reply.status == 200 {
+            break;
+        }
+        saw_catching_up |= reply.body["views"]["order_summary"]["events"].as_u64().is_some();
+        assert!(std::time::Instant::now() < deadline, "never ready: {:?}", reply.body);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Once ready, every view reflects the whole log appended before start.
+    for view in ["order_summary", "product_sales", "customer_ltv"] {
+        let reply = get(&format!("/v1/views/{view}?limit=1"));
+        assert_eq!(reply.body["freshness"]["events"], json!(lines.len()), "{view}");
+    }
+    let log = reference::read(&lines);
+    let summary = get("/v1/views/order_summary?limit=1000");
+    assert_eq!(summary.body["rows"].as_array().unwrap(), &reference::order_summary(&log.orders));
+    assert!(saw_catching_up, "the pipeline was ready before it read anything");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    pipeline.join().unwrap();
+    api.stop();
+}

@@ -90,6 +90,10 @@ impl FileReader {
 }
 
 impl SourceReader for FileReader {
+    fn caught_up(&self) -> bool {
+        self.finished
+    }
+
     fn poll(&mut self, max: usize, deliver: &mut dyn FnMut(RecordRef<'_>)) -> Result<Poll, SourceError> {
         if self.finished {
             return Ok(Poll::Finished);

@@ -92,6 +92,7 @@ impl Source for KafkaSource {
             consumer,
             topic: config.topic.clone(),
             next,
+            start_ends: ends.clone(),
             ends: config.bounded.then_some(ends),
             batch_millis: config.batch_ms.max(1),
             started: self.started,
@@ -164,6 +165,8 @@ struct KafkaReader {
     next: BTreeMap<i32, i64>,
     /// For a bounded source, where each partition ends.
     ends: Option<BTreeMap<i32, i64>>,
+    /// Where each partition ended when the reader started.
+    start_ends: BTreeMap<i32, i64>,
     batch_millis: u64,
     started: Instant,
     /// The batch the last records went to, and when it began.
@@ -200,6 +203,10 @@ impl KafkaReader {
 }
 
 impl SourceReader for KafkaReader {
+    fn caught_up(&self) -> bool {
+        self.start_ends.iter().all(|(partition, end)| self.next.get(partition).is_some_and(|next| next >= end))
+    }
+
     fn poll(&mut self, max: usize, deliver: &mut dyn FnMut(RecordRef<'_>)) -> Result<Poll, SourceError> {
         if self.at_end() {
             info!(topic = %self.topic, next = ?self.next, ends = ?self.ends, "reached the end of a bounded source");
