@@ -150,14 +150,18 @@ impl DeadLetterSink for DeadLetterRoutes {
     }
 }
 
-/// A serving store of the views of `plan`, fed by one more sink per view
-/// in `outputs`, for the read routes of the API.
+/// A serving store of the views of `plan` and of the orders, fed by one
+/// more sink per view in `outputs` and the orders output, for the read
+/// routes of the API.
 pub fn serve_views(plan: &PipelinePlan, outputs: &mut Outputs) -> Arc<ServingStore> {
     let store = Arc::new(ServingStore::new(plan));
+    outputs.view_sinks.resize_with(plan.views.len(), Vec::new);
     for (index, view) in plan.views.iter().enumerate() {
-        if let (Some(sinks), Some(sink)) = (outputs.view_sinks.get_mut(index), store.sink(&view.name)) {
-            sinks.push(("serving".to_string(), Box::new(sink)));
+        if let Some(sink) = store.sink(&view.name) {
+            outputs.view_sinks[index].push(("serving".to_string(), Box::new(sink)));
         }
     }
+    // After the views: the orders, for `GET /v1/orders/{order_id}`.
+    outputs.view_sinks.push(vec![("serving".to_string(), Box::new(store.orders_sink()))]);
     store
 }

@@ -102,6 +102,31 @@ impl OrderStatus {
     }
 }
 
+/// The fields of an order as the orders output carries it: the key
+/// (`order_id`), then these values.
+pub const ORDER_FIELDS: [&str; 7] =
+    ["store_id", "customer_id", "status", "currency", "created_at", "total_cents", "line_items"];
+
+impl OrderState {
+    /// The order as a row of the orders output: key `[order_id]`, values in
+    /// the order of [`ORDER_FIELDS`], the line items as one JSON text.
+    pub fn to_row(&self) -> (crate::value::Row, crate::value::Row) {
+        use crate::value::Value;
+        let items = serde_json::to_string(&self.content.line_items).unwrap_or_default();
+        let key = vec![Value::Text(Arc::clone(&self.order_id))];
+        let values = vec![
+            Value::UInt(self.header.store_id),
+            Value::UInt(self.header.customer_id),
+            Value::Text(self.status.as_str().into()),
+            Value::Text(self.header.currency.as_str().into()),
+            Value::Timestamp(self.header.created_at),
+            Value::Int(self.content.total_cents),
+            Value::Text(items.into()),
+        ];
+        (key.into(), values.into())
+    }
+}
+
 /// The current state of one order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct OrderState {

@@ -19,6 +19,7 @@ use tracing::{debug, info};
 
 use projector_core::config::PipelinePlan;
 use projector_core::event::BadRecordKind;
+use projector_core::packed::PackedRow;
 use projector_core::record::{DeadLetter, LogPosition};
 use projector_core::sink::{DeadLetterSink, SourcePositions, ViewSink};
 use projector_core::source::{Poll, Source, SourceError};
@@ -86,10 +87,16 @@ impl RunProgress {
     }
 }
 
+/// The name the orders output is delivered under.
+pub const ORDERS_OUTPUT: &str = "orders";
+
 /// Where the run's output goes; only worker 0 writes.
 #[derive(Default)]
 pub struct Outputs {
     /// Sinks of each view, by view index in the plan: `(sink name, sink)`.
+    /// One more entry after the last view, if present, takes the current
+    /// state of every order (rows of [`projector_core::order::OrderState::to_row`], key
+    /// `order_id`, the view name [`ORDERS_OUTPUT`]).
     pub view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>>,
     /// Dead-letter destinations.
     pub dead_letter_sinks: Vec<(String, Box<dyn DeadLetterSink>)>,
@@ -270,6 +277,8 @@ pub fn run(
     let view_names: Vec<String> = plan.views.iter().map(|v| v.name.clone()).collect();
     let workers = options.workers.max(1);
     let state = Arc::new(OutputState::default());
+    // Every worker builds the same dataflow; only worker 0 holds the sinks.
+    let serve_orders = outputs.view_sinks.len() > plan.views.len();
     let (view_sinks, barriers) = resume_sinks(outputs.view_sinks, &state)?;
     let barriers = Arc::new(barriers);
     let phases = barriers.len() as u64;
@@ -310,6 +319,17 @@ pub fn run(
                 let rows = rows.probe_with(&probe);
                 let sinks = view_sinks.get_mut(view_index).map(std::mem::take).unwrap_or_default();
                 deliver_view(rows, &view_plan.name, view_index, index == 0, sinks, phases, Arc::clone(&state));
+            }
+            if serve_orders {
+                let rows = states
+                    .map(|order| {
+                        let (key, values) = order.to_row();
+                        (PackedRow::from(&key[..]), values)
+                    })
+                    .probe_with(&probe);
+                let view_index = plan.views.len();
+                let sinks = view_sinks.get_mut(view_index).map(std::mem::take).unwrap_or_default();
+                deliver_view(rows, ORDERS_OUTPUT, view_index, index == 0, sinks, phases, Arc::clone(&state));
             }
             let dead_letters = dead_letters.probe_with(&probe);
             deliver_dead_letters(dead_letters, std::mem::take(&mut dead_letter_sinks), Arc::clone(&state));

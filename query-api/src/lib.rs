@@ -73,6 +73,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/stores/{store_id}/customers/segments", get(reads::segments))
         .route("/v1/stores/{store_id}/customers/{customer_id}", get(reads::customer))
         .route("/v1/views/{view}", get(reads::view_rows))
+        .route("/v1/orders/{order_id}", get(reads::order))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -441,6 +441,39 @@ pub async fn segments(
     result.unwrap_or_else(|response| response)
 }
 
+/// `GET /v1/orders/{order_id}`: the order's current state.
+pub async fn order(
+    State(state): State<ApiState>,
+    Path(order_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let result = (|| {
+        let caller = state.auth.caller(&headers, Right::Read)?;
+        let store_reads = reads(&state)?;
+        Params::parse(&uri, &[])?;
+        let view = store_reads.orders();
+        Ok(read(store_reads, view, &headers, |orders| {
+            let key: Row = vec![Value::Text(order_id.as_str().into())].into();
+            let found = orders.rows.get_key_value(&key).filter(|(_, values)| match values.first() {
+                // An order of a store outside the token is unknown to it.
+                Some(Value::UInt(store_id)) => caller.check_store(*store_id).is_ok(),
+                _ => false,
+            });
+            let Some((key, values)) = found else {
+                return Err(error(404, format!("no order {order_id:?} (yet: the views may not have read it)")));
+            };
+            let mut body = row_object(view, key, values);
+            if let Some(Json::String(items)) = body.get("line_items") {
+                let items: Json = serde_json::from_str(items).unwrap_or(Json::Null);
+                body.insert("line_items".into(), items);
+            }
+            Ok(body)
+        }))
+    })();
+    result.unwrap_or_else(|response| response)
+}
+
 fn limit(params: &Params, default: usize, max: usize) -> Result<usize, Response> {
     match params.get("limit") {
         None => Ok(default),

@@ -13,6 +13,7 @@ use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use projector_core::config::PipelinePlan;
+use projector_core::order::ORDER_FIELDS;
 use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewSink, positions_to_json};
 use projector_core::value::{FieldType, Row, Timestamp, Value};
 
@@ -78,9 +79,10 @@ pub fn with_prefix<'a>(state: &'a ViewState, prefix: &[Value]) -> impl Iterator<
 pub type CaughtUp = Box<dyn Fn() -> Option<u64> + Send + Sync>;
 
 /// Every declared view, by name.
-#[derive(Default)]
 pub struct ServingStore {
     views: BTreeMap<String, Arc<ServingView>>,
+    /// The current state of every order, by `order_id`.
+    orders: Arc<ServingView>,
     /// Source names by index, to render positions.
     pub source_names: Vec<String>,
     caught_up: std::sync::OnceLock<CaughtUp>,
@@ -108,8 +110,22 @@ impl ServingStore {
                 (view.name.clone(), Arc::new(serving))
             })
             .collect();
+        let mut fields = vec![("order_id".to_string(), FieldType::Text)];
+        let types = [
+            FieldType::UInt,
+            FieldType::UInt,
+            FieldType::Text,
+            FieldType::Text,
+            FieldType::Timestamp,
+            FieldType::Int,
+            FieldType::Text,
+        ];
+        fields.extend(ORDER_FIELDS.iter().zip(types).map(|(name, ty)| (name.to_string(), ty)));
+        let orders =
+            ServingView { name: "orders".into(), fields, key_len: 1, state: RwLock::new(ViewState::default()) };
         ServingStore {
             views,
+            orders: Arc::new(orders),
             source_names: plan.config.sources.iter().map(|s| s.name.clone()).collect(),
             caught_up: std::sync::OnceLock::new(),
         }
@@ -144,6 +160,17 @@ impl ServingStore {
     /// The names of all views.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.views.keys().map(String::as_str)
+    }
+
+    /// The current state of every order (fields: `order_id`, then
+    /// [`ORDER_FIELDS`]).
+    pub fn orders(&self) -> &Arc<ServingView> {
+        &self.orders
+    }
+
+    /// The sink that feeds the orders.
+    pub fn orders_sink(&self) -> ServingSink {
+        ServingSink(Arc::clone(&self.orders))
     }
 
     /// The sink that feeds view `name`.

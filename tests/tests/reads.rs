@@ -189,6 +189,40 @@ fn reads_answer_the_recomputation_with_freshness_and_etags() {
         reference::order_summary(&log.orders).iter().filter(|r| r["date"] == "2024-03-10").count()
     );
 
+    // Orders: their current state, cancelled ones too.
+    let mut checked = (0, 0);
+    for order in log.orders.iter().step_by(37) {
+        let reply = served.get(&format!("/v1/orders/{}", order.order_id));
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        let body = &reply.body;
+        assert_eq!(body["order_id"], json!(order.order_id));
+        assert_eq!(body["store_id"], json!(order.store_id));
+        assert_eq!(body["customer_id"], json!(order.customer_id));
+        assert_eq!(body["currency"], json!(order.currency));
+        assert_eq!(body["total_cents"], json!(order.total_cents));
+        assert_eq!(body["status"], json!(if order.cancelled { "cancelled" } else { "placed" }));
+        let created = chrono::DateTime::parse_from_rfc3339(body["created_at"].as_str().unwrap()).unwrap();
+        assert_eq!(created, order.created_at);
+        let items: Vec<(u64, i64, i64)> = body["line_items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["product_id"].as_u64().unwrap(),
+                    i["quantity"].as_i64().unwrap(),
+                    i["unit_price_cents"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        let want: Vec<(u64, i64, i64)> =
+            order.items.iter().map(|i| (i.product_id, i.quantity, i.unit_price_cents)).collect();
+        assert_eq!(items, want);
+        if order.cancelled { checked.1 += 1 } else { checked.0 += 1 }
+    }
+    assert!(checked.0 > 10 && checked.1 > 0, "{checked:?}");
+    served.fails("/v1/orders/no-such-order", 404, "no order \"no-such-order\"");
+
     // Freshness: the log position and the newest event, in the body and
     // the headers; the ETag gets 304 until the view changes.
     let newest = served
@@ -306,6 +340,13 @@ fn a_token_reads_only_its_stores_and_needs_the_read_right() {
     let summary = served.get_as(STORE_1, "/v1/views/order_summary?date=2024-03-10&limit=1000");
     assert!(summary.body["rows"].as_array().unwrap().iter().all(|row| row["store_id"] == json!(1)));
     assert!(!summary.body["rows"].as_array().unwrap().is_empty());
+
+    // An order of store 2 is unknown to store 1's token.
+    let other = log.orders.iter().find(|o| o.store_id == 2).unwrap();
+    let mine = log.orders.iter().find(|o| o.store_id == 1).unwrap();
+    assert_eq!(served.get_as(STORE_1, &format!("/v1/orders/{}", other.order_id)).status, 404);
+    assert_eq!(served.get_as(STORE_1, &format!("/v1/orders/{}", mine.order_id)).status, 200);
+    assert_eq!(served.get_as(EVERY_STORE, &format!("/v1/orders/{}", other.order_id)).status, 200);
 
     // A token for every store reads every store.
     assert_eq!(served.get_as(EVERY_STORE, "/v1/stores/2/customers/segments").status, 200);
