@@ -100,10 +100,15 @@ pub fn start_with(
                 };
                 let address = listener.local_addr().unwrap_or(listen);
                 let _ = ready_send.send(Ok(address));
+                // On stop, open change streams end first, so that the
+                // graceful shutdown does not wait for them forever.
+                let (closing_send, closing) = tokio::sync::watch::channel(false);
                 let shutdown = async move {
                     let _ = shutdown.await;
+                    let _ = closing_send.send(true);
                 };
-                if let Err(error) = serve(listener, router(ApiState { commands, reads, auth }), shutdown).await {
+                let state = ApiState { commands, reads, auth, closing };
+                if let Err(error) = serve(listener, router(state), shutdown).await {
                     tracing::error!(%error, "the HTTP API stopped");
                 }
             });

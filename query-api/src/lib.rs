@@ -44,6 +44,8 @@ pub struct ApiState {
     pub reads: Option<Arc<serving::ServingStore>>,
     /// Who may call what.
     pub auth: Arc<Auth>,
+    /// Turns `true` when the server stops: change streams end.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A JSON response.
@@ -73,6 +75,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/stores/{store_id}/customers/segments", get(reads::segments))
         .route("/v1/stores/{store_id}/customers/{customer_id}", get(reads::customer))
         .route("/v1/views/{view}", get(reads::view_rows))
+        .route("/v1/views/{view}/changes", get(reads::view_changes))
         .route("/v1/orders/{order_id}", get(reads::order))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

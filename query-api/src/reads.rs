@@ -9,14 +9,19 @@
 //! them), so `If-None-Match` with it answers `304 Not Modified` until a
 //! batch moves the view, also across restarts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use projector_core::sink::ViewChange;
 use serde_json::{Map, Value as Json, json};
+use tokio::sync::broadcast::error::RecvError;
 
 use projector_core::value::{FieldType, Row, Timestamp, Value, format_date, parse_date};
 
@@ -504,48 +509,15 @@ pub async fn view_rows(
         allowed.extend(["limit", "after"]);
         let params = Params::parse(&uri, &allowed)?;
         let limit = limit(&params, DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS)?;
-        // Equality filters on key fields, by key index.
-        let mut filters: Vec<(usize, Value)> = Vec::new();
-        for (index, (field, ty)) in view.fields[..view.key_len].iter().enumerate() {
-            if let Some(text) = params.get(field) {
-                let value = parse_value(text, *ty)
-                    .ok_or_else(|| error(400, format!("{field}={text:?} is not {}", example(*ty))))?;
-                filters.push((index, value));
-            }
-        }
+        let filter = RowFilter::new(view, &params, &caller)?;
         let after = match params.get("after") {
             None => None,
             Some(text) => Some(cursor(view, text)?),
         };
-        // A token for some stores reads only their rows: those of a view
-        // keyed by store_id, of its stores.
-        let scope = match caller.stores() {
-            None => None,
-            Some(stores) => {
-                let Some(index) = view.key_names().position(|name| name == "store_id") else {
-                    return Err(error(
-                        403,
-                        format!("view {name:?} has no store_id key, so only a token for every store may read it"),
-                    ));
-                };
-                if let Some((_, Value::UInt(store_id))) = filters.iter().find(|(i, _)| *i == index) {
-                    caller.check_store(*store_id)?;
-                }
-                Some((index, stores))
-            }
-        };
         Ok(read(store_reads, view, &headers, |state| {
-            // The key fields filtered from the first on select a range.
-            let prefix: Vec<Value> = (0..view.key_len)
-                .map_while(|index| filters.iter().find(|(i, _)| *i == index).map(|(_, v)| v.clone()))
-                .collect();
-            let matching = with_prefix(state, &prefix)
+            let matching = with_prefix(state, &filter.prefix())
                 .filter(|(key, _)| after.as_ref().is_none_or(|after| *key > after))
-                .filter(|(key, _)| filters.iter().all(|(index, value)| key.get(*index) == Some(value)))
-                .filter(|(key, _)| match scope {
-                    None => true,
-                    Some((index, stores)) => matches!(key.get(index), Some(Value::UInt(id)) if stores.contains(id)),
-                });
+                .filter(|(key, _)| filter.matches(key));
             let mut rows = Vec::new();
             let mut last: Option<&Row> = None;
             let mut more = false;
@@ -579,6 +551,159 @@ pub async fn view_rows(
         }))
     })();
     result.unwrap_or_else(|response| response)
+}
+
+/// Most rows the snapshot that opens a change stream may hold.
+pub const MAX_SNAPSHOT_ROWS: usize = 10_000;
+
+/// `GET /v1/views/{view}/changes?<key field>=…`: Server-Sent Events. The
+/// first event (`snapshot`) holds the matching rows as of one batch, each
+/// later one (`changes`) the matching changes of one batch applied after
+/// it: `{"op": "upsert", "row"}` or `{"op": "delete", "key"}`; both carry
+/// `freshness`. A client that falls more than 256 batches behind gets a
+/// `lagged` event and the stream ends (reconnect for a new snapshot).
+pub async fn view_changes(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let result = (|| {
+        let caller = state.auth.caller(&headers, Right::Read)?;
+        let store_reads = Arc::clone(reads(&state)?);
+        let view = Arc::clone(store_reads.view(&name).ok_or_else(|| {
+            let names: Vec<&str> = store_reads.names().collect();
+            error(404, format!("no view {name:?}; this config declares: {}", names.join(", ")))
+        })?);
+        let allowed: Vec<&str> = view.key_names().collect();
+        let params = Params::parse(&uri, &allowed)?;
+        let filter = RowFilter::new(&view, &params, &caller)?;
+        let (snapshot, receiver) = view.subscribe();
+        let rows: Vec<Json> = with_prefix(&snapshot, &filter.prefix())
+            .filter(|(key, _)| filter.matches(key))
+            .take(MAX_SNAPSHOT_ROWS + 1)
+            .map(|(key, values)| Json::Object(row_object(&view, key, values)))
+            .collect();
+        let freshness = store_reads.freshness(&snapshot);
+        drop(snapshot);
+        if rows.len() > MAX_SNAPSHOT_ROWS {
+            return Err(error(
+                400,
+                format!("more than {MAX_SNAPSHOT_ROWS} rows of {name:?} match; narrow the stream with key filters"),
+            ));
+        }
+        let first = json!({"view": view.name, "rows": rows, "freshness": freshness_json(&freshness)});
+        let first = Event::default().event("snapshot").data(first.to_string());
+        let closing = state.closing.clone();
+        let later = futures_util::stream::unfold(
+            Some((receiver, view, store_reads, filter, closing)),
+            |stream| async move {
+                let (mut receiver, view, store, filter, mut closing) = stream?;
+                loop {
+                    let received = tokio::select! {
+                        received = receiver.recv() => received,
+                        _ = closing.wait_for(|closing| *closing) => return None,
+                    };
+                    match received {
+                        Ok(batch) => {
+                            let ops = change_ops(&view, &batch.changes, &filter);
+                            if ops.is_empty() {
+                                continue;
+                            }
+                            let freshness = store.freshness_of(&batch.positions, batch.newest_event_at);
+                            let data = json!({"changes": ops, "freshness": freshness_json(&freshness)});
+                            let event = Event::default().event("changes").data(data.to_string());
+                            return Some((Ok::<_, Infallible>(event), Some((receiver, view, store, filter, closing))));
+                        }
+                        Err(RecvError::Lagged(missed)) => {
+                            let data = json!({"error": format!("this stream fell {missed} batches behind; reconnect for a new snapshot")});
+                            return Some((Ok(Event::default().event("lagged").data(data.to_string())), None));
+                        }
+                        Err(RecvError::Closed) => return None,
+                    }
+                }
+            },
+        );
+        let events = futures_util::stream::once(std::future::ready(Ok(first))).chain(later);
+        Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+    })();
+    result.unwrap_or_else(|response| response)
+}
+
+/// The changes of one batch a stream shows: per key, an upsert of its new
+/// row or the deletion of its key.
+fn change_ops(view: &ServingView, changes: &[ViewChange], filter: &RowFilter) -> Vec<Json> {
+    changes
+        .chunk_by(|a, b| a.key == b.key)
+        .filter(|group| filter.matches(&group[0].key))
+        .map(|group| match group.iter().find(|c| c.diff > 0) {
+            Some(added) => json!({"op": "upsert", "row": row_object(view, &added.key, &added.values)}),
+            None => {
+                let key: Map<String, Json> = view
+                    .key_names()
+                    .zip(group[0].key.iter())
+                    .map(|(name, value)| (name.to_string(), value.to_json()))
+                    .collect();
+                json!({"op": "delete", "key": key})
+            }
+        })
+        .collect()
+}
+
+/// Which rows of a view a request may see: equality filters on key fields
+/// from the query, and for a token of some stores, only their rows.
+struct RowFilter {
+    /// `(key index, value)`.
+    filters: Vec<(usize, Value)>,
+    /// The `store_id` key index and the stores the caller may read.
+    scope: Option<(usize, BTreeSet<u64>)>,
+}
+
+impl RowFilter {
+    fn new(view: &ServingView, params: &Params, caller: &Caller<'_>) -> Result<RowFilter, Response> {
+        let mut filters: Vec<(usize, Value)> = Vec::new();
+        for (index, (field, ty)) in view.fields[..view.key_len].iter().enumerate() {
+            if let Some(text) = params.get(field) {
+                let value = parse_value(text, *ty)
+                    .ok_or_else(|| error(400, format!("{field}={text:?} is not {}", example(*ty))))?;
+                filters.push((index, value));
+            }
+        }
+        // A token for some stores reads only their rows: those of a view
+        // keyed by store_id, of its stores.
+        let scope = match caller.stores() {
+            None => None,
+            Some(stores) => {
+                let Some(index) = view.key_names().position(|name| name == "store_id") else {
+                    return Err(error(
+                        403,
+                        format!(
+                            "view {:?} has no store_id key, so only a token for every store may read it",
+                            view.name
+                        ),
+                    ));
+                };
+                if let Some((_, Value::UInt(store_id))) = filters.iter().find(|(i, _)| *i == index) {
+                    caller.check_store(*store_id)?;
+                }
+                Some((index, stores.clone()))
+            }
+        };
+        Ok(RowFilter { filters, scope })
+    }
+
+    /// The filtered key fields from the first on: a range of the rows.
+    fn prefix(&self) -> Vec<Value> {
+        (0..).map_while(|index| self.filters.iter().find(|(i, _)| *i == index).map(|(_, v)| v.clone())).collect()
+    }
+
+    fn matches(&self, key: &Row) -> bool {
+        self.filters.iter().all(|(index, value)| key.get(*index) == Some(value))
+            && match &self.scope {
+                None => true,
+                Some((index, stores)) => matches!(key.get(*index), Some(Value::UInt(id)) if stores.contains(id)),
+            }
+    }
 }
 
 /// The key a page token (`after`) names: a JSON array of the key's values.

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use projector_core::config::PipelinePlan;
 use projector_core::order::ORDER_FIELDS;
-use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewSink, positions_to_json};
+use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewChange, ViewSink, positions_to_json};
 use projector_core::value::{FieldType, Row, Timestamp, Value};
 
 /// What one view holds as of one completed batch.
@@ -42,6 +42,40 @@ pub struct ServingView {
     /// How many of `fields` are key fields.
     pub key_len: usize,
     state: RwLock<ViewState>,
+    /// Each applied batch, for the change streams.
+    changes: tokio::sync::broadcast::Sender<Arc<AppliedBatch>>,
+}
+
+/// One batch as applied to a view, for the change streams.
+#[derive(Debug)]
+pub struct AppliedBatch {
+    /// The changes, sorted by key (an update: the old row removed, the new
+    /// one added).
+    pub changes: Vec<ViewChange>,
+    /// The positions the view reflects after it.
+    pub positions: SourcePositions,
+    /// The latest `occurred_at` the view reflects after it.
+    pub newest_event_at: Option<Timestamp>,
+}
+
+/// Batches a change stream may fall behind before it is cut off.
+const STREAM_BACKLOG: usize = 256;
+
+impl ServingView {
+    fn new(name: String, fields: Vec<(String, FieldType)>, key_len: usize) -> ServingView {
+        let (changes, _) = tokio::sync::broadcast::channel(STREAM_BACKLOG);
+        ServingView { name, fields, key_len, state: RwLock::new(ViewState::default()), changes }
+    }
+
+    /// The view as of its last completed batch, and every batch applied
+    /// after it: no batch is missed or seen twice.
+    pub fn subscribe(&self) -> (RwLockReadGuard<'_, ViewState>, tokio::sync::broadcast::Receiver<Arc<AppliedBatch>>) {
+        // A batch is applied and sent under the write lock, so none can
+        // fall between the state read here and the subscription.
+        let state = self.read();
+        let receiver = self.changes.subscribe();
+        (state, receiver)
+    }
 }
 
 impl ServingView {
@@ -101,12 +135,7 @@ impl ServingStore {
             .views
             .iter()
             .map(|view| {
-                let serving = ServingView {
-                    name: view.name.clone(),
-                    fields: view.output_fields(),
-                    key_len: view.keys.len(),
-                    state: RwLock::new(ViewState::default()),
-                };
+                let serving = ServingView::new(view.name.clone(), view.output_fields(), view.keys.len());
                 (view.name.clone(), Arc::new(serving))
             })
             .collect();
@@ -121,8 +150,7 @@ impl ServingStore {
             FieldType::Text,
         ];
         fields.extend(ORDER_FIELDS.iter().zip(types).map(|(name, ty)| (name.to_string(), ty)));
-        let orders =
-            ServingView { name: "orders".into(), fields, key_len: 1, state: RwLock::new(ViewState::default()) };
+        let orders = ServingView::new("orders".into(), fields, 1);
         ServingStore {
             views,
             orders: Arc::new(orders),
@@ -180,12 +208,17 @@ impl ServingStore {
 
     /// How fresh `state` is, now.
     pub fn freshness(&self, state: &ViewState) -> Freshness {
+        self.freshness_of(&state.positions, state.newest_event_at)
+    }
+
+    /// How fresh a view at `positions` with newest event `newest` is, now.
+    pub fn freshness_of(&self, positions: &SourcePositions, newest: Option<Timestamp>) -> Freshness {
         let now = Timestamp::now().0;
         Freshness {
-            positions: positions_to_json(&state.positions, &self.source_names),
-            events: state.positions.total(),
-            newest_event_at: state.newest_event_at,
-            newest_event_age_ms: state.newest_event_at.map(|at| ((now - at.0).max(0) / 1_000_000) as u64),
+            positions: positions_to_json(positions, &self.source_names),
+            events: positions.total(),
+            newest_event_at: newest,
+            newest_event_age_ms: newest.map(|at| ((now - at.0).max(0) / 1_000_000) as u64),
         }
     }
 }
@@ -224,6 +257,16 @@ impl ViewSink for ServingSink {
         if batch.newest_event_at.is_some() {
             state.newest_event_at = batch.newest_event_at;
         }
+        if self.0.changes.receiver_count() > 0 && !batch.changes.is_empty() {
+            let applied = AppliedBatch {
+                changes: batch.changes.to_vec(),
+                positions: state.positions.clone(),
+                newest_event_at: state.newest_event_at,
+            };
+            // No receiver left is fine: nobody streams this view now.
+            let _ = self.0.changes.send(Arc::new(applied));
+        }
+        drop(state);
         Ok(())
     }
 

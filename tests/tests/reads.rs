@@ -462,3 +462,125 @@ fn readyz_waits_until_the_views_reflect_the_log_seen_at_start() {
     pipeline.join().unwrap();
     api.stop();
 }
+
+/// Server-Sent Events read off a raw HTTP/1.0 connection (so the body is
+/// not chunked): `(event, data)` pairs.
+struct EventStream(std::io::BufReader<std::net::TcpStream>);
+
+impl EventStream {
+    fn open(address: SocketAddr, path: &str, token: &str) -> EventStream {
+        use std::io::{BufRead, Write};
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n").unwrap();
+        let mut reader = std::io::BufReader::new(stream);
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(status.contains(" 200 "), "{status}");
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).unwrap();
+            if header.trim().is_empty() {
+                break;
+            }
+        }
+        EventStream(reader)
+    }
+
+    fn next(&mut self) -> (String, Value) {
+        use std::io::BufRead;
+        let (mut event, mut data) = (String::new(), String::new());
+        loop {
+            let mut line = String::new();
+            assert!(self.0.read_line(&mut line).unwrap() > 0, "the stream ended");
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                if !data.is_empty() {
+                    return (event, serde_json::from_str(&data).unwrap());
+                }
+                continue;
+            }
+            if let Some(name) = line.strip_prefix("event:") {
+                event = name.trim().to_string();
+            } else if let Some(text) = line.strip_prefix("data:") {
+                data.push_str(text.trim_start());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_change_stream_brings_a_snapshot_and_every_later_change_of_the_callers_stores() {
+    use projector_tests::kafka;
+    let topic = kafka::create_topic(&kafka::fresh_topic("stream"), 4);
+    let config = GeneratorConfig { events: 20_000, seed: 21, stores: 3, bad_ratio: 0.0, ..GeneratorConfig::default() };
+    let records: Vec<(String, String)> = Generator::new(config).map(|r| (r.key, r.line)).collect();
+    let lines: Vec<String> = records.iter().map(|(_, line)| line.clone()).collect();
+    let half = records.len() / 2;
+    kafka::append(&topic, records[..half].to_vec());
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "version: 1\nsources:\n  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n{}",
+        kafka::brokers(),
+        shipped_views_yaml()
+    );
+    let plan = check_text(&text, "stream.yaml", dir.path()).unwrap();
+    let mut outputs = Outputs { view_sinks: plan.views.iter().map(|_| Vec::new()).collect(), ..Outputs::default() };
+    let store = components::serve_views(&plan, &mut outputs);
+    let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
+    let progress = Arc::clone(&options.progress);
+    store.set_caught_up(Box::new(move || progress.caught_up_upper()));
+    let auth = Auth::new(&[token("store_one", STORE_1, Some(vec![1]), true, false)]).unwrap();
+    let api = api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(Arc::clone(&store)), auth).unwrap();
+    let stop = Arc::clone(&options.stop);
+    let pipeline = std::thread::spawn(move || {
+        let source = components::sources(&plan);
+        run(Arc::new(plan), source, outputs, options).unwrap()
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while store.readiness().is_err() {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+
+    // No filter: store 1's token streams store 1's rows only.
+    let mut stream = EventStream::open(api.address, "/v1/views/customer_ltv/changes", STORE_1);
+    let (event, snapshot) = stream.next();
+    assert_eq!(event, "snapshot");
+    let key = |row: &Value| (row["store_id"].as_u64().unwrap(), row["customer_id"].as_u64().unwrap());
+    let mut held: BTreeMap<(u64, u64), Value> =
+        snapshot["rows"].as_array().unwrap().iter().map(|row| (key(row), row.clone())).collect();
+    let first = reference::read(&lines[..half]);
+    let want_first: BTreeMap<(u64, u64), Value> =
+        of_store(reference::customer_ltv(&first.orders), 1).into_iter().map(|row| (key(&row), row)).collect();
+    assert_eq!(held, want_first, "the snapshot is the view of the first half, store 1 only");
+
+    kafka::append(&topic, records[half..].to_vec());
+    let log = reference::read(&lines);
+    let want: BTreeMap<(u64, u64), Value> =
+        of_store(reference::customer_ltv(&log.orders), 1).into_iter().map(|row| (key(&row), row)).collect();
+    let mut batches = 0;
+    while held != want {
+        let (event, data) = stream.next();
+        assert_eq!(event, "changes", "{data}");
+        assert!(data["freshness"]["events"].as_u64().unwrap() > half as u64 - 1);
+        for op in data["changes"].as_array().unwrap() {
+            match op["op"].as_str().unwrap() {
+                "upsert" => {
+                    assert_eq!(op["row"]["store_id"], json!(1), "a row of another store leaked");
+                    held.insert(key(&op["row"]), op["row"].clone());
+                }
+                "delete" => {
+                    assert_eq!(op["key"]["store_id"], json!(1), "a key of another store leaked");
+                    held.remove(&key(&op["key"]));
+                }
+                other => panic!("unknown op {other}"),
+            }
+        }
+        batches += 1;
+    }
+    assert!(batches >= 1);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    pipeline.join().unwrap();
+    api.stop();
+}
