@@ -67,6 +67,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/stores/{store_id}/orders", post(place_order))
         .route("/v1/orders/{order_id}/cancel", post(cancel_order))
         .route("/v1/stores/{store_id}/inventory/{sku}", put(set_stock))
@@ -80,6 +81,14 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// The shapes of every route, OpenAPI 3.0.
+pub const OPENAPI: &str = include_str!("../api/openapi.json");
+
+/// `GET /v1/openapi.json` (no token needed).
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 /// `GET /readyz`: `200` once every view reflects the log up to where it
@@ -205,4 +214,45 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     info!(address = %listener.local_addr()?, "HTTP API listening");
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route of [`router`], as OpenAPI writes it.
+    const ROUTES: [(&str, &str); 13] = [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/v1/openapi.json", "get"),
+        ("/v1/stores/{store_id}/orders", "post"),
+        ("/v1/orders/{order_id}/cancel", "post"),
+        ("/v1/stores/{store_id}/inventory/{sku}", "put"),
+        ("/v1/stores/{store_id}/orders/summary", "get"),
+        ("/v1/stores/{store_id}/products/top", "get"),
+        ("/v1/stores/{store_id}/customers/segments", "get"),
+        ("/v1/stores/{store_id}/customers/{customer_id}", "get"),
+        ("/v1/views/{view}", "get"),
+        ("/v1/views/{view}/changes", "get"),
+        ("/v1/orders/{order_id}", "get"),
+    ];
+
+    #[test]
+    fn the_openapi_document_describes_every_route_and_only_those() {
+        let document: Value = serde_json::from_str(OPENAPI).expect("the OpenAPI document is JSON");
+        assert_eq!(document["openapi"], "3.0.3");
+        let paths = document["paths"].as_object().expect("paths");
+        for (path, method) in ROUTES {
+            assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not documented");
+        }
+        for (path, methods) in paths {
+            for method in methods.as_object().expect("methods").keys() {
+                assert!(ROUTES.contains(&(path.as_str(), method.as_str())), "{method} {path} is not a route");
+            }
+        }
+        let source = include_str!("lib.rs");
+        for (path, _) in ROUTES {
+            assert!(source.contains(&format!(".route(\"{path}\"")), "{path} is not in the router");
+        }
+    }
 }

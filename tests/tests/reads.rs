@@ -304,6 +304,10 @@ fn a_token_reads_only_its_stores_and_needs_the_read_right() {
     let reply = served.get_as(COMMANDS_ONLY, "/v1/stores/1/customers/segments");
     assert_eq!(reply.status, 403);
     assert!(reply.body["error"].as_str().unwrap().contains("does not have the read right"));
+    // The API's description needs no token.
+    let openapi = served.get("/v1/openapi.json");
+    assert_eq!(openapi.status, 200);
+    assert_eq!(openapi.body["openapi"], "3.0.3");
     // Unauthenticated callers learn nothing, not even about bad paths.
     assert_eq!(served.get("/v1/stores/x/orders/summary").status, 401);
 
