@@ -11,6 +11,7 @@ use projector_commands::log::CommandLogConfig;
 use projector_commands::service::CommandService;
 use projector_core::config::{CommandsConfig, PipelinePlan};
 use projector_query_api::auth::Auth;
+use projector_query_api::metrics::Metrics;
 use projector_query_api::serving::ServingStore;
 use projector_query_api::{ApiState, bind, router, serve};
 
@@ -107,7 +108,8 @@ pub fn start_with(
                     let _ = shutdown.await;
                     let _ = closing_send.send(true);
                 };
-                let state = ApiState { commands, reads, auth, closing };
+                let metrics = Arc::new(Metrics::new(reads.clone()));
+                let state = ApiState { commands, reads, auth, closing, metrics };
                 if let Err(error) = serve(listener, router(state), shutdown).await {
                     tracing::error!(%error, "the HTTP API stopped");
                 }

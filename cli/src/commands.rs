@@ -65,8 +65,7 @@ pub fn run_config(plan: PipelinePlan, options: RunOptions) -> Result<RunSummary,
     // With an API, the views are also served from memory.
     let reads = plan.config.api.is_some().then(|| components::serve_views(&plan, &mut outputs));
     if let Some(store) = &reads {
-        let progress = Arc::clone(&options.progress);
-        store.set_caught_up(Box::new(move || progress.caught_up_upper()));
+        components::watch_run(store, &options.progress);
     }
     let api = crate::api::start(&plan, reads)?;
     let result = run(Arc::new(plan), sources, outputs, options);

@@ -12,7 +12,8 @@ use projector_core::config::{PipelinePlan, SinkKind, SourceKind};
 use projector_core::record::DeadLetter;
 use projector_core::sink::{DeadLetterSink, SinkError, ViewSink};
 use projector_core::source::Source;
-use projector_dataflows::runner::Outputs;
+use projector_dataflows::runner::{Outputs, RunProgress};
+use projector_query_api::metrics::PipelineCounters;
 use projector_query_api::serving::ServingStore;
 use projector_sink_clickhouse::ClickHouseViewSink;
 use projector_sink_file::{FileDeadLetterSink, FileViewSink};
@@ -164,4 +165,30 @@ pub fn serve_views(plan: &PipelinePlan, outputs: &mut Outputs) -> Arc<ServingSto
     // After the views: the orders, for `GET /v1/orders/{order_id}`.
     outputs.view_sinks.push(vec![("serving".to_string(), Box::new(store.orders_sink()))]);
     store
+}
+
+/// The counters of a run, for `/metrics`.
+#[derive(Debug)]
+struct RunCounters(Arc<RunProgress>);
+
+impl PipelineCounters for RunCounters {
+    fn events_read(&self) -> u64 {
+        self.0.records.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn dead_letters(&self) -> u64 {
+        self.0.dead_letters.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn sink_writes(&self) -> Vec<(String, u64, f64, u64)> {
+        self.0.sink_writes().into_iter().map(|(name, w)| (name, w.writes, w.seconds, w.errors)).collect()
+    }
+}
+
+/// Connects a serving store to the run that feeds it: readiness and the
+/// run's counters.
+pub fn watch_run(store: &ServingStore, progress: &Arc<RunProgress>) {
+    let caught_up = Arc::clone(progress);
+    store.set_caught_up(Box::new(move || caught_up.caught_up_upper()));
+    store.set_pipeline(Arc::new(RunCounters(Arc::clone(progress))));
 }

@@ -174,8 +174,7 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
     };
     let stop = Arc::clone(&options.stop);
     let progress = Arc::clone(&run_options.progress);
-    let caught_up = Arc::clone(&progress);
-    reads.set_caught_up(Box::new(move || caught_up.caught_up_upper()));
+    crate::components::watch_run(&reads, &progress);
     let sources: Vec<(String, Arc<dyn Source>)> = vec![("demo events".into(), Arc::new(source))];
     let runner = std::thread::spawn(move || run(Arc::new(plan), sources, outputs, run_options));
 

@@ -90,6 +90,8 @@ pub struct OutputState {
     pub failure: Mutex<Option<String>>,
     /// Dead letters seen, by kind.
     pub dead_letters: Mutex<BTreeMap<BadRecordKind, u64>>,
+    /// The run's counters (dead letters, sink writes).
+    pub counters: Arc<crate::runner::RunProgress>,
     /// Current row count of each view, by view index.
     pub view_rows: Mutex<BTreeMap<usize, Arc<AtomicI64>>>,
     /// The batch each view's sinks have taken, by view index.
@@ -143,7 +145,11 @@ pub(crate) fn with_retries<T>(
         if let Some(failure) = state.failure.lock().ok().and_then(|f| f.clone()) {
             return Err(failure);
         }
-        match attempt() {
+        let result = attempt();
+        if result.is_err() {
+            state.counters.sink_failed(what);
+        }
+        match result {
             Ok(value) => return Ok(value),
             Err(SinkError::Retryable(message)) => {
                 warn!(sink = what, error = %message, retry_in_ms = delay.as_millis() as u64, "sink failed; retrying");
@@ -246,7 +252,10 @@ fn spawn_sink(resumed: ResumedSink, state: Arc<OutputState>) -> Option<std::sync
                         newest_event_at: newest,
                         rows: &rows,
                     };
-                    if let Err(message) = with_retries(&name, &state, || sink.apply(batch)) {
+                    let started = std::time::Instant::now();
+                    let written = with_retries(&name, &state, || sink.apply(batch));
+                    state.counters.sink_wrote(&name, started.elapsed().as_secs_f64());
+                    if let Err(message) = written {
                         state.fail(message);
                         return;
                     }
@@ -401,6 +410,7 @@ pub fn deliver_dead_letters<'scope>(
                             *counts.entry(letter.kind).or_default() += 1;
                         }
                     }
+                    state.counters.dead_letters.fetch_add(ready.len() as u64, Ordering::Relaxed);
                     for (name, sink) in sinks.iter_mut() {
                         if let Err(message) = with_retries(name, &state, || sink.write(&ready)) {
                             state.fail(message);

@@ -74,9 +74,45 @@ pub struct RunProgress {
     /// The batch after which the output reflects all of that: one past the
     /// latest batch those workers had sent records to.
     caught_up_upper: AtomicU64,
+    /// Dead letters so far.
+    pub dead_letters: AtomicU64,
+    /// Writes to each sink, by sink name.
+    sink_writes: Mutex<std::collections::BTreeMap<String, SinkWrites>>,
+}
+
+/// What one sink's writes took so far.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SinkWrites {
+    /// Batches written (each after its retries).
+    pub writes: u64,
+    /// Seconds those writes took, retries included.
+    pub seconds: f64,
+    /// Failed attempts (each retried or fatal).
+    pub errors: u64,
 }
 
 impl RunProgress {
+    /// Notes a write to sink `name` that took `seconds`.
+    pub fn sink_wrote(&self, name: &str, seconds: f64) {
+        if let Ok(mut sinks) = self.sink_writes.lock() {
+            let entry = sinks.entry(name.to_string()).or_default();
+            entry.writes += 1;
+            entry.seconds += seconds;
+        }
+    }
+
+    /// Notes a failed attempt to write to sink `name`.
+    pub fn sink_failed(&self, name: &str) {
+        if let Ok(mut sinks) = self.sink_writes.lock() {
+            sinks.entry(name.to_string()).or_default().errors += 1;
+        }
+    }
+
+    /// Writes so far, by sink name.
+    pub fn sink_writes(&self) -> Vec<(String, SinkWrites)> {
+        self.sink_writes.lock().map(|s| s.iter().map(|(n, w)| (n.clone(), w.clone())).collect()).unwrap_or_default()
+    }
+
     /// Once every reader has caught up with where its log ended when the
     /// run started: the batch whose completion means the output reflects
     /// all of it (output with an `upper` above it does).
@@ -276,7 +312,7 @@ pub fn run(
     let started = Instant::now();
     let view_names: Vec<String> = plan.views.iter().map(|v| v.name.clone()).collect();
     let workers = options.workers.max(1);
-    let state = Arc::new(OutputState::default());
+    let state = Arc::new(OutputState { counters: Arc::clone(&options.progress), ..OutputState::default() });
     // Every worker builds the same dataflow; only worker 0 holds the sinks.
     let serve_orders = outputs.view_sinks.len() > plan.views.len();
     let (view_sinks, barriers) = resume_sinks(outputs.view_sinks, &state)?;

@@ -30,6 +30,7 @@ use projector_commands::state::Answer;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub mod auth;
+pub mod metrics;
 pub mod reads;
 pub mod serving;
 
@@ -46,6 +47,8 @@ pub struct ApiState {
     pub auth: Arc<Auth>,
     /// Turns `true` when the server stops: change streams end.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    /// Request durations and the pipeline's counters.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// A JSON response.
@@ -68,6 +71,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/stores/{store_id}/orders", post(place_order))
         .route("/v1/orders/{order_id}/cancel", post(cancel_order))
         .route("/v1/stores/{store_id}/inventory/{sku}", put(set_stock))
@@ -80,6 +84,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/orders/{order_id}", get(reads::order))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
 }
 
@@ -221,10 +226,11 @@ mod tests {
     use super::*;
 
     /// Every route of [`router`], as OpenAPI writes it.
-    const ROUTES: [(&str, &str); 13] = [
+    const ROUTES: [(&str, &str); 14] = [
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/v1/openapi.json", "get"),
+        ("/metrics", "get"),
         ("/v1/stores/{store_id}/orders", "post"),
         ("/v1/orders/{order_id}/cancel", "post"),
         ("/v1/stores/{store_id}/inventory/{sku}", "put"),
@@ -236,6 +242,27 @@ mod tests {
         ("/v1/views/{view}/changes", "get"),
         ("/v1/orders/{order_id}", "get"),
     ];
+
+    #[test]
+    fn the_grafana_dashboard_reads_only_metrics_that_exist() {
+        let dashboard: Value =
+            serde_json::from_str(include_str!("../../dashboards/grafana.json")).expect("the dashboard is JSON");
+        let metrics = include_str!("metrics.rs");
+        let mut queries = 0;
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                queries += 1;
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if let Some(name) = word.strip_prefix("projector_") {
+                        let family = name.trim_end_matches("_bucket").trim_end_matches("_total");
+                        assert!(metrics.contains(&format!("\"projector_{family}\"")), "{word} is not exported");
+                    }
+                }
+            }
+        }
+        assert!(queries >= 7);
+    }
 
     #[test]
     fn the_openapi_document_describes_every_route_and_only_those() {

@@ -120,6 +120,7 @@ pub struct ServingStore {
     /// Source names by index, to render positions.
     pub source_names: Vec<String>,
     caught_up: std::sync::OnceLock<CaughtUp>,
+    pipeline: std::sync::OnceLock<Arc<dyn crate::metrics::PipelineCounters>>,
 }
 
 impl std::fmt::Debug for ServingStore {
@@ -156,7 +157,24 @@ impl ServingStore {
             orders: Arc::new(orders),
             source_names: plan.config.sources.iter().map(|s| s.name.clone()).collect(),
             caught_up: std::sync::OnceLock::new(),
+            pipeline: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The counters of the pipeline that feeds the store, for `/metrics`;
+    /// set once.
+    pub fn set_pipeline(&self, pipeline: Arc<dyn crate::metrics::PipelineCounters>) {
+        let _ = self.pipeline.set(pipeline);
+    }
+
+    /// The pipeline's counters, if set.
+    pub fn pipeline(&self) -> Option<&Arc<dyn crate::metrics::PipelineCounters>> {
+        self.pipeline.get()
+    }
+
+    /// Every declared view.
+    pub fn views(&self) -> impl Iterator<Item = &Arc<ServingView>> {
+        self.views.values()
     }
 
     /// Where readiness comes from (the pipeline's progress); set once.

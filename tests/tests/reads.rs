@@ -49,13 +49,9 @@ impl Served {
         let mut outputs = Outputs { view_sinks: plan.views.iter().map(|_| Vec::new()).collect(), ..Outputs::default() };
         let store = components::serve_views(&plan, &mut outputs);
         let source: Arc<dyn projector_core::source::Source> = Arc::new(FileSource::new(0, &path, 500));
-        run(
-            Arc::new(plan),
-            vec![("events".into(), source)],
-            outputs,
-            RunOptions { workers: 2, ..RunOptions::default() },
-        )
-        .unwrap();
+        let options = RunOptions { workers: 2, ..RunOptions::default() };
+        components::watch_run(&store, &options.progress);
+        run(Arc::new(plan), vec![("events".into(), source)], outputs, options).unwrap();
         let api = api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(store), auth).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let client = ApiClient::new(api.address);
@@ -249,6 +245,31 @@ fn reads_answer_the_recomputation_with_freshness_and_etags() {
     assert_eq!(again.headers["etag"], tag);
     let other = served.get_with("/v1/stores/2/orders/summary", &[("if-none-match", "\"0000\"")]);
     assert_eq!(other.status, 200);
+
+    // Metrics: request durations by route, each view's freshness and rows,
+    // the run's counters.
+    let text = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(served.api.address).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    let customers_rows = reference::customer_ltv(&log.orders).len();
+    for needle in [
+        "projector_query_duration_seconds_bucket{le=\"+Inf\",route=\"/v1/stores/{store_id}/orders/summary\"} 5",
+        "projector_query_duration_seconds_count{route=\"/v1/views/{view}\"}",
+        "projector_view_freshness_seconds{view=\"order_summary\"}",
+        &format!("projector_view_rows{{view=\"customer_ltv\"}} {customers_rows}"),
+        &format!("projector_events_read_total {}", served.lines.len()),
+        &format!("projector_dead_letters_total {}", log.bad_lines.len()),
+        "projector_sink_writes_total{sink=\"serving\"}",
+        "projector_sink_write_errors_total{sink=\"serving\"} 0",
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle:?}:\n{text}");
+    }
     served.api.stop();
 }
 
