@@ -35,6 +35,35 @@ pub struct Token {
     pub stores: Option<BTreeSet<u64>>,
     read: bool,
     command: bool,
+    /// Requests per second allowed, and what is left of them.
+    limit: Option<std::sync::Arc<std::sync::Mutex<Bucket>>>,
+}
+
+/// A token bucket: `rate` requests a second, bursts up to `rate`.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    fn new(rate: u64) -> Bucket {
+        Bucket { rate: rate as f64, tokens: rate as f64, at: std::time::Instant::now() }
+    }
+
+    /// Takes one request; `Err(seconds)` to wait before the next one fits.
+    fn take(&mut self) -> Result<(), f64> {
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((1.0 - self.tokens) / self.rate)
+        }
+    }
 }
 
 impl Token {
@@ -106,6 +135,7 @@ impl Auth {
                 stores: config.stores.as_ref().map(|stores| stores.iter().copied().collect()),
                 read: config.read,
                 command: config.command,
+                limit: config.rate_limit.map(|rate| std::sync::Arc::new(std::sync::Mutex::new(Bucket::new(rate)))),
             });
         }
         let mut secrets: Vec<&[u8]> = tokens.iter().map(|t| t.secret.as_slice()).collect();
@@ -145,6 +175,23 @@ impl Auth {
         if !allowed {
             let right = if right == Right::Read { "read" } else { "command" };
             return Err(error(403, format!("token {:?} does not have the {right} right", token.name)));
+        }
+        if let Some(limit) = &token.limit {
+            let mut bucket = limit.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Err(wait) = bucket.take() {
+                let seconds = wait.ceil().max(1.0) as u64;
+                let mut response = error(
+                    429,
+                    format!(
+                        "token {:?} made more than {} requests a second; retry in {seconds} s",
+                        token.name, bucket.rate
+                    ),
+                );
+                if let Ok(value) = axum::http::HeaderValue::from_str(&seconds.to_string()) {
+                    response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+                }
+                return Err(response);
+            }
         }
         Ok(Caller::Token(token))
     }

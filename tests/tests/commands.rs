@@ -318,6 +318,7 @@ fn tokens_scope_commands_to_their_stores() {
         stores,
         read,
         command,
+        rate_limit: None,
     };
     let (store_7, store_8, reader) =
         ("store-seven-commands-0123456789", "store-eight-commands-0123456789", "read-only-secret-0123456789");

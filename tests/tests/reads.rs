@@ -303,7 +303,14 @@ const EVERY_STORE: &str = "every-store-secret-0123456789";
 const COMMANDS_ONLY: &str = "commands-only-secret-0123456789";
 
 fn token(name: &str, secret: &str, stores: Option<Vec<u64>>, read: bool, command: bool) -> TokenConfig {
-    TokenConfig { name: name.into(), secret: SecretSource::Value(secret.into()), stores, read, command }
+    TokenConfig {
+        name: name.into(),
+        secret: SecretSource::Value(secret.into()),
+        stores,
+        read,
+        command,
+        rate_limit: None,
+    }
 }
 
 #[test]
@@ -391,12 +398,13 @@ fn tokens_are_declared_in_yaml_with_secrets_that_never_show() {
         )
     };
     let good = yaml(
-        "    dashboard:\n      secret: dashboard-secret-0123456789\n      stores: [7, 8]\n      rights: [read]\n    \
+        "    dashboard:\n      secret: dashboard-secret-0123456789\n      stores: [7, 8]\n      rights: [read]\n      rate_limit: 50\n    \
          ops:\n      secret_file: secret.txt\n      stores: \"*\"\n      rights: [read, command]\n",
     );
     let plan = check_text(&good, "tokens.yaml", dir.path()).unwrap();
     let tokens = &plan.config.api.as_ref().unwrap().tokens;
     assert_eq!(tokens[0].stores, Some(vec![7, 8]));
+    assert_eq!((tokens[0].rate_limit, tokens[1].rate_limit), (Some(50), None));
     assert!(tokens[0].read && !tokens[0].command);
     assert_eq!(tokens[1].stores, None);
     assert!(!format!("{:?}", plan.config).contains("dashboard-secret"), "a secret shows in the config's Debug");
@@ -416,6 +424,10 @@ fn tokens_are_declared_in_yaml_with_secrets_that_never_show() {
         ),
         ("    a:\n      secret: long-enough-secret-0123\n      stores: [1]\n      rights: [write]\n", "not a right"),
         ("    a:\n      secret: long-enough-secret-0123\n      stores: [1]\n", "rights"),
+        (
+            "    a:\n      secret: long-enough-secret-0123\n      stores: [1]\n      rights: [read]\n      rate_limit: 0\n",
+            "'tokens.a.rate_limit' must be a whole number of at least 1",
+        ),
         (
             "    a:\n      secret: long-enough-secret-0123\n      stores: [1]\n      rights: [read]\n      scope: x\n",
             "scope",
@@ -608,4 +620,25 @@ fn a_change_stream_brings_a_snapshot_and_every_later_change_of_the_callers_store
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     pipeline.join().unwrap();
     api.stop();
+}
+
+#[test]
+fn a_token_over_its_rate_limit_gets_429_with_retry_after() {
+    let mut limited = token("limited", STORE_1, Some(vec![1]), true, false);
+    limited.rate_limit = Some(5);
+    let served = Served::start_with(Auth::new(&[limited, token("free", EVERY_STORE, None, true, false)]).unwrap());
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(served.get_as(STORE_1, "/v1/stores/1/customers/segments"));
+    }
+    let ok = statuses.iter().filter(|r| r.status == 200).count();
+    assert!((5..=10).contains(&ok), "{ok} of 20 quick requests passed a limit of 5 a second");
+    let limited = statuses.iter().find(|r| r.status == 429).expect("a 429");
+    assert_eq!(limited.headers["retry-after"], "1");
+    assert!(limited.body["error"].as_str().unwrap().contains("more than 5 requests a second"));
+    // Another token is not held back; after a second the limit lets requests through again.
+    assert_eq!(served.get_as(EVERY_STORE, "/v1/stores/1/customers/segments").status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(served.get_as(STORE_1, "/v1/stores/1/customers/segments").status, 200);
+    served.api.stop();
 }

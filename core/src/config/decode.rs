@@ -163,9 +163,18 @@ fn tokens(node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<Vec<T
         };
         let stores = required(&mut fields, "stores", diags).and_then(|node| token_stores(node, &path, diags));
         let rights = required(&mut fields, "rights", diags).and_then(|node| token_rights(node, &path, diags));
-        fields.finish(&["secret", "secret_file", "stores", "rights"], diags);
-        if let (Some(secret), Some(stores), Some((read, command))) = (secret, stores, rights) {
-            out.push(TokenConfig { name: name.to_string(), secret, stores, read, command });
+        let rate_limit = match fields.take("rate_limit") {
+            Some(node) => match positive(node, component, &format!("{path}.rate_limit"), diags) {
+                Some(limit) => Some(Some(limit)),
+                None => None,
+            },
+            None => Some(None),
+        };
+        fields.finish(&["secret", "secret_file", "stores", "rights", "rate_limit"], diags);
+        if let (Some(secret), Some(stores), Some((read, command)), Some(rate_limit)) =
+            (secret, stores, rights, rate_limit)
+        {
+            out.push(TokenConfig { name: name.to_string(), secret, stores, read, command, rate_limit });
         }
     }
     Some(out)

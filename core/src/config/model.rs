@@ -71,6 +71,9 @@ pub struct TokenConfig {
     pub read: bool,
     /// `rights` includes `command`: the command routes.
     pub command: bool,
+    /// `rate_limit` (optional): requests per second the token may make
+    /// (bursts up to one second's worth); more get `429`.
+    pub rate_limit: Option<u64>,
 }
 
 /// Where a token's secret comes from.
