@@ -164,10 +164,7 @@ fn tokens(node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<Vec<T
         let stores = required(&mut fields, "stores", diags).and_then(|node| token_stores(node, &path, diags));
         let rights = required(&mut fields, "rights", diags).and_then(|node| token_rights(node, &path, diags));
         let rate_limit = match fields.take("rate_limit") {
-            Some(node) => match positive(node, component, &format!("{path}.rate_limit"), diags) {
-                Some(limit) => Some(Some(limit)),
-                None => None,
-            },
+            Some(node) => positive(node, component, &format!("{path}.rate_limit"), diags).map(Some),
             None => Some(None),
         };
         fields.finish(&["secret", "secret_file", "stores", "rights", "rate_limit"], diags);
