@@ -45,13 +45,15 @@ stop_services() {
     done
 }
 
-# Redis and ClickHouse: Debian's packages. Each test starts its own server
+# Redis, ClickHouse and Chromium: Debian's packages. Each test starts its own server
 # process on free loopback ports (it must stop, restart or wipe it), so
 # here they are only installed.
 install_packages() {
     local missing=()
     command -v redis-server > /dev/null || missing+=(redis-server)
     command -v clickhouse-server > /dev/null || missing+=(clickhouse-server clickhouse-client)
+    # Headless Chromium for the dashboard test.
+    command -v chromium > /dev/null || missing+=(chromium)
     [ ${#missing[@]} -eq 0 ] && return
     echo "== installing ${missing[*]}"
     local sudo=""

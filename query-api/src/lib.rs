@@ -68,6 +68,7 @@ fn answer(answer: Answer) -> Response {
 /// The router of every route.
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .route("/v1/openapi.json", get(openapi))
@@ -86,6 +87,15 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
+}
+
+/// The dashboard page: self-contained (no CDN), it polls the read API.
+pub const DASHBOARD: &str = include_str!("../api/dashboard.html");
+
+/// `GET /`: the dashboard (no token needed: it holds no data; it asks for
+/// a token if the API needs one).
+async fn dashboard() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")], DASHBOARD).into_response()
 }
 
 /// The shapes of every route, OpenAPI 3.0.
@@ -226,7 +236,8 @@ mod tests {
     use super::*;
 
     /// Every route of [`router`], as OpenAPI writes it.
-    const ROUTES: [(&str, &str); 14] = [
+    const ROUTES: [(&str, &str); 15] = [
+        ("/", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/v1/openapi.json", "get"),

@@ -642,3 +642,98 @@ fn a_token_over_its_rate_limit_gets_429_with_retry_after() {
     assert_eq!(served.get_as(STORE_1, "/v1/stores/1/customers/segments").status, 200);
     served.api.stop();
 }
+
+/// `cents` as the dashboard writes money: `12,345.67`.
+fn money(cents: i64) -> String {
+    let whole = (cents / 100).to_string();
+    let mut grouped = String::new();
+    for (i, digit) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    format!("{grouped}.{:02}", cents % 100)
+}
+
+/// The texts of the cells with `data-field="{field}"`, in page order.
+fn cells(html: &str, field: &str) -> Vec<String> {
+    let marker = format!("data-field=\"{field}\">");
+    html.match_indices(&marker)
+        .map(|(at, _)| {
+            let rest = &html[at + marker.len()..];
+            rest[..rest.find('<').unwrap_or(rest.len())].to_string()
+        })
+        .collect()
+}
+
+/// Runs headless Chromium on `url` with `extra` arguments; its stdout.
+fn chromium(url: &str, extra: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "--headless".to_string(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-quic".into(),
+        "--no-first-run".into(),
+        "--disable-background-networking".into(),
+        "--disable-component-update".into(),
+        "--disable-sync".into(),
+        format!("--user-data-dir={}", profile.path().display()),
+        "--virtual-time-budget=8000".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.push(url.to_string());
+    let output = std::process::Command::new("chromium").args(&args).output().unwrap();
+    assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn the_dashboard_draws_what_the_api_answers_in_headless_chromium() {
+    if !projector_tests::services::available("chromium") {
+        return;
+    }
+    let served = Served::start();
+    let url = format!("http://{}/", served.api.address);
+    let html = chromium(&url, &["--dump-dom"]);
+    assert!(html.contains("data-loaded=\"true\""), "the page did not finish loading:\n{html}");
+    assert!(!html.contains("<p id=\"error\">HTTP") && html.contains("<p id=\"error\"></p>"), "{html}");
+
+    // The page shows store 1 by default: the same numbers as the API.
+    let summary = served.get("/v1/stores/1/orders/summary?group_by=day").body;
+    let rows = summary["rows"].as_array().unwrap();
+    assert!(!rows.is_empty());
+    let sum = |field: &str| rows.iter().map(|r| r[field].as_i64().unwrap()).sum::<i64>();
+    assert!(html.contains(&format!("id=\"total-revenue\">{}<", money(sum("revenue_cents")))), "revenue:\n{html}");
+    assert!(html.contains(&format!("id=\"total-orders\">{}<", sum("order_count"))), "orders");
+    assert!(html.contains(&format!("id=\"total-cancelled\">{}<", sum("cancellation_count"))), "cancelled");
+    assert_eq!(html.matches("<rect ").count(), rows.len(), "one bar per day");
+
+    let top = served.get("/v1/stores/1/products/top?limit=10").body;
+    let products = top["products"].as_array().unwrap();
+    assert!(!products.is_empty());
+    let field = |list: &[Value], name: &str| -> Vec<String> { list.iter().map(|p| p[name].to_string()).collect() };
+    assert_eq!(cells(&html, "product_id"), field(products, "product_id"));
+    assert_eq!(cells(&html, "units_sold"), field(products, "units_sold"));
+    let revenue: Vec<String> = products.iter().map(|p| money(p["revenue_cents"].as_i64().unwrap())).collect();
+    assert_eq!(cells(&html, "revenue"), revenue);
+
+    let segments = served.get("/v1/stores/1/customers/segments").body;
+    let segments = segments["segments"].as_array().unwrap();
+    let names: Vec<String> = segments.iter().map(|s| s["segment"].as_str().unwrap().to_string()).collect();
+    assert_eq!(cells(&html, "segment"), names);
+    assert_eq!(cells(&html, "customers"), field(segments, "customers"));
+
+    // A screenshot, kept next to the test report.
+    let folder = std::env::var("PROJECTOR_TEST_REPORT")
+        .ok()
+        .and_then(|report| std::path::Path::new(&report).parent().map(std::path::Path::to_path_buf))
+        .unwrap_or_else(std::env::temp_dir);
+    let shot = folder.join("dashboard.png");
+    chromium(&url, &[&format!("--screenshot={}", shot.display()), "--window-size=1280,900"]);
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 10_000, "the screenshot {} is missing or empty", shot.display());
+    projector_tests::report(&format!("dashboard screenshot: {} ({size} bytes)", shot.display()));
+    served.api.stop();
+}
