@@ -138,12 +138,20 @@ pub trait DeadLetterSink: Send {
 /// name (indexes change when the config changes) and partition, e.g.
 /// `{"orders":{"0":1200,"1":1187}}`.
 pub fn positions_to_json(positions: &SourcePositions, source_names: &[String]) -> String {
-    let mut out: BTreeMap<&str, BTreeMap<String, u64>> = BTreeMap::new();
+    positions_to_value(positions, source_names).to_string()
+}
+
+/// [`positions_to_json`] as a JSON value, for a document that embeds it.
+pub fn positions_to_value(positions: &SourcePositions, source_names: &[String]) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
     for ((source, partition), next) in &positions.0 {
         let name = source_names.get(usize::from(*source)).map_or("?", String::as_str);
-        out.entry(name).or_default().insert(partition.to_string(), *next);
+        let entry = out.entry(name).or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+        if let serde_json::Value::Object(partitions) = entry {
+            partitions.insert(partition.to_string(), serde_json::Value::from(*next));
+        }
     }
-    serde_json::to_string(&out).unwrap_or_default()
+    serde_json::Value::Object(out)
 }
 
 /// Reads [`positions_to_json`]'s text back; sources no longer configured

@@ -183,14 +183,17 @@ type Held = (LogPosition, Result<(KeyedEvent, Timestamp), DeadLetter>);
 /// A sink, and the positions it reported at resume.
 type OpenedSink = (String, Box<dyn ViewSink>, Option<SourcePositions>);
 
-/// Sends decoded records into the dataflow at `time`.
+/// Sends decoded records into the dataflow at `time`, and keeps `latest`
+/// at the latest time records were sent at.
 fn send(
     events: &mut InputSession<u64, KeyedEvent, isize>,
     dead_letters: &mut InputHandleVec<u64, DeadLetter>,
     decoded: &mut Vec<KeyedEvent>,
     bad: &mut Vec<DeadLetter>,
     time: u64,
+    latest: &mut u64,
 ) {
+    *latest = (*latest).max(time);
     for event in decoded.drain(..) {
         events.update_at(event, time, 1);
     }
@@ -447,8 +450,7 @@ pub fn run(
                         // Resuming: batch `i` ends exactly at barrier `i`.
                         let finished = matches!(poll, Poll::Finished);
                         let mut time = phase[reader_index] as u64;
-                        latest_time = latest_time.max(time);
-                        send(events, dead_letters, &mut decoded, &mut bad, time);
+                        send(events, dead_letters, &mut decoded, &mut bad, time, &mut latest_time);
                         while let Some(barrier) = barriers.get(phase[reader_index])
                             && (finished || reached(&reader.positions(), barrier))
                         {
@@ -467,8 +469,7 @@ pub fn run(
                                 }
                             }
                             delivered += decoded.len() + bad.len();
-                            latest_time = latest_time.max(time);
-                            send(events, dead_letters, &mut decoded, &mut bad, time);
+                            send(events, dead_letters, &mut decoded, &mut bad, time, &mut latest_time);
                         }
                         epochs[reader_index] = Some(time);
                         continue;
@@ -489,8 +490,7 @@ pub fn run(
                         }
                     }
                     epochs[reader_index] = next;
-                    latest_time = latest_time.max(next.unwrap_or(current));
-                    send(events, dead_letters, &mut decoded, &mut bad, next.unwrap_or(current));
+                    send(events, dead_letters, &mut decoded, &mut bad, next.unwrap_or(current), &mut latest_time);
                 }
                 if !caught_up && readers.iter().all(|(_, reader)| reader.caught_up()) {
                     caught_up = true;

@@ -164,35 +164,33 @@ async fn place_order(
     Path(store): Path<String>,
     headers: HeaderMap,
     payload: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let caller = state.auth.caller(&headers, Right::Command)?;
-        let store_id = store_id(&store)?;
-        caller.check_store(store_id)?;
-        let service = commands(&state)?;
-        let key = idempotency_key(&headers)?;
-        let payload = body(payload)?;
-        Ok::<_, Response>(answer(service.place_order(store_id, &payload, key.as_deref()).await))
-    };
-    result.await.unwrap_or_else(|response| response)
+) -> Result<Response, Response> {
+    let caller = state.auth.caller(&headers, Right::Command)?;
+    let store_id = store_id(&store)?;
+    caller.check_store(store_id)?;
+    let service = commands(&state)?;
+    let key = idempotency_key(&headers)?;
+    let payload = body(payload)?;
+    Ok(answer(service.place_order(store_id, &payload, key.as_deref()).await))
 }
 
-async fn cancel_order(State(state): State<ApiState>, Path(order_id): Path<String>, headers: HeaderMap) -> Response {
-    let result = async {
-        let caller = state.auth.caller(&headers, Right::Command)?;
-        let service = commands(&state)?;
-        if caller.stores().is_some() {
-            // An order of a store outside the token is unknown to it: a 403
-            // would tell that the order exists.
-            match service.order_store(&order_id).await {
-                Some(store_id) if caller.check_store(store_id).is_ok() => {}
-                _ => return Err(error(404, format!("no order {order_id:?}"))),
-            }
+async fn cancel_order(
+    State(state): State<ApiState>,
+    Path(order_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Response> {
+    let caller = state.auth.caller(&headers, Right::Command)?;
+    let service = commands(&state)?;
+    if caller.stores().is_some() {
+        // An order of a store outside the token is unknown to it: a 403
+        // would tell that the order exists.
+        match service.order_store(&order_id).await {
+            Some(store_id) if caller.check_store(store_id).is_ok() => {}
+            _ => return Err(error(404, format!("no order {order_id:?}"))),
         }
-        let key = idempotency_key(&headers)?;
-        Ok::<_, Response>(answer(service.cancel_order(&order_id, key.as_deref()).await))
-    };
-    result.await.unwrap_or_else(|response| response)
+    }
+    let key = idempotency_key(&headers)?;
+    Ok(answer(service.cancel_order(&order_id, key.as_deref()).await))
 }
 
 async fn set_stock(
@@ -200,20 +198,17 @@ async fn set_stock(
     Path((store, sku)): Path<(String, String)>,
     headers: HeaderMap,
     payload: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let caller = state.auth.caller(&headers, Right::Command)?;
-        let store_id = store_id(&store)?;
-        caller.check_store(store_id)?;
-        let service = commands(&state)?;
-        if sku.is_empty() || sku.len() > 255 {
-            return Err(error(400, "the SKU in the path must be 1 to 255 characters"));
-        }
-        let key = idempotency_key(&headers)?;
-        let payload = body(payload)?;
-        Ok(answer(service.set_stock(store_id, &sku, &payload, key.as_deref()).await))
-    };
-    result.await.unwrap_or_else(|response| response)
+) -> Result<Response, Response> {
+    let caller = state.auth.caller(&headers, Right::Command)?;
+    let store_id = store_id(&store)?;
+    caller.check_store(store_id)?;
+    let service = commands(&state)?;
+    if sku.is_empty() || sku.len() > 255 {
+        return Err(error(400, "the SKU in the path must be 1 to 255 characters"));
+    }
+    let key = idempotency_key(&headers)?;
+    let payload = body(payload)?;
+    Ok(answer(service.set_stock(store_id, &sku, &payload, key.as_deref()).await))
 }
 
 /// Binds `listen` (so a taken port is an error before anything runs).

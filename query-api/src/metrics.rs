@@ -13,11 +13,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use projector_core::value::Timestamp;
@@ -116,29 +116,22 @@ impl Collector for Scraped {
             events.push((view.name.clone(), state.positions.total() as i64));
             rows.push((view.name.clone(), state.rows.len() as i64));
         }
-        let mut family = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "projector_view_freshness_seconds",
             "Age of the newest event each view reflects: how far it lags behind what happens",
-            None,
-            MetricType::Gauge,
+            "view",
+            freshness.into_iter().map(|(view, seconds)| (view, ConstGauge::new(seconds))),
         )?;
-        for (view, seconds) in &freshness {
-            ConstGauge::new(*seconds).encode(family.encode_family(&[("view", view.as_str())])?)?;
-        }
-        let mut family = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "projector_view_events",
             "Records of the log each view reflects (the sum of its next offsets)",
-            None,
-            MetricType::Gauge,
+            "view",
+            events.into_iter().map(|(view, count)| (view, ConstGauge::new(count))),
         )?;
-        for (view, count) in &events {
-            ConstGauge::new(*count).encode(family.encode_family(&[("view", view.as_str())])?)?;
-        }
-        let mut family =
-            encoder.encode_descriptor("projector_view_rows", "Rows each view holds", None, MetricType::Gauge)?;
-        for (view, count) in &rows {
-            ConstGauge::new(*count).encode(family.encode_family(&[("view", view.as_str())])?)?;
-        }
+        let rows = rows.into_iter().map(|(view, count)| (view, ConstGauge::new(count)));
+        family(&mut encoder, "projector_view_rows", "Rows each view holds", "view", rows)?;
         let Some(pipeline) = store.pipeline() else { return Ok(()) };
         let counter = ConstCounter::new(pipeline.events_read());
         counter.encode(encoder.encode_descriptor(
@@ -155,35 +148,44 @@ impl Collector for Scraped {
             MetricType::Counter,
         )?)?;
         let sinks = pipeline.sink_writes();
-        let mut family = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "projector_sink_writes",
             "Batches written, by sink",
-            None,
-            MetricType::Counter,
+            "sink",
+            sinks.iter().map(|(sink, writes, _, _)| (sink.clone(), ConstCounter::new(*writes))),
         )?;
-        for (sink, writes, _, _) in &sinks {
-            ConstCounter::new(*writes).encode(family.encode_family(&[("sink", sink.as_str())])?)?;
-        }
-        let mut family = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "projector_sink_write_seconds",
             "Seconds spent writing batches (retries included), by sink; with projector_sink_writes, the mean write latency",
-            None,
-            MetricType::Counter,
+            "sink",
+            sinks.iter().map(|(sink, _, seconds, _)| (sink.clone(), ConstCounter::new(*seconds))),
         )?;
-        for (sink, _, seconds, _) in &sinks {
-            ConstCounter::new(*seconds).encode(family.encode_family(&[("sink", sink.as_str())])?)?;
-        }
-        let mut family = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "projector_sink_write_errors",
             "Failed write attempts (each retried, or fatal), by sink",
-            None,
-            MetricType::Counter,
+            "sink",
+            sinks.iter().map(|(sink, _, _, errors)| (sink.clone(), ConstCounter::new(*errors))),
         )?;
-        for (sink, _, _, errors) in &sinks {
-            ConstCounter::new(*errors).encode(family.encode_family(&[("sink", sink.as_str())])?)?;
-        }
         Ok(())
     }
+}
+
+/// One metric family with one label: a value per label value.
+fn family<M: EncodeMetric + TypedMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Iterator<Item = (String, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, M::TYPE)?;
+    for (value, metric) in values {
+        metric.encode(family.encode_family(&[(label, value.as_str())])?)?;
+    }
+    Ok(())
 }
 
 /// Times every request, by method and matched route.

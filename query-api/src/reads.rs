@@ -82,6 +82,14 @@ fn store_reader<'a>(state: &'a ApiState, headers: &HeaderMap, store: &str) -> Re
     Ok((caller, store_id))
 }
 
+/// The declared view `name`; `404` naming the views there are.
+fn declared_view<'a>(store: &'a ServingStore, name: &str) -> Result<&'a Arc<ServingView>, Response> {
+    store.view(name).ok_or_else(|| {
+        let names: Vec<&str> = store.names().collect();
+        error(404, format!("no view {name:?}; this config declares: {}", names.join(", ")))
+    })
+}
+
 /// The view `name` with the fields a route needs, by index.
 fn seed_view<'a>(
     store: &'a ServingStore,
@@ -194,10 +202,10 @@ fn latest_date(state: &ViewState, prefix: &[Value], date: usize) -> Option<i32> 
 }
 
 /// The ETag of a view as of `freshness`.
-fn etag(view: &str, freshness: &Freshness) -> String {
+fn etag(view: &str, positions: &str) -> String {
     let mut hasher = DefaultHasher::new();
     view.hash(&mut hasher);
-    freshness.positions.hash(&mut hasher);
+    positions.hash(&mut hasher);
     format!("\"{:016x}\"", hasher.finish())
 }
 
@@ -213,7 +221,7 @@ fn not_modified(request: &HeaderMap, tag: &str) -> bool {
 
 fn freshness_json(freshness: &Freshness) -> Json {
     json!({
-        "positions": serde_json::from_str::<Json>(&freshness.positions).unwrap_or(Json::Null),
+        "positions": freshness.positions,
         "events": freshness.events as u64,
         "newest_event_at": freshness.newest_event_at.map(|t| t.to_rfc3339()),
         "newest_event_age_ms": freshness.newest_event_age_ms,
@@ -231,7 +239,8 @@ fn read(
 ) -> Response {
     let state = view.read();
     let freshness = store.freshness(&state);
-    let tag = etag(&view.name, &freshness);
+    let positions = freshness.positions.to_string();
+    let tag = etag(&view.name, &positions);
     let (status, body) = if not_modified(request, &tag) {
         (StatusCode::NOT_MODIFIED, None)
     } else {
@@ -256,7 +265,7 @@ fn read(
     };
     set("etag", tag);
     set("cache-control", "no-cache".into());
-    set("x-projector-positions", freshness.positions.clone());
+    set("x-projector-positions", positions);
     set("x-projector-events", freshness.events.to_string());
     if let Some(at) = freshness.newest_event_at {
         set("x-projector-newest-event-at", at.to_rfc3339());
@@ -273,55 +282,51 @@ pub async fn orders_summary(
     Path(store): Path<String>,
     uri: Uri,
     headers: HeaderMap,
-) -> Response {
-    let result = (|| {
-        let (_, store_id) = store_reader(&state, &headers, &store)?;
-        let store_reads = reads(&state)?;
-        let params = Params::parse(&uri, &["from", "to", "group_by"])?;
-        let by_day = match params.get("group_by").unwrap_or("day") {
-            "day" => true,
-            "overall" => false,
-            other => return Err(error(400, format!("group_by={other:?} is not known; use day or overall"))),
-        };
-        let fields = ["date", "order_count", "revenue_cents", "cancellation_count"];
-        let (view, index) = seed_view(store_reads, "order_summary", &fields)?;
-        let (date, orders, revenue, cancelled) = (index[0], index[1], index[2], index[3]);
-        Ok(read(store_reads, view, &headers, |state| {
-            let prefix = [Value::UInt(store_id)];
-            let (from, to) = date_range(&params, latest_date(state, &prefix, date))?;
-            let in_range = with_prefix(state, &prefix)
-                .filter(|(key, values)| matches!(at(key, values, date), Value::Date(day) if (from..=to).contains(day)));
-            let mut body = Map::new();
-            body.insert("store_id".into(), json!(store_id));
-            body.insert("from".into(), json!(format_date(from)));
-            body.insert("to".into(), json!(format_date(to)));
-            body.insert("group_by".into(), json!(if by_day { "day" } else { "overall" }));
-            if by_day {
-                let rows: Vec<Json> =
-                    in_range.map(|(key, values)| Json::Object(row_object(view, key, values))).collect();
-                body.insert("rows".into(), Json::Array(rows));
-            } else {
-                let (mut order_count, mut revenue_cents, mut cancellation_count) = (0i128, 0i128, 0i128);
-                for (key, values) in in_range {
-                    order_count += int(at(key, values, orders));
-                    revenue_cents += int(at(key, values, revenue));
-                    cancellation_count += int(at(key, values, cancelled));
-                }
-                let average = if order_count == 0 { 0 } else { revenue_cents / order_count };
-                body.insert(
-                    "total".into(),
-                    json!({
-                        "order_count": order_count as i64,
-                        "revenue_cents": revenue_cents as i64,
-                        "average_order_value_cents": average as i64,
-                        "cancellation_count": cancellation_count as i64,
-                    }),
-                );
+) -> Result<Response, Response> {
+    let (_, store_id) = store_reader(&state, &headers, &store)?;
+    let store_reads = reads(&state)?;
+    let params = Params::parse(&uri, &["from", "to", "group_by"])?;
+    let by_day = match params.get("group_by").unwrap_or("day") {
+        "day" => true,
+        "overall" => false,
+        other => return Err(error(400, format!("group_by={other:?} is not known; use day or overall"))),
+    };
+    let fields = ["date", "order_count", "revenue_cents", "cancellation_count"];
+    let (view, index) = seed_view(store_reads, "order_summary", &fields)?;
+    let (date, orders, revenue, cancelled) = (index[0], index[1], index[2], index[3]);
+    Ok(read(store_reads, view, &headers, |state| {
+        let prefix = [Value::UInt(store_id)];
+        let (from, to) = date_range(&params, latest_date(state, &prefix, date))?;
+        let in_range = with_prefix(state, &prefix)
+            .filter(|(key, values)| matches!(at(key, values, date), Value::Date(day) if (from..=to).contains(day)));
+        let mut body = Map::new();
+        body.insert("store_id".into(), json!(store_id));
+        body.insert("from".into(), json!(format_date(from)));
+        body.insert("to".into(), json!(format_date(to)));
+        body.insert("group_by".into(), json!(if by_day { "day" } else { "overall" }));
+        if by_day {
+            let rows: Vec<Json> = in_range.map(|(key, values)| Json::Object(row_object(view, key, values))).collect();
+            body.insert("rows".into(), Json::Array(rows));
+        } else {
+            let (mut order_count, mut revenue_cents, mut cancellation_count) = (0i128, 0i128, 0i128);
+            for (key, values) in in_range {
+                order_count += int(at(key, values, orders));
+                revenue_cents += int(at(key, values, revenue));
+                cancellation_count += int(at(key, values, cancelled));
             }
-            Ok(body)
-        }))
-    })();
-    result.unwrap_or_else(|response| response)
+            let average = if order_count == 0 { 0 } else { revenue_cents / order_count };
+            body.insert(
+                "total".into(),
+                json!({
+                    "order_count": order_count as i64,
+                    "revenue_cents": revenue_cents as i64,
+                    "average_order_value_cents": average as i64,
+                    "cancellation_count": cancellation_count as i64,
+                }),
+            );
+        }
+        Ok(body)
+    }))
 }
 
 /// `GET /v1/stores/{store_id}/products/top?from=&to=&limit=50`
@@ -330,52 +335,49 @@ pub async fn top_products(
     Path(store): Path<String>,
     uri: Uri,
     headers: HeaderMap,
-) -> Response {
-    let result = (|| {
-        let (_, store_id) = store_reader(&state, &headers, &store)?;
-        let store_reads = reads(&state)?;
-        let params = Params::parse(&uri, &["from", "to", "limit"])?;
-        let limit = limit(&params, 50, MAX_TOP_PRODUCTS)?;
-        let fields = ["product_id", "date", "units_sold", "revenue_cents", "order_count"];
-        let (view, index) = seed_view(store_reads, "product_sales", &fields)?;
-        Ok(read(store_reads, view, &headers, |state| {
-            let prefix = [Value::UInt(store_id)];
-            let (from, to) = date_range(&params, latest_date(state, &prefix, index[1]))?;
-            // product_id -> (units, revenue, orders)
-            let mut products: BTreeMap<&Value, (i128, i128, i128)> = BTreeMap::new();
-            for (key, values) in with_prefix(state, &prefix) {
-                if !matches!(at(key, values, index[1]), Value::Date(day) if (from..=to).contains(day)) {
-                    continue;
-                }
-                let entry = products.entry(at(key, values, index[0])).or_default();
-                entry.0 += int(at(key, values, index[2]));
-                entry.1 += int(at(key, values, index[3]));
-                entry.2 += int(at(key, values, index[4]));
+) -> Result<Response, Response> {
+    let (_, store_id) = store_reader(&state, &headers, &store)?;
+    let store_reads = reads(&state)?;
+    let params = Params::parse(&uri, &["from", "to", "limit"])?;
+    let limit = limit(&params, 50, MAX_TOP_PRODUCTS)?;
+    let fields = ["product_id", "date", "units_sold", "revenue_cents", "order_count"];
+    let (view, index) = seed_view(store_reads, "product_sales", &fields)?;
+    Ok(read(store_reads, view, &headers, |state| {
+        let prefix = [Value::UInt(store_id)];
+        let (from, to) = date_range(&params, latest_date(state, &prefix, index[1]))?;
+        // product_id -> (units, revenue, orders)
+        let mut products: BTreeMap<&Value, (i128, i128, i128)> = BTreeMap::new();
+        for (key, values) in with_prefix(state, &prefix) {
+            if !matches!(at(key, values, index[1]), Value::Date(day) if (from..=to).contains(day)) {
+                continue;
             }
-            let mut ranked: Vec<(&Value, (i128, i128, i128))> = products.into_iter().collect();
-            // Revenue descending, ties by product id ascending.
-            ranked.sort_by(|a, b| b.1.1.cmp(&a.1.1).then_with(|| a.0.cmp(b.0)));
-            let top: Vec<Json> = ranked
-                .into_iter()
-                .take(limit)
-                .map(|(product, (units, revenue, orders))| {
-                    json!({
-                        "product_id": product.to_json(),
-                        "units_sold": units as i64,
-                        "revenue_cents": revenue as i64,
-                        "order_count": orders as i64,
-                    })
+            let entry = products.entry(at(key, values, index[0])).or_default();
+            entry.0 += int(at(key, values, index[2]));
+            entry.1 += int(at(key, values, index[3]));
+            entry.2 += int(at(key, values, index[4]));
+        }
+        let mut ranked: Vec<(&Value, (i128, i128, i128))> = products.into_iter().collect();
+        // Revenue descending, ties by product id ascending.
+        ranked.sort_by(|a, b| b.1.1.cmp(&a.1.1).then_with(|| a.0.cmp(b.0)));
+        let top: Vec<Json> = ranked
+            .into_iter()
+            .take(limit)
+            .map(|(product, (units, revenue, orders))| {
+                json!({
+                    "product_id": product.to_json(),
+                    "units_sold": units as i64,
+                    "revenue_cents": revenue as i64,
+                    "order_count": orders as i64,
                 })
-                .collect();
-            let mut body = Map::new();
-            body.insert("store_id".into(), json!(store_id));
-            body.insert("from".into(), json!(format_date(from)));
-            body.insert("to".into(), json!(format_date(to)));
-            body.insert("products".into(), Json::Array(top));
-            Ok(body)
-        }))
-    })();
-    result.unwrap_or_else(|response| response)
+            })
+            .collect();
+        let mut body = Map::new();
+        body.insert("store_id".into(), json!(store_id));
+        body.insert("from".into(), json!(format_date(from)));
+        body.insert("to".into(), json!(format_date(to)));
+        body.insert("products".into(), Json::Array(top));
+        Ok(body)
+    }))
 }
 
 /// `GET /v1/stores/{store_id}/customers/{customer_id}`
@@ -384,27 +386,24 @@ pub async fn customer(
     Path((store, customer)): Path<(String, String)>,
     uri: Uri,
     headers: HeaderMap,
-) -> Response {
-    let result = (|| {
-        let (_, store_id) = store_reader(&state, &headers, &store)?;
-        let store_reads = reads(&state)?;
-        let customer_id: u64 = customer
-            .parse()
-            .map_err(|_| error(400, format!("customer id {customer:?} in the path is not a whole number")))?;
-        Params::parse(&uri, &[])?;
-        let (view, _) = seed_view(store_reads, "customer_ltv", &["customer_id"])?;
-        if view.key_len != 2 || view.fields[1].0 != "customer_id" {
-            return Err(error(404, "the view \"customer_ltv\" of this config is not keyed by store_id, customer_id"));
+) -> Result<Response, Response> {
+    let (_, store_id) = store_reader(&state, &headers, &store)?;
+    let store_reads = reads(&state)?;
+    let customer_id: u64 = customer
+        .parse()
+        .map_err(|_| error(400, format!("customer id {customer:?} in the path is not a whole number")))?;
+    Params::parse(&uri, &[])?;
+    let (view, _) = seed_view(store_reads, "customer_ltv", &["customer_id"])?;
+    if view.key_len != 2 || view.fields[1].0 != "customer_id" {
+        return Err(error(404, "the view \"customer_ltv\" of this config is not keyed by store_id, customer_id"));
+    }
+    Ok(read(store_reads, view, &headers, |state| {
+        let key: Row = vec![Value::UInt(store_id), Value::UInt(customer_id)].into();
+        match state.rows.get_key_value(&key) {
+            Some((key, values)) => Ok(row_object(view, key, values)),
+            None => Err(error(404, format!("store {store_id} has no customer {customer_id} with an order"))),
         }
-        Ok(read(store_reads, view, &headers, |state| {
-            let key: Row = vec![Value::UInt(store_id), Value::UInt(customer_id)].into();
-            match state.rows.get_key_value(&key) {
-                Some((key, values)) => Ok(row_object(view, key, values)),
-                None => Err(error(404, format!("store {store_id} has no customer {customer_id} with an order"))),
-            }
-        }))
-    })();
-    result.unwrap_or_else(|response| response)
+    }))
 }
 
 /// `GET /v1/stores/{store_id}/customers/segments`
@@ -413,37 +412,34 @@ pub async fn segments(
     Path(store): Path<String>,
     uri: Uri,
     headers: HeaderMap,
-) -> Response {
-    let result = (|| {
-        let (_, store_id) = store_reader(&state, &headers, &store)?;
-        let store_reads = reads(&state)?;
-        Params::parse(&uri, &[])?;
-        let (view, index) = seed_view(store_reads, "customer_ltv", &["segment", "lifetime_value_cents"])?;
-        Ok(read(store_reads, view, &headers, |state| {
-            let mut segments: BTreeMap<String, (u64, i128)> = BTreeMap::new();
-            for (key, values) in with_prefix(state, &[Value::UInt(store_id)]) {
-                let segment = match at(key, values, index[0]) {
-                    Value::Text(text) => text.to_string(),
-                    Value::Null => String::new(),
-                    other => other.to_json().to_string(),
-                };
-                let entry = segments.entry(segment).or_default();
-                entry.0 += 1;
-                entry.1 += int(at(key, values, index[1]));
-            }
-            let list: Vec<Json> = segments
-                .into_iter()
-                .map(|(segment, (customers, value))| {
-                    json!({"segment": segment, "customers": customers, "lifetime_value_cents": value as i64})
-                })
-                .collect();
-            let mut body = Map::new();
-            body.insert("store_id".into(), json!(store_id));
-            body.insert("segments".into(), Json::Array(list));
-            Ok(body)
-        }))
-    })();
-    result.unwrap_or_else(|response| response)
+) -> Result<Response, Response> {
+    let (_, store_id) = store_reader(&state, &headers, &store)?;
+    let store_reads = reads(&state)?;
+    Params::parse(&uri, &[])?;
+    let (view, index) = seed_view(store_reads, "customer_ltv", &["segment", "lifetime_value_cents"])?;
+    Ok(read(store_reads, view, &headers, |state| {
+        let mut segments: BTreeMap<String, (u64, i128)> = BTreeMap::new();
+        for (key, values) in with_prefix(state, &[Value::UInt(store_id)]) {
+            let segment = match at(key, values, index[0]) {
+                Value::Text(text) => text.to_string(),
+                Value::Null => String::new(),
+                other => other.to_json().to_string(),
+            };
+            let entry = segments.entry(segment).or_default();
+            entry.0 += 1;
+            entry.1 += int(at(key, values, index[1]));
+        }
+        let list: Vec<Json> = segments
+            .into_iter()
+            .map(|(segment, (customers, value))| {
+                json!({"segment": segment, "customers": customers, "lifetime_value_cents": value as i64})
+            })
+            .collect();
+        let mut body = Map::new();
+        body.insert("store_id".into(), json!(store_id));
+        body.insert("segments".into(), Json::Array(list));
+        Ok(body)
+    }))
 }
 
 /// `GET /v1/orders/{order_id}`: the order's current state.
@@ -452,31 +448,28 @@ pub async fn order(
     Path(order_id): Path<String>,
     uri: Uri,
     headers: HeaderMap,
-) -> Response {
-    let result = (|| {
-        let caller = state.auth.caller(&headers, Right::Read)?;
-        let store_reads = reads(&state)?;
-        Params::parse(&uri, &[])?;
-        let view = store_reads.orders();
-        Ok(read(store_reads, view, &headers, |orders| {
-            let key: Row = vec![Value::Text(order_id.as_str().into())].into();
-            let found = orders.rows.get_key_value(&key).filter(|(_, values)| match values.first() {
-                // An order of a store outside the token is unknown to it.
-                Some(Value::UInt(store_id)) => caller.check_store(*store_id).is_ok(),
-                _ => false,
-            });
-            let Some((key, values)) = found else {
-                return Err(error(404, format!("no order {order_id:?} (yet: the views may not have read it)")));
-            };
-            let mut body = row_object(view, key, values);
-            if let Some(Json::String(items)) = body.get("line_items") {
-                let items: Json = serde_json::from_str(items).unwrap_or(Json::Null);
-                body.insert("line_items".into(), items);
-            }
-            Ok(body)
-        }))
-    })();
-    result.unwrap_or_else(|response| response)
+) -> Result<Response, Response> {
+    let caller = state.auth.caller(&headers, Right::Read)?;
+    let store_reads = reads(&state)?;
+    Params::parse(&uri, &[])?;
+    let view = store_reads.orders();
+    Ok(read(store_reads, view, &headers, |orders| {
+        let key: Row = vec![Value::Text(order_id.as_str().into())].into();
+        let found = orders.rows.get_key_value(&key).filter(|(_, values)| match values.first() {
+            // An order of a store outside the token is unknown to it.
+            Some(Value::UInt(store_id)) => caller.check_store(*store_id).is_ok(),
+            _ => false,
+        });
+        let Some((key, values)) = found else {
+            return Err(error(404, format!("no order {order_id:?} (yet: the views may not have read it)")));
+        };
+        let mut body = row_object(view, key, values);
+        if let Some(Json::String(items)) = body.get("line_items") {
+            let items: Json = serde_json::from_str(items).unwrap_or(Json::Null);
+            body.insert("line_items".into(), items);
+        }
+        Ok(body)
+    }))
 }
 
 fn limit(params: &Params, default: usize, max: usize) -> Result<usize, Response> {
@@ -497,60 +490,54 @@ pub async fn view_rows(
     Path(name): Path<String>,
     uri: Uri,
     headers: HeaderMap,
-) -> Response {
-    let result = (|| {
-        let caller = state.auth.caller(&headers, Right::Read)?;
-        let store_reads = reads(&state)?;
-        let view = store_reads.view(&name).ok_or_else(|| {
-            let names: Vec<&str> = store_reads.names().collect();
-            error(404, format!("no view {name:?}; this config declares: {}", names.join(", ")))
-        })?;
-        let mut allowed: Vec<&str> = view.key_names().collect();
-        allowed.extend(["limit", "after"]);
-        let params = Params::parse(&uri, &allowed)?;
-        let limit = limit(&params, DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS)?;
-        let filter = RowFilter::new(view, &params, &caller)?;
-        let after = match params.get("after") {
-            None => None,
-            Some(text) => Some(cursor(view, text)?),
-        };
-        Ok(read(store_reads, view, &headers, |state| {
-            let matching = with_prefix(state, &filter.prefix())
-                .filter(|(key, _)| after.as_ref().is_none_or(|after| *key > after))
-                .filter(|(key, _)| filter.matches(key));
-            let mut rows = Vec::new();
-            let mut last: Option<&Row> = None;
-            let mut more = false;
-            for (key, values) in matching {
-                if rows.len() == limit {
-                    more = true;
-                    break;
-                }
-                rows.push(Json::Object(row_object(view, key, values)));
-                last = Some(key);
+) -> Result<Response, Response> {
+    let caller = state.auth.caller(&headers, Right::Read)?;
+    let store_reads = reads(&state)?;
+    let view = declared_view(store_reads, &name)?;
+    let mut allowed: Vec<&str> = view.key_names().collect();
+    allowed.extend(["limit", "after"]);
+    let params = Params::parse(&uri, &allowed)?;
+    let limit = limit(&params, DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS)?;
+    let filter = RowFilter::new(view, &params, &caller)?;
+    let after = match params.get("after") {
+        None => None,
+        Some(text) => Some(cursor(view, text)?),
+    };
+    Ok(read(store_reads, view, &headers, |state| {
+        let matching = with_prefix(state, &filter.prefix())
+            .filter(|(key, _)| after.as_ref().is_none_or(|after| *key > after))
+            .filter(|(key, _)| filter.matches(key));
+        let mut rows = Vec::new();
+        let mut last: Option<&Row> = None;
+        let mut more = false;
+        for (key, values) in matching {
+            if rows.len() == limit {
+                more = true;
+                break;
             }
-            let next = match (more, last) {
-                (true, Some(key)) => {
-                    let token = Json::Array(key.iter().map(Value::to_json).collect()).to_string();
-                    let mut query = form_urlencoded::Serializer::new(String::new());
-                    for (name, value) in &params.0 {
-                        if name != "after" {
-                            query.append_pair(name, value);
-                        }
+            rows.push(Json::Object(row_object(view, key, values)));
+            last = Some(key);
+        }
+        let next = match (more, last) {
+            (true, Some(key)) => {
+                let token = Json::Array(key.iter().map(Value::to_json).collect()).to_string();
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                for (name, value) in &params.0 {
+                    if name != "after" {
+                        query.append_pair(name, value);
                     }
-                    query.append_pair("after", &token);
-                    Json::String(format!("{}?{}", uri.path(), query.finish()))
                 }
-                _ => Json::Null,
-            };
-            let mut body = Map::new();
-            body.insert("view".into(), json!(view.name));
-            body.insert("rows".into(), Json::Array(rows));
-            body.insert("next".into(), next);
-            Ok(body)
-        }))
-    })();
-    result.unwrap_or_else(|response| response)
+                query.append_pair("after", &token);
+                Json::String(format!("{}?{}", uri.path(), query.finish()))
+            }
+            _ => Json::Null,
+        };
+        let mut body = Map::new();
+        body.insert("view".into(), json!(view.name));
+        body.insert("rows".into(), Json::Array(rows));
+        body.insert("next".into(), next);
+        Ok(body)
+    }))
 }
 
 /// Most rows the snapshot that opens a change stream may hold.
@@ -567,67 +554,61 @@ pub async fn view_changes(
     Path(name): Path<String>,
     uri: Uri,
     headers: HeaderMap,
-) -> Response {
-    let result = (|| {
-        let caller = state.auth.caller(&headers, Right::Read)?;
-        let store_reads = Arc::clone(reads(&state)?);
-        let view = Arc::clone(store_reads.view(&name).ok_or_else(|| {
-            let names: Vec<&str> = store_reads.names().collect();
-            error(404, format!("no view {name:?}; this config declares: {}", names.join(", ")))
-        })?);
-        let allowed: Vec<&str> = view.key_names().collect();
-        let params = Params::parse(&uri, &allowed)?;
-        let filter = RowFilter::new(&view, &params, &caller)?;
-        let (snapshot, receiver) = view.subscribe();
-        let rows: Vec<Json> = with_prefix(&snapshot, &filter.prefix())
-            .filter(|(key, _)| filter.matches(key))
-            .take(MAX_SNAPSHOT_ROWS + 1)
-            .map(|(key, values)| Json::Object(row_object(&view, key, values)))
-            .collect();
-        let freshness = store_reads.freshness(&snapshot);
-        drop(snapshot);
-        if rows.len() > MAX_SNAPSHOT_ROWS {
-            return Err(error(
-                400,
-                format!("more than {MAX_SNAPSHOT_ROWS} rows of {name:?} match; narrow the stream with key filters"),
-            ));
-        }
-        let first = json!({"view": view.name, "rows": rows, "freshness": freshness_json(&freshness)});
-        let first = Event::default().event("snapshot").data(first.to_string());
-        let closing = state.closing.clone();
-        let later = futures_util::stream::unfold(
-            Some((receiver, view, store_reads, filter, closing)),
-            |stream| async move {
-                let (mut receiver, view, store, filter, mut closing) = stream?;
-                loop {
-                    let received = tokio::select! {
-                        received = receiver.recv() => received,
-                        _ = closing.wait_for(|closing| *closing) => return None,
-                    };
-                    match received {
-                        Ok(batch) => {
-                            let ops = change_ops(&view, &batch.changes, &filter);
-                            if ops.is_empty() {
-                                continue;
-                            }
-                            let freshness = store.freshness_of(&batch.positions, batch.newest_event_at);
-                            let data = json!({"changes": ops, "freshness": freshness_json(&freshness)});
-                            let event = Event::default().event("changes").data(data.to_string());
-                            return Some((Ok::<_, Infallible>(event), Some((receiver, view, store, filter, closing))));
+) -> Result<Response, Response> {
+    let caller = state.auth.caller(&headers, Right::Read)?;
+    let store_reads = Arc::clone(reads(&state)?);
+    let view = Arc::clone(declared_view(&store_reads, &name)?);
+    let allowed: Vec<&str> = view.key_names().collect();
+    let params = Params::parse(&uri, &allowed)?;
+    let filter = RowFilter::new(&view, &params, &caller)?;
+    let (snapshot, receiver) = view.subscribe();
+    let rows: Vec<Json> = with_prefix(&snapshot, &filter.prefix())
+        .filter(|(key, _)| filter.matches(key))
+        .take(MAX_SNAPSHOT_ROWS + 1)
+        .map(|(key, values)| Json::Object(row_object(&view, key, values)))
+        .collect();
+    let freshness = store_reads.freshness(&snapshot);
+    drop(snapshot);
+    if rows.len() > MAX_SNAPSHOT_ROWS {
+        return Err(error(
+            400,
+            format!("more than {MAX_SNAPSHOT_ROWS} rows of {name:?} match; narrow the stream with key filters"),
+        ));
+    }
+    let first = json!({"view": view.name, "rows": rows, "freshness": freshness_json(&freshness)});
+    let first = Event::default().event("snapshot").data(first.to_string());
+    let closing = state.closing.clone();
+    let later = futures_util::stream::unfold(
+        Some((receiver, view, store_reads, filter, closing)),
+        |stream| async move {
+            let (mut receiver, view, store, filter, mut closing) = stream?;
+            loop {
+                let received = tokio::select! {
+                    received = receiver.recv() => received,
+                    _ = closing.wait_for(|closing| *closing) => return None,
+                };
+                match received {
+                    Ok(batch) => {
+                        let ops = change_ops(&view, &batch.changes, &filter);
+                        if ops.is_empty() {
+                            continue;
                         }
-                        Err(RecvError::Lagged(missed)) => {
-                            let data = json!({"error": format!("this stream fell {missed} batches behind; reconnect for a new snapshot")});
-                            return Some((Ok(Event::default().event("lagged").data(data.to_string())), None));
-                        }
-                        Err(RecvError::Closed) => return None,
+                        let freshness = store.freshness_of(&batch.positions, batch.newest_event_at);
+                        let data = json!({"changes": ops, "freshness": freshness_json(&freshness)});
+                        let event = Event::default().event("changes").data(data.to_string());
+                        return Some((Ok::<_, Infallible>(event), Some((receiver, view, store, filter, closing))));
                     }
+                    Err(RecvError::Lagged(missed)) => {
+                        let data = json!({"error": format!("this stream fell {missed} batches behind; reconnect for a new snapshot")});
+                        return Some((Ok(Event::default().event("lagged").data(data.to_string())), None));
+                    }
+                    Err(RecvError::Closed) => return None,
                 }
-            },
-        );
-        let events = futures_util::stream::once(std::future::ready(Ok(first))).chain(later);
-        Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
-    })();
-    result.unwrap_or_else(|response| response)
+            }
+        },
+    );
+    let events = futures_util::stream::once(std::future::ready(Ok(first))).chain(later);
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
 /// The changes of one batch a stream shows: per key, an upsert of its new

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use projector_core::config::PipelinePlan;
 use projector_core::order::ORDER_FIELDS;
-use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewChange, ViewSink, positions_to_json};
+use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewChange, ViewSink, positions_to_value};
 use projector_core::value::{FieldType, Row, Timestamp, Value};
 
 /// What one view holds as of one completed batch.
@@ -233,7 +233,7 @@ impl ServingStore {
     pub fn freshness_of(&self, positions: &SourcePositions, newest: Option<Timestamp>) -> Freshness {
         let now = Timestamp::now().0;
         Freshness {
-            positions: positions_to_json(positions, &self.source_names),
+            positions: positions_to_value(positions, &self.source_names),
             events: positions.total(),
             newest_event_at: newest,
             newest_event_age_ms: newest.map(|at| ((now - at.0).max(0) / 1_000_000) as u64),
@@ -245,8 +245,8 @@ impl ServingStore {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Freshness {
     /// The log position the answer reflects: next offset per source and
-    /// partition, as JSON (`{"events": {"0": 1200, "1": 1187}}`).
-    pub positions: String,
+    /// partition (`{"events": {"0": 1200, "1": 1187}}`).
+    pub positions: serde_json::Value,
     /// The sum of those offsets (records read), a number that only grows.
     pub events: u128,
     /// The latest `occurred_at` of the events reflected.

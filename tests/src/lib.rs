@@ -110,3 +110,22 @@ pub fn report(line: &str) {
         let _ = writeln!(file, "{line}");
     }
 }
+
+/// An API token of `secret` for `stores` (`None`: all) with the read
+/// and/or command right, without a rate limit.
+pub fn token_config(
+    name: &str,
+    secret: &str,
+    stores: Option<Vec<u64>>,
+    read: bool,
+    command: bool,
+) -> projector_core::config::TokenConfig {
+    projector_core::config::TokenConfig {
+        name: name.into(),
+        secret: projector_core::config::SecretSource::Value(secret.into()),
+        stores,
+        read,
+        command,
+        rate_limit: None,
+    }
+}

@@ -310,16 +310,8 @@ fn the_pipeline_follows_commands_live() {
 
 #[test]
 fn tokens_scope_commands_to_their_stores() {
-    use projector_core::config::{SecretSource, TokenConfig};
     use projector_query_api::auth::Auth;
-    let token = |name: &str, secret: &str, stores: Option<Vec<u64>>, read: bool, command: bool| TokenConfig {
-        name: name.into(),
-        secret: SecretSource::Value(secret.into()),
-        stores,
-        read,
-        command,
-        rate_limit: None,
-    };
+    use projector_tests::token_config as token;
     let (store_7, store_8, reader) =
         ("store-seven-commands-0123456789", "store-eight-commands-0123456789", "read-only-secret-0123456789");
     let auth = Auth::new(&[

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use projector::http_client::{ApiClient, ApiReply};
 use projector::{api, components};
-use projector_core::config::check_text;
-use projector_core::config::{SecretSource, TokenConfig};
+use projector_core::config::{PipelinePlan, check_text};
 use projector_core::event::decode_event;
 use projector_dataflows::runner::{Outputs, RunOptions, run};
 use projector_datagen::{Generator, GeneratorConfig};
 use projector_query_api::auth::Auth;
+use projector_query_api::serving::ServingStore;
 use projector_source_file::FileSource;
 use projector_tests::{reference, shipped_views_yaml};
 use serde_json::{Value, json};
@@ -302,16 +302,7 @@ const STORE_1: &str = "store-one-secret-0123456789";
 const EVERY_STORE: &str = "every-store-secret-0123456789";
 const COMMANDS_ONLY: &str = "commands-only-secret-0123456789";
 
-fn token(name: &str, secret: &str, stores: Option<Vec<u64>>, read: bool, command: bool) -> TokenConfig {
-    TokenConfig {
-        name: name.into(),
-        secret: SecretSource::Value(secret.into()),
-        stores,
-        read,
-        command,
-        rate_limit: None,
-    }
-}
+use projector_tests::token_config as token;
 
 #[test]
 fn a_token_reads_only_its_stores_and_needs_the_read_right() {
@@ -440,6 +431,53 @@ fn tokens_are_declared_in_yaml_with_secrets_that_never_show() {
     }
 }
 
+/// The shipped views over a Kafka topic, served by an API; the pipeline
+/// starts with [`KafkaServed::run`].
+struct KafkaServed {
+    store: Arc<ServingStore>,
+    api: api::ApiServer,
+    pending: Option<(PipelinePlan, Outputs, RunOptions)>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pipeline: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl KafkaServed {
+    fn start(topic: &str, auth: Auth) -> KafkaServed {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "version: 1\nsources:\n  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n{}",
+            projector_tests::kafka::brokers(),
+            shipped_views_yaml()
+        );
+        let plan = check_text(&text, "kafka.yaml", dir.path()).unwrap();
+        let mut outputs = Outputs { view_sinks: plan.views.iter().map(|_| Vec::new()).collect(), ..Outputs::default() };
+        let store = components::serve_views(&plan, &mut outputs);
+        let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
+        components::watch_run(&store, &options.progress);
+        let api = api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(Arc::clone(&store)), auth).unwrap();
+        let stop = Arc::clone(&options.stop);
+        KafkaServed { store, api, pending: Some((plan, outputs, options)), stop, pipeline: None, _dir: dir }
+    }
+
+    /// Starts the pipeline.
+    fn run(&mut self) {
+        let (plan, outputs, options) = self.pending.take().unwrap();
+        self.pipeline = Some(std::thread::spawn(move || {
+            let sources = components::sources(&plan);
+            run(Arc::new(plan), sources, outputs, options).unwrap();
+        }));
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(pipeline) = self.pipeline.take() {
+            pipeline.join().unwrap();
+        }
+        self.api.stop();
+    }
+}
+
 #[test]
 fn readyz_waits_until_the_views_reflect_the_log_seen_at_start() {
     use projector_tests::kafka;
@@ -448,33 +486,16 @@ fn readyz_waits_until_the_views_reflect_the_log_seen_at_start() {
     let records: Vec<(String, String)> = Generator::new(config).map(|r| (r.key, r.line)).collect();
     let lines: Vec<String> = records.iter().map(|(_, line)| line.clone()).collect();
     kafka::append(&topic, records);
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "version: 1\nsources:\n  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n{}api:\n  listen: 127.0.0.1:0\n",
-        kafka::brokers(),
-        shipped_views_yaml()
-    );
-    let plan = check_text(&text, "ready.yaml", dir.path()).unwrap();
-    let mut outputs = Outputs { view_sinks: plan.views.iter().map(|_| Vec::new()).collect(), ..Outputs::default() };
-    let store = components::serve_views(&plan, &mut outputs);
-    let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
-    let progress = Arc::clone(&options.progress);
-    store.set_caught_up(Box::new(move || progress.caught_up_upper()));
-    let api = api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(Arc::clone(&store)), Auth::default())
-        .unwrap();
+    let mut served = KafkaServed::start(&topic, Auth::default());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let client = ApiClient::new(api.address);
+    let client = ApiClient::new(served.api.address);
     let get = |path: &str| runtime.block_on(client.get(path, &[])).unwrap();
     // Not ready before the pipeline ran at all.
     let reply = get("/readyz");
     assert_eq!(reply.status, 503, "{:?}", reply.body);
     assert_eq!(reply.body["status"], "catching up");
 
-    let stop = Arc::clone(&options.stop);
-    let pipeline = std::thread::spawn(move || {
-        let source = components::sources(&plan);
-        run(Arc::new(plan), source, outputs, options).unwrap()
-    });
+    served.run();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut saw_catching_up = false;
     loop {
@@ -495,9 +516,7 @@ fn readyz_waits_until_the_views_reflect_the_log_seen_at_start() {
     let summary = get("/v1/views/order_summary?limit=1000");
     assert_eq!(summary.body["rows"].as_array().unwrap(), &reference::order_summary(&log.orders));
     assert!(saw_catching_up, "the pipeline was ready before it read anything");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    pipeline.join().unwrap();
-    api.stop();
+    served.stop();
 }
 
 /// Server-Sent Events read off a raw HTTP/1.0 connection (so the body is
@@ -555,33 +574,17 @@ fn a_change_stream_brings_a_snapshot_and_every_later_change_of_the_callers_store
     let lines: Vec<String> = records.iter().map(|(_, line)| line.clone()).collect();
     let half = records.len() / 2;
     kafka::append(&topic, records[..half].to_vec());
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "version: 1\nsources:\n  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n{}",
-        kafka::brokers(),
-        shipped_views_yaml()
-    );
-    let plan = check_text(&text, "stream.yaml", dir.path()).unwrap();
-    let mut outputs = Outputs { view_sinks: plan.views.iter().map(|_| Vec::new()).collect(), ..Outputs::default() };
-    let store = components::serve_views(&plan, &mut outputs);
-    let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
-    let progress = Arc::clone(&options.progress);
-    store.set_caught_up(Box::new(move || progress.caught_up_upper()));
     let auth = Auth::new(&[token("store_one", STORE_1, Some(vec![1]), true, false)]).unwrap();
-    let api = api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(Arc::clone(&store)), auth).unwrap();
-    let stop = Arc::clone(&options.stop);
-    let pipeline = std::thread::spawn(move || {
-        let source = components::sources(&plan);
-        run(Arc::new(plan), source, outputs, options).unwrap()
-    });
+    let mut served = KafkaServed::start(&topic, auth);
+    served.run();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while store.readiness().is_err() {
+    while served.store.readiness().is_err() {
         assert!(std::time::Instant::now() < deadline, "never ready");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 
     // No filter: store 1's token streams store 1's rows only.
-    let mut stream = EventStream::open(api.address, "/v1/views/customer_ltv/changes", STORE_1);
+    let mut stream = EventStream::open(served.api.address, "/v1/views/customer_ltv/changes", STORE_1);
     let (event, snapshot) = stream.next();
     assert_eq!(event, "snapshot");
     let key = |row: &Value| (row["store_id"].as_u64().unwrap(), row["customer_id"].as_u64().unwrap());
@@ -617,9 +620,7 @@ fn a_change_stream_brings_a_snapshot_and_every_later_change_of_the_callers_store
         batches += 1;
     }
     assert!(batches >= 1);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    pipeline.join().unwrap();
-    api.stop();
+    served.stop();
 }
 
 #[test]

@@ -216,8 +216,7 @@ impl RedisViewSink {
 
     /// Queues a row's hash and ranking entries.
     fn queue_row(&self, pipe: &mut redis::Pipeline, key: &Row, values: &Row) {
-        let mut hash_key = self.prefix.clone();
-        self.key.render_into(key, &mut hash_key);
+        let hash_key = self.hash_key(key);
         let mut fields: Vec<(&str, String)> = Vec::with_capacity(key.len() + values.len());
         for (name, value) in self.key_fields.iter().zip(key.iter()).chain(self.value_fields.iter().zip(values.iter())) {
             if *value != Value::Null {
@@ -249,13 +248,19 @@ impl RedisViewSink {
 
     /// Queues the removal of a row that is gone.
     fn queue_removal(&self, pipe: &mut redis::Pipeline, key: &Row) {
-        let mut hash_key = self.prefix.clone();
-        self.key.render_into(key, &mut hash_key);
+        let hash_key = self.hash_key(key);
         pipe.del(hash_key).ignore();
         for ranking in &self.rankings {
             let (set, member) = self.ranking_entry(ranking, key);
             pipe.zrem(set, member).ignore();
         }
+    }
+
+    /// The Redis key of a row's hash.
+    fn hash_key(&self, key: &Row) -> String {
+        let mut hash_key = self.prefix.clone();
+        self.key.render_into(key, &mut hash_key);
+        hash_key
     }
 
     fn ranking_entry(&self, ranking: &Ranking, key: &Row) -> (String, String) {
@@ -268,8 +273,7 @@ impl RedisViewSink {
     /// ranking entries whose score changed. The hash holds the old values
     /// (the sink's checkpoint says so), so the rest is already right.
     fn queue_update(&self, pipe: &mut redis::Pipeline, key: &Row, old: &Row, new: &Row) {
-        let mut hash_key = self.prefix.clone();
-        self.key.render_into(key, &mut hash_key);
+        let hash_key = self.hash_key(key);
         let mut set: Vec<(&str, String)> = Vec::new();
         let mut unset: Vec<&str> = Vec::new();
         for ((name, before), after) in self.value_fields.iter().zip(old.iter()).zip(new.iter()) {
