@@ -74,6 +74,20 @@ impl ApiClient {
         Ok(ApiReply { status, headers, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) })
     }
 
+    /// A `GET` that answers only the status, reading the body without
+    /// parsing it (for load generators).
+    pub async fn get_status(&self, path: &str) -> Result<u16, String> {
+        let mut request = hyper::Request::builder().method("GET").uri(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+        let response = self.client.request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        response.into_body().collect().await.map_err(|e| e.to_string())?;
+        Ok(status)
+    }
+
     /// Sends a request; `body` is sent as is (JSON by convention).
     pub async fn send(
         &self,
