@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::record::DeadLetter;
-use crate::value::{Row, Timestamp};
+use crate::value::{Row, Timestamp, Value};
 
 /// For each source partition, the next offset to read: everything before it
 /// is reflected in the output that carries these positions.
@@ -195,5 +195,79 @@ impl SinkStatus {
                 })
                 .collect(),
         )
+    }
+}
+
+/// Which rows of a view a read wants, as a store is asked for them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Selection {
+    /// Key fields equal to a value: `(key index, value)`.
+    pub equal: Vec<(usize, Value)>,
+    /// A key field within an inclusive range: `(key index, low, high)`.
+    pub range: Option<(usize, Value, Value)>,
+    /// Only rows whose key field (by index) is one of these store ids.
+    pub scope: Option<(usize, Vec<u64>)>,
+    /// Only keys after this one.
+    pub after: Option<Row>,
+    /// At most this many rows, the first in key order.
+    pub limit: Option<usize>,
+}
+
+impl Selection {
+    /// Whether the row with key `key` is selected (`after` and `limit`
+    /// aside).
+    pub fn matches(&self, key: &Row) -> bool {
+        self.equal.iter().all(|(index, value)| key.get(*index) == Some(value))
+            && self.range.as_ref().is_none_or(|(index, low, high)| key.get(*index).is_some_and(|v| v >= low && v <= high))
+            && self
+                .scope
+                .as_ref()
+                .is_none_or(|(index, stores)| matches!(key.get(*index), Some(Value::UInt(id)) if stores.contains(id)))
+    }
+}
+
+/// Rows a store answered, in key order, and the position of the log they
+/// reflect.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Selected {
+    /// `(key, values)`, in key order.
+    pub rows: Vec<(Row, Row)>,
+    /// The source positions the rows reflect.
+    pub positions: SourcePositions,
+    /// The latest `occurred_at` among the events they reflect, if the store
+    /// keeps it.
+    pub newest_event_at: Option<Timestamp>,
+}
+
+/// Why a store could not answer a read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The store cannot answer this kind of read (a key-value store asked
+    /// for a scan); the message says which reads it answers.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The store is down or failed; worth a retry later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A view as a sink's store holds it, for the read API: the reads are
+/// answered from the store (Redis, ClickHouse) instead of the process.
+/// Calls block; the API runs them off its event loop.
+pub trait ViewReader: Send + Sync {
+    /// Names the store in messages (`Redis sink "ltv_redis"`).
+    fn describe(&self) -> String;
+
+    /// The selected rows, all as of one position of the log.
+    fn select(&self, selection: &Selection) -> Result<Selected, ReadError>;
+
+    /// The greatest value of key field `field` among rows whose key fields
+    /// equal `equal` (for a default date range).
+    fn latest(&self, equal: &[(usize, Value)], field: usize) -> Result<Option<Value>, ReadError>;
+}
+
+impl std::fmt::Debug for dyn ViewReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
     }
 }

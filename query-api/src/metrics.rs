@@ -108,7 +108,7 @@ impl Collector for Scraped {
         let mut freshness = Vec::new();
         let mut events = Vec::new();
         let mut rows = Vec::new();
-        for view in store.views() {
+        for view in store.views().filter(|view| view.reader().is_none()) {
             let state = view.read();
             if let Some(newest) = state.newest_event_at {
                 freshness.push((view.name.clone(), (now - newest.0).max(0) as f64 / 1e9));

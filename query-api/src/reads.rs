@@ -9,7 +9,7 @@
 //! them), so `If-None-Match` with it answers `304 Not Modified` until a
 //! batch moves the view, also across restarts.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -19,14 +19,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use projector_core::sink::ViewChange;
+use projector_core::sink::{ReadError, Selection, ViewChange, ViewReader};
 use serde_json::{Map, Value as Json, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use projector_core::value::{FieldType, Row, Timestamp, Value, format_date, parse_date};
 
 use crate::auth::{Caller, Right};
-use crate::serving::{Freshness, ServingStore, ServingView, ViewState, with_prefix};
+use crate::serving::{Freshness, ServingStore, ServingView, ViewState, scan};
 use crate::{ApiState, error};
 
 /// Longest query string accepted, in bytes.
@@ -116,6 +116,14 @@ fn seed_view<'a>(
     Ok((view, indexes))
 }
 
+/// A route's date range selects rows by key field `date`: it must be one.
+fn dated_key(view: &ServingView, date: usize) -> Result<(), Response> {
+    if date >= view.key_len || view.fields[date].1 != FieldType::Date {
+        return Err(error(404, format!("the view {:?} of this config has no date key field \"date\"", view.name)));
+    }
+    Ok(())
+}
+
 fn store_id(text: &str) -> Result<u64, Response> {
     text.parse().map_err(|_| error(400, format!("store id {text:?} in the path is not a whole number")))
 }
@@ -167,7 +175,11 @@ fn example(ty: FieldType) -> &'static str {
 /// The inclusive date range of `from` and `to`: `to` defaults to the latest
 /// date the store has (today when it has none), `from` to 30 days before
 /// `to`.
-fn date_range(params: &Params, latest: Option<i32>) -> Result<(i32, i32), Response> {
+fn date_range(params: &Params, latest: Option<&Value>) -> Result<(i32, i32), Response> {
+    let latest = match latest {
+        Some(Value::Date(day)) => Some(*day),
+        _ => None,
+    };
     let date = |name: &str| -> Result<Option<i32>, Response> {
         match params.get(name) {
             None => Ok(None),
@@ -191,14 +203,11 @@ fn date_range(params: &Params, latest: Option<i32>) -> Result<(i32, i32), Respon
     Ok((from, to))
 }
 
-/// The latest date field `date` holds among rows with key prefix `prefix`.
-fn latest_date(state: &ViewState, prefix: &[Value], date: usize) -> Option<i32> {
-    with_prefix(state, prefix)
-        .filter_map(|(key, values)| match at(key, values, date) {
-            Value::Date(day) => Some(*day),
-            _ => None,
-        })
-        .max()
+/// The greatest value of key field `field` among the rows whose key fields
+/// equal `equal`.
+fn latest_value(state: &ViewState, equal: &[(usize, Value)], field: usize) -> Option<Value> {
+    let selection = Selection { equal: equal.to_vec(), ..Selection::default() };
+    scan(state, &selection).filter_map(|(key, _)| key.get(field)).filter(|v| **v != Value::Null).max().cloned()
 }
 
 /// The ETag of a view as of `freshness`.
@@ -228,34 +237,125 @@ fn freshness_json(freshness: &Freshness) -> Json {
     })
 }
 
-/// Answers one read of `view`: `answer` computes the body from the view's
-/// state (under its read lock) unless `If-None-Match` says the client has
-/// it already.
-fn read(
+/// The rows a read selected, in key order.
+type Rows<'r, 'a> = &'r mut dyn Iterator<Item = (&'a Row, &'a Row)>;
+
+/// What a route asks of the store before it selects rows: the latest value
+/// of a key field among the rows whose key fields equal these (for a
+/// default date range).
+type Latest = Option<(Vec<(usize, Value)>, usize)>;
+
+/// Answers one read of `view`: `select` says which rows (given the
+/// `latest` value asked for, if any) and carries what `answer` needs
+/// besides them; `answer` computes the body from the rows unless
+/// `If-None-Match` says the client has it already.
+///
+/// From the in-process store, everything is computed under the view's read
+/// lock: one completed batch. From a sink's store ([`ViewReader`]), the
+/// store answers the rows with the position they reflect, off the event
+/// loop.
+async fn read<T>(
     store: &ServingStore,
     view: &ServingView,
     request: &HeaderMap,
-    answer: impl FnOnce(&ViewState) -> Result<Map<String, Json>, Response>,
+    latest: Latest,
+    select: impl FnOnce(Option<&Value>) -> Result<(Selection, T), Response>,
+    answer: impl FnOnce(T, Rows<'_, '_>) -> Result<Map<String, Json>, Response>,
 ) -> Response {
+    if let Some(reader) = view.reader() {
+        return read_from(store, view, Arc::clone(reader), request, latest, select, answer).await;
+    }
     let state = view.read();
     let freshness = store.freshness(&state);
     let positions = freshness.positions.to_string();
     let tag = etag(&view.name, &positions);
-    let (status, body) = if not_modified(request, &tag) {
-        (StatusCode::NOT_MODIFIED, None)
+    let body = if not_modified(request, &tag) {
+        None
     } else {
-        match answer(&state) {
-            Ok(mut body) => {
-                body.insert("freshness".into(), freshness_json(&freshness));
-                (StatusCode::OK, Some(body))
-            }
+        let latest = latest.and_then(|(equal, field)| latest_value(&state, &equal, field));
+        let (selection, carried) = match select(latest.as_ref()) {
+            Ok(selected) => selected,
+            Err(response) => return response,
+        };
+        let mut rows = scan(&state, &selection);
+        match answer(carried, &mut rows) {
+            Ok(body) => Some(body),
             Err(response) => return response,
         }
     };
     drop(state);
+    respond(tag, positions, &freshness, body)
+}
+
+/// [`read`] from a sink's store.
+async fn read_from<T>(
+    store: &ServingStore,
+    view: &ServingView,
+    reader: Arc<dyn ViewReader>,
+    request: &HeaderMap,
+    latest: Latest,
+    select: impl FnOnce(Option<&Value>) -> Result<(Selection, T), Response>,
+    answer: impl FnOnce(T, Rows<'_, '_>) -> Result<Map<String, Json>, Response>,
+) -> Response {
+    let latest = match latest {
+        None => None,
+        Some((equal, field)) => match blocking(&reader, move |reader| reader.latest(&equal, field)).await {
+            Ok(latest) => latest,
+            Err(response) => return response,
+        },
+    };
+    let (selection, carried) = match select(latest.as_ref()) {
+        Ok(selected) => selected,
+        Err(response) => return response,
+    };
+    let selected = match blocking(&reader, move |reader| reader.select(&selection)).await {
+        Ok(selected) => selected,
+        Err(response) => return response,
+    };
+    let freshness = store.freshness_of(&selected.positions, selected.newest_event_at);
+    let positions = freshness.positions.to_string();
+    let tag = etag(&view.name, &positions);
+    let body = if not_modified(request, &tag) {
+        None
+    } else {
+        let mut rows = selected.rows.iter().map(|(key, values)| (key, values));
+        match answer(carried, &mut rows) {
+            Ok(body) => Some(body),
+            Err(response) => return response,
+        }
+    };
+    respond(tag, positions, &freshness, body)
+}
+
+/// Runs a blocking call of `reader` off the event loop; its errors as
+/// responses (`400` for a read the store cannot answer, `503` when it is
+/// down).
+async fn blocking<R: Send + 'static>(
+    reader: &Arc<dyn ViewReader>,
+    call: impl FnOnce(&dyn ViewReader) -> Result<R, ReadError> + Send + 'static,
+) -> Result<R, Response> {
+    let reader = Arc::clone(reader);
+    let describe = reader.describe();
+    match tokio::task::spawn_blocking(move || call(reader.as_ref())).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(ReadError::Unsupported(message))) => Err(error(400, format!("{describe}: {message}"))),
+        Ok(Err(ReadError::Unavailable(message))) => {
+            tracing::warn!(store = %describe, %message, "a read failed");
+            Err(error(503, format!("{describe} cannot answer now: {message}; try again shortly")))
+        }
+        Err(_) => Err(error(500, format!("the read from {describe} failed"))),
+    }
+}
+
+/// The response: `304` without a body, else `200` with the body and its
+/// freshness; the freshness headers either way.
+fn respond(tag: String, positions: String, freshness: &Freshness, body: Option<Map<String, Json>>) -> Response {
     let mut response = match body {
-        Some(body) => (status, axum::Json(Json::Object(body))).into_response(),
-        None => status.into_response(),
+        Some(mut body) => {
+            body.insert("freshness".into(), freshness_json(freshness));
+            (StatusCode::OK, axum::Json(Json::Object(body))).into_response()
+        }
+        None => StatusCode::NOT_MODIFIED.into_response(),
     };
     let headers = response.headers_mut();
     let mut set = |name: &'static str, value: String| {
@@ -276,6 +376,16 @@ fn read(
     response
 }
 
+/// The inclusive date range of a route as a selection of key field `date`
+/// among the store's rows.
+fn dated(store_id: u64, date: usize, (from, to): (i32, i32)) -> Selection {
+    Selection {
+        equal: vec![(0, Value::UInt(store_id))],
+        range: Some((date, Value::Date(from), Value::Date(to))),
+        ..Selection::default()
+    }
+}
+
 /// `GET /v1/stores/{store_id}/orders/summary?from=&to=&group_by=day|overall`
 pub async fn orders_summary(
     State(state): State<ApiState>,
@@ -294,11 +404,13 @@ pub async fn orders_summary(
     let fields = ["date", "order_count", "revenue_cents", "cancellation_count"];
     let (view, index) = seed_view(store_reads, "order_summary", &fields)?;
     let (date, orders, revenue, cancelled) = (index[0], index[1], index[2], index[3]);
-    Ok(read(store_reads, view, &headers, |state| {
-        let prefix = [Value::UInt(store_id)];
-        let (from, to) = date_range(&params, latest_date(state, &prefix, date))?;
-        let in_range = with_prefix(state, &prefix)
-            .filter(|(key, values)| matches!(at(key, values, date), Value::Date(day) if (from..=to).contains(day)));
+    dated_key(view, date)?;
+    let latest = Some((vec![(0, Value::UInt(store_id))], date));
+    let select = |latest: Option<&Value>| {
+        let range = date_range(&params, latest)?;
+        Ok((dated(store_id, date, range), range))
+    };
+    Ok(read(store_reads, view, &headers, latest, select, |(from, to), in_range| {
         let mut body = Map::new();
         body.insert("store_id".into(), json!(store_id));
         body.insert("from".into(), json!(format_date(from)));
@@ -326,7 +438,8 @@ pub async fn orders_summary(
             );
         }
         Ok(body)
-    }))
+    })
+    .await)
 }
 
 /// `GET /v1/stores/{store_id}/products/top?from=&to=&limit=50`
@@ -342,15 +455,16 @@ pub async fn top_products(
     let limit = limit(&params, 50, MAX_TOP_PRODUCTS)?;
     let fields = ["product_id", "date", "units_sold", "revenue_cents", "order_count"];
     let (view, index) = seed_view(store_reads, "product_sales", &fields)?;
-    Ok(read(store_reads, view, &headers, |state| {
-        let prefix = [Value::UInt(store_id)];
-        let (from, to) = date_range(&params, latest_date(state, &prefix, index[1]))?;
+    dated_key(view, index[1])?;
+    let latest = Some((vec![(0, Value::UInt(store_id))], index[1]));
+    let select = |latest: Option<&Value>| {
+        let range = date_range(&params, latest)?;
+        Ok((dated(store_id, index[1], range), range))
+    };
+    Ok(read(store_reads, view, &headers, latest, select, |(from, to), rows| {
         // product_id -> (units, revenue, orders)
         let mut products: BTreeMap<&Value, (i128, i128, i128)> = BTreeMap::new();
-        for (key, values) in with_prefix(state, &prefix) {
-            if !matches!(at(key, values, index[1]), Value::Date(day) if (from..=to).contains(day)) {
-                continue;
-            }
+        for (key, values) in rows {
             let entry = products.entry(at(key, values, index[0])).or_default();
             entry.0 += int(at(key, values, index[2]));
             entry.1 += int(at(key, values, index[3]));
@@ -377,7 +491,8 @@ pub async fn top_products(
         body.insert("to".into(), json!(format_date(to)));
         body.insert("products".into(), Json::Array(top));
         Ok(body)
-    }))
+    })
+    .await)
 }
 
 /// `GET /v1/stores/{store_id}/customers/{customer_id}`
@@ -397,13 +512,15 @@ pub async fn customer(
     if view.key_len != 2 || view.fields[1].0 != "customer_id" {
         return Err(error(404, "the view \"customer_ltv\" of this config is not keyed by store_id, customer_id"));
     }
-    Ok(read(store_reads, view, &headers, |state| {
-        let key: Row = vec![Value::UInt(store_id), Value::UInt(customer_id)].into();
-        match state.rows.get_key_value(&key) {
-            Some((key, values)) => Ok(row_object(view, key, values)),
-            None => Err(error(404, format!("store {store_id} has no customer {customer_id} with an order"))),
-        }
-    }))
+    let select = |_: Option<&Value>| {
+        let equal = vec![(0, Value::UInt(store_id)), (1, Value::UInt(customer_id))];
+        Ok((Selection { equal, limit: Some(1), ..Selection::default() }, ()))
+    };
+    Ok(read(store_reads, view, &headers, None, select, |(), rows| match rows.next() {
+        Some((key, values)) => Ok(row_object(view, key, values)),
+        None => Err(error(404, format!("store {store_id} has no customer {customer_id} with an order"))),
+    })
+    .await)
 }
 
 /// `GET /v1/stores/{store_id}/customers/segments`
@@ -417,9 +534,11 @@ pub async fn segments(
     let store_reads = reads(&state)?;
     Params::parse(&uri, &[])?;
     let (view, index) = seed_view(store_reads, "customer_ltv", &["segment", "lifetime_value_cents"])?;
-    Ok(read(store_reads, view, &headers, |state| {
+    let select =
+        |_: Option<&Value>| Ok((Selection { equal: vec![(0, Value::UInt(store_id))], ..Selection::default() }, ()));
+    Ok(read(store_reads, view, &headers, None, select, |(), rows| {
         let mut segments: BTreeMap<String, (u64, i128)> = BTreeMap::new();
-        for (key, values) in with_prefix(state, &[Value::UInt(store_id)]) {
+        for (key, values) in rows {
             let segment = match at(key, values, index[0]) {
                 Value::Text(text) => text.to_string(),
                 Value::Null => String::new(),
@@ -439,7 +558,8 @@ pub async fn segments(
         body.insert("store_id".into(), json!(store_id));
         body.insert("segments".into(), Json::Array(list));
         Ok(body)
-    }))
+    })
+    .await)
 }
 
 /// `GET /v1/orders/{order_id}`: the order's current state.
@@ -453,9 +573,12 @@ pub async fn order(
     let store_reads = reads(&state)?;
     Params::parse(&uri, &[])?;
     let view = store_reads.orders();
-    Ok(read(store_reads, view, &headers, |orders| {
-        let key: Row = vec![Value::Text(order_id.as_str().into())].into();
-        let found = orders.rows.get_key_value(&key).filter(|(_, values)| match values.first() {
+    let select = |_: Option<&Value>| {
+        let equal = vec![(0, Value::Text(order_id.as_str().into()))];
+        Ok((Selection { equal, limit: Some(1), ..Selection::default() }, ()))
+    };
+    Ok(read(store_reads, view, &headers, None, select, |(), rows| {
+        let found = rows.next().filter(|(_, values)| match values.first() {
             // An order of a store outside the token is unknown to it.
             Some(Value::UInt(store_id)) => caller.check_store(*store_id).is_ok(),
             _ => false,
@@ -469,7 +592,8 @@ pub async fn order(
             body.insert("line_items".into(), items);
         }
         Ok(body)
-    }))
+    })
+    .await)
 }
 
 fn limit(params: &Params, default: usize, max: usize) -> Result<usize, Response> {
@@ -503,10 +627,14 @@ pub async fn view_rows(
         None => None,
         Some(text) => Some(cursor(view, text)?),
     };
-    Ok(read(store_reads, view, &headers, |state| {
-        let matching = with_prefix(state, &filter.prefix())
-            .filter(|(key, _)| after.as_ref().is_none_or(|after| *key > after))
-            .filter(|(key, _)| filter.matches(key));
+    let select = |_: Option<&Value>| {
+        let mut selection = filter.selection();
+        selection.after = after;
+        // One more than the page: whether there is a next one.
+        selection.limit = Some(limit + 1);
+        Ok((selection, ()))
+    };
+    Ok(read(store_reads, view, &headers, None, select, |(), matching| {
         let mut rows = Vec::new();
         let mut last: Option<&Row> = None;
         let mut more = false;
@@ -537,7 +665,8 @@ pub async fn view_rows(
         body.insert("rows".into(), Json::Array(rows));
         body.insert("next".into(), next);
         Ok(body)
-    }))
+    })
+    .await)
 }
 
 /// Most rows the snapshot that opens a change stream may hold.
@@ -561,9 +690,19 @@ pub async fn view_changes(
     let allowed: Vec<&str> = view.key_names().collect();
     let params = Params::parse(&uri, &allowed)?;
     let filter = RowFilter::new(&view, &params, &caller)?;
+    if let Some(reader) = view.reader() {
+        return Err(error(
+            400,
+            format!(
+                "view {name:?} is read from {}: change streams are served for views this process holds \
+                 (api.read_from takes it out)",
+                reader.describe()
+            ),
+        ));
+    }
     let (snapshot, receiver) = view.subscribe();
-    let rows: Vec<Json> = with_prefix(&snapshot, &filter.prefix())
-        .filter(|(key, _)| filter.matches(key))
+    let selection = filter.selection();
+    let rows: Vec<Json> = scan(&snapshot, &selection)
         .take(MAX_SNAPSHOT_ROWS + 1)
         .map(|(key, values)| Json::Object(row_object(&view, key, values)))
         .collect();
@@ -633,12 +772,7 @@ fn change_ops(view: &ServingView, changes: &[ViewChange], filter: &RowFilter) ->
 
 /// Which rows of a view a request may see: equality filters on key fields
 /// from the query, and for a token of some stores, only their rows.
-struct RowFilter {
-    /// `(key index, value)`.
-    filters: Vec<(usize, Value)>,
-    /// The `store_id` key index and the stores the caller may read.
-    scope: Option<(usize, BTreeSet<u64>)>,
-}
+struct RowFilter(Selection);
 
 impl RowFilter {
     fn new(view: &ServingView, params: &Params, caller: &Caller<'_>) -> Result<RowFilter, Response> {
@@ -667,23 +801,19 @@ impl RowFilter {
                 if let Some((_, Value::UInt(store_id))) = filters.iter().find(|(i, _)| *i == index) {
                     caller.check_store(*store_id)?;
                 }
-                Some((index, stores.clone()))
+                Some((index, stores.iter().copied().collect()))
             }
         };
-        Ok(RowFilter { filters, scope })
+        Ok(RowFilter(Selection { equal: filters, scope, ..Selection::default() }))
     }
 
-    /// The filtered key fields from the first on: a range of the rows.
-    fn prefix(&self) -> Vec<Value> {
-        (0..).map_while(|index| self.filters.iter().find(|(i, _)| *i == index).map(|(_, v)| v.clone())).collect()
+    /// The rows it lets through, as a selection.
+    fn selection(&self) -> Selection {
+        self.0.clone()
     }
 
     fn matches(&self, key: &Row) -> bool {
-        self.filters.iter().all(|(index, value)| key.get(*index) == Some(value))
-            && match &self.scope {
-                None => true,
-                Some((index, stores)) => matches!(key.get(*index), Some(Value::UInt(id)) if stores.contains(id)),
-            }
+        self.0.matches(key)
     }
 }
 

@@ -14,7 +14,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use projector_core::config::PipelinePlan;
 use projector_core::order::ORDER_FIELDS;
-use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewChange, ViewSink, positions_to_value};
+use projector_core::sink::{
+    Selection, SinkError, SourcePositions, ViewBatch, ViewChange, ViewReader, ViewSink, positions_to_value,
+};
 use projector_core::value::{FieldType, Row, Timestamp, Value};
 
 /// What one view holds as of one completed batch.
@@ -44,6 +46,8 @@ pub struct ServingView {
     state: RwLock<ViewState>,
     /// Each applied batch, for the change streams.
     changes: tokio::sync::broadcast::Sender<Arc<AppliedBatch>>,
+    /// Where the view is read from when not from this store (`api.read_from`).
+    reader: std::sync::OnceLock<Arc<dyn ViewReader>>,
 }
 
 /// One batch as applied to a view, for the change streams.
@@ -64,7 +68,14 @@ const STREAM_BACKLOG: usize = 256;
 impl ServingView {
     fn new(name: String, fields: Vec<(String, FieldType)>, key_len: usize) -> ServingView {
         let (changes, _) = tokio::sync::broadcast::channel(STREAM_BACKLOG);
-        ServingView { name, fields, key_len, state: RwLock::new(ViewState::default()), changes }
+        ServingView {
+            name,
+            fields,
+            key_len,
+            state: RwLock::new(ViewState::default()),
+            changes,
+            reader: std::sync::OnceLock::new(),
+        }
     }
 
     /// The view as of its last completed batch, and every batch applied
@@ -79,6 +90,11 @@ impl ServingView {
 }
 
 impl ServingView {
+    /// The store the view is read from instead of this process, if any.
+    pub fn reader(&self) -> Option<&Arc<dyn ViewReader>> {
+        self.reader.get()
+    }
+
     /// The view as of its last completed batch; hold it only while
     /// computing one answer (a batch waits for it).
     pub fn read(&self) -> RwLockReadGuard<'_, ViewState> {
@@ -106,6 +122,25 @@ pub fn with_prefix<'a>(state: &'a ViewState, prefix: &[Value]) -> impl Iterator<
         .rows
         .range((Bound::Included(start), Bound::Unbounded))
         .take_while(move |(key, _)| key.len() >= prefix.len() && key[..prefix.len()] == prefix[..])
+}
+
+/// The rows of `state` that `selection` selects, in key order.
+pub fn scan<'a>(state: &'a ViewState, selection: &'a Selection) -> impl Iterator<Item = (&'a Row, &'a Row)> + 'a {
+    // The equal key fields from the first on bound a range of the rows.
+    let prefix: Vec<Value> = (0..)
+        .map_while(|index| selection.equal.iter().find(|(i, _)| *i == index).map(|(_, v)| v.clone()))
+        .collect();
+    let prefix_len = prefix.len();
+    let start = match &selection.after {
+        Some(after) if after[..] >= prefix[..] => Bound::Excluded(after.clone()),
+        _ => Bound::Included(Row::from(prefix.clone())),
+    };
+    state
+        .rows
+        .range((start, Bound::Unbounded))
+        .take_while(move |(key, _)| key.len() >= prefix_len && key[..prefix_len] == prefix[..])
+        .filter(|(key, _)| selection.matches(key))
+        .take(selection.limit.unwrap_or(usize::MAX))
 }
 
 /// Tells, once the pipeline's readers have caught up with where their logs
@@ -189,6 +224,7 @@ impl ServingStore {
         let behind: Vec<(String, u128)> = self
             .views
             .values()
+            .filter(|view| view.reader().is_none())
             .filter_map(|view| {
                 let state = view.read();
                 let ready = target.is_some_and(|upper| state.upper >= upper);
@@ -219,9 +255,18 @@ impl ServingStore {
         ServingSink(Arc::clone(&self.orders))
     }
 
-    /// The sink that feeds view `name`.
+    /// The sink that feeds view `name` (`None` for a view read from
+    /// another store).
     pub fn sink(&self, name: &str) -> Option<ServingSink> {
-        self.views.get(name).map(|view| ServingSink(Arc::clone(view)))
+        self.views.get(name).filter(|view| view.reader().is_none()).map(|view| ServingSink(Arc::clone(view)))
+    }
+
+    /// Reads view `name` from `reader` instead of this store; set before the
+    /// store is fed (the view then takes no sink here).
+    pub fn read_from(&self, name: &str, reader: Arc<dyn ViewReader>) {
+        if let Some(view) = self.views.get(name) {
+            let _ = view.reader.set(reader);
+        }
     }
 
     /// How fresh `state` is, now.

@@ -112,8 +112,15 @@ fn api(node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<ApiConfi
         Some(node) => tokens(node, base_dir, diags)?,
         None => Vec::new(),
     };
-    fields.finish(&["listen", "tokens"], diags);
-    Some(ApiConfig { listen: listen?, tokens })
+    let mut read_from = Vec::new();
+    if let Some(node) = fields.take("read_from") {
+        for (view, key, value) in named_entries(node, component, "read_from", diags)? {
+            let sink = text(value, component, &format!("read_from.{view}"), diags)?;
+            read_from.push((Spanned { value: view.to_string(), pos: key.pos, exact: true }, sink));
+        }
+    }
+    fields.finish(&["listen", "tokens", "read_from"], diags);
+    Some(ApiConfig { listen: listen?, tokens, read_from })
 }
 
 /// Shortest secret accepted: a guessable token is no token.

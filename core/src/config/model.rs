@@ -56,6 +56,10 @@ pub struct ApiConfig {
     /// `tokens` (optional): API tokens; when any is declared, every `/v1`
     /// route needs one (`Authorization: Bearer <secret>`).
     pub tokens: Vec<TokenConfig>,
+    /// `read_from` (optional): views whose reads the API answers from one
+    /// of their Redis or ClickHouse sinks instead of the in-process store,
+    /// as `(view, sink)`.
+    pub read_from: Vec<(Spanned<String>, Spanned<String>)>,
 }
 
 /// One API token of `api.tokens`.

@@ -75,7 +75,52 @@ pub(super) fn plan(config: PipelineConfig, diags: &mut Diagnostics) -> PipelineP
             }
         }
     }
+    if let Some(api) = &config.api {
+        check_read_from(&config, api, diags);
+    }
     PipelinePlan { config, views }
+}
+
+/// Each `api.read_from` entry names a declared view and a Redis or
+/// ClickHouse sink of that view.
+fn check_read_from(config: &PipelineConfig, api: &ApiConfig, diags: &mut Diagnostics) {
+    for (view, sink) in &api.read_from {
+        let path = format!("read_from.{}", view.value);
+        if !config.views.iter().any(|v| v.name == view.value) {
+            let declared: Vec<&str> = config.views.iter().map(|v| v.name.as_str()).collect();
+            diags.push(
+                view.pos,
+                "api",
+                &path,
+                format!("{:?} is not a declared view; declared views: {}", view.value, declared.join(", ")),
+            );
+            continue;
+        }
+        let candidates: Vec<&str> = config
+            .sinks
+            .iter()
+            .filter(|s| s.view.value == view.value && matches!(s.kind, SinkKind::Redis(_) | SinkKind::ClickHouse(_)))
+            .map(|s| s.name.as_str())
+            .collect();
+        let problem = match config.sinks.iter().find(|s| s.name == sink.value) {
+            None => Some(format!("{:?} is not a declared sink", sink.value)),
+            Some(found) if found.view.value != view.value => {
+                Some(format!("sink {:?} materializes view {:?}, not {:?}", sink.value, found.view.value, view.value))
+            }
+            Some(found) if matches!(found.kind, SinkKind::File(_)) => {
+                Some(format!("sink {:?} is a file sink; reads come from a redis or clickhouse sink", sink.value))
+            }
+            Some(_) => None,
+        };
+        if let Some(problem) = problem {
+            let hint = if candidates.is_empty() {
+                format!("view {:?} has no redis or clickhouse sink", view.value)
+            } else {
+                format!("its redis and clickhouse sinks: {}", candidates.join(", "))
+            };
+            diags.push(sink.pos, "api", &path, format!("{problem}; {hint}"));
+        }
+    }
 }
 
 /// Key templates name key fields, the row key names every key field, and a
