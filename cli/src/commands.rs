@@ -63,7 +63,10 @@ pub fn run_config(plan: PipelinePlan, options: RunOptions) -> Result<RunSummary,
     let sources = components::sources(&plan);
     let mut outputs = components::outputs(&plan).map_err(|e| CommandError::Io(e.to_string()))?;
     // With an API, the views are also served from memory.
-    let reads = plan.config.api.is_some().then(|| components::serve_views(&plan, &mut outputs));
+    let reads = match plan.config.api {
+        Some(_) => Some(components::serve_views(&plan, &mut outputs).map_err(|e| CommandError::Io(e.to_string()))?),
+        None => None,
+    };
     if let Some(store) = &reads {
         components::watch_run(store, &options.progress);
     }

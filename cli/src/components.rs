@@ -10,14 +10,14 @@ use std::time::Instant;
 
 use projector_core::config::{PipelinePlan, SinkKind, SourceKind};
 use projector_core::record::DeadLetter;
-use projector_core::sink::{DeadLetterSink, SinkError, ViewSink};
+use projector_core::sink::{DeadLetterSink, SinkError, ViewReader, ViewSink};
 use projector_core::source::Source;
 use projector_dataflows::runner::{Outputs, RunProgress};
 use projector_query_api::metrics::PipelineCounters;
 use projector_query_api::serving::ServingStore;
-use projector_sink_clickhouse::ClickHouseViewSink;
+use projector_sink_clickhouse::{ClickHouseViewReader, ClickHouseViewSink};
 use projector_sink_file::{FileDeadLetterSink, FileViewSink};
-use projector_sink_redis::RedisViewSink;
+use projector_sink_redis::{RedisViewReader, RedisViewSink};
 use projector_source_file::FileSource;
 use projector_source_kafka::{KafkaDeadLetterSink, KafkaSource};
 
@@ -151,11 +151,31 @@ impl DeadLetterSink for DeadLetterRoutes {
     }
 }
 
-/// A serving store of the views of `plan` and of the orders, fed by one
-/// more sink per view in `outputs` and the orders output, for the read
-/// routes of the API.
-pub fn serve_views(plan: &PipelinePlan, outputs: &mut Outputs) -> Arc<ServingStore> {
+/// A serving store of the views of `plan` and of the orders, for the read
+/// routes of the API: fed by one more sink per view in `outputs` and the
+/// orders output, except the views `api.read_from` reads from a sink's
+/// store.
+pub fn serve_views(plan: &PipelinePlan, outputs: &mut Outputs) -> Result<Arc<ServingStore>, SinkError> {
     let store = Arc::new(ServingStore::new(plan));
+    let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
+    for (view, sink) in plan.config.api.iter().flat_map(|api| &api.read_from) {
+        let (Some(plan_view), Some(declared)) =
+            (plan.views.iter().find(|v| v.name == view.value), plan.config.sinks.iter().find(|s| s.name == sink.value))
+        else {
+            continue;
+        };
+        let reader: Arc<dyn ViewReader> = match &declared.kind {
+            SinkKind::Redis(redis) => Arc::new(
+                RedisViewReader::new(&sink.value, plan_view, redis, source_names.clone()).map_err(SinkError::Fatal)?,
+            ),
+            SinkKind::ClickHouse(clickhouse) => Arc::new(
+                ClickHouseViewReader::new(&sink.value, plan_view, clickhouse, source_names.clone())
+                    .map_err(SinkError::Fatal)?,
+            ),
+            SinkKind::File(_) => continue,
+        };
+        store.read_from(&view.value, reader);
+    }
     outputs.view_sinks.resize_with(plan.views.len(), Vec::new);
     for (index, view) in plan.views.iter().enumerate() {
         if let Some(sink) = store.sink(&view.name) {
@@ -164,7 +184,7 @@ pub fn serve_views(plan: &PipelinePlan, outputs: &mut Outputs) -> Arc<ServingSto
     }
     // After the views: the orders, for `GET /v1/orders/{order_id}`.
     outputs.view_sinks.push(vec![("serving".to_string(), Box::new(store.orders_sink()))]);
-    store
+    Ok(store)
 }
 
 /// The counters of a run, for `/metrics`.

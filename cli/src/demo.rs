@@ -145,7 +145,7 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
     let board = Arc::new(Mutex::new(Board::default()));
     view_sinks[summary_index].push(("terminal".into(), Box::new(BoardSink(Arc::clone(&board)))));
     let mut outputs = Outputs { view_sinks, dead_letter_sinks: Vec::new() };
-    let reads = crate::components::serve_views(&plan, &mut outputs);
+    let reads = crate::components::serve_views(&plan, &mut outputs).map_err(|e| CommandError::Io(e.to_string()))?;
     let api = crate::api::start_with(options.listen, Some(log), Some(Arc::clone(&reads)), Default::default())?;
     println!(
         "command API on http://{}  (try: curl -X PUT http://{}/v1/stores/1/inventory/SKU-1 -d '{{\"available\": 5}}')",

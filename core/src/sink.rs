@@ -218,7 +218,10 @@ impl Selection {
     /// aside).
     pub fn matches(&self, key: &Row) -> bool {
         self.equal.iter().all(|(index, value)| key.get(*index) == Some(value))
-            && self.range.as_ref().is_none_or(|(index, low, high)| key.get(*index).is_some_and(|v| v >= low && v <= high))
+            && self
+                .range
+                .as_ref()
+                .is_none_or(|(index, low, high)| key.get(*index).is_some_and(|v| v >= low && v <= high))
             && self
                 .scope
                 .as_ref()

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::value::{Value, write_date};
+use crate::value::{FieldType, Value, write_date};
 
 /// A parsed template.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +131,23 @@ pub fn write_plain(value: &Value, out: &mut String) {
         Value::Date(d) => write_date(*d, out),
         Value::Timestamp(t) => out.push_str(&t.to_rfc3339()),
         Value::Text(s) => out.push_str(s),
+    }
+}
+
+/// Reads back what [`write_plain`] wrote for a field of type `ty` (also the
+/// form of values in query strings); `None` when it is not one.
+pub fn parse_plain(text: &str, ty: FieldType) -> Option<Value> {
+    match ty {
+        FieldType::UInt => text.parse().ok().map(Value::UInt),
+        FieldType::Int => text.parse().ok().map(Value::Int),
+        FieldType::Text => Some(Value::Text(text.into())),
+        FieldType::Date => crate::value::parse_date(text).map(Value::Date),
+        FieldType::Timestamp => crate::value::Timestamp::parse_rfc3339(text).map(Value::Timestamp),
+        FieldType::Bool => match text {
+            "true" => Some(Value::Bool(true)),
+            "false" => Some(Value::Bool(false)),
+            _ => None,
+        },
     }
 }
 

@@ -23,6 +23,7 @@ use projector_core::sink::{ReadError, Selection, ViewChange, ViewReader};
 use serde_json::{Map, Value as Json, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use projector_core::template::parse_plain;
 use projector_core::value::{FieldType, Row, Timestamp, Value, format_date, parse_date};
 
 use crate::auth::{Caller, Right};
@@ -143,22 +144,6 @@ fn row_object(view: &ServingView, key: &Row, values: &Row) -> Map<String, Json> 
         .zip(key.iter().chain(values.iter()))
         .map(|((name, _), value)| (name.clone(), value.to_json()))
         .collect()
-}
-
-/// Parses `text` as a value of a field of type `ty`.
-fn parse_value(text: &str, ty: FieldType) -> Option<Value> {
-    match ty {
-        FieldType::UInt => text.parse().ok().map(Value::UInt),
-        FieldType::Int => text.parse().ok().map(Value::Int),
-        FieldType::Text => Some(Value::Text(text.into())),
-        FieldType::Date => parse_date(text).map(Value::Date),
-        FieldType::Timestamp => Timestamp::parse_rfc3339(text).map(Value::Timestamp),
-        FieldType::Bool => match text {
-            "true" => Some(Value::Bool(true)),
-            "false" => Some(Value::Bool(false)),
-            _ => None,
-        },
-    }
 }
 
 fn example(ty: FieldType) -> &'static str {
@@ -779,7 +764,7 @@ impl RowFilter {
         let mut filters: Vec<(usize, Value)> = Vec::new();
         for (index, (field, ty)) in view.fields[..view.key_len].iter().enumerate() {
             if let Some(text) = params.get(field) {
-                let value = parse_value(text, *ty)
+                let value = parse_plain(text, *ty)
                     .ok_or_else(|| error(400, format!("{field}={text:?} is not {}", example(*ty))))?;
                 filters.push((index, value));
             }
@@ -828,9 +813,9 @@ fn cursor(view: &ServingView, text: &str) -> Result<Row, Response> {
         .iter()
         .zip(&view.fields[..view.key_len])
         .map(|(item, (_, ty))| match item {
-            Json::String(text) => parse_value(text, *ty),
-            Json::Number(number) => parse_value(&number.to_string(), *ty),
-            Json::Bool(flag) => parse_value(&flag.to_string(), *ty),
+            Json::String(text) => parse_plain(text, *ty),
+            Json::Number(number) => parse_plain(&number.to_string(), *ty),
+            Json::Bool(flag) => parse_plain(&flag.to_string(), *ty),
             Json::Null => Some(Value::Null),
             _ => None,
         })

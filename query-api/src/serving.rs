@@ -127,9 +127,8 @@ pub fn with_prefix<'a>(state: &'a ViewState, prefix: &[Value]) -> impl Iterator<
 /// The rows of `state` that `selection` selects, in key order.
 pub fn scan<'a>(state: &'a ViewState, selection: &'a Selection) -> impl Iterator<Item = (&'a Row, &'a Row)> + 'a {
     // The equal key fields from the first on bound a range of the rows.
-    let prefix: Vec<Value> = (0..)
-        .map_while(|index| selection.equal.iter().find(|(i, _)| *i == index).map(|(_, v)| v.clone()))
-        .collect();
+    let prefix: Vec<Value> =
+        (0..).map_while(|index| selection.equal.iter().find(|(i, _)| *i == index).map(|(_, v)| v.clone())).collect();
     let prefix_len = prefix.len();
     let start = match &selection.after {
         Some(after) if after[..] >= prefix[..] => Bound::Excluded(after.clone()),

@@ -275,3 +275,41 @@ fn reports_bad_redis_and_clickhouse_sinks() {
     }
     assert_eq!(found.len(), expected.len(), "found:\n  {}", found.join("\n  "));
 }
+
+const BAD_READ_FROM: &str = r#"version: 1
+sources:
+  events: { type: file, path: events.jsonl }
+views:
+  sales:
+    from: order_lines
+    group_by: [store_id, product_id]
+    measures:
+      revenue: { sum: line_total_cents }
+sinks:
+  sales_file: { type: file, view: sales, path: sales.jsonl }
+  sales_redis: { type: redis, view: sales, key: "sales:{store_id}:{product_id}" }
+  other_redis: { type: redis, view: sales, key: "other:{store_id}:{product_id}" }
+api:
+  read_from:
+    sales: sales_file
+    salez: sales_redis
+"#;
+
+#[test]
+fn read_from_names_a_redis_or_clickhouse_sink_of_the_view() {
+    let found = errors(BAD_READ_FROM);
+    let expected = [
+        format!(
+            "{}: api: 'read_from.sales' sink \"sales_file\" is a file sink; reads come from a redis or clickhouse sink; its redis and clickhouse sinks: sales_redis, other_redis",
+            at(BAD_READ_FROM, "sales_file\n")
+        ),
+        format!(
+            "{}: api: 'read_from.salez' \"salez\" is not a declared view; declared views: sales",
+            at(BAD_READ_FROM, "salez")
+        ),
+    ];
+    for line in &expected {
+        assert!(found.contains(line), "missing error:\n  {line}\nfound:\n  {}", found.join("\n  "));
+    }
+    assert_eq!(found.len(), expected.len(), "found:\n  {}", found.join("\n  "));
+}

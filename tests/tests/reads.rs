@@ -47,7 +47,7 @@ impl Served {
         );
         let plan = check_text(&text, "reads.yaml", dir.path()).unwrap();
         let mut outputs = Outputs { view_sinks: plan.views.iter().map(|_| Vec::new()).collect(), ..Outputs::default() };
-        let store = components::serve_views(&plan, &mut outputs);
+        let store = components::serve_views(&plan, &mut outputs).unwrap();
         let source: Arc<dyn projector_core::source::Source> = Arc::new(FileSource::new(0, &path, 500));
         let options = RunOptions { workers: 2, ..RunOptions::default() };
         components::watch_run(&store, &options.progress);
@@ -452,7 +452,7 @@ impl KafkaServed {
         );
         let plan = check_text(&text, "kafka.yaml", dir.path()).unwrap();
         let mut outputs = Outputs { view_sinks: plan.views.iter().map(|_| Vec::new()).collect(), ..Outputs::default() };
-        let store = components::serve_views(&plan, &mut outputs);
+        let store = components::serve_views(&plan, &mut outputs).unwrap();
         let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
         components::watch_run(&store, &options.progress);
         let api = api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(Arc::clone(&store)), auth).unwrap();

@@ -23,6 +23,8 @@
 //! the sink; if one did, it deletes what it just wrote and stops (fencing).
 //! ClickHouse down: every step is retried with backoff, nothing is dropped.
 
+mod reader;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -36,6 +38,8 @@ use projector_core::sink::{
 };
 use projector_core::value::{FieldType, Row, Value, format_date};
 use projector_core::view::ViewPlan;
+
+pub use reader::ClickHouseViewReader;
 
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);

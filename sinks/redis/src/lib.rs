@@ -9,7 +9,8 @@
 //! - `projector:sink:<sink name>`: the sink's state, a hash with
 //!   `generation` (the run that owns the sink), `upper` (the last batch it
 //!   took in that run), `positions` (the source offsets its content
-//!   reflects, JSON) and `written_at_ms`.
+//!   reflects, JSON), `written_at_ms` and `newest_event_at` (the latest
+//!   `occurred_at` among the events its content reflects).
 //!
 //! Each batch is one `MULTI`/`EXEC` under `WATCH` of the state key: the
 //! rows, the rankings and the new checkpoint land together or not at all.
@@ -20,6 +21,8 @@
 //! the sink rewrites the whole view. A run takes its generation when it
 //! opens the sink, which also moves the state key and so aborts any
 //! transaction an older run had under way.
+
+mod reader;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,6 +38,8 @@ use projector_core::sink::{
 use projector_core::template::{KeyTemplate, write_plain};
 use projector_core::value::{Row, Value};
 use projector_core::view::ViewPlan;
+
+pub use reader::RedisViewReader;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -206,7 +211,7 @@ impl RedisViewSink {
             }
         }
         self.with_connection("cannot clear the checkpoint", |c| {
-            c.hdel::<_, _, ()>(&state_key, &["positions", "written_at_ms"])
+            c.hdel::<_, _, ()>(&state_key, &["positions", "written_at_ms", "newest_event_at"])
         })?;
         if deleted > 0 {
             info!(sink = %self.name, keys = deleted, "cleared the Redis sink");
@@ -363,8 +368,11 @@ impl RedisViewSink {
             None => self.queue_changes(&mut pipe, batch.changes),
         }
         let positions = positions_to_json(batch.positions, &self.source_names);
-        let checkpoint =
-            [("upper", batch.upper.to_string()), ("positions", positions), ("written_at_ms", now_ms().to_string())];
+        let mut checkpoint =
+            vec![("upper", batch.upper.to_string()), ("positions", positions), ("written_at_ms", now_ms().to_string())];
+        if let Some(newest) = batch.newest_event_at {
+            checkpoint.push(("newest_event_at", newest.to_rfc3339()));
+        }
         pipe.hset_multiple(&state_key, &checkpoint).ignore();
         let done: Option<()> = self.with_connection("cannot write a batch", |c| pipe.query(c))?;
         Ok(if done.is_some() { Commit::Done } else { Commit::Raced })

@@ -1,0 +1,176 @@
+//! Reads of a view from the Redis sink's hashes, for the read API
+//! (`api.read_from`).
+//!
+//! Redis holds one hash per row under a key rendered from the row's key
+//! fields, and no index of them, so it answers the reads whose keys can be
+//! rendered: every key field given, or all given but a date key field with
+//! a range (the dates are enumerated, at most a year's worth). Every other
+//! read (a scan of a store's products or customers) is refused with a
+//! message; such views are better read from ClickHouse or from memory.
+//!
+//! A read is one `MULTI`/`EXEC` with the sink's checkpoint, so the rows and
+//! the position they reflect come from between two batches of the sink.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::{Connection, RedisError, Value as RedisValue};
+
+use projector_core::config::RedisSinkConfig;
+use projector_core::sink::{ReadError, Selected, Selection, ViewReader, positions_from_json};
+use projector_core::template::{KeyTemplate, parse_plain};
+use projector_core::value::{FieldType, Row, Timestamp, Value};
+use projector_core::view::ViewPlan;
+
+use crate::state_key;
+
+/// Most hashes one read may name.
+const MAX_KEYS: usize = 1000;
+/// How long one read may take.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A view read from a Redis sink.
+pub struct RedisViewReader {
+    name: String,
+    client: redis::Client,
+    idle: Mutex<Vec<Connection>>,
+    prefix: String,
+    key: KeyTemplate,
+    fields: Vec<(String, FieldType)>,
+    key_len: usize,
+    state_key: String,
+    source_names: Vec<String>,
+}
+
+impl RedisViewReader {
+    /// Reads `plan`'s rows as sink `name` (declared with `config`) writes
+    /// them.
+    pub fn new(
+        name: &str,
+        plan: &ViewPlan,
+        config: &RedisSinkConfig,
+        source_names: Vec<String>,
+    ) -> Result<RedisViewReader, String> {
+        let fields = plan.output_fields();
+        let key_names: Vec<String> = plan.keys.iter().map(|k| k.name.clone()).collect();
+        let key = KeyTemplate::parse(&config.key.value, &key_names)?;
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|e| format!("Redis url {:?}: {e}", config.url))?;
+        Ok(RedisViewReader {
+            name: name.to_string(),
+            client,
+            idle: Mutex::new(Vec::new()),
+            prefix: config.prefix.clone(),
+            key,
+            key_len: key_names.len(),
+            fields,
+            state_key: state_key(&config.prefix, name),
+            source_names,
+        })
+    }
+
+    /// The keys a selection names, in key order.
+    fn keys(&self, selection: &Selection) -> Result<Vec<Row>, ReadError> {
+        let mut keys: Vec<Vec<Value>> = vec![Vec::new()];
+        for (index, (name, ty)) in self.fields[..self.key_len].iter().enumerate() {
+            let values: Vec<Value> = if let Some((_, value)) = selection.equal.iter().find(|(i, _)| *i == index) {
+                vec![value.clone()]
+            } else {
+                match &selection.range {
+                    Some((i, Value::Date(low), Value::Date(high))) if *i == index && *ty == FieldType::Date => {
+                        (*low..=*high).map(Value::Date).collect()
+                    }
+                    _ => {
+                        return Err(ReadError::Unsupported(format!(
+                            "Redis answers reads that give every key field of view {:?} ({}), or a date range of \
+                             a date key field; this read leaves {name:?} open, which needs a scan. Read the view \
+                             from ClickHouse or from memory (take it out of api.read_from)",
+                            self.name,
+                            self.fields[..self.key_len].iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+                        )));
+                    }
+                }
+            };
+            keys = keys
+                .into_iter()
+                .flat_map(|prefix| {
+                    values.iter().map(move |value| {
+                        let mut key = prefix.clone();
+                        key.push(value.clone());
+                        key
+                    })
+                })
+                .collect();
+            if keys.len() > MAX_KEYS {
+                return Err(ReadError::Unsupported(format!("this read names more than {MAX_KEYS} rows; narrow it")));
+            }
+        }
+        let after = selection.after.as_ref();
+        Ok(keys
+            .into_iter()
+            .map(Row::from)
+            .filter(|key| selection.matches(key) && after.is_none_or(|after| key > after))
+            .collect())
+    }
+
+    fn connection(&self) -> Result<Connection, RedisError> {
+        if let Some(connection) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(connection);
+        }
+        let connection = self.client.get_connection_with_timeout(TIMEOUT)?;
+        connection.set_read_timeout(Some(TIMEOUT))?;
+        connection.set_write_timeout(Some(TIMEOUT))?;
+        Ok(connection)
+    }
+
+    /// The row of one hash's fields; `None` for a hash that is not there.
+    fn row(&self, key: Row, hash: RedisValue) -> Option<(Row, Row)> {
+        let pairs: std::collections::HashMap<String, String> = redis::from_redis_value(hash).ok()?;
+        if pairs.is_empty() {
+            return None;
+        }
+        let values: Vec<Value> = self.fields[self.key_len..]
+            .iter()
+            .map(|(name, ty)| pairs.get(name).and_then(|text| parse_plain(text, *ty)).unwrap_or(Value::Null))
+            .collect();
+        Some((key, values.into()))
+    }
+}
+
+impl ViewReader for RedisViewReader {
+    fn describe(&self) -> String {
+        format!("Redis sink {:?}", self.name)
+    }
+
+    fn select(&self, selection: &Selection) -> Result<Selected, ReadError> {
+        let keys = self.keys(selection)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for key in &keys {
+            let mut hash_key = self.prefix.clone();
+            self.key.render_into(key, &mut hash_key);
+            pipe.cmd("HGETALL").arg(hash_key);
+        }
+        pipe.cmd("HMGET").arg(&self.state_key).arg("positions").arg("newest_event_at");
+        let unavailable = |error: RedisError| ReadError::Unavailable(format!("Redis: {error}"));
+        let mut connection = self.connection().map_err(unavailable)?;
+        let mut answers: Vec<RedisValue> = pipe.query(&mut connection).map_err(unavailable)?;
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
+        let state = answers.pop().unwrap_or(RedisValue::Nil);
+        let (positions, newest): (Option<String>, Option<String>) =
+            redis::from_redis_value(state).map_err(|e| ReadError::Unavailable(format!("Redis: {e}")))?;
+        let positions = match positions {
+            Some(text) => positions_from_json(&text, &self.source_names).map_err(ReadError::Unavailable)?,
+            None => Default::default(),
+        };
+        let mut rows: Vec<(Row, Row)> =
+            keys.into_iter().zip(answers).filter_map(|(key, hash)| self.row(key, hash)).collect();
+        rows.truncate(selection.limit.unwrap_or(usize::MAX));
+        Ok(Selected { rows, positions, newest_event_at: newest.as_deref().and_then(Timestamp::parse_rfc3339) })
+    }
+
+    fn latest(&self, _equal: &[(usize, Value)], _field: usize) -> Result<Option<Value>, ReadError> {
+        // Finding it would take a scan: a range without an end ends today.
+        Ok(None)
+    }
+}
