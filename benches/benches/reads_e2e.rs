@@ -1,8 +1,11 @@
 //! The read API under load, over HTTP on loopback.
 //!
-//! The serving store holds the shipped views with 1,000,000 `customer_ltv`
-//! rows (20 stores of 50,000 customers) and a year of `order_summary` days
-//! per store. A Rust client in this process (hyper, its own runtime) then:
+//! The views hold 1,000,000 `customer_ltv` rows (20 stores of 50,000
+//! customers) and a year of `order_summary` days per store: in the
+//! in-process serving store, then in Redis, then in ClickHouse (each read
+//! through `api.read_from`; `BENCH_STORES` picks, default
+//! `memory,redis,clickhouse`). For each, a Rust client in this process
+//! (hyper, its own runtime):
 //!
 //! 1. keeps `BENCH_CONNECTIONS` (default 32) requests in flight for
 //!    `BENCH_SECONDS` and prints requests/s, for a point read (one
@@ -25,9 +28,12 @@ use projector_benches::{knob, percentile};
 use projector_core::config::check_text;
 use projector_core::sink::{SourcePositions, ViewBatch, ViewChange, ViewRows, ViewSink};
 use projector_core::value::{FieldType, Row, Timestamp, Value};
+use projector_dataflows::runner::Outputs;
 use projector_query_api::auth::Auth;
 use projector_query_api::serving::ServingStore;
+use projector_tests::services::{ClickHouseServer, RedisServer, available};
 use projector_tests::shipped_views_yaml;
+use projector_tests::sinks::{clickhouse_sinks_yaml, redis_sinks_yaml};
 
 #[global_allocator]
 static ALLOCATOR: projector::Allocator = mimalloc::MiMalloc;
@@ -40,47 +46,70 @@ fn main() {
     let customers = knob("BENCH_CUSTOMERS", size(1_000_000, 10_000));
     let seconds = Duration::from_secs(knob("BENCH_SECONDS", size(5, 1)));
     let connections = knob("BENCH_CONNECTIONS", 32usize);
+    let stores = knob("BENCH_STORES", "memory,redis,clickhouse".to_string());
 
-    let started = Instant::now();
-    let store = Arc::new(filled_store(customers));
-    println!("reads: {customers} customer_ltv rows loaded in {:.1} s", started.elapsed().as_secs_f64());
-    let api = projector::api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(store), Auth::default())
-        .expect("api");
-    let client = ApiClient::new(api.address);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let per_store = customers / STORES;
     let point = move |n: u64| format!("/v1/stores/{}/customers/{}", n % STORES, (n / STORES) % per_store.max(1));
     let range = |n: u64| {
         let day = 1 + n % 28;
         format!("/v1/stores/{}/orders/summary?from=2024-02-{day:02}&to=2024-03-{day:02}", n % STORES)
     };
-    for (name, path) in
-        [("point read (customer LTV)", &point as &dyn Fn(u64) -> String), ("range read (30 days of summary)", &range)]
-    {
-        // A second to open the connections and touch the data first.
-        runtime.block_on(closed_loop(&client, path, connections, Duration::from_secs(1)));
-        let rate = runtime.block_on(closed_loop(&client, path, connections, seconds));
-        let (latencies, achieved) = runtime.block_on(open_loop(&client, path, rate / 2.0, seconds, connections));
-        println!(
-            "reads: {name}: {rate:.0} requests/s with {connections} in flight; at {achieved:.0}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-            latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-        );
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    for kind in stores.split(',') {
+        let started = Instant::now();
+        let (store, _servers) = match kind {
+            "memory" => (Arc::new(filled_store(customers)), None),
+            "redis" | "clickhouse" if !available(&format!("{kind}-server")) => continue,
+            "redis" | "clickhouse" => {
+                let (store, servers) = store_in_sinks(kind, customers);
+                (store, Some(servers))
+            }
+            other => panic!("BENCH_STORES: {other:?} is not memory, redis or clickhouse"),
+        };
+        println!("reads from {kind}: {customers} customer_ltv rows loaded in {:.1} s", started.elapsed().as_secs_f64());
+        let api = projector::api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(store), Auth::default())
+            .expect("api");
+        let client = ApiClient::new(api.address);
+        for (name, path) in [
+            ("point read (customer LTV)", &point as &dyn Fn(u64) -> String),
+            ("range read (30 days of summary)", &range),
+        ] {
+            // A second to open the connections and touch the data first.
+            runtime.block_on(closed_loop(&client, path, connections, Duration::from_secs(1)));
+            let rate = runtime.block_on(closed_loop(&client, path, connections, seconds));
+            let (latencies, achieved) = runtime.block_on(open_loop(&client, path, rate / 2.0, seconds, connections));
+            println!(
+                "reads from {kind}: {name}: {rate:.0} requests/s with {connections} in flight; at {achieved:.0}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+                percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+                latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            );
+        }
+        api.stop();
     }
-    api.stop();
 }
 
-/// The shipped views with `customers` customer rows and 365 days of summary
-/// per store, every value field filled by its type.
-fn filled_store(customers: u64) -> ServingStore {
-    let text =
+/// The config of the benchmark: the shipped views, and a Redis and a
+/// ClickHouse sink of each when given their servers.
+fn config(sinks: Option<(&RedisServer, &ClickHouseServer)>, read_from: &str) -> projector_core::config::PipelinePlan {
+    let mut text =
         format!("version: 1\nsources:\n  events:\n    type: file\n    path: none.jsonl\n{}", shipped_views_yaml());
-    let plan = check_text(&text, "reads.yaml", std::path::Path::new(".")).expect("shipped views");
-    let store = ServingStore::new(&plan);
+    if let Some((redis, clickhouse)) = sinks {
+        text.push_str(&format!(
+            "\nsinks:\n{}{}api:\n  read_from:\n{read_from}",
+            redis_sinks_yaml(&redis.url(), "bench:"),
+            clickhouse_sinks_yaml(&clickhouse.url(), "bench", 1000)
+        ));
+    }
+    check_text(&text, "reads.yaml", std::path::Path::new(".")).expect("shipped views")
+}
+
+/// The rows of the benchmark, by view: `customers` customer rows and 365
+/// days of summary per store, every value field filled by its type.
+fn rows(plan: &projector_core::config::PipelinePlan, customers: u64) -> Vec<(String, Vec<ViewChange>)> {
     let fill = |name: &str, keys: &mut dyn Iterator<Item = Vec<Value>>| {
-        let view = store.view(name).expect("view");
-        let value_types: Vec<FieldType> = view.fields[view.key_len..].iter().map(|(_, ty)| *ty).collect();
+        let view = plan.view(name).expect("view");
+        let value_types: Vec<FieldType> = view.output_fields()[view.keys.len()..].iter().map(|(_, ty)| *ty).collect();
         let changes: Vec<ViewChange> = keys
             .enumerate()
             .map(|(n, key)| {
@@ -88,24 +117,65 @@ fn filled_store(customers: u64) -> ServingStore {
                 ViewChange { key: key.into(), values, diff: 1 }
             })
             .collect();
-        let mut sink = store.sink(name).expect("sink");
-        let positions = SourcePositions([((0, 0), 1)].into_iter().collect());
-        let rows = ViewRows::new();
-        let batch =
-            ViewBatch { changes: &changes, upper: 1, positions: &positions, newest_event_at: None, rows: &rows };
-        sink.apply(batch).expect("apply");
+        (name.to_string(), changes)
     };
     let per_store = customers / STORES;
-    fill(
-        "customer_ltv",
-        &mut (0..STORES).flat_map(|s| (0..per_store).map(move |c| vec![Value::UInt(s), Value::UInt(c)])),
-    );
     let first = projector_core::value::parse_date("2023-04-01").expect("date");
-    fill(
-        "order_summary",
-        &mut (0..STORES).flat_map(|s| (0..365).map(move |d| vec![Value::UInt(s), Value::Date(first + d)])),
-    );
+    vec![
+        fill(
+            "customer_ltv",
+            &mut (0..STORES).flat_map(|s| (0..per_store).map(move |c| vec![Value::UInt(s), Value::UInt(c)])),
+        ),
+        fill(
+            "order_summary",
+            &mut (0..STORES).flat_map(|s| (0..365).map(move |d| vec![Value::UInt(s), Value::Date(first + d)])),
+        ),
+    ]
+}
+
+/// Applies `changes` to `sink` as one batch.
+fn apply(sink: &mut dyn ViewSink, changes: &[ViewChange]) {
+    let positions = SourcePositions([((0, 0), 1)].into_iter().collect());
+    let rows: ViewRows = changes.iter().map(|c| (c.key.clone(), c.values.clone())).collect();
+    let batch = ViewBatch {
+        changes,
+        upper: 1,
+        positions: &positions,
+        newest_event_at: Some(Timestamp(1_709_294_400_000_000_000)),
+        rows: &rows,
+    };
+    sink.apply(batch).expect("apply");
+    sink.finish().expect("finish");
+}
+
+/// The serving store with the benchmark's rows.
+fn filled_store(customers: u64) -> ServingStore {
+    let plan = config(None, "");
+    let store = ServingStore::new(&plan);
+    for (name, changes) in rows(&plan, customers) {
+        apply(&mut store.sink(&name).expect("sink"), &changes);
+    }
     store
+}
+
+/// A store that reads `customer_ltv` and `order_summary` from their
+/// `kind` (redis or clickhouse) sinks, filled with the benchmark's rows;
+/// and the servers, kept while it is read.
+fn store_in_sinks(kind: &str, customers: u64) -> (Arc<ServingStore>, (RedisServer, ClickHouseServer)) {
+    let (redis, clickhouse) = (RedisServer::start(false), ClickHouseServer::start());
+    let suffix = if kind == "redis" { "redis" } else { "ch" };
+    let read_from = format!("    customer_ltv: customer_ltv_{suffix}\n    order_summary: order_summary_{suffix}\n");
+    let plan = config(Some((&redis, &clickhouse)), &read_from);
+    let mut outputs = projector::components::outputs(&plan).expect("sinks");
+    for (name, changes) in rows(&plan, customers) {
+        let index = plan.views.iter().position(|v| v.name == name).expect("view");
+        let sink_name = format!("sink \"{name}_{suffix}\"");
+        let (_, sink) = outputs.view_sinks[index].iter_mut().find(|(n, _)| *n == sink_name).expect("sink");
+        sink.resume().expect("open the sink");
+        apply(sink.as_mut(), &changes);
+    }
+    let store = projector::components::serve_views(&plan, &mut Outputs::default()).expect("store");
+    (store, (redis, clickhouse))
 }
 
 fn value(ty: FieldType, n: u64) -> Value {

@@ -74,7 +74,12 @@ pub fn start_with(
     let thread = std::thread::Builder::new()
         .name("projector-api".into())
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("projector-api")
+                .enable_all()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(error) => {
                     let _ = ready_send.send(Err(format!("cannot start the API runtime: {error}")));
