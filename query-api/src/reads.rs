@@ -1,7 +1,11 @@
-//! The read routes of contract section 6, answered from the serving store.
+//! The read routes of contract section 6, answered from the serving store,
+//! or for a view in `api.read_from` from its sink's store (a
+//! [`ViewReader`]).
 //!
-//! Every answer is computed under one view's read lock, so it reflects one
-//! completed batch, and says how fresh it is: the JSON field `freshness`
+//! Each route says which rows it wants as a [`Selection`] and computes its
+//! answer from them. From the serving store an answer is computed under
+//! the view's read lock, so it reflects one completed batch. Every answer
+//! says how fresh it is: the JSON field `freshness`
 //! and the headers `X-Projector-Positions` (next offset per source and
 //! partition), `X-Projector-Events` (their sum), `X-Projector-Newest-Event-At`
 //! and `X-Projector-Newest-Event-Age-Ms`. The `ETag` is derived from the

@@ -176,6 +176,11 @@ fn reads_from_redis_and_clickhouse_answer_what_memory_answers() {
     assert_eq!(down.status, 503, "{:?}", down.body);
     assert!(down.body["error"].as_str().unwrap().contains("try again"), "{:?}", down.body);
 
+    drop(redis);
+    let down = from_redis.get(&runtime, &point, &[]);
+    assert_eq!(down.status, 503, "{:?}", down.body);
+    assert!(down.body["error"].as_str().unwrap().contains("Redis sink"), "{:?}", down.body);
+
     for api in [memory, from_redis, from_clickhouse] {
         api.server.stop();
     }
