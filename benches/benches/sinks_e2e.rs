@@ -2,7 +2,7 @@
 //! `clickhouse-server` processes on loopback (started here, as the tests
 //! do).
 //!
-//! They run in this order: 3 first, on quiet servers.
+//! Each part starts servers of its own. They run in this order: 3, 1, 2.
 //!
 //! 1. Sink throughput: the rows of the three views over a generated log,
 //!    written in one batch into a fresh Redis sink and a fresh ClickHouse
@@ -49,27 +49,29 @@ fn main() {
     if !available("redis-server") || !available("clickhouse-server") {
         return;
     }
-    let redis = RedisServer::start(false);
-    let clickhouse = ClickHouseServer::start();
     let events = knob("BENCH_EVENTS", size(1_000_000, 20_000));
     let brokers = mock_broker(&[
         (bench_topic("ingest"), knob("BENCH_PARTITIONS", 64)),
         (bench_topic("latency"), knob("BENCH_LATENCY_PARTITIONS", 8)),
     ]);
-    // Latency first, on quiet servers: the bulk writes of the other parts
-    // leave ClickHouse merging in the background for a while, on the same
-    // 2 cores.
+    // Each part on servers of its own, started for it: the bulk writes of
+    // a part leave ClickHouse merging in the background for a while, on
+    // the same 2 cores, and Redis holding their keys.
+    let servers = || (RedisServer::start(false), ClickHouseServer::start());
     // `BENCH_PARTS`: which parts run (default all: latency,sinks,ingest).
     let parts: String = knob("BENCH_PARTS", "latency,sinks,ingest".to_string());
     let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
     if part("latency") {
+        let (redis, clickhouse) = servers();
         let rate = knob("BENCH_RATE", 20_000.0);
         latency(&brokers, &redis, &clickhouse, rate, Duration::from_secs(knob("BENCH_SECONDS", size(10, 2))));
     }
     if part("sinks") {
+        let (redis, clickhouse) = servers();
         sink_throughput(&redis, &clickhouse, events);
     }
     if part("ingest") {
+        let (redis, clickhouse) = servers();
         ingest(&brokers, &redis, &clickhouse, events);
     }
 }
