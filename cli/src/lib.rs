@@ -17,3 +17,4 @@ pub mod components;
 pub mod demo;
 pub mod http_client;
 pub mod status;
+pub mod validate;

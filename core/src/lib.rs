@@ -14,6 +14,7 @@ pub mod config;
 pub mod event;
 pub mod order;
 pub mod packed;
+pub mod recompute;
 pub mod record;
 pub mod relation;
 pub mod sink;

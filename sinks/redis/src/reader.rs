@@ -14,7 +14,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::{Connection, RedisError, Value as RedisValue};
+use redis::{Commands, Connection, RedisError, Value as RedisValue};
 
 use projector_core::config::RedisSinkConfig;
 use projector_core::sink::{ReadError, Selected, Selection, ViewReader, positions_from_json};
@@ -134,6 +134,77 @@ impl RedisViewReader {
             .map(|(name, ty)| pairs.get(name).and_then(|text| parse_plain(text, *ty)).unwrap_or(Value::Null))
             .collect();
         Some((key, values.into()))
+    }
+}
+
+impl RedisViewReader {
+    /// Every row the sink holds, with the position its checkpoint claims;
+    /// for `projector validate`. The keys are found with `SCAN` (a walk
+    /// over the whole keyspace) and read in pipelined `HGETALL`s; the
+    /// checkpoint is read before and after, and a sink that moved in
+    /// between (its pipeline is writing) is read again, up to `attempts`
+    /// times.
+    pub fn all_rows(&self, attempts: usize) -> Result<Selected, ReadError> {
+        let unavailable = |error: RedisError| ReadError::Unavailable(format!("Redis: {error}"));
+        let mut connection = self.connection().map_err(unavailable)?;
+        let pattern = format!("{}{}", crate::glob_escape(&self.prefix), self.key.glob());
+        for _ in 0..attempts.max(1) {
+            let before = self.checkpoint(&mut connection).map_err(unavailable)?;
+            let keys: Vec<String> = {
+                let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(1000);
+                connection
+                    .scan_options::<String>(options)
+                    .map_err(unavailable)?
+                    .collect::<Result<Vec<String>, RedisError>>()
+                    .map_err(unavailable)?
+            };
+            let mut rows = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(1000) {
+                let mut pipe = redis::pipe();
+                for key in chunk {
+                    pipe.cmd("HGETALL").arg(key);
+                }
+                let hashes: Vec<RedisValue> = pipe.query(&mut connection).map_err(unavailable)?;
+                rows.extend(hashes.into_iter().filter_map(|hash| self.whole_row(hash)));
+            }
+            let after = self.checkpoint(&mut connection).map_err(unavailable)?;
+            if before == after {
+                rows.sort();
+                let (positions, newest_event_at) = before;
+                return Ok(Selected { rows, positions, newest_event_at });
+            }
+        }
+        Err(ReadError::Unavailable(format!(
+            "the Redis sink {:?} kept moving while it was read ({attempts} tries); stop its pipeline and try again",
+            self.name
+        )))
+    }
+
+    /// The checkpoint's positions and newest event time.
+    fn checkpoint(
+        &self,
+        connection: &mut Connection,
+    ) -> Result<(projector_core::sink::SourcePositions, Option<Timestamp>), RedisError> {
+        let (positions, newest): (Option<String>, Option<String>) =
+            redis::cmd("HMGET").arg(&self.state_key).arg("positions").arg("newest_event_at").query(connection)?;
+        let positions =
+            positions.and_then(|text| positions_from_json(&text, &self.source_names).ok()).unwrap_or_default();
+        Ok((positions, newest.as_deref().and_then(Timestamp::parse_rfc3339)))
+    }
+
+    /// A row from a hash holding all its fields, keys included.
+    fn whole_row(&self, hash: RedisValue) -> Option<(Row, Row)> {
+        let pairs: std::collections::HashMap<String, String> = redis::from_redis_value(hash).ok()?;
+        if pairs.is_empty() {
+            return None;
+        }
+        let values: Vec<Value> = self
+            .fields
+            .iter()
+            .map(|(name, ty)| pairs.get(name).and_then(|text| parse_plain(text, *ty)).unwrap_or(Value::Null))
+            .collect();
+        let (key, values) = values.split_at(self.key_len);
+        Some((key.to_vec().into(), values.to_vec().into()))
     }
 }
 

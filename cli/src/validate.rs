@@ -1,0 +1,301 @@
+//! `projector validate`: a view's sinks checked against the log.
+//!
+//! For each sink of the view: read everything it holds and the log
+//! position its checkpoint claims (a file sink claims none: it is checked
+//! against the whole log), recompute the view from the log up to that
+//! position with a plain fold ([`Recomputation`], not the dataflow), and
+//! compare, all keys or a random sample of them. Every difference is a
+//! line: the key, the field, what the log says and what the sink holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rand::seq::IteratorRandom;
+use rand::{SeedableRng, rngs::ChaCha8Rng};
+
+use projector_core::config::{PipelinePlan, SinkConfig, SinkKind};
+use projector_core::recompute::Recomputation;
+use projector_core::sink::{Selection, SourcePositions, ViewReader, positions_to_json};
+use projector_core::source::Poll;
+use projector_core::value::{FieldType, Row, Timestamp, Value, parse_date};
+use projector_core::view::ViewPlan;
+use projector_sink_clickhouse::ClickHouseViewReader;
+use projector_sink_redis::RedisViewReader;
+
+use crate::commands::CommandError;
+use crate::components;
+
+/// What `projector validate` checks.
+#[derive(Clone, Debug)]
+pub struct ValidateOptions {
+    /// The view.
+    pub view: String,
+    /// Check this many keys, drawn at random (all when `None`).
+    pub sample_size: Option<usize>,
+    /// Seed of the sample.
+    pub seed: u64,
+}
+
+/// The outcome: the report, and how many differences it lists.
+#[derive(Clone, Debug)]
+pub struct Validation {
+    /// What was checked and every difference, for a person.
+    pub report: String,
+    /// Differences found over all sinks (0: the sinks agree with the log).
+    pub differences: usize,
+}
+
+/// Most differences listed per sink (all are counted).
+const MAX_LISTED: usize = 50;
+/// Times a sink that moved while it was read is read again.
+const READ_ATTEMPTS: usize = 5;
+/// How long the log may stay silent before it is taken to end short of
+/// a sink's checkpoint.
+const SILENT_LOG: Duration = Duration::from_secs(20);
+
+/// What one sink holds: its rows and the position it claims (`None`: no
+/// checkpoint, compared with the whole log).
+struct Held {
+    rows: BTreeMap<Row, Row>,
+    positions: Option<SourcePositions>,
+}
+
+/// Checks every sink of `options.view` against the log.
+pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Validation, CommandError> {
+    let view = plan.view(&options.view).ok_or_else(|| {
+        let names: Vec<&str> = plan.views.iter().map(|v| v.name.as_str()).collect();
+        CommandError::Io(format!("no view {:?}; this config declares: {}", options.view, names.join(", ")))
+    })?;
+    let sinks: Vec<&SinkConfig> = plan.config.sinks.iter().filter(|s| s.view.value == options.view).collect();
+    if sinks.is_empty() {
+        return Err(CommandError::Io(format!(
+            "view {:?} has no sinks to validate; declare one under `sinks:`",
+            options.view
+        )));
+    }
+    let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
+    // Recomputations by the position they reach (`None`: the whole log).
+    let mut expected: BTreeMap<Option<String>, (BTreeMap<Row, Row>, u64)> = BTreeMap::new();
+    let mut report = String::new();
+    let mut differences = 0;
+    for sink in sinks {
+        let held = read_sink(plan, view, sink, &source_names)?;
+        let claimed = held.positions.as_ref().map(|p| positions_to_json(p, &source_names));
+        if !expected.contains_key(&claimed) {
+            let log = read_log(plan, held.positions.as_ref())?;
+            let records = log.records;
+            expected.insert(claimed.clone(), (log.view(view), records));
+        }
+        let (want, records) = &expected[&claimed];
+        let kind = match sink.kind {
+            SinkKind::File(_) => "file",
+            SinkKind::Redis(_) => "redis",
+            SinkKind::ClickHouse(_) => "clickhouse",
+        };
+        let at = claimed.as_deref().unwrap_or("the end of the log (a file sink keeps no checkpoint)");
+        let _ = writeln!(
+            report,
+            "sink {:?} ({kind}): {} rows at {at}; the log up to there ({records} records) gives {} rows",
+            sink.name,
+            held.rows.len(),
+            want.len()
+        );
+        let keys: BTreeSet<&Row> = want.keys().chain(held.rows.keys()).collect();
+        let checked: Vec<&Row> = match options.sample_size {
+            Some(size) if size < keys.len() => {
+                let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+                let mut sample = keys.iter().copied().sample(&mut rng, size);
+                sample.sort();
+                sample
+            }
+            _ => keys.into_iter().collect(),
+        };
+        let mut lines = Vec::new();
+        for key in &checked {
+            compare(view, key, want.get(*key), held.rows.get(*key), &mut lines);
+        }
+        let scope = if options.sample_size.is_some_and(|size| size < want.len().max(held.rows.len())) {
+            format!("{} keys drawn at random (seed {})", checked.len(), options.seed)
+        } else {
+            format!("all {} keys", checked.len())
+        };
+        if lines.is_empty() {
+            let _ = writeln!(report, "  checked {scope}: ok");
+        } else {
+            let _ = writeln!(report, "  checked {scope}: {} differences", lines.len());
+            for line in lines.iter().take(MAX_LISTED) {
+                let _ = writeln!(report, "  {line}");
+            }
+            if lines.len() > MAX_LISTED {
+                let _ = writeln!(report, "  … and {} more", lines.len() - MAX_LISTED);
+            }
+        }
+        differences += lines.len();
+    }
+    Ok(Validation { report, differences })
+}
+
+/// The differences at one key: a missing row, an unexpected one, or each
+/// field that differs.
+fn compare(view: &ViewPlan, key: &Row, want: Option<&Row>, found: Option<&Row>, lines: &mut Vec<String>) {
+    let fields = view.output_fields();
+    let (key_fields, value_fields) = fields.split_at(view.keys.len());
+    let key_text: Vec<String> =
+        key_fields.iter().zip(key.iter()).map(|((name, _), value)| format!("{name}={}", value.to_json())).collect();
+    let key_text = key_text.join(", ");
+    let object = |values: &Row| {
+        let pairs: Vec<String> = value_fields
+            .iter()
+            .zip(values.iter())
+            .map(|((name, _), value)| format!("{name}: {}", value.to_json()))
+            .collect();
+        format!("{{{}}}", pairs.join(", "))
+    };
+    match (want, found) {
+        (Some(want), None) => lines.push(format!("key ({key_text}): missing; the log gives {}", object(want))),
+        (None, Some(found)) => {
+            lines.push(format!("key ({key_text}): the sink holds {} but the log gives no row", object(found)));
+        }
+        (Some(want), Some(found)) => {
+            for (((name, _), expected), held) in value_fields.iter().zip(want.iter()).zip(found.iter()) {
+                if expected != held {
+                    lines.push(format!(
+                        "key ({key_text}): {name}: expected {}, found {}",
+                        expected.to_json(),
+                        held.to_json()
+                    ));
+                }
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+/// Everything `sink` holds, and the position it claims.
+fn read_sink(
+    plan: &PipelinePlan,
+    view: &ViewPlan,
+    sink: &SinkConfig,
+    source_names: &[String],
+) -> Result<Held, CommandError> {
+    let failed = |error: String| CommandError::Io(format!("sink {:?}: {error}", sink.name));
+    match &sink.kind {
+        SinkKind::Redis(redis) => {
+            let reader = RedisViewReader::new(&sink.name, view, redis, source_names.to_vec()).map_err(failed)?;
+            let all = reader.all_rows(READ_ATTEMPTS).map_err(|e| failed(e.to_string()))?;
+            Ok(Held { rows: all.rows.into_iter().collect(), positions: Some(all.positions) })
+        }
+        SinkKind::ClickHouse(clickhouse) => {
+            let reader =
+                ClickHouseViewReader::new(&sink.name, view, clickhouse, source_names.to_vec()).map_err(failed)?;
+            let reader: &dyn ViewReader = &reader;
+            for _ in 0..READ_ATTEMPTS {
+                let all = reader.select(&Selection::default()).map_err(|e| failed(e.to_string()))?;
+                let after = reader
+                    .select(&Selection { limit: Some(0), ..Selection::default() })
+                    .map_err(|e| failed(e.to_string()))?;
+                if after.positions == all.positions {
+                    return Ok(Held { rows: all.rows.into_iter().collect(), positions: Some(all.positions) });
+                }
+            }
+            Err(failed(format!(
+                "it kept moving while it was read ({READ_ATTEMPTS} tries); stop its pipeline and try again"
+            )))
+        }
+        SinkKind::File(file) => {
+            let _ = plan;
+            Ok(Held { rows: read_file_sink(view, &file.path).map_err(failed)?, positions: None })
+        }
+    }
+}
+
+/// The rows of a file sink (JSON Lines, one object per row).
+fn read_file_sink(view: &ViewPlan, path: &Path) -> Result<BTreeMap<Row, Row>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+    };
+    let fields = view.output_fields();
+    let mut rows = BTreeMap::new();
+    for (number, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
+        let bad = |what: String| format!("{}:{}: {what}", path.display(), number + 1);
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).map_err(|e| bad(format!("not a JSON object: {e}")))?;
+        let values = fields
+            .iter()
+            .map(|(name, ty)| {
+                let json = object.get(name).unwrap_or(&serde_json::Value::Null);
+                from_json(json, *ty).ok_or_else(|| bad(format!("field {name:?} holds {json}, not a {ty:?}")))
+            })
+            .collect::<Result<Vec<Value>, String>>()?;
+        let (key, values) = values.split_at(view.keys.len());
+        rows.insert(key.to_vec().into(), values.to_vec().into());
+    }
+    Ok(rows)
+}
+
+/// A field value as the file sink writes it.
+fn from_json(json: &serde_json::Value, ty: FieldType) -> Option<Value> {
+    use serde_json::Value as Json;
+    Some(match (json, ty) {
+        (Json::Null, _) => Value::Null,
+        (Json::Number(n), FieldType::UInt) => Value::UInt(n.as_u64()?),
+        (Json::Number(n), FieldType::Int) => Value::Int(n.as_i64()?),
+        (Json::String(s), FieldType::Text) => Value::Text(s.as_str().into()),
+        (Json::String(s), FieldType::Date) => Value::Date(parse_date(s)?),
+        (Json::String(s), FieldType::Timestamp) => Value::Timestamp(Timestamp::parse_rfc3339(s)?),
+        (Json::Bool(b), FieldType::Bool) => Value::Bool(*b),
+        _ => return None,
+    })
+}
+
+/// The log read from each source's configured start up to `target` (every
+/// record before its offset per partition), or to where it ends now.
+fn read_log(plan: &PipelinePlan, target: Option<&SourcePositions>) -> Result<Recomputation, CommandError> {
+    let mut log = Recomputation::new();
+    for (index, (name, source)) in components::sources(plan).into_iter().enumerate() {
+        let source_index = index as u16;
+        let failed = |error: String| CommandError::Io(format!("source {name:?}: {error}"));
+        let mut reader = source.reader(0, 1).map_err(|e| failed(e.to_string()))?;
+        let mut heard = Instant::now();
+        loop {
+            let wanted = |position: projector_core::record::LogPosition| {
+                target.is_none_or(|target| position.offset < target.get(source_index, position.partition))
+            };
+            let poll = reader
+                .poll(10_000, &mut |record| {
+                    if wanted(record.position) {
+                        log.add(source_index, record.position, record.bytes);
+                    }
+                })
+                .map_err(|e| failed(e.to_string()))?;
+            match poll {
+                Poll::Finished => break,
+                Poll::Records { .. } => heard = Instant::now(),
+                Poll::Idle { .. } => {}
+            }
+            let positions = reader.positions();
+            let done = match target {
+                Some(target) => target
+                    .0
+                    .iter()
+                    .filter(|((source, _), _)| *source == source_index)
+                    .all(|((_, partition), offset)| positions.get(source_index, *partition) >= *offset),
+                None => reader.caught_up(),
+            };
+            if done {
+                break;
+            }
+            if heard.elapsed() > SILENT_LOG {
+                return Err(failed(format!(
+                    "the log ends before the position to check ({}); was the topic truncated or recreated?",
+                    target.map_or_else(|| "its end".to_string(), |t| format!("{:?}", t.0))
+                )));
+            }
+        }
+    }
+    Ok(log)
+}
