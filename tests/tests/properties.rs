@@ -180,6 +180,35 @@ fn check_run(config: &str, lines: &[String], workers: usize, batch: u64) -> Resu
     }
     let dead: Vec<u64> = output.dead_letters.iter().map(|d| d["line_number"].as_u64().unwrap()).collect();
     prop_assert_eq!(dead, expected.bad_lines);
+    check_validate_fold(config, lines)
+}
+
+/// `projector validate`'s plain fold gives the recomputation too.
+fn check_validate_fold(config: &str, lines: &[String]) -> Result<(), TestCaseError> {
+    let plan = projector_core::config::check_text(config, "pipelines.yaml", std::path::Path::new("/")).unwrap();
+    let mut log = projector_core::recompute::Recomputation::new();
+    for (index, line) in lines.iter().enumerate() {
+        let position = projector_core::record::LogPosition { partition: 0, offset: index as u64 + 1 };
+        log.add(0, position, line.as_bytes());
+    }
+    let expected = reference::read(lines);
+    prop_assert_eq!(log.bad_records, expected.bad_lines.len() as u64);
+    let orders = log.orders();
+    let views = [
+        ("order_summary", reference::order_summary(&expected.orders)),
+        ("product_sales", reference::product_sales(&expected.orders)),
+        ("customer_ltv", reference::customer_ltv(&expected.orders)),
+        ("revenue_by_currency", reference::revenue_by_currency(&expected.orders)),
+        ("customers_per_day", reference::customers_per_day(&expected.orders)),
+    ];
+    for (name, rows) in views {
+        let view = plan.view(name).unwrap();
+        let got: Vec<Value> =
+            log.view_of(view, &orders).iter().map(|(key, values)| Value::Object(view.row_json(key, values))).collect();
+        if let Some(difference) = first_difference(&sorted(got), &sorted(rows)) {
+            return Err(TestCaseError::fail(format!("validate's fold, view {name}: {difference}")));
+        }
+    }
     Ok(())
 }
 
