@@ -174,7 +174,7 @@ fn sinks(plan: &PipelinePlan, timed_view: &str, redis_done: &Completions, clickh
                     ClickHouseViewSink::new(&sink.name, view, config, source_names.clone()).expect("clickhouse sink");
                 if timed { Box::new(TimedClickHouse(inner, Arc::clone(clickhouse_done))) } else { Box::new(inner) }
             }
-            SinkKind::File(_) => continue,
+            SinkKind::File(_) | SinkKind::Parquet(_) => continue,
         };
         view_sinks[index].push((sink.name.clone(), built));
     }
@@ -241,7 +241,7 @@ fn sink_throughput(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u
                 SinkKind::ClickHouse(config) => Box::new(
                     ClickHouseViewSink::new(&sink.name, Arc::clone(view), config, source_names.clone()).expect("sink"),
                 ),
-                SinkKind::File(_) => unreachable!("no file sinks here"),
+                SinkKind::File(_) | SinkKind::Parquet(_) => unreachable!("no file sinks here"),
             };
             built.resume().expect("resume");
             let started = Instant::now();

@@ -78,6 +78,30 @@ pub fn run_config(plan: PipelinePlan, options: RunOptions) -> Result<RunSummary,
     Ok(result?)
 }
 
+/// `projector export --view NAME --out FILE.parquet`: computes the view
+/// from the config's sources as they stand (each read from its configured
+/// start to where it ends when the export starts) and writes its rows to
+/// one Parquet file, with the positions they reflect in its metadata. The
+/// config's sinks and dead-letter destinations are not touched.
+pub fn export(plan: PipelinePlan, view: &str, out: &Path, options: RunOptions) -> Result<RunSummary, CommandError> {
+    let Some(index) = plan.views.iter().position(|v| v.name == view) else {
+        let names: Vec<&str> = plan.views.iter().map(|v| v.name.as_str()).collect();
+        return Err(CommandError::Io(format!("no view {view:?}; this config declares: {}", names.join(", "))));
+    };
+    if plan.config.sources.is_empty() {
+        return Err(CommandError::Io(format!("{}: no sources are declared to export from", plan.config.file)));
+    }
+    let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
+    let mut view_sinks: Vec<Vec<(String, Box<dyn projector_core::sink::ViewSink>)>> =
+        plan.views.iter().map(|_| Vec::new()).collect();
+    let sink = projector_sink_parquet::ParquetViewSink::new(Arc::clone(&plan.views[index]), out, None, source_names);
+    view_sinks[index].push((out.display().to_string(), Box::new(sink)));
+    let outputs = projector_dataflows::runner::Outputs { view_sinks, dead_letter_sinks: Vec::new() };
+    let sources = components::sources(&plan);
+    let options = RunOptions { until_idle: true, until_caught_up: true, ..options };
+    Ok(run(Arc::new(plan), sources, outputs, options)?)
+}
+
 /// `projector generate`: writes a generated log, one event per line.
 pub fn generate(config: GeneratorConfig, out: &mut dyn std::io::Write) -> Result<u64, CommandError> {
     let mut written = 0;

@@ -17,6 +17,7 @@ use projector_query_api::metrics::PipelineCounters;
 use projector_query_api::serving::ServingStore;
 use projector_sink_clickhouse::{ClickHouseViewReader, ClickHouseViewSink};
 use projector_sink_file::{FileDeadLetterSink, FileViewSink};
+use projector_sink_parquet::ParquetViewSink;
 use projector_sink_redis::{RedisViewReader, RedisViewSink};
 use projector_source_file::FileSource;
 use projector_source_kafka::{KafkaDeadLetterSink, KafkaSource};
@@ -63,6 +64,12 @@ pub fn outputs(plan: &PipelinePlan) -> Result<Outputs, SinkError> {
                 clickhouse,
                 source_names.clone(),
             )?),
+            SinkKind::Parquet(parquet) => Box::new(ParquetViewSink::new(
+                Arc::clone(&plan.views[view_index]),
+                &parquet.path,
+                Some(Duration::from_millis(parquet.every_ms)),
+                source_names.clone(),
+            )),
         };
         view_sinks[view_index].push((format!("sink {:?}", sink.name), built));
     }
@@ -172,7 +179,7 @@ pub fn serve_views(plan: &PipelinePlan, outputs: &mut Outputs) -> Result<Arc<Ser
                 ClickHouseViewReader::new(&sink.value, plan_view, clickhouse, source_names.clone())
                     .map_err(SinkError::Fatal)?,
             ),
-            SinkKind::File(_) => continue,
+            SinkKind::File(_) | SinkKind::Parquet(_) => continue,
         };
         store.read_from(&view.value, reader);
     }

@@ -30,6 +30,7 @@ fn sink_reports(plan: &PipelinePlan) -> Vec<SinkReport> {
         .map(|sink| {
             let (kind, status) = match &sink.kind {
                 SinkKind::File(_) => ("file", Ok(None)),
+                SinkKind::Parquet(_) => ("parquet", Ok(None)),
                 SinkKind::Redis(redis) => ("redis", projector_sink_redis::status(redis, &sink.name).map(Some)),
                 SinkKind::ClickHouse(clickhouse) => {
                     ("clickhouse", projector_sink_clickhouse::status(clickhouse, &sink.name).map(Some))

@@ -17,7 +17,7 @@ use rand::{SeedableRng, rngs::ChaCha8Rng};
 
 use projector_core::config::{PipelinePlan, SinkConfig, SinkKind};
 use projector_core::recompute::Recomputation;
-use projector_core::sink::{Selection, SourcePositions, ViewReader, positions_to_json};
+use projector_core::sink::{Selection, SourcePositions, ViewReader, positions_from_json, positions_to_json};
 use projector_core::source::Poll;
 use projector_core::value::{FieldType, Row, Timestamp, Value, parse_date};
 use projector_core::view::ViewPlan;
@@ -81,7 +81,7 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
     let mut report = String::new();
     let mut differences = 0;
     for sink in sinks {
-        let held = read_sink(plan, view, sink, &source_names)?;
+        let held = read_sink(view, sink, &source_names)?;
         let claimed = held.positions.as_ref().map(|p| positions_to_json(p, &source_names));
         if !expected.contains_key(&claimed) {
             let log = read_log(plan, held.positions.as_ref())?;
@@ -91,6 +91,7 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
         let (want, records) = &expected[&claimed];
         let kind = match sink.kind {
             SinkKind::File(_) => "file",
+            SinkKind::Parquet(_) => "parquet",
             SinkKind::Redis(_) => "redis",
             SinkKind::ClickHouse(_) => "clickhouse",
         };
@@ -174,12 +175,7 @@ fn compare(view: &ViewPlan, key: &Row, want: Option<&Row>, found: Option<&Row>, 
 }
 
 /// Everything `sink` holds, and the position it claims.
-fn read_sink(
-    plan: &PipelinePlan,
-    view: &ViewPlan,
-    sink: &SinkConfig,
-    source_names: &[String],
-) -> Result<Held, CommandError> {
+fn read_sink(view: &ViewPlan, sink: &SinkConfig, source_names: &[String]) -> Result<Held, CommandError> {
     let failed = |error: String| CommandError::Io(format!("sink {:?}: {error}", sink.name));
     match &sink.kind {
         SinkKind::Redis(redis) => {
@@ -204,9 +200,14 @@ fn read_sink(
                 "it kept moving while it was read ({READ_ATTEMPTS} tries); stop its pipeline and try again"
             )))
         }
-        SinkKind::File(file) => {
-            let _ = plan;
-            Ok(Held { rows: read_file_sink(view, &file.path).map_err(failed)?, positions: None })
+        SinkKind::File(file) => Ok(Held { rows: read_file_sink(view, &file.path).map_err(failed)?, positions: None }),
+        SinkKind::Parquet(parquet) => {
+            let (rows, positions) = projector_sink_parquet::read_parquet(view, &parquet.path).map_err(failed)?;
+            let positions = match positions {
+                Some(text) => Some(positions_from_json(&text, source_names).map_err(failed)?),
+                None => None,
+            };
+            Ok(Held { rows, positions })
         }
     }
 }

@@ -39,6 +39,11 @@ pub struct RunOptions {
     /// Stop once every source is finished and every sink has flushed;
     /// otherwise keep running (serving) until `stop` is set.
     pub until_idle: bool,
+    /// Stop reading once every reader has caught up with where its log
+    /// ended when the run started (a file: its end; a Kafka partition: its
+    /// end offset then), as if stopped then: what was read completes and
+    /// is flushed. For a bounded look at an unbounded log (`export`).
+    pub until_caught_up: bool,
     /// Set to stop the run.
     pub stop: Arc<AtomicBool>,
     /// Live counters others can watch while the run goes on.
@@ -54,6 +59,7 @@ impl Default for RunOptions {
             workers: 1,
             poll_records: 8192,
             until_idle: true,
+            until_caught_up: false,
             stop: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(RunProgress::default()),
             idle_wait: Duration::from_millis(2),
@@ -399,7 +405,7 @@ pub fn run(
             if state.failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                 break;
             }
-            if options.stop.load(Ordering::Relaxed) && input.is_some() {
+            if (options.stop.load(Ordering::Relaxed) || (options.until_caught_up && caught_up)) && input.is_some() {
                 // Stop reading; what was read completes and is flushed.
                 info!(worker = index, "stopping: finishing the current batch");
                 if let Ok(mut table) = state.progress.lock() {

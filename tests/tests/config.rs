@@ -85,7 +85,7 @@ fn reports_every_error_with_its_position() {
             at(BROKEN, "sumary")
         ),
         format!(
-            "{}: sink \"db\": 'type' \"postgres\" is not a known type; allowed: file, redis, clickhouse",
+            "{}: sink \"db\": 'type' \"postgres\" is not a known type; allowed: file, redis, clickhouse, parquet",
             at(BROKEN, "postgres")
         ),
     ];

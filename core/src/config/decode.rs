@@ -590,12 +590,24 @@ fn sink(name: &str, pos: Pos, node: &Node, base_dir: &Path, diags: &mut Diagnost
     let component = format!("sink {name:?}");
     let mut fields = Fields::new(node, &component, "", diags)?;
     let view = required(&mut fields, "view", diags).and_then(|n| text(n, &component, "view", diags));
-    let kind = match component_type(&mut fields, &component, &["file", "redis", "clickhouse"], diags)?.as_str() {
+    let kind = match component_type(&mut fields, &component, &["file", "redis", "clickhouse", "parquet"], diags)?
+        .as_str()
+    {
         "file" => {
             let path =
                 required(&mut fields, "path", diags).and_then(|n| path_value(n, &component, "path", base_dir, diags));
             fields.finish(&["type", "view", "path"], diags);
             SinkKind::File(FileSinkConfig { path: path? })
+        }
+        "parquet" => {
+            let path =
+                required(&mut fields, "path", diags).and_then(|n| path_value(n, &component, "path", base_dir, diags));
+            let every_ms = match fields.take("every_ms") {
+                Some(n) => positive(n, &component, "every_ms", diags),
+                None => Some(60_000),
+            };
+            fields.finish(&["type", "view", "path", "every_ms"], diags);
+            SinkKind::Parquet(ParquetSinkConfig { path: path?, every_ms: every_ms? })
         }
         "redis" => {
             let url = fields.take("url").and_then(|n| text(n, &component, "url", diags));

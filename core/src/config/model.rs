@@ -333,6 +333,20 @@ pub enum SinkKind {
     Redis(RedisSinkConfig),
     /// `type: clickhouse`: a table of versioned rows.
     ClickHouse(ClickHouseSinkConfig),
+    /// `type: parquet`: snapshots of the view as a Parquet file.
+    Parquet(ParquetSinkConfig),
+}
+
+/// Options of `type: parquet` sinks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParquetSinkConfig {
+    /// `path`: the Parquet file that holds a snapshot of the view's rows,
+    /// sorted by key; replaced atomically. Relative paths are relative to
+    /// the folder of the config file.
+    pub path: PathBuf,
+    /// `every_ms` (default 60000): the snapshot is replaced at most this
+    /// often while the view changes, and at the end of a run.
+    pub every_ms: u64,
 }
 
 /// Options of `type: redis` sinks.

@@ -46,13 +46,13 @@ pub(super) fn plan(config: PipelineConfig, diags: &mut Diagnostics) -> PipelineP
         }
         let view = views.iter().find(|v| v.name == sink.view.value);
         match &sink.kind {
-            SinkKind::File(file) => {
-                if let Some(other) = outputs.insert(file.path.clone(), component.clone()) {
+            SinkKind::File(FileSinkConfig { path }) | SinkKind::Parquet(ParquetSinkConfig { path, .. }) => {
+                if let Some(other) = outputs.insert(path.clone(), component.clone()) {
                     diags.push(
                         sink.pos,
                         &component,
                         "path",
-                        format!("{} is also written by {other}; each file needs one writer", file.path.display()),
+                        format!("{} is also written by {other}; each file needs one writer", path.display()),
                     );
                 }
             }
@@ -107,7 +107,7 @@ fn check_read_from(config: &PipelineConfig, api: &ApiConfig, diags: &mut Diagnos
             Some(found) if found.view.value != view.value => {
                 Some(format!("sink {:?} materializes view {:?}, not {:?}", sink.value, found.view.value, view.value))
             }
-            Some(found) if matches!(found.kind, SinkKind::File(_)) => {
+            Some(found) if matches!(found.kind, SinkKind::File(_) | SinkKind::Parquet(_)) => {
                 Some(format!("sink {:?} is a file sink; reads come from a redis or clickhouse sink", sink.value))
             }
             Some(_) => None,

@@ -1,0 +1,317 @@
+//! The `parquet` sink: a view's rows as a Parquet file, written through
+//! Arrow with the view's own schema.
+//!
+//! Columns are the view's output fields in order, typed from the view's
+//! declaration: `UInt64` and `Int64` numbers, `Utf8` text, `Date32` days,
+//! `Timestamp(Nanosecond, "UTC")` instants and `Boolean`; key columns are
+//! not nullable, the others are. The file's key-value metadata says what
+//! it holds: `projector.view`, `projector.keys` (the key columns, comma
+//! separated) and `projector.positions` (the source offsets the rows
+//! reflect, as JSON).
+//!
+//! The sink keeps the view's rows in key order and replaces the file
+//! atomically (a temporary sibling, then a rename) at most once per
+//! interval and at the end of a run, so a reader never sees half a file:
+//! `projector export` writes one file at the end, a `parquet` sink in
+//! `pipelines.yaml` keeps a snapshot that is at most `every_ms` old.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::builder::{
+    BooleanBuilder, Date32Builder, Int64Builder, StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewSink, positions_to_json};
+use projector_core::value::{FieldType, Row, Value};
+use projector_core::view::ViewPlan;
+
+/// Rows per row group (and per Arrow batch while writing).
+const ROW_GROUP: usize = 65_536;
+
+/// The Arrow schema of a view: its output fields, keys first.
+pub fn schema(plan: &ViewPlan) -> Schema {
+    let key_len = plan.keys.len();
+    let fields: Vec<Field> = plan
+        .output_fields()
+        .into_iter()
+        .enumerate()
+        .map(|(index, (name, ty))| Field::new(name, data_type(ty), index >= key_len))
+        .collect();
+    Schema::new(fields)
+}
+
+fn data_type(ty: FieldType) -> DataType {
+    match ty {
+        FieldType::UInt => DataType::UInt64,
+        FieldType::Int => DataType::Int64,
+        FieldType::Text => DataType::Utf8,
+        FieldType::Date => DataType::Date32,
+        FieldType::Timestamp => DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+        FieldType::Bool => DataType::Boolean,
+    }
+}
+
+/// One column of `rows` (field `index`, keys first) as an Arrow array.
+fn column(rows: &[(&Row, &Row)], index: usize, key_len: usize, ty: FieldType) -> ArrayRef {
+    let values = rows.iter().map(|(key, values)| {
+        if index < key_len { key.get(index) } else { values.get(index - key_len) }.unwrap_or(&Value::Null)
+    });
+    match ty {
+        FieldType::UInt => {
+            let mut builder = UInt64Builder::with_capacity(rows.len());
+            for value in values {
+                builder.append_option(match value {
+                    Value::UInt(v) => Some(*v),
+                    _ => None,
+                });
+            }
+            Arc::new(builder.finish())
+        }
+        FieldType::Int => {
+            let mut builder = Int64Builder::with_capacity(rows.len());
+            for value in values {
+                builder.append_option(match value {
+                    Value::Int(v) => Some(*v),
+                    Value::UInt(v) => i64::try_from(*v).ok(),
+                    _ => None,
+                });
+            }
+            Arc::new(builder.finish())
+        }
+        FieldType::Text => {
+            let mut builder = StringBuilder::with_capacity(rows.len(), rows.len() * 8);
+            for value in values {
+                match value {
+                    Value::Text(text) => builder.append_value(text),
+                    _ => builder.append_null(),
+                }
+            }
+            Arc::new(builder.finish())
+        }
+        FieldType::Date => {
+            let mut builder = Date32Builder::with_capacity(rows.len());
+            for value in values {
+                builder.append_option(match value {
+                    Value::Date(days) => Some(*days),
+                    _ => None,
+                });
+            }
+            Arc::new(builder.finish())
+        }
+        FieldType::Timestamp => {
+            let mut builder = TimestampNanosecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
+            for value in values {
+                builder.append_option(match value {
+                    Value::Timestamp(at) => Some(at.0),
+                    _ => None,
+                });
+            }
+            Arc::new(builder.finish())
+        }
+        FieldType::Bool => {
+            let mut builder = BooleanBuilder::with_capacity(rows.len());
+            for value in values {
+                builder.append_option(match value {
+                    Value::Bool(flag) => Some(*flag),
+                    _ => None,
+                });
+            }
+            Arc::new(builder.finish())
+        }
+    }
+}
+
+/// Writes `rows` (in key order) of `plan` to `path` as Parquet, replacing
+/// the file atomically; `positions` (JSON) go into the metadata.
+pub fn write_parquet<'a>(
+    plan: &ViewPlan,
+    rows: impl ExactSizeIterator<Item = (&'a Row, &'a Row)>,
+    positions: Option<&str>,
+    path: &Path,
+) -> Result<(), String> {
+    let fail = |what: &str, error: &dyn std::fmt::Display| format!("cannot {what} {}: {error}", path.display());
+    let schema = Arc::new(schema(plan));
+    let types: Vec<FieldType> = plan.output_fields().into_iter().map(|(_, ty)| ty).collect();
+    let key_len = plan.keys.len();
+    let keys: Vec<String> = plan.keys.iter().map(|k| k.name.clone()).collect();
+    let mut metadata = vec![
+        KeyValue::new("projector.view".to_string(), plan.name.clone()),
+        KeyValue::new("projector.keys".to_string(), keys.join(",")),
+    ];
+    if let Some(positions) = positions {
+        metadata.push(KeyValue::new("projector.positions".to_string(), positions.to_string()));
+    }
+    let properties = WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_size(ROW_GROUP)
+        .set_key_value_metadata(Some(metadata))
+        .build();
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| fail("create the folder of", &e))?;
+    }
+    let temporary = path.with_extension("parquet.tmp");
+    let file = File::create(&temporary).map_err(|e| fail("create", &e))?;
+    let mut writer =
+        ArrowWriter::try_new(file, Arc::clone(&schema), Some(properties)).map_err(|e| fail("write", &e))?;
+    let rows: Vec<(&Row, &Row)> = rows.collect();
+    for chunk in rows.chunks(ROW_GROUP) {
+        let columns: Vec<ArrayRef> =
+            types.iter().enumerate().map(|(index, ty)| column(chunk, index, key_len, *ty)).collect();
+        let batch = RecordBatch::try_new(Arc::clone(&schema), columns).map_err(|e| fail("write", &e))?;
+        writer.write(&batch).map_err(|e| fail("write", &e))?;
+    }
+    writer.close().map_err(|e| fail("write", &e))?;
+    std::fs::rename(&temporary, path).map_err(|e| fail("replace", &e))?;
+    Ok(())
+}
+
+/// A view materialized as a Parquet file.
+pub struct ParquetViewSink {
+    plan: Arc<ViewPlan>,
+    path: PathBuf,
+    source_names: Vec<String>,
+    rows: BTreeMap<Row, Row>,
+    positions: SourcePositions,
+    write_every: Option<Duration>,
+    last_write: Option<Instant>,
+    dirty: bool,
+}
+
+impl ParquetViewSink {
+    /// Writes `plan`'s rows to `path`, replacing it at most every
+    /// `write_every` (never before the end when `None`); `source_names`
+    /// name the positions in the metadata.
+    pub fn new(
+        plan: Arc<ViewPlan>,
+        path: impl AsRef<Path>,
+        write_every: Option<Duration>,
+        source_names: Vec<String>,
+    ) -> ParquetViewSink {
+        ParquetViewSink {
+            plan,
+            path: path.as_ref().to_path_buf(),
+            source_names,
+            rows: BTreeMap::new(),
+            positions: SourcePositions::default(),
+            write_every,
+            last_write: None,
+            dirty: true,
+        }
+    }
+
+    fn write(&mut self) -> Result<(), SinkError> {
+        let positions = positions_to_json(&self.positions, &self.source_names);
+        write_parquet(&self.plan, self.rows.iter(), Some(&positions), &self.path).map_err(SinkError::Retryable)?;
+        tracing::debug!(path = %self.path.display(), rows = self.rows.len(), "wrote a Parquet snapshot");
+        self.last_write = Some(Instant::now());
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+impl ViewSink for ParquetViewSink {
+    fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
+        // Removals first: an update is the old row out and the new one in.
+        for change in batch.changes.iter().filter(|c| c.diff < 0) {
+            if self.rows.get(&change.key) == Some(&change.values) {
+                self.rows.remove(&change.key);
+            }
+        }
+        for change in batch.changes.iter().filter(|c| c.diff > 0) {
+            self.rows.insert(change.key.clone(), change.values.clone());
+        }
+        self.dirty |= !batch.changes.is_empty() || *batch.positions != self.positions;
+        self.positions = batch.positions.clone();
+        if let Some(every) = self.write_every
+            && self.dirty
+            && self.last_write.is_none_or(|at| at.elapsed() >= every)
+        {
+            self.write()?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        if self.dirty || !self.path.exists() {
+            self.write()?;
+        }
+        Ok(())
+    }
+}
+
+/// What a Parquet file of a view holds: its rows by key, and the positions
+/// in its metadata (JSON), if any. Fails when the file's columns are not
+/// the view's.
+pub fn read_parquet(plan: &ViewPlan, path: &Path) -> Result<(BTreeMap<Row, Row>, Option<String>), String> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Date32Type, Int64Type, TimestampNanosecondType, UInt64Type};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let fail = |what: &dyn std::fmt::Display| format!("{}: {what}", path.display());
+    let file = File::open(path).map_err(|e| fail(&e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| fail(&e))?;
+    let positions = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|pairs| pairs.iter().find(|kv| kv.key == "projector.positions"))
+        .and_then(|kv| kv.value.clone());
+    let want = schema(plan);
+    let found = builder.schema();
+    for (index, field) in want.fields().iter().enumerate() {
+        match found.fields().get(index) {
+            Some(column) if column.name() == field.name() && column.data_type() == field.data_type() => {}
+            _ => {
+                return Err(fail(&format!(
+                    "column {} is not {} {}: this file is not of view {:?}",
+                    index + 1,
+                    field.name(),
+                    field.data_type(),
+                    plan.name
+                )));
+            }
+        }
+    }
+    let types: Vec<FieldType> = plan.output_fields().into_iter().map(|(_, ty)| ty).collect();
+    let key_len = plan.keys.len();
+    let mut rows = BTreeMap::new();
+    for batch in builder.build().map_err(|e| fail(&e))? {
+        let batch = batch.map_err(|e| fail(&e))?;
+        let columns = batch.columns();
+        for row in 0..batch.num_rows() {
+            let values: Vec<Value> = types
+                .iter()
+                .zip(columns)
+                .map(|(ty, column)| {
+                    if column.is_null(row) {
+                        return Value::Null;
+                    }
+                    match ty {
+                        FieldType::UInt => Value::UInt(column.as_primitive::<UInt64Type>().value(row)),
+                        FieldType::Int => Value::Int(column.as_primitive::<Int64Type>().value(row)),
+                        FieldType::Text => Value::Text(column.as_string::<i32>().value(row).into()),
+                        FieldType::Date => Value::Date(column.as_primitive::<Date32Type>().value(row)),
+                        FieldType::Timestamp => Value::Timestamp(projector_core::value::Timestamp(
+                            column.as_primitive::<TimestampNanosecondType>().value(row),
+                        )),
+                        FieldType::Bool => Value::Bool(column.as_boolean().value(row)),
+                    }
+                })
+                .collect();
+            let (key, values) = values.split_at(key_len);
+            rows.insert(key.to_vec().into(), values.to_vec().into());
+        }
+    }
+    Ok((rows, positions))
+}
