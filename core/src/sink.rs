@@ -274,3 +274,50 @@ impl std::fmt::Debug for dyn ViewReader {
         f.write_str(&self.describe())
     }
 }
+
+/// A view's rows in key order, for a sink that rewrites a whole file (a
+/// JSON Lines file, a Parquet file) at most once per interval and at the
+/// end of a run.
+#[derive(Debug, Default)]
+pub struct SnapshotRows {
+    /// The rows, by key.
+    pub rows: BTreeMap<Row, Row>,
+    write_every: Option<std::time::Duration>,
+    last_write: Option<std::time::Instant>,
+    dirty: bool,
+}
+
+impl SnapshotRows {
+    /// Rows to rewrite at most every `write_every` (only at the end when
+    /// `None`).
+    pub fn new(write_every: Option<std::time::Duration>) -> SnapshotRows {
+        SnapshotRows { rows: BTreeMap::new(), write_every, last_write: None, dirty: true }
+    }
+
+    /// Applies one batch's changes (`moved`: something else the file
+    /// records changed too); answers whether the file is due for a rewrite.
+    pub fn apply(&mut self, changes: &[ViewChange], moved: bool) -> bool {
+        // Removals first: an update is the old row out and the new one in.
+        for change in changes.iter().filter(|c| c.diff < 0) {
+            if self.rows.get(&change.key) == Some(&change.values) {
+                self.rows.remove(&change.key);
+            }
+        }
+        for change in changes.iter().filter(|c| c.diff > 0) {
+            self.rows.insert(change.key.clone(), change.values.clone());
+        }
+        self.dirty |= moved || !changes.is_empty();
+        self.write_every.is_some_and(|every| self.dirty && self.last_write.is_none_or(|at| at.elapsed() >= every))
+    }
+
+    /// Whether the file needs a rewrite at the end (`exists`: it is there).
+    pub fn due_at_end(&self, exists: bool) -> bool {
+        self.dirty || !exists
+    }
+
+    /// Notes that the file was rewritten with the current rows.
+    pub fn written(&mut self) {
+        self.last_write = Some(std::time::Instant::now());
+        self.dirty = false;
+    }
+}

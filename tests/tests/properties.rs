@@ -161,17 +161,21 @@ fn sorted(mut rows: Vec<Value>) -> Vec<Value> {
     rows
 }
 
+/// The five views of the test config, recomputed by the reference.
+fn reference_views(log: &reference::Log) -> [(&'static str, Vec<Value>); 5] {
+    [
+        ("order_summary", reference::order_summary(&log.orders)),
+        ("product_sales", reference::product_sales(&log.orders)),
+        ("customer_ltv", reference::customer_ltv(&log.orders)),
+        ("revenue_by_currency", reference::revenue_by_currency(&log.orders)),
+        ("customers_per_day", reference::customers_per_day(&log.orders)),
+    ]
+}
+
 fn check_run(config: &str, lines: &[String], workers: usize, batch: u64) -> Result<(), TestCaseError> {
     let expected = reference::read(lines);
     let output = run_lines(config, lines, workers, batch);
-    let views = [
-        ("order_summary", reference::order_summary(&expected.orders)),
-        ("product_sales", reference::product_sales(&expected.orders)),
-        ("customer_ltv", reference::customer_ltv(&expected.orders)),
-        ("revenue_by_currency", reference::revenue_by_currency(&expected.orders)),
-        ("customers_per_day", reference::customers_per_day(&expected.orders)),
-    ];
-    for (name, rows) in views {
+    for (name, rows) in reference_views(&expected) {
         if let Some(difference) = first_difference(&sorted(output.views[name].clone()), &sorted(rows)) {
             return Err(TestCaseError::fail(format!(
                 "view {name} with {workers} workers, batch {batch}: {difference}"
@@ -194,14 +198,7 @@ fn check_validate_fold(config: &str, lines: &[String]) -> Result<(), TestCaseErr
     let expected = reference::read(lines);
     prop_assert_eq!(log.bad_records, expected.bad_lines.len() as u64);
     let orders = log.orders();
-    let views = [
-        ("order_summary", reference::order_summary(&expected.orders)),
-        ("product_sales", reference::product_sales(&expected.orders)),
-        ("customer_ltv", reference::customer_ltv(&expected.orders)),
-        ("revenue_by_currency", reference::revenue_by_currency(&expected.orders)),
-        ("customers_per_day", reference::customers_per_day(&expected.orders)),
-    ];
-    for (name, rows) in views {
+    for (name, rows) in reference_views(&expected) {
         let view = plan.view(name).unwrap();
         let got: Vec<Value> =
             log.view_of(view, &orders).iter().map(|(key, values)| Value::Object(view.row_json(key, values))).collect();

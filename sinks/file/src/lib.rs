@@ -6,40 +6,29 @@
 //! interval and at the end, so a reader never sees a half-written file.
 //! [`FileDeadLetterSink`] appends each batch's dead letters.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use projector_core::record::DeadLetter;
-use projector_core::sink::{DeadLetterSink, SinkError, ViewBatch, ViewSink};
-use projector_core::value::{Row, Value};
+use projector_core::sink::{DeadLetterSink, SinkError, SnapshotRows, ViewBatch, ViewSink};
+use projector_core::value::Value;
 use projector_core::view::ViewPlan;
 
 /// A view materialized as a JSON Lines file.
 pub struct FileViewSink {
     plan: Arc<ViewPlan>,
     path: PathBuf,
-    rows: BTreeMap<Row, Row>,
-    write_every: Option<Duration>,
-    last_write: Option<Instant>,
-    dirty: bool,
+    snapshot: SnapshotRows,
 }
 
 impl FileViewSink {
     /// Writes `plan`'s rows to `path`, replacing it at most every
     /// `write_every` (never before the end when `None`).
     pub fn new(plan: Arc<ViewPlan>, path: impl AsRef<Path>, write_every: Option<Duration>) -> FileViewSink {
-        FileViewSink {
-            plan,
-            path: path.as_ref().to_path_buf(),
-            rows: BTreeMap::new(),
-            write_every,
-            last_write: None,
-            dirty: true,
-        }
+        FileViewSink { plan, path: path.as_ref().to_path_buf(), snapshot: SnapshotRows::new(write_every) }
     }
 
     fn write(&mut self) -> Result<(), SinkError> {
@@ -49,7 +38,7 @@ impl FileViewSink {
             .into_iter()
             .map(|(name, _)| serde_json::to_string(&name).unwrap_or_default())
             .collect();
-        let rows = &self.rows;
+        let rows = &self.snapshot.rows;
         replace_file(&self.path, |out| {
             let mut line = String::new();
             for (key, values) in rows {
@@ -59,35 +48,21 @@ impl FileViewSink {
             }
             Ok(())
         })?;
-        self.last_write = Some(Instant::now());
-        self.dirty = false;
+        self.snapshot.written();
         Ok(())
     }
 }
 
 impl ViewSink for FileViewSink {
     fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
-        // Removals first: an update is the old row out and the new one in.
-        for change in batch.changes.iter().filter(|c| c.diff < 0) {
-            if self.rows.get(&change.key) == Some(&change.values) {
-                self.rows.remove(&change.key);
-            }
-        }
-        for change in batch.changes.iter().filter(|c| c.diff > 0) {
-            self.rows.insert(change.key.clone(), change.values.clone());
-        }
-        self.dirty |= !batch.changes.is_empty();
-        if let Some(every) = self.write_every
-            && self.dirty
-            && self.last_write.is_none_or(|at| at.elapsed() >= every)
-        {
+        if self.snapshot.apply(batch.changes, false) {
             self.write()?;
         }
         Ok(())
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
-        if self.dirty || !self.path.exists() {
+        if self.snapshot.due_at_end(self.path.exists()) {
             self.write()?;
         }
         Ok(())

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow_array::builder::{
     BooleanBuilder, Date32Builder, Int64Builder, StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
@@ -30,7 +30,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
-use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewSink, positions_to_json};
+use projector_core::sink::{SinkError, SnapshotRows, SourcePositions, ViewBatch, ViewSink, positions_to_json};
 use projector_core::value::{FieldType, Row, Value};
 use projector_core::view::ViewPlan;
 
@@ -181,11 +181,8 @@ pub struct ParquetViewSink {
     plan: Arc<ViewPlan>,
     path: PathBuf,
     source_names: Vec<String>,
-    rows: BTreeMap<Row, Row>,
+    snapshot: SnapshotRows,
     positions: SourcePositions,
-    write_every: Option<Duration>,
-    last_write: Option<Instant>,
-    dirty: bool,
 }
 
 impl ParquetViewSink {
@@ -202,48 +199,33 @@ impl ParquetViewSink {
             plan,
             path: path.as_ref().to_path_buf(),
             source_names,
-            rows: BTreeMap::new(),
+            snapshot: SnapshotRows::new(write_every),
             positions: SourcePositions::default(),
-            write_every,
-            last_write: None,
-            dirty: true,
         }
     }
 
     fn write(&mut self) -> Result<(), SinkError> {
         let positions = positions_to_json(&self.positions, &self.source_names);
-        write_parquet(&self.plan, self.rows.iter(), Some(&positions), &self.path).map_err(SinkError::Retryable)?;
-        tracing::debug!(path = %self.path.display(), rows = self.rows.len(), "wrote a Parquet snapshot");
-        self.last_write = Some(Instant::now());
-        self.dirty = false;
+        let rows = &self.snapshot.rows;
+        write_parquet(&self.plan, rows.iter(), Some(&positions), &self.path).map_err(SinkError::Retryable)?;
+        tracing::debug!(path = %self.path.display(), rows = rows.len(), "wrote a Parquet snapshot");
+        self.snapshot.written();
         Ok(())
     }
 }
 
 impl ViewSink for ParquetViewSink {
     fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
-        // Removals first: an update is the old row out and the new one in.
-        for change in batch.changes.iter().filter(|c| c.diff < 0) {
-            if self.rows.get(&change.key) == Some(&change.values) {
-                self.rows.remove(&change.key);
-            }
-        }
-        for change in batch.changes.iter().filter(|c| c.diff > 0) {
-            self.rows.insert(change.key.clone(), change.values.clone());
-        }
-        self.dirty |= !batch.changes.is_empty() || *batch.positions != self.positions;
+        let moved = *batch.positions != self.positions;
         self.positions = batch.positions.clone();
-        if let Some(every) = self.write_every
-            && self.dirty
-            && self.last_write.is_none_or(|at| at.elapsed() >= every)
-        {
+        if self.snapshot.apply(batch.changes, moved) {
             self.write()?;
         }
         Ok(())
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
-        if self.dirty || !self.path.exists() {
+        if self.snapshot.due_at_end(self.path.exists()) {
             self.write()?;
         }
         Ok(())
