@@ -323,3 +323,47 @@ fn a_pipeline_started_while_redis_is_down_waits_for_it() {
     run.join().unwrap();
     assert_redis_holds(&server, &lines, "late:");
 }
+
+/// A view added to the YAML fills its sinks from the log when the pipeline
+/// restarts with it, while the sinks of the other views resume from their
+/// checkpoints and are not written again (a value planted in one of them
+/// stays, and `projector validate` finds it).
+#[test]
+fn a_view_added_to_the_yaml_fills_its_sinks_and_the_others_are_not_rewritten() {
+    if !available("redis-server") {
+        return;
+    }
+    let server = RedisServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let lines = generated(3000, 24);
+    let events = dir.path().join("events.jsonl");
+    write_lines(&events, &lines);
+    let full = config(&file_source(&events), &server.url(), "added:");
+    // Without customer_ltv: its view and its sink cut out of the YAML.
+    let view_start = full.find("\n  # One row per store and customer").unwrap();
+    let view_end = full[view_start..].find("\nsinks:").unwrap() + view_start;
+    let sink_start = full.find("\n  customer_ltv_redis:").unwrap();
+    let without = format!("{}{}", &full[..view_start], &full[view_end..sink_start]);
+    assert!(!without.contains("customer_ltv"), "{without}");
+    run_file(&without, dir.path(), 2);
+    let mut connection = server.connection().unwrap();
+    let held: Vec<String> = connection.keys("added:customer_ltv:*").unwrap();
+    assert!(held.is_empty());
+
+    // A value planted in a sink of an existing view.
+    let mut summaries: Vec<String> = connection.keys("added:order_summary:*").unwrap();
+    summaries.sort();
+    let planted = &summaries[0];
+    let _: () = connection.hset(planted, "revenue_cents", "1").unwrap();
+
+    run_file(&full, dir.path(), 2);
+    let options = |view: &str| projector::validate::ValidateOptions { view: view.into(), sample_size: None, seed: 1 };
+    let added = projector::validate::validate(&plan(&full, dir.path()), &options("customer_ltv")).unwrap();
+    assert_eq!(added.differences, 0, "{}", added.report);
+    assert!(!connection.keys::<_, Vec<String>>("added:customer_ltv:*").unwrap().is_empty());
+    let kept = projector::validate::validate(&plan(&full, dir.path()), &options("order_summary")).unwrap();
+    assert_eq!(kept.differences, 1, "only the planted value differs:\n{}", kept.report);
+    assert!(kept.report.contains("revenue_cents: expected") && kept.report.contains("found 1"), "{}", kept.report);
+    assert_eq!(checkpoint(&server, "added:", "order_summary_redis")["generation"], "2");
+    assert_eq!(checkpoint(&server, "added:", "customer_ltv_redis")["generation"], "1");
+}
