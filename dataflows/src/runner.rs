@@ -407,7 +407,11 @@ pub fn run(
             }
             if (options.stop.load(Ordering::Relaxed) || (options.until_caught_up && caught_up)) && input.is_some() {
                 // Stop reading; what was read completes and is flushed.
-                info!(worker = index, "stopping: finishing the current batch");
+                if options.stop.load(Ordering::Relaxed) {
+                    info!(worker = index, "stopping: finishing the current batch");
+                } else {
+                    debug!(worker = index, "caught up with where the logs ended at start: finishing the batch");
+                }
                 if let Ok(mut table) = state.progress.lock() {
                     for (reader_index, (_, reader)) in readers.iter().enumerate() {
                         if epochs[reader_index].is_some() {
