@@ -21,6 +21,8 @@ struct SinkReport {
     kind: &'static str,
     view: String,
     status: Result<Option<SinkStatus>, String>,
+    /// A snapshot file's positions and age (it takes no part in resuming).
+    snapshot: Option<Result<SinkStatus, String>>,
 }
 
 fn sink_reports(plan: &PipelinePlan) -> Vec<SinkReport> {
@@ -28,6 +30,10 @@ fn sink_reports(plan: &PipelinePlan) -> Vec<SinkReport> {
         .sinks
         .iter()
         .map(|sink| {
+            let snapshot = match &sink.kind {
+                SinkKind::Parquet(parquet) => Some(projector_sink_parquet::status(&parquet.path)),
+                _ => None,
+            };
             let (kind, status) = match &sink.kind {
                 SinkKind::File(_) => ("file", Ok(None)),
                 SinkKind::Parquet(_) => ("parquet", Ok(None)),
@@ -36,7 +42,7 @@ fn sink_reports(plan: &PipelinePlan) -> Vec<SinkReport> {
                     ("clickhouse", projector_sink_clickhouse::status(clickhouse, &sink.name).map(Some))
                 }
             };
-            SinkReport { name: sink.name.clone(), kind, view: sink.view.value.clone(), status }
+            SinkReport { name: sink.name.clone(), kind, view: sink.view.value.clone(), status, snapshot }
         })
         .collect()
 }
@@ -117,11 +123,22 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
     }
     for sink in &sinks {
         let _ = writeln!(out, "sink {} ({}, view {})", sink.name, sink.kind, sink.view);
-        match &sink.status {
-            Ok(None) => {
+        match (&sink.status, &sink.snapshot) {
+            (Ok(None), Some(Ok(snapshot))) => {
+                let at = snapshot.positions.as_ref().map_or("none (not written yet)".to_string(), |positions| {
+                    serde_json::to_string(positions).unwrap_or_default()
+                });
+                let written = snapshot.written_at_ms.map_or("never".to_string(), age);
+                let _ = writeln!(out, "  snapshot at {at}, written {written} (rewritten from the views at each run)");
+            }
+            (Ok(None), Some(Err(error))) => {
+                let _ = writeln!(out, "  cannot read its snapshot: {error}");
+                problems.push(format!("sink {}: {error}", sink.name));
+            }
+            (Ok(None), None) => {
                 let _ = writeln!(out, "  no checkpoint (rewritten from the views at each run)");
             }
-            Ok(Some(status)) => {
+            (Ok(Some(status)), _) => {
                 let generation = status.generation.map_or("-".to_string(), |g| g.to_string());
                 let checkpoint = match &status.positions {
                     Some(positions) => serde_json::to_string(positions).unwrap_or_default(),
@@ -130,7 +147,7 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
                 let newest = status.written_at_ms.map_or("never".to_string(), age);
                 let _ = writeln!(out, "  generation {generation}, checkpoint {checkpoint}, newest data {newest}");
             }
-            Err(error) => {
+            (Err(error), _) => {
                 let _ = writeln!(out, "  cannot read its state: {error}");
                 problems.push(format!("sink {}: {error}", sink.name));
             }

@@ -145,6 +145,14 @@ fn a_parquet_sink_keeps_a_snapshot_that_validate_checks() {
     let rows = parquet_rows(&plan(&text, dir.path()), "product_sales", &path);
     assert_eq!(first_difference(&sorted(rows), &sorted(expected(&lines, "product_sales"))), None);
 
+    // `projector status` shows where the snapshot stands.
+    let status = projector::status::status(&plan(&text, dir.path())).unwrap();
+    let line = format!(
+        "sink sales_snapshot (parquet, view product_sales)\n  snapshot at {{\"events\":{{\"0\":{}}}}}, written ",
+        lines.len() + 1
+    );
+    assert!(status.contains(&line), "{line}\nnot in\n{status}");
+
     let options = ValidateOptions { view: "product_sales".into(), sample_size: None, seed: 1 };
     let clean = validate(&plan(&text, dir.path()), &options).unwrap();
     assert_eq!(clean.differences, 0, "{}", clean.report);

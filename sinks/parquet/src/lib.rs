@@ -297,3 +297,30 @@ pub fn read_parquet(plan: &ViewPlan, path: &Path) -> Result<(BTreeMap<Row, Row>,
     }
     Ok((rows, positions))
 }
+
+/// Where a snapshot file stands, for `projector status`: the positions in
+/// its metadata and when it was written; `None` positions and time when
+/// the file is not there yet.
+pub fn status(path: &Path) -> Result<projector_core::sink::SinkStatus, String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(error) => return Err(format!("{}: {error}", path.display())),
+    };
+    let written_at_ms = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64);
+    let reader = SerializedFileReader::new(file).map_err(|e| format!("{}: {e}", path.display()))?;
+    let positions = reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|pairs| pairs.iter().find(|kv| kv.key == "projector.positions"))
+        .and_then(|kv| kv.value.as_deref())
+        .and_then(projector_core::sink::SinkStatus::parse_positions);
+    Ok(projector_core::sink::SinkStatus { generation: None, positions, written_at_ms })
+}
