@@ -261,4 +261,41 @@ mod tests {
         assert_eq!(parse_tsv("2024-03-01", FieldType::Date), Value::Date(parse_date("2024-03-01").unwrap()));
         assert_eq!(literal(&Value::Text("it's".into())), "'it\\'s'");
     }
+
+    #[test]
+    fn a_selection_becomes_where_conditions_on_the_key_columns() {
+        let text = r#"version: 1
+sources:
+  events: { type: file, path: events.jsonl }
+views:
+  summary:
+    from: orders
+    group_by: [store_id, { date: date(created_at) }]
+    measures:
+      orders: { count: "*" }
+sinks:
+  cold: { type: clickhouse, view: summary, database: analytics }
+"#;
+        let plan = projector_core::config::check_text(text, "t.yaml", std::path::Path::new("/")).unwrap();
+        let projector_core::config::SinkKind::ClickHouse(config) = &plan.config.sinks[0].kind else {
+            panic!("a clickhouse sink")
+        };
+        let reader = ClickHouseViewReader::new("cold", plan.view("summary").unwrap(), config, Vec::new()).unwrap();
+        let day = |text: &str| Value::Date(parse_date(text).unwrap());
+        let selection = Selection {
+            equal: vec![(0, Value::UInt(7))],
+            range: Some((1, day("2024-03-01"), day("2024-03-30"))),
+            scope: Some((0, vec![7, 9])),
+            after: Some(vec![Value::UInt(7), day("2024-03-10")].into()),
+            limit: Some(5),
+        };
+        assert_eq!(
+            reader.conditions(&selection),
+            "_deleted = 0 AND store_id = 7 AND date BETWEEN toDate('2024-03-01') AND toDate('2024-03-30') \
+             AND store_id IN (7, 9) AND (store_id, date) > (7, toDate('2024-03-10'))"
+        );
+        let nobody = Selection { scope: Some((0, Vec::new())), ..Selection::default() };
+        assert_eq!(reader.conditions(&nobody), "_deleted = 0 AND store_id IN (NULL)");
+        assert_eq!(reader.rows_table, "analytics.summary_rows");
+    }
 }

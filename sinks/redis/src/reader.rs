@@ -245,3 +245,72 @@ impl ViewReader for RedisViewReader {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use projector_core::config::{SinkKind, check_text};
+    use projector_core::value::parse_date;
+
+    const CONFIG: &str = r#"version: 1
+sources:
+  events: { type: file, path: events.jsonl }
+views:
+  summary:
+    from: orders
+    group_by: [store_id, { date: date(created_at) }]
+    measures:
+      orders: { count: "*" }
+sinks:
+  hot: { type: redis, view: summary, key: "summary:{store_id}:{date}" }
+"#;
+
+    fn reader() -> RedisViewReader {
+        let plan = check_text(CONFIG, "t.yaml", std::path::Path::new("/")).unwrap();
+        let SinkKind::Redis(config) = &plan.config.sinks[0].kind else { panic!("a redis sink") };
+        RedisViewReader::new("hot", plan.view("summary").unwrap(), config, vec!["events".into()]).unwrap()
+    }
+
+    fn day(text: &str) -> Value {
+        Value::Date(parse_date(text).unwrap())
+    }
+
+    #[test]
+    fn a_date_range_names_one_hash_a_day_and_a_scan_is_refused() {
+        let reader = reader();
+        let range = Selection {
+            equal: vec![(0, Value::UInt(7))],
+            range: Some((1, day("2024-02-28"), day("2024-03-02"))),
+            ..Selection::default()
+        };
+        let keys = reader.keys(&range).unwrap();
+        let days: Vec<&Value> = keys.iter().map(|key| &key[1]).collect();
+        assert_eq!(days, vec![&day("2024-02-28"), &day("2024-02-29"), &day("2024-03-01"), &day("2024-03-02")]);
+        assert!(keys.iter().all(|key| key[0] == Value::UInt(7)));
+
+        // After a page token, only the later keys; a point read, one key.
+        let after = Selection { after: Some(keys[1].clone()), ..range.clone() };
+        assert_eq!(reader.keys(&after).unwrap(), keys[2..].to_vec());
+        let point = Selection { equal: vec![(0, Value::UInt(7)), (1, day("2024-03-01"))], ..Selection::default() };
+        assert_eq!(reader.keys(&point).unwrap().len(), 1);
+
+        // A token for other stores selects nothing.
+        let scoped = Selection { scope: Some((0, vec![8])), ..range };
+        assert!(reader.keys(&scoped).unwrap().is_empty());
+
+        // Every store's rows would take a scan.
+        let scan = Selection { equal: vec![(1, day("2024-03-01"))], ..Selection::default() };
+        match reader.keys(&scan) {
+            Err(ReadError::Unsupported(message)) => {
+                assert!(message.contains("leaves \"store_id\" open"), "{message}");
+            }
+            other => panic!("a scan should be refused, got {other:?}"),
+        }
+        let long = Selection {
+            equal: vec![(0, Value::UInt(7))],
+            range: Some((1, day("2020-01-01"), day("2024-01-01"))),
+            ..Selection::default()
+        };
+        assert!(matches!(reader.keys(&long), Err(ReadError::Unsupported(_))));
+    }
+}
