@@ -28,10 +28,17 @@ struct Api {
 
 impl Api {
     fn start(plan: &PipelinePlan, outputs: &mut Outputs) -> (Api, Arc<projector_query_api::serving::ServingStore>) {
+        Api::start_with(plan, outputs, Auth::default())
+    }
+
+    fn start_with(
+        plan: &PipelinePlan,
+        outputs: &mut Outputs,
+        auth: Auth,
+    ) -> (Api, Arc<projector_query_api::serving::ServingStore>) {
         let store = components::serve_views(plan, outputs).unwrap();
         let server =
-            api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(Arc::clone(&store)), Auth::default())
-                .unwrap();
+            api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(Arc::clone(&store)), auth).unwrap();
         let client = ApiClient::new(server.address);
         (Api { server, client }, store)
     }
@@ -164,6 +171,19 @@ fn reads_from_redis_and_clickhouse_answer_what_memory_answers() {
     assert_eq!(again.status, 304);
     let again = from_clickhouse.get(&runtime, &point, &[("if-none-match", &first.headers["etag"])]);
     assert_eq!(again.status, 304, "the same view at the same position has the same ETag");
+
+    // A token for store 1 reads only store 1's rows from the sinks too.
+    const STORE_1: &str = "store-one-secret-0123456789";
+    let auth = Auth::new(&[projector_tests::token_config("store_one", STORE_1, Some(vec![1]), true, false)]).unwrap();
+    let (scoped, _) = Api::start_with(&plan(&clickhouse_text, dir.path()), &mut Outputs::default(), auth);
+    let scoped_get = |path: &str| runtime.block_on(scoped.client.with_token(STORE_1).get(path, &[])).unwrap();
+    let all = scoped_get("/v1/views/customer_ltv?limit=1000");
+    assert_eq!(all.status, 200, "{:?}", all.body);
+    let rows = all.body["rows"].as_array().unwrap();
+    assert!(!rows.is_empty() && rows.iter().all(|row| row["store_id"] == 1), "{:?}", all.body);
+    assert_eq!(scoped_get("/v1/views/customer_ltv?store_id=2").status, 403);
+    assert_eq!(scoped_get("/v1/stores/2/orders/summary").status, 403);
+    scoped.server.stop();
 
     // A view read from a sink has no change stream here.
     let stream = from_clickhouse.get(&runtime, "/v1/views/customer_ltv/changes?store_id=1", &[]);
