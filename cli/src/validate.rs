@@ -19,7 +19,7 @@ use projector_core::config::{PipelinePlan, SinkConfig, SinkKind};
 use projector_core::recompute::Recomputation;
 use projector_core::sink::{Selection, SourcePositions, ViewReader, positions_from_json, positions_to_json};
 use projector_core::source::Poll;
-use projector_core::value::{FieldType, Row, Timestamp, Value, parse_date};
+use projector_core::value::{FieldType, Row, Timestamp, Value, parse_date, split_key};
 use projector_core::view::ViewPlan;
 use projector_sink_clickhouse::ClickHouseViewReader;
 use projector_sink_redis::RedisViewReader;
@@ -232,8 +232,8 @@ fn read_file_sink(view: &ViewPlan, path: &Path) -> Result<BTreeMap<Row, Row>, St
                 from_json(json, *ty).ok_or_else(|| bad(format!("field {name:?} holds {json}, not a {ty:?}")))
             })
             .collect::<Result<Vec<Value>, String>>()?;
-        let (key, values) = values.split_at(view.keys.len());
-        rows.insert(key.to_vec().into(), values.to_vec().into());
+        let (key, values) = split_key(values, view.keys.len());
+        rows.insert(key, values);
     }
     Ok(rows)
 }

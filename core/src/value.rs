@@ -14,6 +14,12 @@ use serde::{Deserialize, Serialize};
 /// the copies arrangements make while merging copy a pointer.
 pub type Row = Arc<[Value]>;
 
+/// Splits a row's fields (key fields first) into its key and its values.
+pub fn split_key(mut fields: Vec<Value>, key_len: usize) -> (Row, Row) {
+    let values = fields.split_off(key_len.min(fields.len()));
+    (fields.into(), values.into())
+}
+
 /// The type of a field in a relation or a view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FieldType {

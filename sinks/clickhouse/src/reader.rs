@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use projector_core::config::ClickHouseSinkConfig;
 use projector_core::sink::{ReadError, Selected, Selection, ViewReader, positions_from_json};
-use projector_core::value::{FieldType, Row, Timestamp, Value, format_date, parse_date};
+use projector_core::value::{FieldType, Row, Timestamp, Value, format_date, parse_date, split_key};
 use projector_core::view::ViewPlan;
 
 use crate::{client, quote};
@@ -148,8 +148,7 @@ impl ClickHouseViewReader {
             return None;
         }
         let values: Vec<Value> = fields.iter().zip(&self.fields).map(|(text, (_, ty))| parse_tsv(text, *ty)).collect();
-        let (key, values) = values.split_at(self.key_len);
-        Some((key.to_vec().into(), values.to_vec().into()))
+        Some(split_key(values, self.key_len))
     }
 }
 

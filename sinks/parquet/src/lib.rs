@@ -291,8 +291,8 @@ pub fn read_parquet(plan: &ViewPlan, path: &Path) -> Result<(BTreeMap<Row, Row>,
                     }
                 })
                 .collect();
-            let (key, values) = values.split_at(key_len);
-            rows.insert(key.to_vec().into(), values.to_vec().into());
+            let (key, values) = projector_core::value::split_key(values, key_len);
+            rows.insert(key, values);
         }
     }
     Ok((rows, positions))

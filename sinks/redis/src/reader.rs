@@ -19,7 +19,7 @@ use redis::{Commands, Connection, RedisError, Value as RedisValue};
 use projector_core::config::RedisSinkConfig;
 use projector_core::sink::{ReadError, Selected, Selection, ViewReader, positions_from_json};
 use projector_core::template::{KeyTemplate, parse_plain};
-use projector_core::value::{FieldType, Row, Timestamp, Value};
+use projector_core::value::{FieldType, Row, Timestamp, Value, split_key};
 use projector_core::view::ViewPlan;
 
 use crate::state_key;
@@ -203,8 +203,7 @@ impl RedisViewReader {
             .iter()
             .map(|(name, ty)| pairs.get(name).and_then(|text| parse_plain(text, *ty)).unwrap_or(Value::Null))
             .collect();
-        let (key, values) = values.split_at(self.key_len);
-        Some((key.to_vec().into(), values.to_vec().into()))
+        Some(split_key(values, self.key_len))
     }
 }
 
