@@ -76,19 +76,29 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
         )));
     }
     let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
+    let held: Vec<Held> = sinks.iter().map(|sink| read_sink(view, sink, &source_names)).collect::<Result<_, _>>()?;
+    // The log is read once, as far as the furthest sink (to its end when a
+    // sink claims no position).
+    let furthest = held.iter().try_fold(SourcePositions::default(), |mut furthest, held| {
+        let positions = held.positions.as_ref()?;
+        for (partition, offset) in &positions.0 {
+            let at = furthest.0.entry(*partition).or_insert(0);
+            *at = (*at).max(*offset);
+        }
+        Some(furthest)
+    });
+    let log = read_log(plan, furthest.as_ref())?;
+    let fields = view.output_fields();
     // Recomputations by the position they reach (`None`: the whole log).
     let mut expected: BTreeMap<Option<String>, (BTreeMap<Row, Row>, u64)> = BTreeMap::new();
     let mut report = String::new();
     let mut differences = 0;
-    for sink in sinks {
-        let held = read_sink(view, sink, &source_names)?;
+    for (sink, held) in sinks.into_iter().zip(held) {
         let claimed = held.positions.as_ref().map(|p| positions_to_json(p, &source_names));
-        if !expected.contains_key(&claimed) {
-            let log = read_log(plan, held.positions.as_ref())?;
-            let records = log.records;
-            expected.insert(claimed.clone(), (log.view(view), records));
-        }
-        let (want, records) = &expected[&claimed];
+        let (want, records) = expected.entry(claimed.clone()).or_insert_with(|| {
+            let target = held.positions.as_ref();
+            (log.view_of(view, &log.orders_at(target)), log.records_at(target))
+        });
         let kind = match sink.kind {
             SinkKind::File(_) => "file",
             SinkKind::Parquet(_) => "parquet",
@@ -115,7 +125,7 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
         };
         let mut lines = Vec::new();
         for key in &checked {
-            compare(view, key, want.get(*key), held.rows.get(*key), &mut lines);
+            compare(&fields, view.keys.len(), key, want.get(*key), held.rows.get(*key), &mut lines);
         }
         let scope = if options.sample_size.is_some_and(|size| size < want.len().max(held.rows.len())) {
             format!("{} keys drawn at random (seed {})", checked.len(), options.seed)
@@ -140,9 +150,15 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
 
 /// The differences at one key: a missing row, an unexpected one, or each
 /// field that differs.
-fn compare(view: &ViewPlan, key: &Row, want: Option<&Row>, found: Option<&Row>, lines: &mut Vec<String>) {
-    let fields = view.output_fields();
-    let (key_fields, value_fields) = fields.split_at(view.keys.len());
+fn compare(
+    fields: &[(String, FieldType)],
+    key_len: usize,
+    key: &Row,
+    want: Option<&Row>,
+    found: Option<&Row>,
+    lines: &mut Vec<String>,
+) {
+    let (key_fields, value_fields) = fields.split_at(key_len);
     let key_text: Vec<String> =
         key_fields.iter().zip(key.iter()).map(|((name, _), value)| format!("{name}={}", value.to_json())).collect();
     let key_text = key_text.join(", ");

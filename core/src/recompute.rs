@@ -18,6 +18,7 @@ use crate::order::{OrderChange, OrderEvent, OrderState};
 use crate::packed::PackedRow;
 use crate::record::LogPosition;
 use crate::relation::ValueRef;
+use crate::sink::SourcePositions;
 use crate::value::Row;
 use crate::view::ViewPlan;
 
@@ -30,10 +31,18 @@ pub struct Recomputation {
     /// Every copy of every valid event: its id, where it sits, and its
     /// effect on its order if it is an order event.
     copies: Vec<(EventId, Place, Option<OrderEvent>)>,
+    /// Where each record that is not a valid event sits (it counts
+    /// nowhere).
+    bad: Vec<Place>,
     /// Records read.
     pub records: u64,
-    /// Records that are not valid events (they count nowhere).
+    /// Records that are not valid events.
     pub bad_records: u64,
+}
+
+/// Whether `place` comes before `target` (all places do when `None`).
+fn before(target: Option<&SourcePositions>, (source, position): &Place) -> bool {
+    target.is_none_or(|target| position.offset < target.get(*source, position.partition))
 }
 
 impl Recomputation {
@@ -50,14 +59,32 @@ impl Recomputation {
                 let (event_id, order) = event.into_order_event();
                 self.copies.push((event_id, (source, position), order));
             }
-            Err(_) => self.bad_records += 1,
+            Err(_) => {
+                self.bad_records += 1;
+                self.bad.push((source, position));
+            }
         }
+    }
+
+    /// Records read before `target` (all when `None`).
+    pub fn records_at(&self, target: Option<&SourcePositions>) -> u64 {
+        let valid = self.copies.iter().filter(|(_, place, _)| before(target, place)).count();
+        let bad = self.bad.iter().filter(|place| before(target, place)).count();
+        (valid + bad) as u64
     }
 
     /// Every order's current state: each `event_id` counted once (its copy
     /// first in the log), orders without an `OrderCreated` left out.
     pub fn orders(&self) -> Vec<OrderState> {
-        let mut copies: Vec<&(EventId, Place, Option<OrderEvent>)> = self.copies.iter().collect();
+        self.orders_at(None)
+    }
+
+    /// [`Recomputation::orders`] over the records before `target` (per
+    /// source partition, the first offset left out; all records when
+    /// `None`).
+    pub fn orders_at(&self, target: Option<&SourcePositions>) -> Vec<OrderState> {
+        let mut copies: Vec<&(EventId, Place, Option<OrderEvent>)> =
+            self.copies.iter().filter(|(_, place, _)| before(target, place)).collect();
         copies.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         copies.dedup_by(|later, first| later.0 == first.0);
         let mut by_order: BTreeMap<&Arc<str>, Vec<(u64, Place, &OrderChange)>> = BTreeMap::new();
@@ -67,11 +94,6 @@ impl Recomputation {
             }
         }
         by_order.into_iter().filter_map(|(order_id, events)| OrderState::fold(order_id, events)).collect()
-    }
-
-    /// The rows of `plan` over the log: key to values.
-    pub fn view(&self, plan: &ViewPlan) -> BTreeMap<Row, Row> {
-        self.view_of(plan, &self.orders())
     }
 
     /// The rows of `plan` over `orders` (from [`Recomputation::orders`]).

@@ -256,24 +256,11 @@ async fn read<T>(
     }
     let state = view.read();
     let freshness = store.freshness(&state);
-    let positions = freshness.positions.to_string();
-    let tag = etag(&view.name, &positions);
-    let body = if not_modified(request, &tag) {
-        None
-    } else {
+    unless_cached(view, request, &freshness, || {
         let latest = latest.and_then(|(equal, field)| latest_value(&state, &equal, field));
-        let (selection, carried) = match select(latest.as_ref()) {
-            Ok(selected) => selected,
-            Err(response) => return response,
-        };
-        let mut rows = scan(&state, &selection);
-        match answer(carried, &mut rows) {
-            Ok(body) => Some(body),
-            Err(response) => return response,
-        }
-    };
-    drop(state);
-    respond(tag, positions, &freshness, body)
+        let (selection, carried) = select(latest.as_ref())?;
+        answer(carried, &mut scan(&state, &selection))
+    })
 }
 
 /// [`read`] from a sink's store.
@@ -302,18 +289,31 @@ async fn read_from<T>(
         Err(response) => return response,
     };
     let freshness = store.freshness_of(&selected.positions, selected.newest_event_at);
+    unless_cached(view, request, &freshness, || {
+        answer(carried, &mut selected.rows.iter().map(|(key, values)| (key, values)))
+    })
+}
+
+/// The answer to a read of `view` as fresh as `freshness`: `304` when
+/// `If-None-Match` says the client has it already, else the body `answer`
+/// computes (or its error).
+fn unless_cached(
+    view: &ServingView,
+    request: &HeaderMap,
+    freshness: &Freshness,
+    answer: impl FnOnce() -> Result<Map<String, Json>, Response>,
+) -> Response {
     let positions = freshness.positions.to_string();
     let tag = etag(&view.name, &positions);
     let body = if not_modified(request, &tag) {
         None
     } else {
-        let mut rows = selected.rows.iter().map(|(key, values)| (key, values));
-        match answer(carried, &mut rows) {
+        match answer() {
             Ok(body) => Some(body),
             Err(response) => return response,
         }
     };
-    respond(tag, positions, &freshness, body)
+    respond(tag, positions, freshness, body)
 }
 
 /// Runs a blocking call of `reader` off the event loop; its errors as
@@ -611,17 +611,14 @@ pub async fn view_rows(
     allowed.extend(["limit", "after"]);
     let params = Params::parse(&uri, &allowed)?;
     let limit = limit(&params, DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS)?;
-    let filter = RowFilter::new(view, &params, &caller)?;
+    let filter = row_filter(view, &params, &caller)?;
     let after = match params.get("after") {
         None => None,
         Some(text) => Some(cursor(view, text)?),
     };
     let select = |_: Option<&Value>| {
-        let mut selection = filter.selection();
-        selection.after = after;
         // One more than the page: whether there is a next one.
-        selection.limit = Some(limit + 1);
-        Ok((selection, ()))
+        Ok((Selection { after, limit: Some(limit + 1), ..filter }, ()))
     };
     Ok(read(store_reads, view, &headers, None, select, |(), matching| {
         let mut rows = Vec::new();
@@ -678,7 +675,7 @@ pub async fn view_changes(
     let view = Arc::clone(declared_view(&store_reads, &name)?);
     let allowed: Vec<&str> = view.key_names().collect();
     let params = Params::parse(&uri, &allowed)?;
-    let filter = RowFilter::new(&view, &params, &caller)?;
+    let filter = row_filter(&view, &params, &caller)?;
     if let Some(reader) = view.reader() {
         return Err(error(
             400,
@@ -690,8 +687,7 @@ pub async fn view_changes(
         ));
     }
     let (snapshot, receiver) = view.subscribe();
-    let selection = filter.selection();
-    let rows: Vec<Json> = scan(&snapshot, &selection)
+    let rows: Vec<Json> = scan(&snapshot, &filter)
         .take(MAX_SNAPSHOT_ROWS + 1)
         .map(|(key, values)| Json::Object(row_object(&view, key, values)))
         .collect();
@@ -741,7 +737,7 @@ pub async fn view_changes(
 
 /// The changes of one batch a stream shows: per key, an upsert of its new
 /// row or the deletion of its key.
-fn change_ops(view: &ServingView, changes: &[ViewChange], filter: &RowFilter) -> Vec<Json> {
+fn change_ops(view: &ServingView, changes: &[ViewChange], filter: &Selection) -> Vec<Json> {
     changes
         .chunk_by(|a, b| a.key == b.key)
         .filter(|group| filter.matches(&group[0].key))
@@ -761,49 +757,33 @@ fn change_ops(view: &ServingView, changes: &[ViewChange], filter: &RowFilter) ->
 
 /// Which rows of a view a request may see: equality filters on key fields
 /// from the query, and for a token of some stores, only their rows.
-struct RowFilter(Selection);
-
-impl RowFilter {
-    fn new(view: &ServingView, params: &Params, caller: &Caller<'_>) -> Result<RowFilter, Response> {
-        let mut filters: Vec<(usize, Value)> = Vec::new();
-        for (index, (field, ty)) in view.fields[..view.key_len].iter().enumerate() {
-            if let Some(text) = params.get(field) {
-                let value = parse_plain(text, *ty)
-                    .ok_or_else(|| error(400, format!("{field}={text:?} is not {}", example(*ty))))?;
-                filters.push((index, value));
-            }
+fn row_filter(view: &ServingView, params: &Params, caller: &Caller<'_>) -> Result<Selection, Response> {
+    let mut filters: Vec<(usize, Value)> = Vec::new();
+    for (index, (field, ty)) in view.fields[..view.key_len].iter().enumerate() {
+        if let Some(text) = params.get(field) {
+            let value = parse_plain(text, *ty)
+                .ok_or_else(|| error(400, format!("{field}={text:?} is not {}", example(*ty))))?;
+            filters.push((index, value));
         }
-        // A token for some stores reads only their rows: those of a view
-        // keyed by store_id, of its stores.
-        let scope = match caller.stores() {
-            None => None,
-            Some(stores) => {
-                let Some(index) = view.key_names().position(|name| name == "store_id") else {
-                    return Err(error(
-                        403,
-                        format!(
-                            "view {:?} has no store_id key, so only a token for every store may read it",
-                            view.name
-                        ),
-                    ));
-                };
-                if let Some((_, Value::UInt(store_id))) = filters.iter().find(|(i, _)| *i == index) {
-                    caller.check_store(*store_id)?;
-                }
-                Some((index, stores.iter().copied().collect()))
+    }
+    // A token for some stores reads only their rows: those of a view
+    // keyed by store_id, of its stores.
+    let scope = match caller.stores() {
+        None => None,
+        Some(stores) => {
+            let Some(index) = view.key_names().position(|name| name == "store_id") else {
+                return Err(error(
+                    403,
+                    format!("view {:?} has no store_id key, so only a token for every store may read it", view.name),
+                ));
+            };
+            if let Some((_, Value::UInt(store_id))) = filters.iter().find(|(i, _)| *i == index) {
+                caller.check_store(*store_id)?;
             }
-        };
-        Ok(RowFilter(Selection { equal: filters, scope, ..Selection::default() }))
-    }
-
-    /// The rows it lets through, as a selection.
-    fn selection(&self) -> Selection {
-        self.0.clone()
-    }
-
-    fn matches(&self, key: &Row) -> bool {
-        self.0.matches(key)
-    }
+            Some((index, stores.iter().copied().collect()))
+        }
+    };
+    Ok(Selection { equal: filters, scope, ..Selection::default() })
 }
 
 /// The key a page token (`after`) names: a JSON array of the key's values.

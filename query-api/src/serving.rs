@@ -114,16 +114,6 @@ impl ServingView {
     }
 }
 
-/// Rows of `state` whose key starts with `prefix`, in key order.
-pub fn with_prefix<'a>(state: &'a ViewState, prefix: &[Value]) -> impl Iterator<Item = (&'a Row, &'a Row)> + 'a {
-    let start: Row = prefix.to_vec().into();
-    let prefix = start.clone();
-    state
-        .rows
-        .range((Bound::Included(start), Bound::Unbounded))
-        .take_while(move |(key, _)| key.len() >= prefix.len() && key[..prefix.len()] == prefix[..])
-}
-
 /// The rows of `state` that `selection` selects, in key order.
 pub fn scan<'a>(state: &'a ViewState, selection: &'a Selection) -> impl Iterator<Item = (&'a Row, &'a Row)> + 'a {
     // The equal key fields from the first on bound a range of the rows.

@@ -134,7 +134,7 @@ fn column(rows: &[(&Row, &Row)], index: usize, key_len: usize, ty: FieldType) ->
 /// the file atomically; `positions` (JSON) go into the metadata.
 pub fn write_parquet<'a>(
     plan: &ViewPlan,
-    rows: impl ExactSizeIterator<Item = (&'a Row, &'a Row)>,
+    rows: impl IntoIterator<Item = (&'a Row, &'a Row)>,
     positions: Option<&str>,
     path: &Path,
 ) -> Result<(), String> {
@@ -164,7 +164,7 @@ pub fn write_parquet<'a>(
     let file = File::create(&temporary).map_err(|e| fail("create", &e))?;
     let mut writer =
         ArrowWriter::try_new(file, Arc::clone(&schema), Some(properties)).map_err(|e| fail("write", &e))?;
-    let rows: Vec<(&Row, &Row)> = rows.collect();
+    let rows: Vec<(&Row, &Row)> = rows.into_iter().collect();
     for chunk in rows.chunks(ROW_GROUP) {
         let columns: Vec<ArrayRef> =
             types.iter().enumerate().map(|(index, ty)| column(chunk, index, key_len, *ty)).collect();
