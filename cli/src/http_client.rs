@@ -52,13 +52,19 @@ impl ApiClient {
         ApiClient { token: Some(secret.to_string()), ..self.clone() }
     }
 
+    /// A request of `method` to `path`, with this client's token.
+    fn request(&self, method: &str, path: &str) -> hyper::http::request::Builder {
+        let request = hyper::Request::builder().method(method).uri(format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.header("authorization", format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
     /// A `GET` with extra request headers; answers the status, the
     /// response headers (names in lower case) and the JSON body.
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<ApiReply, String> {
-        let mut request = hyper::Request::builder().method("GET").uri(format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
+        let mut request = self.request("GET", path);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -77,11 +83,7 @@ impl ApiClient {
     /// A `GET` that answers only the status, reading the body without
     /// parsing it (for load generators).
     pub async fn get_status(&self, path: &str) -> Result<u16, String> {
-        let mut request = hyper::Request::builder().method("GET").uri(format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let request = request.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+        let request = self.request("GET", path).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
         let response = self.client.request(request).await.map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
         response.into_body().collect().await.map_err(|e| e.to_string())?;
@@ -96,15 +98,9 @@ impl ApiClient {
         key: Option<&str>,
         body: impl Into<Bytes>,
     ) -> Result<ApiResponse, String> {
-        let mut request = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json");
+        let mut request = self.request(method, path).header("content-type", "application/json");
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
-        }
-        if let Some(token) = &self.token {
-            request = request.header("authorization", format!("Bearer {token}"));
         }
         let request = request.body(Full::new(body.into())).map_err(|e| e.to_string())?;
         let response = self.client.request(request).await.map_err(|e| e.to_string())?;
