@@ -16,5 +16,6 @@ pub mod commands;
 pub mod components;
 pub mod demo;
 pub mod http_client;
+pub mod replay;
 pub mod status;
 pub mod validate;

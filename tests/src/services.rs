@@ -188,22 +188,7 @@ impl ClickHouseServer {
     /// Runs `sql` over HTTP and answers the body (TabSeparated unless the
     /// query says otherwise).
     pub fn query(&self, sql: &str) -> Result<String, String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).map_err(|e| e.to_string())?;
-        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-        let request = format!(
-            "POST / HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{sql}",
-            sql.len()
-        );
-        stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
-        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
-            Ok(body.to_string())
-        } else {
-            Err(format!("{}: {body}", head.lines().next().unwrap_or_default()))
-        }
+        clickhouse_query(self.http_port, sql)
     }
 
     /// Stops the server (SIGKILL).
@@ -221,5 +206,26 @@ impl ClickHouseServer {
 impl Drop for ClickHouseServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Runs `sql` over HTTP on the ClickHouse server at `http_port` and answers
+/// the body (TabSeparated unless the query says otherwise).
+pub fn clickhouse_query(http_port: u16, sql: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", http_port)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    let request = format!(
+        "POST / HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{sql}",
+        sql.len()
+    );
+    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
+        Ok(body.to_string())
+    } else {
+        Err(format!("{}: {body}", head.lines().next().unwrap_or_default()))
     }
 }

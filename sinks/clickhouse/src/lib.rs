@@ -24,6 +24,7 @@
 //! ClickHouse down: every step is retried with backoff, nothing is dropped.
 
 mod reader;
+mod swap;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -40,12 +41,15 @@ use projector_core::value::{FieldType, Row, Value, format_date};
 use projector_core::view::ViewPlan;
 
 pub use reader::ClickHouseViewReader;
+pub use swap::{ClickHouseSwap, SwapCounts};
 
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// With no data to write, the checkpoint still follows the source at most
 /// this often.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(10);
+/// An idle sink looks whether a replay holds it at most this often.
+const PAUSE_CHECK: Duration = Duration::from_millis(250);
 
 /// A column of the rows table.
 #[derive(Clone, Debug)]
@@ -94,6 +98,10 @@ pub struct ClickHouseViewSink {
     /// When the last checkpoint was written, and what it said.
     checkpoint_at: Instant,
     checkpoint_positions: Option<SourcePositions>,
+    /// With no data to write, the checkpoint follows the source this often.
+    idle_checkpoint: Duration,
+    /// When the sink last looked whether a replay holds it.
+    pause_checked: Instant,
 }
 
 /// A client of the sink's server. Validation is off: ClickHouse 18.16 has
@@ -110,6 +118,10 @@ fn client(config: &ClickHouseSinkConfig) -> clickhouse::Client {
         client = client.with_password(password);
     }
     client
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn now_secs() -> u64 {
@@ -211,7 +223,16 @@ impl ClickHouseViewSink {
             taken_positions: None,
             checkpoint_at: Instant::now(),
             checkpoint_positions: None,
+            idle_checkpoint: IDLE_CHECKPOINT,
+            pause_checked: Instant::now(),
         })
+    }
+
+    /// Writes the checkpoint at least this often while there is no data
+    /// to write (a replay's shadow follows its source closely).
+    pub fn with_idle_checkpoint(mut self, every: Duration) -> ClickHouseViewSink {
+        self.idle_checkpoint = every;
+        self
     }
 
     /// The positions of the last checkpoint this run wrote or resumed
@@ -323,7 +344,96 @@ impl ClickHouseViewSink {
                  ENGINE = MergeTree ORDER BY (sink, generation, seq)",
                 self.checkpoints_table()
             ),
+        )?;
+        self.execute(
+            "cannot create the holds table",
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {} (sink String, token String, kind String, at UInt64, until UInt64) \
+                 ENGINE = MergeTree ORDER BY (sink, at)",
+                self.pauses_table()
+            ),
         )
+    }
+
+    fn pauses_table(&self) -> String {
+        format!("{}.projector_pauses", self.database)
+    }
+
+    /// The token of the replay holding this sink, if one does.
+    fn pause_holder(&mut self) -> Result<Option<String>, SinkError> {
+        self.pause_checked = Instant::now();
+        let text = self.select(
+            "cannot read the sink's holds",
+            &format!(
+                "SELECT token, until FROM {} WHERE sink = {} AND kind != 'ack' ORDER BY at DESC LIMIT 1",
+                self.pauses_table(),
+                quote(&self.name)
+            ),
+        )?;
+        let Some((token, until)) = text.lines().next().and_then(|line| line.split_once('\t')) else { return Ok(None) };
+        let until: u64 = until.parse().unwrap_or(0);
+        Ok((until > now_millis()).then(|| token.to_string()))
+    }
+
+    /// Adds a row to the holds table.
+    fn write_hold(&self, token: &str, kind: &str, until: u64) -> Result<(), SinkError> {
+        let mut line = String::new();
+        for value in [
+            Value::Text(self.name.as_str().into()),
+            Value::Text(token.into()),
+            Value::Text(kind.into()),
+            Value::UInt(now_millis()),
+            Value::UInt(until),
+        ] {
+            if !line.is_empty() {
+                line.push('\t');
+            }
+            write_tsv(&value, &mut line);
+        }
+        line.push('\n');
+        self.insert(
+            "cannot write a hold",
+            &format!("INSERT INTO {} (sink, token, kind, at, until) FORMAT TabSeparated", self.pauses_table()),
+            line,
+        )
+    }
+
+    /// While a replay holds the sink: says so (an `ack` row, so the replay
+    /// knows no write of this run is under way), waits until it lets go,
+    /// then takes up the checkpoint the replay left (its swap is a commit
+    /// of this generation).
+    fn wait_if_paused(&mut self) -> Result<(), SinkError> {
+        let Some(token) = self.pause_holder()? else { return Ok(()) };
+        info!(sink = %self.name, "a replay holds the sink while it swaps a rebuilt view in; waiting");
+        let started = Instant::now();
+        self.write_hold(&token, "ack", 0)?;
+        while self.pause_holder()?.is_some() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let text = self.select(
+            "cannot read the sink's checkpoint",
+            &format!(
+                "SELECT seq, committed, positions FROM {} WHERE sink = {} AND generation = {} \
+                 ORDER BY seq DESC LIMIT 1",
+                self.checkpoints_table(),
+                quote(&self.name),
+                self.generation
+            ),
+        )?;
+        if let Some(line) = text.lines().next() {
+            let mut fields = line.splitn(3, '\t');
+            let seq = fields.next().and_then(|f| f.parse().ok()).unwrap_or(self.seq);
+            let committed = fields.next().and_then(|f| f.parse().ok()).unwrap_or(self.committed);
+            let positions = fields.next().unwrap_or("").replace("\\\\", "\\");
+            self.seq = self.seq.max(seq);
+            self.committed = self.committed.max(committed);
+            if !positions.is_empty() {
+                self.checkpoint_positions =
+                    Some(positions_from_json(&positions, &self.source_names).map_err(SinkError::Fatal)?);
+            }
+        }
+        info!(sink = %self.name, waited_ms = started.elapsed().as_millis() as u64, "a replay released the sink");
+        Ok(())
     }
 
     /// The newest generation any run took of this sink.
@@ -422,51 +532,65 @@ impl ClickHouseViewSink {
         Ok(())
     }
 
+    /// Rows as the rows table takes them (`None`: a tombstone), all at
+    /// `version`.
+    fn rows_body<'a>(&self, rows: impl IntoIterator<Item = (&'a Row, Option<&'a Row>)>, version: u64) -> String {
+        let mut body = String::new();
+        for (key, values) in rows {
+            for value in key.iter() {
+                write_tsv(value, &mut body);
+                body.push('\t');
+            }
+            match values {
+                Some(values) => {
+                    for value in values.iter() {
+                        write_tsv(value, &mut body);
+                        body.push('\t');
+                    }
+                    body.push('0');
+                }
+                None => {
+                    for column in &self.values {
+                        write_default(column, &mut body);
+                        body.push('\t');
+                    }
+                    body.push('1');
+                }
+            }
+            let _ = writeln!(body, "\t{version}");
+        }
+        body
+    }
+
+    /// Inserts rows made by [`Self::rows_body`], in one `INSERT` (one part:
+    /// readers see all of it or none).
+    fn insert_rows(&self, body: String) -> Result<(), SinkError> {
+        let names: Vec<&str> = self.column_list().iter().map(|c| c.name.as_str()).collect();
+        self.insert(
+            "cannot write rows",
+            &format!(
+                "INSERT INTO {} ({}, _deleted, _version) FORMAT TabSeparated",
+                self.rows_table(),
+                names.join(", ")
+            ),
+            body,
+        )
+    }
+
     /// Writes the pending rows (if any) and then the checkpoint.
     fn flush(&mut self) -> Result<(), SinkError> {
         let Some(positions) = self.taken_positions.clone() else { return Ok(()) };
         if self.pending.is_empty() && self.checkpoint_positions.as_ref() == Some(&positions) {
             return Ok(());
         }
+        self.wait_if_paused()?;
         self.fenced()?;
         let seq = self.seq + 1;
         let version = (self.generation << 32) | seq;
         let rows = self.pending.len();
         if rows > 0 {
-            let mut body = String::new();
-            for (key, values) in &self.pending {
-                for value in key.iter() {
-                    write_tsv(value, &mut body);
-                    body.push('\t');
-                }
-                match values {
-                    Some(values) => {
-                        for value in values.iter() {
-                            write_tsv(value, &mut body);
-                            body.push('\t');
-                        }
-                        body.push('0');
-                    }
-                    None => {
-                        for column in &self.values {
-                            write_default(column, &mut body);
-                            body.push('\t');
-                        }
-                        body.push('1');
-                    }
-                }
-                let _ = writeln!(body, "\t{version}");
-            }
-            let names: Vec<&str> = self.column_list().iter().map(|c| c.name.as_str()).collect();
-            self.insert(
-                "cannot write rows",
-                &format!(
-                    "INSERT INTO {} ({}, _deleted, _version) FORMAT TabSeparated",
-                    self.rows_table(),
-                    names.join(", ")
-                ),
-                body,
-            )?;
+            let body = self.rows_body(self.pending.iter().map(|(key, values)| (key, values.as_ref())), version);
+            self.insert_rows(body)?;
             if let Err(error) = self.fenced() {
                 // A newer run took over while this one wrote: take it back.
                 let _ = self.delete_versions(version - 1, version + 1);
@@ -559,8 +683,12 @@ impl ViewSink for ClickHouseViewSink {
         }
         let due = self.pending.len() >= self.batch_rows
             || self.pending_since.is_some_and(|since| since.elapsed() >= self.batch_every)
-            || self.checkpoint_at.elapsed() >= IDLE_CHECKPOINT;
+            || self.checkpoint_at.elapsed() >= self.idle_checkpoint;
         if !due {
+            if self.pause_checked.elapsed() >= PAUSE_CHECK {
+                // An idle sink answers a replay's hold too.
+                self.wait_if_paused()?;
+            }
             return Ok(());
         }
         self.flush().inspect_err(|error| {

@@ -23,6 +23,7 @@
 //! transaction an older run had under way.
 
 mod reader;
+mod swap;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,8 +41,11 @@ use projector_core::value::{Row, Value};
 use projector_core::view::ViewPlan;
 
 pub use reader::RedisViewReader;
+pub use swap::{RedisSwap, SwapCounts};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a paused sink looks whether the replay released it.
+const PAUSE_POLL: Duration = Duration::from_millis(10);
 
 /// Takes the next generation, starts the run's batch count over, and
 /// answers the stored positions (nil when the sink holds nothing).
@@ -77,6 +81,7 @@ pub struct RedisViewSink {
     key_fields: Vec<String>,
     value_fields: Vec<String>,
     state_key: String,
+    pause_key: String,
     source_names: Vec<String>,
     generation: Option<u64>,
 }
@@ -92,6 +97,12 @@ fn now_ms() -> i64 {
 /// The key of a sink's state hash.
 pub fn state_key(prefix: &str, sink_name: &str) -> String {
     format!("{prefix}projector:sink:{sink_name}")
+}
+
+/// The key a replay sets while it swaps a rebuilt view into a sink: the
+/// sink's writes wait while it exists (it expires if the replay dies).
+pub fn pause_key(prefix: &str, sink_name: &str) -> String {
+    format!("{prefix}projector:pause:{sink_name}")
 }
 
 impl RedisViewSink {
@@ -137,6 +148,7 @@ impl RedisViewSink {
             key_fields,
             value_fields,
             state_key: state_key(&config.prefix, name),
+            pause_key: pause_key(&config.prefix, name),
             source_names,
             generation: None,
         })
@@ -238,6 +250,11 @@ impl RedisViewSink {
         if !fields.is_empty() {
             pipe.hset_multiple(&hash_key, &fields).ignore();
         }
+        self.queue_rankings(pipe, key, values);
+    }
+
+    /// Queues a row's ranking entries.
+    fn queue_rankings(&self, pipe: &mut redis::Pipeline, key: &Row, values: &Row) {
         for ranking in &self.rankings {
             let score = match ranking.score {
                 Score::Key(index) => key.get(index),
@@ -335,10 +352,23 @@ impl RedisViewSink {
     fn commit(&mut self, batch: &ViewBatch<'_>, rows: Option<&ViewRows>) -> Result<Commit, SinkError> {
         let generation = self.generation.ok_or_else(|| SinkError::Fatal("the sink was not opened".into()))?;
         let state_key = self.state_key.clone();
-        let (stored, upper): (Option<u64>, Option<u64>) = self.with_connection("cannot read the checkpoint", |c| {
-            redis::cmd("WATCH").arg(&state_key).exec(c)?;
-            redis::cmd("HMGET").arg(&state_key).arg("generation").arg("upper").query(c)
-        })?;
+        let pause_key = self.pause_key.clone();
+        let ((stored, upper), paused): ((Option<u64>, Option<u64>), bool) =
+            self.with_connection("cannot read the checkpoint", |c| {
+                redis::cmd("WATCH").arg(&state_key).arg(&pause_key).exec(c)?;
+                redis::pipe()
+                    .cmd("HMGET")
+                    .arg(&state_key)
+                    .arg("generation")
+                    .arg("upper")
+                    .cmd("EXISTS")
+                    .arg(&pause_key)
+                    .query(c)
+            })?;
+        if paused && stored == Some(generation) {
+            self.with_connection("cannot unwatch", |c| redis::cmd("UNWATCH").exec(c))?;
+            return Ok(Commit::Paused);
+        }
         match stored {
             None => {
                 self.with_connection("cannot unwatch", |c| redis::cmd("UNWATCH").exec(c))?;
@@ -381,6 +411,8 @@ impl RedisViewSink {
 
 enum Commit {
     Done,
+    /// A replay holds the sink while it swaps a rebuilt view in.
+    Paused,
     /// The state key changed under the watch.
     Raced,
     /// The state key is gone: Redis lost the sink's data.
@@ -416,10 +448,23 @@ impl ViewSink for RedisViewSink {
     }
 
     fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
+        let mut paused_since: Option<std::time::Instant> = None;
         loop {
             match self.commit(&batch, None)? {
-                Commit::Done => return Ok(()),
+                Commit::Done => {
+                    if let Some(since) = paused_since {
+                        info!(sink = %self.name, waited_ms = since.elapsed().as_millis() as u64, "a replay released the sink");
+                    }
+                    return Ok(());
+                }
                 Commit::Raced => continue,
+                Commit::Paused => {
+                    if paused_since.is_none() {
+                        info!(sink = %self.name, "a replay holds the sink while it swaps a rebuilt view in; waiting");
+                        paused_since = Some(std::time::Instant::now());
+                    }
+                    std::thread::sleep(PAUSE_POLL);
+                }
                 Commit::Lost => {
                     warn!(
                         sink = %self.name,
@@ -433,6 +478,7 @@ impl ViewSink for RedisViewSink {
                             Commit::Done => return Ok(()),
                             Commit::Raced => continue,
                             Commit::Lost => return Err(SinkError::Retryable("Redis lost the sink again".into())),
+                            Commit::Paused => std::thread::sleep(PAUSE_POLL),
                         }
                     }
                 }

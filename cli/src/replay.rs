@@ -1,0 +1,584 @@
+//! `projector replay`: rebuilds a view from the log into its sinks through
+//! a shadow that is swapped in only when complete, while the live pipeline
+//! keeps running.
+//!
+//! The view is computed by a dataflow of its own, reading the sources from
+//! the start up to a [`Bound`] and writing into a shadow of each Redis and
+//! ClickHouse sink (see `projector_sink_redis::RedisSwap` and
+//! `projector_sink_clickhouse::ClickHouseSwap`). The bound first trails the
+//! live sinks' checkpoints, so the shadow never gets ahead of them. Once the
+//! shadow has caught up, the replay holds the live sinks (their writes wait),
+//! reads the checkpoint each stands at, moves the bound to it, and when the
+//! shadow is exactly there swaps the window's rows in atomically and lets the
+//! sink go: the live pipeline goes on from the same position, on the rebuilt
+//! content. The shadows are sinks with checkpoints of their own, so a
+//! replay that is interrupted resumes its writes where it stopped (the
+//! dataflow itself reads the log from the start again).
+//!
+//! File and Parquet sinks hold the whole view in one file, rewritten at
+//! once; a whole-view replay rewrites them at the end, a window replay
+//! leaves them alone.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing::info;
+
+use projector_core::config::{PipelinePlan, SinkKind};
+use projector_core::sink::{Selection, SinkError, SourcePositions, ViewSink, positions_to_json};
+use projector_core::source::{Bound, BoundedSource, Source};
+use projector_core::value::{FieldType, Value, format_date};
+use projector_core::view::ViewPlan;
+use projector_dataflows::runner::{Outputs, RunError, RunOptions, RunSummary, run};
+use projector_sink_clickhouse::ClickHouseSwap;
+use projector_sink_file::FileViewSink;
+use projector_sink_parquet::ParquetViewSink;
+use projector_sink_redis::{RedisSwap, RedisViewSink};
+
+use crate::commands::CommandError;
+use crate::components;
+
+/// How long a hold on a live sink lasts unless renewed: if the replay dies
+/// while holding, the live pipeline goes on after this.
+const HOLD: Duration = Duration::from_secs(30);
+/// The earliest and latest dates a window may name.
+const FIRST_DAY: i32 = 0;
+const LAST_DAY: i32 = 49_710; // 2106-02-07, ClickHouse's last Date
+
+/// What to replay.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    /// The view.
+    pub view: String,
+    /// Only rows whose date key is on or after this day (days since
+    /// 1970-01-01).
+    pub from: Option<i32>,
+    /// Only rows whose date key is on or before this day.
+    pub to: Option<i32>,
+    /// How long to wait for a running ClickHouse sink to say it holds
+    /// still; with no answer the replay goes on as if none runs.
+    pub ack_wait: Duration,
+    /// Draw a progress bar on the terminal.
+    pub progress_bar: bool,
+}
+
+/// What one sink's swap did.
+#[derive(Clone, Debug)]
+pub struct SwapReport {
+    /// The sink's name.
+    pub sink: String,
+    /// Where its shadow resumed from (`None`: from the start).
+    pub resumed_from: Option<SourcePositions>,
+    /// The position swapped in at.
+    pub at: SourcePositions,
+    /// The same, as the sink's checkpoint writes it (by source name).
+    pub at_text: String,
+    /// Rows of the window in the rebuilt view.
+    pub rows: usize,
+    /// Rows rewritten because they were missing or differed.
+    pub rewritten: usize,
+    /// Rows deleted because the rebuilt view lacks them.
+    pub deleted: usize,
+    /// How long the live sink was held.
+    pub held: Duration,
+}
+
+/// What a replay did.
+#[derive(Clone, Debug)]
+pub struct ReplaySummary {
+    /// The dataflow run.
+    pub run: RunSummary,
+    /// Per Redis or ClickHouse sink.
+    pub swaps: Vec<SwapReport>,
+    /// File and Parquet sinks rewritten (whole-view replays).
+    pub rewritten_files: Vec<String>,
+    /// File and Parquet sinks left alone (window replays).
+    pub skipped_files: Vec<String>,
+}
+
+impl ReplaySummary {
+    /// The summary printed at the end.
+    pub fn report(&self, view: &str) -> String {
+        let seconds = self.run.elapsed.as_secs_f64();
+        let mut out = format!(
+            "replayed view {view:?}: {} events in {seconds:.2} s ({:.0} events/s)\n",
+            self.run.records,
+            self.run.records as f64 / seconds.max(1e-9)
+        );
+        for swap in &self.swaps {
+            let resumed = match &swap.resumed_from {
+                Some(at) => format!("resumed its shadow at {} events in", at.total()),
+                None => "built its shadow from the start".to_string(),
+            };
+            out.push_str(&format!(
+                "  sink {:?}: {resumed}; swapped in at {}: {} rows, {} rewritten, {} deleted; live writes held {} ms\n",
+                swap.sink,
+                swap.at_text,
+                swap.rows,
+                swap.rewritten,
+                swap.deleted,
+                swap.held.as_millis()
+            ));
+        }
+        for file in &self.rewritten_files {
+            out.push_str(&format!("  sink {file:?}: rewritten whole\n"));
+        }
+        for file in &self.skipped_files {
+            out.push_str(&format!(
+                "  sink {file:?}: holds the whole view in one file; not touched by a window replay\n"
+            ));
+        }
+        out
+    }
+}
+
+/// A live sink with a shadow.
+enum Target {
+    Redis(RedisSwap),
+    ClickHouse(Box<ClickHouseSwap>),
+}
+
+impl Target {
+    fn live_position(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        match self {
+            Target::Redis(swap) => swap.live_position(),
+            Target::ClickHouse(swap) => swap.live_position(),
+        }
+    }
+
+    fn shadow_position(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        match self {
+            Target::Redis(swap) => swap.shadow_position(),
+            Target::ClickHouse(swap) => swap.shadow_position(),
+        }
+    }
+
+    fn pause(&mut self, token: &str) -> Result<(), SinkError> {
+        match self {
+            Target::Redis(swap) => swap.pause(token, HOLD),
+            Target::ClickHouse(swap) => swap.pause(token, HOLD),
+        }
+    }
+
+    /// Waits until no write of a live run is under way. Redis needs no
+    /// wait: every live commit watches the hold.
+    fn settle(&mut self, token: &str, wait: Duration, name: &str) -> Result<(), SinkError> {
+        if let Target::ClickHouse(swap) = self
+            && !swap.wait_for_ack(token, wait)?
+        {
+            info!(sink = %name, "no running pipeline answered the hold; swapping as if none writes the sink");
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, token: &str) -> Result<(), SinkError> {
+        match self {
+            Target::Redis(swap) => swap.release(token),
+            Target::ClickHouse(swap) => swap.release(token),
+        }
+    }
+
+    fn swap(
+        &mut self,
+        token: &str,
+        at: &SourcePositions,
+        window: &Selection,
+    ) -> Result<(usize, usize, usize), SinkError> {
+        match self {
+            Target::Redis(swap) => swap.swap(token, at, window).map(|c| (c.rows, c.rewritten, c.deleted)),
+            Target::ClickHouse(swap) => swap.swap(at, window).map(|c| (c.rows, c.rewritten, c.deleted)),
+        }
+    }
+
+    fn drop_shadow(&mut self) -> Result<(), SinkError> {
+        match self {
+            Target::Redis(swap) => swap.drop_shadow(),
+            Target::ClickHouse(swap) => swap.drop_shadow(),
+        }
+    }
+}
+
+/// A sink's error as the command's.
+fn failed(sink: &str) -> impl Fn(SinkError) -> CommandError + '_ {
+    move |error| CommandError::Io(format!("sink {sink:?}: {error}"))
+}
+
+/// The window as a selection of the view's rows, and its name.
+fn window(view: &ViewPlan, options: &ReplayOptions) -> Result<(Selection, String), CommandError> {
+    if options.from.is_none() && options.to.is_none() {
+        return Ok((Selection::default(), "all".to_string()));
+    }
+    let Some(index) = view.keys.iter().position(|k| k.ty == FieldType::Date) else {
+        return Err(CommandError::Io(format!(
+            "view {:?} has no date key field ({}), so it has no rows of a date window; replay it whole \
+             (without --from and --to)",
+            view.name,
+            view.keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    };
+    let from = options.from.unwrap_or(FIRST_DAY);
+    let to = options.to.unwrap_or(LAST_DAY);
+    if from > to {
+        return Err(CommandError::Io(format!(
+            "--from {} is after --to {}: the window is empty",
+            format_date(from),
+            format_date(to)
+        )));
+    }
+    let name = format!("{}_{}", format_date(from).replace('-', ""), format_date(to).replace('-', ""));
+    Ok((Selection { range: Some((index, Value::Date(from), Value::Date(to))), ..Selection::default() }, name))
+}
+
+/// Keeps only the changes and rows of a window: the shadow of a window
+/// replay holds the window's rows alone.
+struct Windowed {
+    inner: Box<dyn ViewSink>,
+    window: Selection,
+}
+
+impl ViewSink for Windowed {
+    fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        self.inner.resume()
+    }
+
+    fn wants_rows(&self) -> bool {
+        self.inner.wants_rows()
+    }
+
+    fn reset(&mut self) -> Result<(), SinkError> {
+        self.inner.reset()
+    }
+
+    fn apply(&mut self, batch: projector_core::sink::ViewBatch<'_>) -> Result<(), SinkError> {
+        if self.window == Selection::default() {
+            return self.inner.apply(batch);
+        }
+        let changes: Vec<_> = batch.changes.iter().filter(|c| self.window.matches(&c.key)).cloned().collect();
+        let rows: projector_core::sink::ViewRows = if self.inner.wants_rows() {
+            batch.rows.iter().filter(|(key, _)| self.window.matches(key)).map(|(k, v)| (k.clone(), v.clone())).collect()
+        } else {
+            Default::default()
+        };
+        self.inner.apply(projector_core::sink::ViewBatch { changes: &changes, rows: &rows, ..batch })
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.inner.finish()
+    }
+}
+
+/// Per partition the lower of two positions: a cut at or before both.
+fn lowest(positions: impl Iterator<Item = SourcePositions>) -> Option<SourcePositions> {
+    positions.reduce(|mut low, next| {
+        for (partition, offset) in &next.0 {
+            low.0.entry(*partition).and_modify(|o| *o = (*o).min(*offset)).or_insert(0);
+        }
+        for (partition, offset) in low.0.iter_mut() {
+            if !next.0.contains_key(partition) {
+                *offset = 0;
+            }
+        }
+        low
+    })
+}
+
+/// Replays `options.view` of `plan` into its sinks.
+pub fn replay(
+    plan: &PipelinePlan,
+    options: &ReplayOptions,
+    run_options: RunOptions,
+) -> Result<ReplaySummary, CommandError> {
+    let Some(view) = plan.view(&options.view).cloned() else {
+        let names: Vec<&str> = plan.views.iter().map(|v| v.name.as_str()).collect();
+        return Err(CommandError::Io(format!(
+            "no view {:?}; this config declares: {}",
+            options.view,
+            names.join(", ")
+        )));
+    };
+    if plan.config.sources.is_empty() {
+        return Err(CommandError::Io(format!("{}: no sources are declared to replay from", plan.config.file)));
+    }
+    let (selection, window_name) = window(&view, options)?;
+    let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
+
+    // The live sinks with shadows, the shadows as the run's sinks, and the
+    // file sinks rewritten whole.
+    let mut targets: Vec<(String, Target)> = Vec::new();
+    let mut shadows: Vec<(String, Box<dyn ViewSink>)> = Vec::new();
+    let mut rewritten_files = Vec::new();
+    let mut skipped_files = Vec::new();
+    for sink in plan.config.sinks.iter().filter(|s| s.view.value == view.name) {
+        let name = sink.name.clone();
+        let wrap =
+            |inner: Box<dyn ViewSink>| Box::new(Windowed { inner, window: selection.clone() }) as Box<dyn ViewSink>;
+        match &sink.kind {
+            SinkKind::Redis(config) => {
+                let swap = RedisSwap::new(&name, Arc::clone(&view), config, source_names.clone(), &window_name)
+                    .map_err(failed(&name))?;
+                let shadow = RedisViewSink::new(&name, Arc::clone(&view), swap.shadow_config(), source_names.clone())
+                    .map_err(failed(&name))?;
+                shadows.push((format!("shadow of sink {name:?}"), wrap(Box::new(shadow))));
+                targets.push((name, Target::Redis(swap)));
+            }
+            SinkKind::ClickHouse(config) => {
+                let swap = ClickHouseSwap::new(&name, Arc::clone(&view), config, source_names.clone(), &window_name)
+                    .map_err(failed(&name))?;
+                let shadow = swap.shadow_sink().map_err(failed(&name))?;
+                shadows.push((format!("shadow of sink {name:?}"), wrap(Box::new(shadow))));
+                targets.push((name, Target::ClickHouse(Box::new(swap))));
+            }
+            SinkKind::File(_) | SinkKind::Parquet(_) if options.from.is_some() || options.to.is_some() => {
+                skipped_files.push(name);
+            }
+            SinkKind::File(file) => {
+                shadows
+                    .push((format!("sink {name:?}"), Box::new(FileViewSink::new(Arc::clone(&view), &file.path, None))));
+                rewritten_files.push(name);
+            }
+            SinkKind::Parquet(parquet) => {
+                let sink = ParquetViewSink::new(Arc::clone(&view), &parquet.path, None, source_names.clone());
+                shadows.push((format!("sink {name:?}"), Box::new(sink)));
+                rewritten_files.push(name);
+            }
+        }
+    }
+    if targets.is_empty() && rewritten_files.is_empty() {
+        return Err(CommandError::Io(format!("view {:?} has no sinks to replay into", view.name)));
+    }
+
+    let mut resumed_from = Vec::new();
+    let mut live_at = Vec::new();
+    for (name, target) in &mut targets {
+        resumed_from.push(target.shadow_position().map_err(failed(name))?);
+        live_at.push(target.live_position().map_err(failed(name))?);
+    }
+    // With no live checkpoint at all, nothing runs into these sinks: build
+    // up to where the log ends now and swap at the end. Otherwise trail the
+    // slowest live sink.
+    let following = live_at.iter().any(Option::is_some);
+    let bound = Arc::new(Bound::new(lowest(live_at.iter().flatten().cloned())));
+    let token = format!("replay-{}-{}", std::process::id(), now_nanos());
+
+    let mut replay_plan = plan.clone();
+    replay_plan.views = vec![Arc::clone(&view)];
+    let sources: Vec<(String, Arc<dyn Source>)> = components::sources(plan)
+        .into_iter()
+        .enumerate()
+        .map(|(index, (name, source))| {
+            (name, Arc::new(BoundedSource::new(source, index as u16, Arc::clone(&bound))) as Arc<dyn Source>)
+        })
+        .collect();
+    let outputs = Outputs { view_sinks: vec![shadows], dead_letter_sinks: Vec::new() };
+    let progress = Arc::clone(&run_options.progress);
+    let stop = Arc::clone(&run_options.stop);
+    let run_options = RunOptions { until_idle: true, until_caught_up: !following, ..run_options };
+    let plan_for_run = Arc::new(replay_plan);
+    let runner: JoinHandle<Result<RunSummary, RunError>> =
+        std::thread::spawn(move || run(plan_for_run, sources, outputs, run_options));
+
+    let bar = progress_bar(options.progress_bar, bound.limit().map(|b| b.total() as u64));
+    let watch = Watch { runner: &runner, bar: &bar, progress: &progress, stop: &stop };
+    let mut swaps = Vec::new();
+    let outcome = if following {
+        follow_and_swap(
+            &mut targets,
+            &bound,
+            &selection,
+            &token,
+            options,
+            &watch,
+            &resumed_from,
+            &source_names,
+            &mut swaps,
+        )
+    } else {
+        Ok(())
+    };
+    if outcome.is_err() {
+        // Whatever happens, the live sinks go on.
+        for (_, target) in &mut targets {
+            let _ = target.release(&token);
+        }
+        stop.store(true, Ordering::Relaxed);
+    }
+    bound.close();
+    let summary = runner.join().map_err(|_| CommandError::Io("the replay's dataflow panicked".into()))?;
+    bar.finish_and_clear();
+    outcome?;
+    let summary = summary?;
+    if stop.load(Ordering::Relaxed) {
+        return Err(CommandError::Io(
+            "the replay was stopped before it finished; run it again to resume from the shadow's checkpoint".into(),
+        ));
+    }
+    if !following {
+        // Built to where the log ended: swap each sink in at its shadow.
+        for ((name, target), resumed) in targets.iter_mut().zip(&resumed_from) {
+            let at = target.shadow_position().map_err(failed(name))?.unwrap_or_default();
+            let started = Instant::now();
+            target.pause(&token).map_err(failed(name))?;
+            let swapped = target.swap(&token, &at, &selection);
+            let _ = target.release(&token);
+            let (rows, rewritten, deleted) = swapped.map_err(failed(name))?;
+            let held = started.elapsed();
+            swaps.push(SwapReport {
+                sink: name.clone(),
+                resumed_from: resumed.clone(),
+                at_text: positions_to_json(&at, &source_names),
+                at,
+                rows,
+                rewritten,
+                deleted,
+                held,
+            });
+        }
+    }
+    for (name, target) in &mut targets {
+        target.drop_shadow().map_err(failed(name))?;
+    }
+    Ok(ReplaySummary { run: summary, swaps, rewritten_files, skipped_files })
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// What the coordinator watches while it waits for the shadow.
+struct Watch<'a> {
+    runner: &'a JoinHandle<Result<RunSummary, RunError>>,
+    bar: &'a ProgressBar,
+    progress: &'a Arc<projector_dataflows::runner::RunProgress>,
+    stop: &'a Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watch<'_> {
+    /// Waits until every shadow is at `at`.
+    fn until_shadows_at(&self, targets: &mut [(String, Target)], at: &SourcePositions) -> Result<(), CommandError> {
+        loop {
+            self.bar.set_position(self.progress.records.load(Ordering::Relaxed));
+            // A bounded source (a file) may end the run: look at the
+            // shadows before asking whether it still runs.
+            let finished = self.runner.is_finished();
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(CommandError::Io("stopped".into()));
+            }
+            let mut all = true;
+            for (name, target) in targets.iter_mut() {
+                if target.shadow_position().map_err(failed(name))?.as_ref() != Some(at) {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                return Ok(());
+            }
+            if finished {
+                return Err(CommandError::Io(format!(
+                    "the replay's dataflow ended before the shadow reached {:?}; was the log truncated?",
+                    at.0
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Trails the live sinks until the shadow caught up, then holds them,
+/// brings the shadow to each one's checkpoint and swaps it in.
+#[allow(clippy::too_many_arguments)]
+fn follow_and_swap(
+    targets: &mut [(String, Target)],
+    bound: &Bound,
+    window: &Selection,
+    token: &str,
+    options: &ReplayOptions,
+    watch: &Watch<'_>,
+    resumed_from: &[Option<SourcePositions>],
+    source_names: &[String],
+    swaps: &mut Vec<SwapReport>,
+) -> Result<(), CommandError> {
+    // Catch up with the live sinks as they were at the start, then once more
+    // with where they went meanwhile, so the hold below is short.
+    for round in 0..2 {
+        let at = bound.limit().unwrap_or_default();
+        watch.until_shadows_at(targets, &at)?;
+        if round == 1 {
+            break;
+        }
+        let mut now = Vec::new();
+        for (name, target) in targets.iter_mut() {
+            now.extend(target.live_position().map_err(failed(name))?);
+        }
+        match lowest(now.into_iter()) {
+            Some(next) if next != at && at.le(&next) => {
+                watch.bar.set_length(next.total() as u64);
+                bound.set(next);
+            }
+            _ => break,
+        }
+    }
+    let held_since = Instant::now();
+    for (name, target) in targets.iter_mut() {
+        target.pause(token).map_err(failed(name))?;
+    }
+    let mut stands = Vec::new();
+    for (index, (name, target)) in targets.iter_mut().enumerate() {
+        target.settle(token, options.ack_wait, name).map_err(failed(name))?;
+        let at = match target.live_position().map_err(failed(name))? {
+            Some(at) => at,
+            None => bound.limit().unwrap_or_default(),
+        };
+        stands.push((index, at));
+    }
+    stands.sort_by_key(|(_, at)| at.total());
+    for (index, at) in stands {
+        let name = targets[index].0.clone();
+        let current = bound.limit().unwrap_or_default();
+        if !current.le(&at) {
+            return Err(CommandError::Io(format!(
+                "sink {name:?} stands at {:?}, behind the other sinks of the view at {:?}; replay its sinks one \
+                 by one once they agree (`projector status` shows where each stands)",
+                at.0, current.0
+            )));
+        }
+        bound.set(at.clone());
+        watch.until_shadows_at(std::slice::from_mut(&mut targets[index]), &at)?;
+        let (name, target) = &mut targets[index];
+        target.pause(token).map_err(failed(name))?;
+        let swapped = target.swap(token, &at, window);
+        target.release(token).map_err(failed(name))?;
+        let (rows, rewritten, deleted) = swapped.map_err(failed(name))?;
+        swaps.push(SwapReport {
+            sink: name.clone(),
+            resumed_from: resumed_from[index].clone(),
+            at_text: positions_to_json(&at, source_names),
+            at,
+            rows,
+            rewritten,
+            deleted,
+            held: held_since.elapsed(),
+        });
+    }
+    Ok(())
+}
+
+fn progress_bar(shown: bool, length: Option<u64>) -> ProgressBar {
+    if !shown {
+        return ProgressBar::hidden();
+    }
+    let bar = match length {
+        Some(length) => ProgressBar::new(length),
+        None => ProgressBar::new_spinner(),
+    };
+    let style = ProgressStyle::with_template(
+        "{spinner} replaying [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events {per_sec} ETA {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}

@@ -1,0 +1,214 @@
+//! Swapping a rebuilt view into a live ClickHouse sink (`projector replay`).
+//!
+//! The rebuilt view is built into a shadow: the same sink writing
+//! `<table>__shadow_<window>_rows` under the name `<sink>@shadow:<window>`,
+//! with its own checkpoints, so an interrupted build resumes like any sink.
+//! To swap, the replay adds a `pause` row for the live sink to
+//! `projector_pauses`; the live sink looks before every write (and every
+//! quarter second when idle), answers with an `ack` row and waits, so once
+//! the ack is there no write of the live run is under way and its
+//! checkpoint stands still. The replay brings the shadow to exactly that
+//! position, writes the live rows of the window that differ from the
+//! shadow's (and tombstones for the ones it lacks) in one `INSERT` (one
+//! part: readers with `FINAL` see all of it or none) as the next version of
+//! the live run's generation, then that commit's checkpoint, then a
+//! `release` row. The live sink takes up that checkpoint and goes on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use projector_core::config::ClickHouseSinkConfig;
+use projector_core::sink::{Selection, SinkError, SourcePositions, ViewReader, positions_from_json, positions_to_json};
+use projector_core::view::ViewPlan;
+
+use crate::{ClickHouseViewReader, ClickHouseViewSink, now_millis, quote};
+
+/// What a swap changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwapCounts {
+    /// Rows of the window the shadow holds.
+    pub rows: usize,
+    /// Rows written because they were missing or differed.
+    pub rewritten: usize,
+    /// Rows deleted (tombstoned) because the shadow does not have them.
+    pub deleted: usize,
+}
+
+/// One live ClickHouse sink and its shadow.
+pub struct ClickHouseSwap {
+    name: String,
+    live: ClickHouseViewSink,
+    live_config: ClickHouseSinkConfig,
+    shadow: ClickHouseViewSink,
+    shadow_name: String,
+    shadow_config: ClickHouseSinkConfig,
+    plan: Arc<ViewPlan>,
+    source_names: Vec<String>,
+}
+
+impl ClickHouseSwap {
+    /// Sink `name` of `plan` as `config` declares it; `window` names the
+    /// shadow (letters, digits and `_`).
+    pub fn new(
+        name: &str,
+        plan: Arc<ViewPlan>,
+        config: &ClickHouseSinkConfig,
+        source_names: Vec<String>,
+        window: &str,
+    ) -> Result<ClickHouseSwap, SinkError> {
+        let table = if config.table.is_empty() { plan.name.clone() } else { config.table.clone() };
+        let mut shadow_config = config.clone();
+        shadow_config.table = format!("{table}__shadow_{window}");
+        let shadow_name = format!("{name}@shadow:{window}");
+        Ok(ClickHouseSwap {
+            name: name.to_string(),
+            live: ClickHouseViewSink::new(name, Arc::clone(&plan), config, source_names.clone())?,
+            live_config: config.clone(),
+            shadow: ClickHouseViewSink::new(&shadow_name, Arc::clone(&plan), &shadow_config, source_names.clone())?,
+            shadow_name,
+            shadow_config,
+            plan,
+            source_names,
+        })
+    }
+
+    /// The shadow as a sink the replay runs into.
+    pub fn shadow_sink(&self) -> Result<ClickHouseViewSink, SinkError> {
+        Ok(ClickHouseViewSink::new(
+            &self.shadow_name,
+            Arc::clone(&self.plan),
+            &self.shadow_config,
+            self.source_names.clone(),
+        )?
+        .with_idle_checkpoint(Duration::from_millis(100)))
+    }
+
+    /// The live sink's checkpoint (`None`: it holds nothing).
+    pub fn live_position(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        self.live.create_tables()?;
+        position(&self.live, &self.source_names)
+    }
+
+    /// The shadow's checkpoint (`None`: nothing built yet).
+    pub fn shadow_position(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        position(&self.shadow, &self.source_names)
+    }
+
+    /// Holds the live sink's writes for up to `hold` (renew it by calling
+    /// again).
+    pub fn pause(&mut self, token: &str, hold: Duration) -> Result<(), SinkError> {
+        self.live.create_tables()?;
+        self.live.write_hold(token, "pause", now_millis() + hold.as_millis() as u64)
+    }
+
+    /// Waits up to `wait` for the live run to say it holds still. `false`:
+    /// no run answered (none is running, or it is stuck in a write).
+    pub fn wait_for_ack(&mut self, token: &str, wait: Duration) -> Result<bool, SinkError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let text = self.live.select(
+                "cannot read the sink's holds",
+                &format!(
+                    "SELECT count() FROM {} WHERE sink = {} AND kind = 'ack' AND token = {}",
+                    self.live.pauses_table(),
+                    quote(&self.name),
+                    quote(token)
+                ),
+            )?;
+            if text.trim().parse::<u64>().unwrap_or(0) > 0 {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Lets the live sink write again.
+    pub fn release(&mut self, token: &str) -> Result<(), SinkError> {
+        self.live.write_hold(token, "release", 0)
+    }
+
+    /// Makes the live rows in `window` equal to the shadow's, which must be
+    /// at `at`, the live checkpoint, while the live sink is held.
+    pub fn swap(&mut self, at: &SourcePositions, window: &Selection) -> Result<SwapCounts, SinkError> {
+        let read = |name: &str, config: &ClickHouseSinkConfig, selection: &Selection| {
+            let reader = ClickHouseViewReader::new(name, &self.plan, config, self.source_names.clone())
+                .map_err(SinkError::Fatal)?;
+            reader.select(selection).map_err(|e| SinkError::Retryable(e.to_string()))
+        };
+        let shadow = read(&self.shadow_name, &self.shadow_config, window)?;
+        if shadow.positions != *at {
+            return Err(SinkError::Fatal(format!(
+                "the shadow of ClickHouse sink {:?} is at {:?}, not at the live checkpoint {:?}",
+                self.name, shadow.positions.0, at.0
+            )));
+        }
+        let live = read(&self.name, &self.live_config, window)?;
+        if live.positions != *at && !live.positions.0.is_empty() {
+            return Err(SinkError::Fatal(format!(
+                "ClickHouse sink {:?} moved to {:?} while held at {:?}",
+                self.name, live.positions.0, at.0
+            )));
+        }
+        let live_rows: HashMap<_, _> = live.rows.into_iter().collect();
+        let shadow_keys: std::collections::HashSet<_> = shadow.rows.iter().map(|(key, _)| key.clone()).collect();
+        let mut counts = SwapCounts { rows: shadow.rows.len(), ..SwapCounts::default() };
+        let mut changed: Vec<(&_, Option<&_>)> = Vec::new();
+        for (key, values) in &shadow.rows {
+            if live_rows.get(key) != Some(values) {
+                changed.push((key, Some(values)));
+                counts.rewritten += 1;
+            }
+        }
+        let mut gone: Vec<_> = live_rows.keys().filter(|key| !shadow_keys.contains(*key)).collect();
+        gone.sort();
+        for key in gone {
+            changed.push((key, None));
+            counts.deleted += 1;
+        }
+        // The swap is the next commit of the live run's generation.
+        let text = self.live.select(
+            "cannot read the sink's checkpoint",
+            &format!(
+                "SELECT generation, seq, committed FROM {} WHERE sink = {} ORDER BY generation DESC, seq DESC LIMIT 1",
+                self.live.checkpoints_table(),
+                quote(&self.name)
+            ),
+        )?;
+        let numbers: Vec<u64> =
+            text.lines().next().unwrap_or("0\t0\t0").split('\t').map(|f| f.parse().unwrap_or(0)).collect();
+        let (generation, seq, committed) = (numbers[0], numbers.get(1).copied().unwrap_or(0) + 1, numbers[2]);
+        self.live.generation = generation;
+        let version = (generation << 32) | seq;
+        if !changed.is_empty() {
+            let body = self.live.rows_body(changed, version);
+            self.live.insert_rows(body)?;
+        }
+        let committed = if counts.rewritten + counts.deleted > 0 { version } else { committed };
+        self.live.write_checkpoint(seq, committed, &positions_to_json(at, &self.source_names), counts.rewritten)?;
+        Ok(counts)
+    }
+
+    /// Drops the shadow's tables and leaves it holding nothing.
+    pub fn drop_shadow(&mut self) -> Result<(), SinkError> {
+        use projector_core::sink::ViewSink;
+        self.shadow.create_tables()?;
+        self.shadow.reset()?;
+        let table = format!("{}.{}", self.shadow_config.database, self.shadow_config.table);
+        self.shadow.execute("cannot drop the shadow", &format!("DROP TABLE IF EXISTS {table}"))?;
+        self.shadow.execute("cannot drop the shadow", &format!("DROP TABLE IF EXISTS {table}_rows"))
+    }
+}
+
+/// A sink's last checkpoint.
+fn position(sink: &ClickHouseViewSink, source_names: &[String]) -> Result<Option<SourcePositions>, SinkError> {
+    match sink.last_checkpoint()? {
+        Some((_, positions)) if !positions.is_empty() => {
+            Ok(Some(positions_from_json(&positions, source_names).map_err(SinkError::Fatal)?))
+        }
+        _ => Ok(None),
+    }
+}

@@ -1,0 +1,229 @@
+//! Swapping a rebuilt view into a live Redis sink (`projector replay`).
+//!
+//! The rebuilt view is built into a shadow: the same sink under a prefix
+//! of its own (`<prefix>projector:shadow:<sink>:<window>:`), with its own
+//! checkpoint, so an interrupted build resumes like any sink. To swap, the
+//! replay sets the sink's pause key (see [`crate::pause_key`]); from then
+//! on no batch of the live pipeline commits (each commit watches that key),
+//! so the live checkpoint stands still. The replay brings the shadow to
+//! exactly that position and then, in one `MULTI`/`EXEC` under `WATCH` of
+//! the live checkpoint and the pause key, makes the live rows of the
+//! window equal to the shadow's: rows that differ are rewritten, rows the
+//! shadow lacks are deleted, ranking entries of every shadow row are set.
+//! Readers see the view before or after, never between. The live pipeline
+//! then goes on from the same checkpoint, on the swapped content.
+
+use std::sync::Arc;
+
+use redis::{Commands, RedisError};
+
+use projector_core::config::RedisSinkConfig;
+use projector_core::sink::{Selected, Selection};
+use projector_core::sink::{SinkError, SourcePositions, positions_from_json, positions_to_json};
+use projector_core::view::ViewPlan;
+
+use crate::{RedisViewReader, RedisViewSink, glob_escape, now_ms, pause_key, state_key};
+
+/// What a swap changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwapCounts {
+    /// Rows of the window the shadow holds.
+    pub rows: usize,
+    /// Rows written because they were missing or differed.
+    pub rewritten: usize,
+    /// Rows deleted because the shadow does not have them.
+    pub deleted: usize,
+}
+
+/// One live Redis sink and its shadow.
+pub struct RedisSwap {
+    name: String,
+    live: RedisViewSink,
+    live_config: RedisSinkConfig,
+    shadow_config: RedisSinkConfig,
+    plan: Arc<ViewPlan>,
+    source_names: Vec<String>,
+}
+
+impl RedisSwap {
+    /// Sink `name` of `plan` as `config` declares it; `window` names the
+    /// shadow (one per window, so a resumed replay finds its own).
+    pub fn new(
+        name: &str,
+        plan: Arc<ViewPlan>,
+        config: &RedisSinkConfig,
+        source_names: Vec<String>,
+        window: &str,
+    ) -> Result<RedisSwap, SinkError> {
+        let mut shadow_config = config.clone();
+        shadow_config.prefix = format!("{}projector:shadow:{name}:{window}:", config.prefix);
+        Ok(RedisSwap {
+            name: name.to_string(),
+            live: RedisViewSink::new(name, Arc::clone(&plan), config, source_names.clone())?,
+            live_config: config.clone(),
+            shadow_config,
+            plan,
+            source_names,
+        })
+    }
+
+    /// The config of the shadow: a sink like the live one, elsewhere.
+    pub fn shadow_config(&self) -> &RedisSinkConfig {
+        &self.shadow_config
+    }
+
+    /// The live sink's checkpoint (`None`: it holds nothing).
+    pub fn live_position(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        self.position(&state_key(&self.live_config.prefix, &self.name))
+    }
+
+    /// The shadow's checkpoint (`None`: nothing built yet).
+    pub fn shadow_position(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        self.position(&state_key(&self.shadow_config.prefix, &self.name))
+    }
+
+    fn position(&mut self, key: &str) -> Result<Option<SourcePositions>, SinkError> {
+        let text: Option<String> =
+            self.live.with_connection("cannot read a checkpoint", |c| c.hget(key, "positions"))?;
+        text.map(|text| positions_from_json(&text, &self.source_names).map_err(SinkError::Fatal)).transpose()
+    }
+
+    /// Holds the live sink's writes for up to `hold` (renew it by calling
+    /// again). Once this returns, no live batch commits until
+    /// [`RedisSwap::release`].
+    pub fn pause(&mut self, token: &str, hold: std::time::Duration) -> Result<(), SinkError> {
+        let key = pause_key(&self.live_config.prefix, &self.name);
+        let millis = hold.as_millis() as u64;
+        self.live.with_connection("cannot pause the live sink", |c| {
+            redis::cmd("SET").arg(&key).arg(token).arg("PX").arg(millis).exec(c)
+        })
+    }
+
+    /// Lets the live sink write again (if `token` still holds it).
+    pub fn release(&mut self, token: &str) -> Result<(), SinkError> {
+        let key = pause_key(&self.live_config.prefix, &self.name);
+        self.live.with_connection("cannot release the live sink", |c| {
+            redis::Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1")
+                .key(&key)
+                .arg(token)
+                .invoke::<i64>(c)
+                .map(|_| ())
+        })
+    }
+
+    /// Makes the live rows in `window` equal to the shadow's, which must be
+    /// at `at`, the live checkpoint, while `token` holds the live sink.
+    pub fn swap(&mut self, token: &str, at: &SourcePositions, window: &Selection) -> Result<SwapCounts, SinkError> {
+        let read = |config: &RedisSinkConfig| -> Result<Selected, SinkError> {
+            let reader = RedisViewReader::new(&self.name, &self.plan, config, self.source_names.clone())
+                .map_err(SinkError::Fatal)?;
+            reader.all_rows(3).map_err(|e| SinkError::Retryable(e.to_string()))
+        };
+        let shadow = read(&self.shadow_config)?;
+        if shadow.positions != *at {
+            return Err(SinkError::Fatal(format!(
+                "the shadow of Redis sink {:?} is at {:?}, not at the live checkpoint {:?}",
+                self.name, shadow.positions.0, at.0
+            )));
+        }
+        let live = read(&self.live_config)?;
+        let shadow_rows: std::collections::HashMap<_, _> =
+            shadow.rows.into_iter().filter(|(key, _)| window.matches(key)).collect();
+        let live_rows: std::collections::HashMap<_, _> =
+            live.rows.into_iter().filter(|(key, _)| window.matches(key)).collect();
+
+        let state = state_key(&self.live_config.prefix, &self.name);
+        let pause = pause_key(&self.live_config.prefix, &self.name);
+        let (holder, positions, generation): (Option<String>, Option<String>, Option<u64>) =
+            self.live.with_connection("cannot read the live checkpoint", |c| {
+                redis::cmd("WATCH").arg(&state).arg(&pause).exec(c)?;
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(&pause)
+                    .cmd("HGET")
+                    .arg(&state)
+                    .arg("positions")
+                    .cmd("HGET")
+                    .arg(&state)
+                    .arg("generation")
+                    .query(c)
+            })?;
+        let live_at = positions.map(|t| positions_from_json(&t, &self.source_names)).transpose();
+        let unwatch =
+            |swap: &mut RedisSwap| swap.live.with_connection("cannot unwatch", |c| redis::cmd("UNWATCH").exec(c));
+        if holder.as_deref() != Some(token) {
+            unwatch(self)?;
+            return Err(SinkError::Retryable(format!(
+                "the hold on Redis sink {:?} expired before the swap; try again",
+                self.name
+            )));
+        }
+        match live_at {
+            Ok(Some(live_at)) if live_at != *at => {
+                unwatch(self)?;
+                return Err(SinkError::Fatal(format!(
+                    "Redis sink {:?} moved to {:?} while held at {:?}",
+                    self.name, live_at.0, at.0
+                )));
+            }
+            Err(error) => {
+                unwatch(self)?;
+                return Err(SinkError::Fatal(error));
+            }
+            _ => {}
+        }
+
+        let mut counts = SwapCounts { rows: shadow_rows.len(), ..SwapCounts::default() };
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut keys: Vec<_> = live_rows.keys().filter(|key| !shadow_rows.contains_key(*key)).collect();
+        keys.sort();
+        for key in keys {
+            self.live.queue_removal(&mut pipe, key);
+            counts.deleted += 1;
+        }
+        let mut rows: Vec<_> = shadow_rows.iter().collect();
+        rows.sort();
+        for (key, values) in rows {
+            if live_rows.get(key) == Some(values) {
+                self.live.queue_rankings(&mut pipe, key, values);
+            } else {
+                self.live.queue_row(&mut pipe, key, values);
+                counts.rewritten += 1;
+            }
+        }
+        let mut checkpoint =
+            vec![("positions", positions_to_json(at, &self.source_names)), ("written_at_ms", now_ms().to_string())];
+        if let Some(newest) = shadow.newest_event_at.max(live.newest_event_at) {
+            checkpoint.push(("newest_event_at", newest.to_rfc3339()));
+        }
+        if generation.is_none() {
+            // A sink nothing ran into yet: the next run takes generation 1
+            // and resumes from here.
+            checkpoint.push(("generation", "0".to_string()));
+            checkpoint.push(("upper", "0".to_string()));
+        }
+        pipe.hset_multiple(&state, &checkpoint).ignore();
+        let done: Option<()> = self.live.with_connection("cannot swap the rebuilt view in", |c| pipe.query(c))?;
+        match done {
+            Some(()) => Ok(counts),
+            None => Err(SinkError::Retryable(format!(
+                "Redis sink {:?} changed during the swap (its hold expired?); try again",
+                self.name
+            ))),
+        }
+    }
+
+    /// Deletes the shadow: its rows, rankings and checkpoint.
+    pub fn drop_shadow(&mut self) -> Result<(), SinkError> {
+        let pattern = format!("{}*", glob_escape(&self.shadow_config.prefix));
+        let keys: Vec<String> = self.live.with_connection("cannot list the shadow's keys", |c| {
+            let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(1000);
+            c.scan_options(options)?.collect::<Result<Vec<String>, RedisError>>()
+        })?;
+        for chunk in keys.chunks(1000) {
+            self.live.with_connection("cannot delete the shadow", |c| c.del::<_, ()>(chunk))?;
+        }
+        Ok(())
+    }
+}

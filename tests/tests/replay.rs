@@ -1,0 +1,344 @@
+//! `projector replay` against real Redis and ClickHouse servers: a view
+//! rebuilt while the live pipeline keeps running fixes planted corruption in
+//! both sinks, and readers polling during the swap see the corrupted rows or
+//! the fixed ones, never a mix; a window replay changes only the window's
+//! rows; an interrupted replay resumes from its shadow's checkpoint.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use projector::commands;
+use projector::validate::{ValidateOptions, validate};
+use projector_core::config::{PipelinePlan, check_text};
+use projector_dataflows::runner::RunOptions;
+use projector_datagen::{Generator, GeneratorConfig};
+use projector_tests::services::{ClickHouseServer, RedisServer, available, clickhouse_query, projector_binary};
+use projector_tests::sinks::{clickhouse_covered, clickhouse_sinks_yaml, redis_covered, redis_sinks_yaml};
+use projector_tests::{kafka, shipped_views_yaml};
+use redis::Commands;
+
+fn plan(text: &str, dir: &Path) -> PipelinePlan {
+    check_text(text, "replay.yaml", dir).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+fn differences(text: &str, dir: &Path, view: &str) -> (usize, String) {
+    let options = ValidateOptions { view: view.to_string(), sample_size: None, seed: 1 };
+    let validation = validate(&plan(text, dir), &options).unwrap();
+    (validation.differences, validation.report)
+}
+
+fn replay(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(projector_binary())
+        .args(["replay", "-c", config.to_str().unwrap(), "-w", "2"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn keyed(events: u64, seed: u64) -> Vec<(String, String)> {
+    let generator = GeneratorConfig { events, seed, stores: 3, bad_ratio: 0.0, ..GeneratorConfig::default() };
+    Generator::new(generator).map(|r| (r.key, r.line)).collect()
+}
+
+/// Two `order_summary` rows of Redis read in one transaction: whether each
+/// holds its planted value.
+fn planted_pair(connection: &mut redis::Connection, keys: &[String; 2]) -> (bool, bool) {
+    let (first, second): (Option<String>, Option<String>) = redis::pipe()
+        .atomic()
+        .hget(&keys[0], "revenue_cents")
+        .hget(&keys[1], "revenue_cents")
+        .query(connection)
+        .unwrap();
+    (first.as_deref() == Some("1"), second.as_deref() == Some("1"))
+}
+
+#[test]
+fn a_replay_while_the_pipeline_runs_fixes_both_sinks_and_readers_never_see_a_mix() {
+    if !available("redis-server") || !available("clickhouse-server") {
+        return;
+    }
+    let redis = RedisServer::start(false);
+    let clickhouse = ClickHouseServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = kafka::create_topic("replay", 8);
+    let records = keyed(40_000, 41);
+    let text = format!(
+        "version: 1\nsources:\n  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n    batch_ms: 20\n{}\nsinks:\n{}{}",
+        kafka::brokers(),
+        shipped_views_yaml(),
+        redis_sinks_yaml(&redis.url(), "r:"),
+        clickhouse_sinks_yaml(&clickhouse.url(), "replay", 200),
+    );
+    let config = dir.path().join("replay.yaml");
+    std::fs::write(&config, &text).unwrap();
+    kafka::append(&topic, records[..20_000].to_vec());
+
+    // The live pipeline, running all along.
+    let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
+    let stop = Arc::clone(&options.stop);
+    let live_plan = plan(&text, dir.path());
+    let live = std::thread::spawn(move || commands::run_config(live_plan, options).unwrap());
+    let caught_up = |count: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while redis_covered(&redis, "r:") < count || clickhouse_covered(&clickhouse, "replay") < count {
+            assert!(Instant::now() < deadline, "the sinks did not catch up with {count} records");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    caught_up(20_000);
+
+    // Corruption: two Redis rows with a wrong value, one deleted, one that
+    // the log does not give; two ClickHouse rows deleted.
+    let mut connection = redis.connection().unwrap();
+    let mut keys: Vec<String> = connection.keys("r:order_summary:*").unwrap();
+    keys.sort();
+    let pair = [keys[0].clone(), keys[1].clone()];
+    for key in &pair {
+        let _: () = connection.hset(key, "revenue_cents", "1").unwrap();
+    }
+    let _: () = connection.del(&keys[2]).unwrap();
+    let _: () = connection
+        .hset_multiple(
+            "r:order_summary:3:2001-01-01",
+            &[("store_id", "3"), ("date", "2001-01-01"), ("order_count", "5")],
+        )
+        .unwrap();
+    let rows =
+        clickhouse.query("SELECT store_id, date FROM replay.order_summary ORDER BY store_id, date LIMIT 2").unwrap();
+    let condition: Vec<String> = rows
+        .lines()
+        .map(|line| {
+            let (store, date) = line.split_once('\t').unwrap();
+            format!("(store_id = {store} AND date = '{date}')")
+        })
+        .collect();
+    let condition = condition.join(" OR ");
+    clickhouse.query(&format!("ALTER TABLE replay.order_summary_rows DELETE WHERE {condition}")).unwrap();
+    let count_deleted = || {
+        clickhouse
+            .query(&format!("SELECT count() FROM replay.order_summary WHERE {condition}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count_deleted() != "0" {
+        assert!(Instant::now() < deadline, "the planted delete did not apply");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (found, report) = differences(&text, dir.path(), "order_summary");
+    assert_eq!(found, 6, "the planted corruption:\n{report}");
+
+    // Readers poll both stores through the replay; more events flow in.
+    let polling = Arc::new(AtomicBool::new(true));
+    let redis_reader = {
+        let polling = Arc::clone(&polling);
+        let mut connection = redis.connection().unwrap();
+        let pair = pair.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while polling.load(Ordering::Relaxed) {
+                let observed = planted_pair(&mut connection, &pair);
+                if seen.last() != Some(&observed) {
+                    seen.push(observed);
+                }
+            }
+            seen
+        })
+    };
+    let clickhouse_reader = {
+        let polling = Arc::clone(&polling);
+        let port = clickhouse.http_port;
+        let condition = condition.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while polling.load(Ordering::Relaxed) {
+                let sql = format!("SELECT count() FROM replay.order_summary WHERE {condition}");
+                let count = clickhouse_query(port, &sql);
+                let count = count.unwrap().trim().to_string();
+                if seen.last() != Some(&count) {
+                    seen.push(count);
+                }
+            }
+            seen
+        })
+    };
+    // One producer sending steadily (about 5,000 events/s) through the replay.
+    let writer = {
+        let topic = topic.clone();
+        let more = records[20_000..].to_vec();
+        std::thread::spawn(move || {
+            use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+            let producer: BaseProducer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", kafka::brokers())
+                .set("linger.ms", "1")
+                .create()
+                .unwrap();
+            for chunk in more.chunks(50) {
+                for (key, line) in chunk {
+                    producer.send(BaseRecord::to(&topic).key(key).payload(line)).unwrap();
+                }
+                producer.poll(Duration::from_millis(10));
+            }
+            producer.flush(Duration::from_secs(60)).unwrap();
+        })
+    };
+    // The replay starts while the live sinks move.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while redis_covered(&redis, "r:") < 21_000 || clickhouse_covered(&clickhouse, "replay") < 21_000 {
+        assert!(Instant::now() < deadline, "the live pipeline does not move");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let replayed = replay(&config, &["--view", "order_summary"]);
+    let stdout = String::from_utf8_lossy(&replayed.stdout).into_owned();
+    assert!(replayed.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&replayed.stderr));
+    println!("{stdout}");
+    assert!(
+        stdout.contains("sink \"order_summary_redis\": built its shadow from the start; swapped in at"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("sink \"order_summary_ch\": built its shadow from the start; swapped in at"), "{stdout}");
+    assert!(stdout.contains(" 2 rewritten, 0 deleted"), "ClickHouse rewrote the two deleted rows:\n{stdout}");
+    assert!(stdout.contains(" 3 rewritten, 1 deleted"), "Redis: two changed, one deleted, one extra:\n{stdout}");
+    // Swapped in where the live sinks stood, past where the replay began.
+    for part in stdout.split("swapped in at ").skip(1) {
+        let json = &part[..part.find("}}").unwrap() + 2];
+        let positions: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> =
+            serde_json::from_str(json).unwrap();
+        let total: u64 = positions["events"].values().sum();
+        assert!(total >= 21_000, "{stdout}");
+    }
+
+    writer.join().unwrap();
+    caught_up(records.len() as u64);
+    polling.store(false, Ordering::Relaxed);
+    let redis_seen = redis_reader.join().unwrap();
+    let clickhouse_seen = clickhouse_reader.join().unwrap();
+    assert_eq!(redis_seen, vec![(true, true), (false, false)], "Redis readers saw the swap half done");
+    assert_eq!(clickhouse_seen, vec!["0".to_string(), "2".to_string()], "ClickHouse readers saw it half done");
+    stop.store(true, Ordering::Relaxed);
+    live.join().unwrap();
+
+    // Both sinks now agree with the whole log, and the shadows are gone.
+    let (found, report) = differences(&text, dir.path(), "order_summary");
+    assert_eq!(found, 0, "{report}");
+    let shadows: Vec<String> = connection.keys("r:projector:shadow:*").unwrap();
+    assert!(shadows.is_empty(), "{shadows:?}");
+    let tables =
+        clickhouse.query("SELECT count() FROM system.tables WHERE database = 'replay' AND name LIKE '%shadow%'");
+    assert_eq!(tables.unwrap().trim(), "0");
+}
+
+/// The shipped views over a file into Redis under `prefix`.
+fn file_config(events: &Path, url: &str, prefix: &str, batch_records: u64) -> String {
+    format!(
+        "version: 1\nsources:\n  events:\n    type: file\n    path: {}\n    batch_records: {batch_records}\n{}\nsinks:\n{}",
+        events.display(),
+        shipped_views_yaml(),
+        redis_sinks_yaml(url, prefix)
+    )
+}
+
+#[test]
+fn a_window_replay_changes_only_the_rows_of_its_window() {
+    if !available("redis-server") {
+        return;
+    }
+    let redis = RedisServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = keyed(6000, 5).into_iter().map(|(_, line)| line).collect();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+    let text = file_config(&events, &redis.url(), "w:", 1000);
+    let config = dir.path().join("replay.yaml");
+    std::fs::write(&config, &text).unwrap();
+    commands::run_config(plan(&text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+
+    let mut connection = redis.connection().unwrap();
+    let mut keys: Vec<String> = connection.keys("w:order_summary:1:*").unwrap();
+    keys.sort();
+    assert!(keys.len() >= 3, "{keys:?}");
+    let (inside, outside) = (&keys[keys.len() / 2], &keys[0]);
+    let day = inside.rsplit(':').next().unwrap().to_string();
+    for key in [inside, outside] {
+        let _: () = connection.hset(key, "order_count", "999").unwrap();
+    }
+    let (found, _) = differences(&text, dir.path(), "order_summary");
+    assert_eq!(found, 2);
+
+    let replayed = replay(&config, &["--view", "order_summary", "--from", &day, "--to", &day]);
+    let stdout = String::from_utf8_lossy(&replayed.stdout).into_owned();
+    assert!(replayed.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&replayed.stderr));
+    assert!(stdout.contains("1 rewritten, 0 deleted"), "{stdout}");
+    let (found, report) = differences(&text, dir.path(), "order_summary");
+    assert_eq!(found, 1, "only the row outside the window is still wrong:\n{report}");
+    let outside_key = outside.rsplit(':').next().unwrap();
+    assert!(report.contains(&format!("date=\"{outside_key}\"): order_count: expected")), "{report}");
+
+    // A view without a date key has no window; a bad date is named.
+    let ltv = replay(&config, &["--view", "customer_ltv", "--from", "2024-01-01"]);
+    assert_eq!(ltv.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&ltv.stderr);
+    assert!(stderr.contains("view \"customer_ltv\" has no date key field"), "{stderr}");
+    let bad = replay(&config, &["--view", "order_summary", "--from", "2024-13-01"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("\"2024-13-01\" is not a date"));
+}
+
+#[test]
+fn an_interrupted_replay_resumes_from_its_shadow() {
+    if !available("redis-server") {
+        return;
+    }
+    let redis = RedisServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = keyed(150_000, 9).into_iter().map(|(_, line)| line).collect();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+    let text = file_config(&events, &redis.url(), "i:", 500);
+    let config = dir.path().join("replay.yaml");
+    std::fs::write(&config, &text).unwrap();
+    commands::run_config(plan(&text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+    let mut connection = redis.connection().unwrap();
+    let mut keys: Vec<String> = connection.keys("i:customer_ltv:*").unwrap();
+    keys.sort();
+    let _: () = connection.hset(&keys[0], "lifetime_value_cents", "3").unwrap();
+
+    // Killed once its shadow holds part of the view.
+    let shadow_state = "i:projector:shadow:customer_ltv_redis:all:projector:sink:customer_ltv_redis";
+    let mut child = Command::new(projector_binary())
+        .args(["replay", "-c", config.to_str().unwrap(), "-w", "2", "--view", "customer_ltv"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let positions: Option<String> = connection.hget(shadow_state, "positions").unwrap();
+        if positions.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shadow never got a checkpoint");
+        assert!(child.try_wait().unwrap().is_none(), "the replay ended before it could be interrupted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (found, _) = differences(&text, dir.path(), "customer_ltv");
+    assert_eq!(found, 1, "the interrupted replay swapped nothing in");
+
+    let replayed = replay(&config, &["--view", "customer_ltv"]);
+    let stdout = String::from_utf8_lossy(&replayed.stdout).into_owned();
+    assert!(replayed.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&replayed.stderr));
+    assert!(stdout.contains("sink \"customer_ltv_redis\": resumed its shadow at "), "{stdout}");
+    assert!(stdout.contains("1 rewritten, 0 deleted"), "{stdout}");
+    let (found, report) = differences(&text, dir.path(), "customer_ltv");
+    assert_eq!(found, 0, "{report}");
+}
