@@ -137,7 +137,7 @@ impl ReplaySummary {
 
 /// A live sink with a shadow.
 enum Target {
-    Redis(RedisSwap),
+    Redis(Box<RedisSwap>),
     ClickHouse(Box<ClickHouseSwap>),
 }
 
@@ -322,7 +322,7 @@ pub fn replay(
                 let shadow = RedisViewSink::new(&name, Arc::clone(&view), swap.shadow_config(), source_names.clone())
                     .map_err(failed(&name))?;
                 shadows.push((format!("shadow of sink {name:?}"), wrap(Box::new(shadow))));
-                targets.push((name, Target::Redis(swap)));
+                targets.push((name, Target::Redis(Box::new(swap))));
             }
             SinkKind::ClickHouse(config) => {
                 let swap = ClickHouseSwap::new(&name, Arc::clone(&view), config, source_names.clone(), &window_name)
