@@ -109,12 +109,7 @@ fn latency(brokers: &str, plan: &PipelinePlan, rate: f64, duration: Duration) {
     let pipeline = {
         let (plan, source) = (plan.clone(), kafka_source(brokers, &topic, false));
         std::thread::spawn(move || {
-            run(
-                Arc::new(plan),
-                vec![("bench".into(), source)],
-                Outputs { view_sinks, dead_letter_sinks: Vec::new() },
-                options,
-            )
+            run(Arc::new(plan), vec![("bench".into(), source)], Outputs { view_sinks, ..Outputs::default() }, options)
         })
     };
     std::thread::sleep(Duration::from_millis(500));

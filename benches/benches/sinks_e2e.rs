@@ -178,7 +178,7 @@ fn sinks(plan: &PipelinePlan, timed_view: &str, redis_done: &Completions, clickh
         };
         view_sinks[index].push((sink.name.clone(), built));
     }
-    Outputs { view_sinks, dead_letter_sinks: Vec::new() }
+    Outputs { view_sinks, ..Outputs::default() }
 }
 
 /// Keeps a view's rows.
@@ -208,7 +208,7 @@ fn sink_throughput(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u
     run(
         Arc::new(plan.clone()),
         vec![("events".into(), source)],
-        Outputs { view_sinks, dead_letter_sinks: Vec::new() },
+        Outputs { view_sinks, ..Outputs::default() },
         RunOptions { workers: 2, ..RunOptions::default() },
     )
     .expect("file run");

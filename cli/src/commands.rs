@@ -96,7 +96,7 @@ pub fn export(plan: PipelinePlan, view: &str, out: &Path, options: RunOptions) -
         plan.views.iter().map(|_| Vec::new()).collect();
     let sink = projector_sink_parquet::ParquetViewSink::new(Arc::clone(&plan.views[index]), out, None, source_names);
     view_sinks[index].push((out.display().to_string(), Box::new(sink)));
-    let outputs = projector_dataflows::runner::Outputs { view_sinks, dead_letter_sinks: Vec::new() };
+    let outputs = projector_dataflows::runner::Outputs { view_sinks, ..Default::default() };
     let sources = components::sources(&plan);
     let options = RunOptions { until_idle: true, until_caught_up: true, ..options };
     Ok(run(Arc::new(plan), sources, outputs, options)?)

@@ -10,14 +10,14 @@ use std::time::Instant;
 
 use projector_core::config::{PipelinePlan, SinkKind, SourceKind};
 use projector_core::record::DeadLetter;
-use projector_core::sink::{DeadLetterSink, SinkError, ViewReader, ViewSink};
+use projector_core::sink::{DeadLetterSink, SinkError, ViewReader, ViewSink, positions_from_json};
 use projector_core::source::Source;
-use projector_dataflows::runner::{Outputs, RunProgress};
+use projector_dataflows::runner::{Outputs, Restore, RunProgress};
 use projector_query_api::metrics::PipelineCounters;
 use projector_query_api::serving::ServingStore;
 use projector_sink_clickhouse::{ClickHouseViewReader, ClickHouseViewSink};
 use projector_sink_file::{FileDeadLetterSink, FileViewSink};
-use projector_sink_parquet::ParquetViewSink;
+use projector_sink_parquet::{ParquetViewSink, Shape};
 use projector_sink_redis::{RedisViewReader, RedisViewSink};
 use projector_source_file::FileSource;
 use projector_source_kafka::{KafkaDeadLetterSink, KafkaSource};
@@ -89,10 +89,61 @@ pub fn outputs(plan: &PipelinePlan) -> Result<Outputs, SinkError> {
         };
         routes.push(route);
     }
+    let (state_sinks, restore) = state_snapshots(plan, &source_names);
     Ok(Outputs {
         view_sinks,
         dead_letter_sinks: vec![("dead letters".to_string(), Box::new(DeadLetterRoutes { routes, names }))],
+        state_sinks,
+        restore,
     })
+}
+
+/// Sinks with their names.
+type NamedSinks = Vec<(String, Box<dyn ViewSink>)>;
+
+/// The shape of the pipeline's state snapshots.
+pub fn state_shape() -> Shape {
+    Shape {
+        name: projector_dataflows::state::STATE_NAME.to_string(),
+        fields: projector_dataflows::state::state_fields(),
+        key_len: projector_dataflows::state::STATE_KEY_LEN,
+    }
+}
+
+/// With a `state:` section: the sink that keeps the snapshot (and the one
+/// before it), and both as candidates to start from, newest first.
+fn state_snapshots(plan: &PipelinePlan, source_names: &[String]) -> (NamedSinks, Vec<Restore>) {
+    let Some(state) = &plan.config.state else { return (Vec::new(), Vec::new()) };
+    let sink = ParquetViewSink::of_shape(
+        state_shape(),
+        &state.path,
+        Some(Duration::from_millis(state.every_ms)),
+        source_names.to_vec(),
+    )
+    .keeping_previous();
+    let mut restore = Vec::new();
+    for path in [state.path.clone(), projector_sink_parquet::previous_path(&state.path)] {
+        let positions = match projector_sink_parquet::positions_of(&path) {
+            Ok(Some(text)) => match positions_from_json(&text, source_names) {
+                Ok(positions) => positions,
+                Err(error) => {
+                    warn!(snapshot = %path.display(), %error, "the snapshot's positions do not fit this config's sources");
+                    continue;
+                }
+            },
+            Ok(None) => continue,
+            Err(error) => {
+                warn!(snapshot = %path.display(), %error, "cannot read the state snapshot");
+                continue;
+            }
+        };
+        let name = path.display().to_string();
+        let load = Box::new(move || {
+            projector_sink_parquet::read_parquet(&state_shape(), &path).map(|(rows, _)| rows.into_iter().collect())
+        });
+        restore.push(Restore { name, positions, load });
+    }
+    (vec![(format!("state snapshots {}", state.path.display()), Box::new(sink))], restore)
 }
 
 /// The outputs of a file run (`--output-dir`): every view to
@@ -115,6 +166,7 @@ pub fn directory_outputs(plan: &PipelinePlan, dir: &Path, source_names: Vec<Stri
             "dead_letters.jsonl".to_string(),
             Box::new(FileDeadLetterSink::new(dir.join("dead_letters.jsonl"), source_names)),
         )],
+        ..Outputs::default()
     }
 }
 

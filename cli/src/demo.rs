@@ -144,7 +144,7 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
     let mut view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>> = plan.views.iter().map(|_| Vec::new()).collect();
     let board = Arc::new(Mutex::new(Board::default()));
     view_sinks[summary_index].push(("terminal".into(), Box::new(BoardSink(Arc::clone(&board)))));
-    let mut outputs = Outputs { view_sinks, dead_letter_sinks: Vec::new() };
+    let mut outputs = Outputs { view_sinks, ..Outputs::default() };
     let reads = crate::components::serve_views(&plan, &mut outputs).map_err(|e| CommandError::Io(e.to_string()))?;
     let api = crate::api::start_with(options.listen, Some(log), Some(Arc::clone(&reads)), Default::default())?;
     println!(

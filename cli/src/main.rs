@@ -392,6 +392,9 @@ fn report(summary: &RunSummary) {
         summary.records as f64 / seconds.max(1e-9),
         summary.dead_letter_count()
     );
+    if let Some((snapshot, at)) = &summary.restored_from {
+        eprintln!("  started from the state snapshot {snapshot} ({} records of the log in it)", at.total());
+    }
     for (kind, count) in &summary.dead_letters {
         eprintln!("  dead letters {kind}: {count}");
     }

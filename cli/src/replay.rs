@@ -372,7 +372,7 @@ pub fn replay(
             (name, Arc::new(BoundedSource::new(source, index as u16, Arc::clone(&bound))) as Arc<dyn Source>)
         })
         .collect();
-    let outputs = Outputs { view_sinks: vec![shadows], dead_letter_sinks: Vec::new() };
+    let outputs = Outputs { view_sinks: vec![shadows], ..Outputs::default() };
     let progress = Arc::clone(&run_options.progress);
     let stop = Arc::clone(&run_options.stop);
     let run_options = RunOptions { until_idle: true, until_caught_up: !following, ..run_options };

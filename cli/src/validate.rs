@@ -218,7 +218,9 @@ fn read_sink(view: &ViewPlan, sink: &SinkConfig, source_names: &[String]) -> Res
         }
         SinkKind::File(file) => Ok(Held { rows: read_file_sink(view, &file.path).map_err(failed)?, positions: None }),
         SinkKind::Parquet(parquet) => {
-            let (rows, positions) = projector_sink_parquet::read_parquet(view, &parquet.path).map_err(failed)?;
+            let (rows, positions) =
+                projector_sink_parquet::read_parquet(&projector_sink_parquet::Shape::of(view), &parquet.path)
+                    .map_err(failed)?;
             let positions = match positions {
                 Some(text) => Some(positions_from_json(&text, source_names).map_err(failed)?),
                 None => None,

@@ -61,6 +61,11 @@ pub trait SourceReader: Send {
 pub trait Source: Send + Sync {
     /// The reader for worker `index` of `peers`.
     fn reader(&self, index: usize, peers: usize) -> Result<Box<dyn SourceReader>, SourceError>;
+
+    /// Readers made after this call may skip what comes before `positions`
+    /// (a run that starts from a state snapshot); the runner drops such
+    /// records anyway, so a source that cannot seek ignores this.
+    fn start_at(&self, _positions: &SourcePositions) {}
 }
 
 /// How far a [`BoundedSource`] may read, shared with whoever moves it.
@@ -134,6 +139,10 @@ impl Source for BoundedSource {
             epoch: 0,
             held: std::collections::VecDeque::new(),
         }))
+    }
+
+    fn start_at(&self, positions: &SourcePositions) {
+        self.inner.start_at(positions);
     }
 }
 

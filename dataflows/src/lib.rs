@@ -25,6 +25,7 @@ pub mod decode;
 pub mod orders;
 pub mod output;
 pub mod runner;
+pub mod state;
 pub mod views;
 
 /// A record's place in the whole input: source index, then its position in

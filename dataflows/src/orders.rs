@@ -54,26 +54,77 @@ pub enum OrderInput {
     Ignore(EventPosition),
 }
 
-/// Folds each order's events into its current state; orders whose
-/// `OrderCreated` has not been seen yet have no state.
-pub fn order_states<'scope>(events: VecCollection<'scope, u64, KeyedEvent>) -> VecCollection<'scope, u64, OrderState> {
+/// What the order fold reads, by order: each order event, the copies to
+/// ignore, and `restored` (the witnesses of a state snapshot, see
+/// [`order_witnesses`]).
+pub fn order_inputs<'scope>(
+    events: VecCollection<'scope, u64, KeyedEvent>,
+    restored: VecCollection<'scope, u64, (Arc<str>, OrderInput)>,
+) -> VecCollection<'scope, u64, (Arc<str>, OrderInput)> {
     let ignored = stray_copies(events.clone()).map(|(order_id, position)| (order_id, OrderInput::Ignore(position)));
     events
         .flat_map(|(event_id, (position, event))| {
             event.map(|e| (e.order_id, OrderInput::Event(e.sequence, position, event_id, e.change)))
         })
         .concat(ignored)
+        .concat(restored)
+}
+
+/// Folds each order's inputs into its current state; orders whose
+/// `OrderCreated` has not been seen yet have no state.
+pub fn order_states<'scope>(
+    inputs: VecCollection<'scope, u64, (Arc<str>, OrderInput)>,
+) -> VecCollection<'scope, u64, OrderState> {
+    inputs
         .reduce_named("OrderState", |order_id: &Arc<str>, inputs: &[(&OrderInput, isize)], output| {
-            if let Some(state) = OrderState::fold(order_id, counted_events(inputs)) {
+            let events =
+                counted_events(inputs).into_iter().map(|(sequence, position, _, change)| (sequence, position, change));
+            if let Some(state) = OrderState::fold(order_id, events) {
                 output.push((state, 1));
             }
         })
         .map(|(_order_id, state)| state)
 }
 
+/// For each order, the few counted events its state rests on: the
+/// `OrderCreated` that gives the header (lowest sequence, then earliest),
+/// the event that gives the content (highest sequence, then earliest), and
+/// the earliest `OrderCancelled`. The fold picks a least or greatest
+/// element on each count, so folding these with any later events gives
+/// the same state as folding every event: a state snapshot keeps only
+/// them.
+pub fn order_witnesses<'scope>(
+    inputs: VecCollection<'scope, u64, (Arc<str>, OrderInput)>,
+) -> VecCollection<'scope, u64, (Arc<str>, OrderInput)> {
+    inputs.reduce_named("OrderWitnesses", |_order_id: &Arc<str>, inputs: &[(&OrderInput, isize)], output| {
+        let events = counted_events(inputs);
+        let header = events
+            .iter()
+            .filter(|(_, _, _, change)| matches!(change, OrderChange::Created(..)))
+            .min_by_key(|(sequence, position, _, _)| (*sequence, *position));
+        let content = events
+            .iter()
+            .filter(|(_, _, _, change)| !matches!(change, OrderChange::Cancelled))
+            .max_by_key(|(sequence, position, _, _)| (*sequence, std::cmp::Reverse(*position)));
+        let cancel = events
+            .iter()
+            .filter(|(_, _, _, change)| matches!(change, OrderChange::Cancelled))
+            .min_by_key(|(_, position, _, _)| *position);
+        let mut kept: Vec<&(u64, EventPosition, &EventId, &OrderChange)> =
+            [header, content, cancel].into_iter().flatten().collect();
+        kept.sort_by_key(|(_, position, _, _)| *position);
+        kept.dedup_by_key(|(_, position, _, _)| *position);
+        for (sequence, position, event_id, change) in kept {
+            output.push((OrderInput::Event(*sequence, *position, (*event_id).clone(), (*change).clone()), 1));
+        }
+    })
+}
+
 /// The events of one order that count: not ignored, and each `event_id`
 /// once (its copy first in the log).
-fn counted_events<'a>(inputs: &'a [(&'a OrderInput, isize)]) -> Vec<(u64, EventPosition, &'a OrderChange)> {
+fn counted_events<'a>(
+    inputs: &'a [(&'a OrderInput, isize)],
+) -> Vec<(u64, EventPosition, &'a EventId, &'a OrderChange)> {
     let ignored: Vec<EventPosition> = inputs
         .iter()
         .filter_map(|(input, _)| match input {
@@ -93,5 +144,5 @@ fn counted_events<'a>(inputs: &'a [(&'a OrderInput, isize)]) -> Vec<(u64, EventP
         .collect();
     events.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     events.dedup_by(|later, first| later.0 == first.0);
-    events.into_iter().map(|(_, position, sequence, change)| (sequence, position, change)).collect()
+    events.into_iter().map(|(event_id, position, sequence, change)| (sequence, position, event_id, change)).collect()
 }

@@ -23,10 +23,12 @@ use projector_core::packed::PackedRow;
 use projector_core::record::{DeadLetter, LogPosition};
 use projector_core::sink::{DeadLetterSink, SourcePositions, ViewSink};
 use projector_core::source::{Poll, Source, SourceError};
-use projector_core::value::Timestamp;
+use projector_core::value::{Row, Timestamp};
 
 use crate::decode::{KeyedEvent, decode_record};
+use crate::orders::OrderInput;
 use crate::output::{OutputState, ResumedSink, deliver_dead_letters, deliver_view, with_retries};
+use crate::state::STATE_NAME;
 use crate::{orders, views};
 
 /// How to run.
@@ -142,6 +144,24 @@ pub struct Outputs {
     pub view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>>,
     /// Dead-letter destinations.
     pub dead_letter_sinks: Vec<(String, Box<dyn DeadLetterSink>)>,
+    /// Where snapshots of the pipeline's state go (rows of
+    /// [`crate::state::state_fields`]); none: no snapshots are taken.
+    pub state_sinks: Vec<(String, Box<dyn ViewSink>)>,
+    /// Snapshots the run may start from instead of the start of the log,
+    /// newest first: the run takes the first one at or before every sink's
+    /// checkpoint.
+    pub restore: Vec<Restore>,
+}
+
+/// A snapshot of the pipeline's state the run may start from.
+pub struct Restore {
+    /// What it is (a path), for messages.
+    pub name: String,
+    /// The log positions it reflects.
+    pub positions: SourcePositions,
+    /// Reads its rows (of [`crate::state::state_fields`]).
+    #[allow(clippy::type_complexity)]
+    pub load: Box<dyn FnOnce() -> Result<Vec<(Row, Row)>, String> + Send>,
 }
 
 /// What a run did.
@@ -155,6 +175,8 @@ pub struct RunSummary {
     pub view_rows: Vec<(String, i64)>,
     /// Wall time.
     pub elapsed: Duration,
+    /// The snapshot the run started from, and the positions it reflects.
+    pub restored_from: Option<(String, SourcePositions)>,
 }
 
 impl RunSummary {
@@ -324,7 +346,22 @@ pub fn run(
     let state = Arc::new(OutputState { counters: Arc::clone(&options.progress), ..OutputState::default() });
     // Every worker builds the same dataflow; only worker 0 holds the sinks.
     let serve_orders = outputs.view_sinks.len() > plan.views.len();
-    let (view_sinks, barriers) = resume_sinks(outputs.view_sinks, &state)?;
+    let snapshots = !outputs.state_sinks.is_empty();
+    let state_index = plan.views.len() + 1;
+    let mut all_sinks = outputs.view_sinks;
+    if snapshots {
+        all_sinks.resize_with(state_index, Vec::new);
+        all_sinks.push(outputs.state_sinks);
+    }
+    let (view_sinks, barriers) = resume_sinks(all_sinks, &state)?;
+    let (restored, restored_from) = choose_snapshot(outputs.restore, barriers.first());
+    let restored = Arc::new(Mutex::new(restored));
+    if let Some((_, at)) = &restored_from {
+        for (_, source) in &sources {
+            source.start_at(at);
+        }
+    }
+    let skip_below = restored_from.as_ref().map(|(_, at)| at.clone());
     let barriers = Arc::new(barriers);
     let phases = barriers.len() as u64;
     let outputs = Arc::new(Mutex::new(Some((view_sinks, outputs.dead_letter_sinks))));
@@ -353,12 +390,21 @@ pub fn run(
         }
 
         let mut events_input: InputSession<u64, KeyedEvent, isize> = InputSession::new();
+        let mut restored_input: InputSession<u64, (Arc<str>, OrderInput), isize> = InputSession::new();
         let mut dead_letters_input: InputHandleVec<u64, DeadLetter> = InputHandleVec::new();
         let probe = worker.dataflow::<u64, _, _>(|scope| {
             let events = events_input.to_collection(scope);
             let dead_letters = dead_letters_input.to_stream(scope);
-            let states = orders::order_states(events);
+            let order_inputs = orders::order_inputs(events.clone(), restored_input.to_collection(scope));
+            let states = orders::order_states(order_inputs.clone());
             let probe = timely::dataflow::ProbeHandle::new();
+            if snapshots {
+                let rows = crate::state::first_copies(events.clone())
+                    .concat(crate::state::witness_rows(orders::order_witnesses(order_inputs)))
+                    .probe_with(&probe);
+                let sinks = view_sinks.get_mut(state_index).map(std::mem::take).unwrap_or_default();
+                deliver_view(rows, STATE_NAME, state_index, index == 0, sinks, phases, Arc::clone(&state));
+            }
             for (view_index, view_plan) in plan.views.iter().enumerate() {
                 let rows = views::view(Arc::clone(view_plan), states.clone());
                 let rows = rows.probe_with(&probe);
@@ -381,6 +427,20 @@ pub fn run(
             probe
         });
 
+        // The snapshot's state, at the first batch (worker 0 feeds it; the
+        // dataflow spreads it).
+        if index == 0
+            && let Some((events, orders)) = restored.lock().ok().and_then(|mut r| r.take())
+        {
+            for event in events {
+                events_input.update_at(event, 0, 1);
+            }
+            for order in orders {
+                restored_input.update_at(order, 0, 1);
+            }
+        }
+        // Nothing more comes in that way.
+        drop(restored_input);
         // Per reader: its current batch, and whether it is finished.
         let mut epochs: Vec<Option<u64>> = vec![Some(0); readers.len()];
         // Per reader: the resume phase it is in (batch `i` holds the records
@@ -437,8 +497,13 @@ pub fn run(
                     let barrier = barriers.get(phase[reader_index]);
                     let stash = &mut held[reader_index];
                     let latest = &mut newest[reader_index];
+                    let skip = skip_below.as_ref();
                     let poll = reader.poll(options.poll_records, &mut |record| {
                         let position = record.position;
+                        if skip.is_some_and(|at| position.offset < at.get(source, position.partition)) {
+                            // In the snapshot the run started from.
+                            return;
+                        }
                         let decoded_record = decode_record(source, record);
                         if beyond(barrier, source, position) {
                             stash.push((position, decoded_record));
@@ -577,5 +642,36 @@ pub fn run(
         dead_letters,
         view_rows,
         elapsed: started.elapsed(),
+        restored_from,
     })
+}
+
+/// The first snapshot at or before `first_barrier` (where the sink that
+/// stands furthest back resumes), loaded; a snapshot that cannot be read is
+/// passed over.
+fn choose_snapshot(
+    candidates: Vec<Restore>,
+    first_barrier: Option<&SourcePositions>,
+) -> (Option<crate::state::Restored>, Option<(String, SourcePositions)>) {
+    for candidate in candidates {
+        if first_barrier.is_some_and(|barrier| !candidate.positions.le(barrier)) {
+            info!(snapshot = %candidate.name, "the snapshot is ahead of a sink's checkpoint; not starting from it");
+            continue;
+        }
+        let started = Instant::now();
+        match (candidate.load)().and_then(|rows| crate::state::restore(rows.iter().map(|(k, v)| (k, v)))) {
+            Ok(restored) => {
+                info!(
+                    snapshot = %candidate.name,
+                    events = restored.0.len(),
+                    witnesses = restored.1.len(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "starting from a state snapshot"
+                );
+                return (Some(restored), Some((candidate.name, candidate.positions)));
+            }
+            Err(error) => tracing::warn!(snapshot = %candidate.name, %error, "cannot start from this snapshot"),
+        }
+    }
+    (None, None)
 }

@@ -14,7 +14,7 @@ use projector::validate::{ValidateOptions, validate};
 use projector_core::config::{PipelinePlan, check_text};
 use projector_dataflows::runner::RunOptions;
 use projector_datagen::{Generator, GeneratorConfig};
-use projector_sink_parquet::read_parquet;
+use projector_sink_parquet::{Shape, read_parquet};
 use projector_tests::{first_difference, kafka, reference, shipped_views_yaml};
 use serde_json::Value;
 
@@ -35,7 +35,7 @@ fn sorted(mut rows: Vec<Value>) -> Vec<Value> {
 /// The rows of view `name` in a Parquet file, as JSON objects.
 fn parquet_rows(plan: &PipelinePlan, name: &str, path: &Path) -> Vec<Value> {
     let view = plan.view(name).unwrap();
-    let (rows, _) = read_parquet(view, path).unwrap();
+    let (rows, _) = read_parquet(&Shape::of(view), path).unwrap();
     rows.iter().map(|(key, values)| Value::Object(view.row_json(key, values))).collect()
 }
 

@@ -221,6 +221,55 @@ proptest! {
     }
 }
 
+/// Runs the test config's views over `lines[..cut]` with state snapshots,
+/// then over all of `lines` from the snapshot: the views equal the
+/// recomputation of all of them.
+fn check_restart_from_snapshot(lines: &[String], cut: usize) -> Result<(), TestCaseError> {
+    let text = config_with_fourth_view();
+    let views = &text[text.find("\nviews:").unwrap()..text.find("\nsinks:").unwrap()];
+    let names = ["order_summary", "product_sales", "customer_ltv", "revenue_by_currency", "customers_per_day"];
+    let sinks: String = names
+        .iter()
+        .map(|view| format!("  {view}_file:\n    type: file\n    view: {view}\n    path: {view}.jsonl\n"))
+        .collect();
+    let config = format!(
+        "version: 1\nsources:\n  events:\n    type: file\n    path: events.jsonl\n    batch_records: 3\n{views}\nsinks:\n{sinks}state:\n  path: state.parquet\n  every_ms: 1\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let run = |lines: &[String]| {
+        // The log only grows: the longer file starts with the shorter one.
+        let body: String = lines.iter().map(|line| format!("{line}\n")).collect();
+        std::fs::write(dir.path().join("events.jsonl"), body).unwrap();
+        let plan = projector_core::config::check_text(&config, "pipelines.yaml", dir.path()).unwrap();
+        let options = projector_dataflows::runner::RunOptions { workers: 2, poll_records: 7, ..Default::default() };
+        projector::commands::run_config(plan, options).unwrap()
+    };
+    run(&lines[..cut]);
+    let summary = run(lines);
+    prop_assert!(summary.restored_from.is_some(), "the second run did not start from the snapshot");
+    let expected = reference::read(lines);
+    for (name, rows) in reference_views(&expected) {
+        let got = projector_tests::read_json_lines(&dir.path().join(format!("{name}.jsonl")));
+        if let Some(difference) = first_difference(&sorted(got), &sorted(rows)) {
+            return Err(TestCaseError::fail(format!("view {name} after a restart at line {cut}: {difference}")));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_restart_from_a_snapshot_anywhere_equals_the_recomputation(
+        lines in log(),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let cut = cut.index(lines.len() + 1);
+        check_restart_from_snapshot(&lines, cut)?;
+    }
+}
+
 /// A larger generated log (with every kind of bad record) agrees with the
 /// recomputation, and 1 and 2 workers give identical files.
 #[test]

@@ -72,7 +72,7 @@ fn run_file(path: &Path, sinks: Vec<Vec<(String, Box<dyn ViewSink>)>>, workers: 
     run(
         Arc::new(plan),
         vec![("events".into(), source)],
-        Outputs { view_sinks: sinks, dead_letter_sinks: Vec::new() },
+        Outputs { view_sinks: sinks, ..Outputs::default() },
         RunOptions { workers, poll_records: 50, ..RunOptions::default() },
     )
     .unwrap();

@@ -25,13 +25,15 @@ pub struct KafkaSource {
     source_index: u16,
     config: KafkaSourceConfig,
     started: Instant,
+    /// Where a run from a state snapshot starts (see [`Source::start_at`]).
+    skip_to: std::sync::Mutex<Option<SourcePositions>>,
 }
 
 impl KafkaSource {
     /// The topic of `config`, as source number `source_index`. Batches are
     /// counted from `started`, which all workers share.
     pub fn new(source_index: u16, config: KafkaSourceConfig, started: Instant) -> KafkaSource {
-        KafkaSource { source_index, config, started }
+        KafkaSource { source_index, config, started, skip_to: std::sync::Mutex::new(None) }
     }
 }
 
@@ -40,6 +42,12 @@ fn fatal(what: &str, error: impl std::fmt::Display) -> SourceError {
 }
 
 impl Source for KafkaSource {
+    fn start_at(&self, positions: &SourcePositions) {
+        if let Ok(mut skip_to) = self.skip_to.lock() {
+            *skip_to = Some(positions.clone());
+        }
+    }
+
     fn reader(&self, index: usize, peers: usize) -> Result<Box<dyn SourceReader>, SourceError> {
         let config = &self.config;
         // Tunable defaults first, then the user's properties, then the
@@ -56,6 +64,7 @@ impl Source for KafkaSource {
             .create()
             .map_err(|e| fatal("cannot create a Kafka consumer", e))?;
         let partitions = partitions(&consumer, &config.topic)?;
+        let skip_to = self.skip_to.lock().map(|s| s.clone()).unwrap_or(None);
         let peers = peers.max(1) as i32;
         let mine: Vec<i32> = partitions.into_iter().filter(|p| p % peers == index as i32).collect();
         let mut next = BTreeMap::new();
@@ -69,7 +78,7 @@ impl Source for KafkaSource {
             let (low, high) = consumer
                 .fetch_watermarks(&config.topic, partition, REQUEST_TIMEOUT)
                 .map_err(|e| fatal(&format!("cannot read the offsets of {}/{partition}", config.topic), e))?;
-            let start = match &config.start {
+            let configured = match &config.start {
                 StartPosition::Earliest => low,
                 StartPosition::Latest => high,
                 StartPosition::Offsets(offsets) => {
@@ -79,6 +88,9 @@ impl Source for KafkaSource {
                     by_time.as_ref().and_then(|o| o.get(&partition).copied()).unwrap_or(high).clamp(low, high)
                 }
             };
+            // A run from a state snapshot has what came before in it.
+            let snapshot = skip_to.as_ref().map_or(0, |at| at.get(self.source_index, partition as u32) as i64);
+            let start = configured.max(snapshot.min(high));
             assignment
                 .add_partition_offset(&config.topic, partition, Offset::Offset(start))
                 .map_err(|e| fatal("cannot assign a partition", e))?;

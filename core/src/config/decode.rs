@@ -21,6 +21,7 @@ pub(super) fn pipeline(root: Option<&Node>, file: &str, base_dir: &Path, diags: 
         sinks: Vec::new(),
         api: None,
         commands: None,
+        state: None,
     };
     let Some(root) = root else {
         diags.push(
@@ -83,8 +84,23 @@ pub(super) fn pipeline(root: Option<&Node>, file: &str, base_dir: &Path, diags: 
             );
         }
     }
-    top.finish(&["version", "sources", "views", "sinks", "api", "commands"], diags);
+    if let Some(node) = top.take("state") {
+        config.state = state(node, base_dir, diags);
+    }
+    top.finish(&["version", "sources", "views", "sinks", "api", "commands", "state"], diags);
     config
+}
+
+fn state(node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<StateConfig> {
+    let component = "state";
+    let mut fields = Fields::new(node, component, "", diags)?;
+    let path = required(&mut fields, "path", diags).and_then(|n| path_value(n, component, "path", base_dir, diags));
+    let every_ms = match fields.take("every_ms") {
+        Some(n) => positive(n, component, "every_ms", diags),
+        None => Some(60_000),
+    };
+    fields.finish(&["path", "every_ms"], diags);
+    Some(StateConfig { path: path?, every_ms: every_ms? })
 }
 
 fn api(node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<ApiConfig> {

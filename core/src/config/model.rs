@@ -46,6 +46,21 @@ pub struct PipelineConfig {
     pub api: Option<ApiConfig>,
     /// `commands` (optional): the command side behind the command routes.
     pub commands: Option<CommandsConfig>,
+    /// `state` (optional): snapshots of the pipeline's own state, so a
+    /// restart need not read the log from the start.
+    pub state: Option<StateConfig>,
+}
+
+/// The `state` section: where `projector run` keeps snapshots of the
+/// pipeline's state (the order state and the `event_id`s seen, as Parquet
+/// with the log positions they reflect) and how often it replaces them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateConfig {
+    /// `path`: the snapshot file (the previous one is kept next to it with
+    /// `.prev` appended). Relative paths are relative to the config file.
+    pub path: PathBuf,
+    /// `every_ms` (default 60000): a new snapshot at most this often.
+    pub every_ms: u64,
 }
 
 /// The `api` section.

@@ -37,14 +37,33 @@ use projector_core::view::ViewPlan;
 /// Rows per row group (and per Arrow batch while writing).
 const ROW_GROUP: usize = 65_536;
 
-/// The Arrow schema of a view: its output fields, keys first.
-pub fn schema(plan: &ViewPlan) -> Schema {
-    let key_len = plan.keys.len();
-    let fields: Vec<Field> = plan
-        .output_fields()
-        .into_iter()
+/// The columns of what a file holds: a view's output fields, or the
+/// pipeline's state snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shape {
+    /// What the rows are (`projector.view` in the metadata).
+    pub name: String,
+    /// Column names and types, keys first.
+    pub fields: Vec<(String, FieldType)>,
+    /// How many leading fields are the key.
+    pub key_len: usize,
+}
+
+impl Shape {
+    /// The shape of a view's rows.
+    pub fn of(plan: &ViewPlan) -> Shape {
+        Shape { name: plan.name.clone(), fields: plan.output_fields(), key_len: plan.keys.len() }
+    }
+}
+
+/// The Arrow schema of rows of `shape`: keys not nullable, the rest
+/// nullable.
+pub fn schema(shape: &Shape) -> Schema {
+    let fields: Vec<Field> = shape
+        .fields
+        .iter()
         .enumerate()
-        .map(|(index, (name, ty))| Field::new(name, data_type(ty), index >= key_len))
+        .map(|(index, (name, ty))| Field::new(name, data_type(*ty), index >= shape.key_len))
         .collect();
     Schema::new(fields)
 }
@@ -130,21 +149,21 @@ fn column(rows: &[(&Row, &Row)], index: usize, key_len: usize, ty: FieldType) ->
     }
 }
 
-/// Writes `rows` (in key order) of `plan` to `path` as Parquet, replacing
+/// Writes `rows` (in key order) of `shape` to `path` as Parquet, replacing
 /// the file atomically; `positions` (JSON) go into the metadata.
 pub fn write_parquet<'a>(
-    plan: &ViewPlan,
+    shape: &Shape,
     rows: impl IntoIterator<Item = (&'a Row, &'a Row)>,
     positions: Option<&str>,
     path: &Path,
 ) -> Result<(), String> {
     let fail = |what: &str, error: &dyn std::fmt::Display| format!("cannot {what} {}: {error}", path.display());
-    let schema = Arc::new(schema(plan));
-    let types: Vec<FieldType> = plan.output_fields().into_iter().map(|(_, ty)| ty).collect();
-    let key_len = plan.keys.len();
-    let keys: Vec<String> = plan.keys.iter().map(|k| k.name.clone()).collect();
+    let schema = Arc::new(schema(shape));
+    let types: Vec<FieldType> = shape.fields.iter().map(|(_, ty)| *ty).collect();
+    let key_len = shape.key_len;
+    let keys: Vec<&str> = shape.fields[..key_len].iter().map(|(name, _)| name.as_str()).collect();
     let mut metadata = vec![
-        KeyValue::new("projector.view".to_string(), plan.name.clone()),
+        KeyValue::new("projector.view".to_string(), shape.name.clone()),
         KeyValue::new("projector.keys".to_string(), keys.join(",")),
     ];
     if let Some(positions) = positions {
@@ -178,11 +197,13 @@ pub fn write_parquet<'a>(
 
 /// A view materialized as a Parquet file.
 pub struct ParquetViewSink {
-    plan: Arc<ViewPlan>,
+    shape: Shape,
     path: PathBuf,
     source_names: Vec<String>,
     snapshot: SnapshotRows,
     positions: SourcePositions,
+    /// Keep the file being replaced as `<path>.prev`.
+    keep_previous: bool,
 }
 
 impl ParquetViewSink {
@@ -195,19 +216,43 @@ impl ParquetViewSink {
         write_every: Option<Duration>,
         source_names: Vec<String>,
     ) -> ParquetViewSink {
+        ParquetViewSink::of_shape(Shape::of(&plan), path, write_every, source_names)
+    }
+
+    /// Writes rows of `shape` (see [`ParquetViewSink::new`]).
+    pub fn of_shape(
+        shape: Shape,
+        path: impl AsRef<Path>,
+        write_every: Option<Duration>,
+        source_names: Vec<String>,
+    ) -> ParquetViewSink {
         ParquetViewSink {
-            plan,
+            shape,
             path: path.as_ref().to_path_buf(),
             source_names,
             snapshot: SnapshotRows::new(write_every),
             positions: SourcePositions::default(),
+            keep_previous: false,
         }
     }
 
+    /// Keeps the file each write replaces as `<path>.prev` (see
+    /// [`previous_path`]).
+    pub fn keeping_previous(mut self) -> ParquetViewSink {
+        self.keep_previous = true;
+        self
+    }
+
     fn write(&mut self) -> Result<(), SinkError> {
+        if self.keep_previous && self.path.exists() {
+            let previous = previous_path(&self.path);
+            std::fs::rename(&self.path, &previous).map_err(|e| {
+                SinkError::Retryable(format!("cannot keep {} as {}: {e}", self.path.display(), previous.display()))
+            })?;
+        }
         let positions = positions_to_json(&self.positions, &self.source_names);
         let rows = &self.snapshot.rows;
-        write_parquet(&self.plan, rows.iter(), Some(&positions), &self.path).map_err(SinkError::Retryable)?;
+        write_parquet(&self.shape, rows.iter(), Some(&positions), &self.path).map_err(SinkError::Retryable)?;
         tracing::debug!(path = %self.path.display(), rows = rows.len(), "wrote a Parquet snapshot");
         self.snapshot.written();
         Ok(())
@@ -232,10 +277,10 @@ impl ViewSink for ParquetViewSink {
     }
 }
 
-/// What a Parquet file of a view holds: its rows by key, and the positions
-/// in its metadata (JSON), if any. Fails when the file's columns are not
-/// the view's.
-pub fn read_parquet(plan: &ViewPlan, path: &Path) -> Result<(BTreeMap<Row, Row>, Option<String>), String> {
+/// What a Parquet file of rows of `shape` holds: its rows by key, and the
+/// positions in its metadata (JSON), if any. Fails when the file's columns
+/// are not the shape's.
+pub fn read_parquet(shape: &Shape, path: &Path) -> Result<(BTreeMap<Row, Row>, Option<String>), String> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Date32Type, Int64Type, TimestampNanosecondType, UInt64Type};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -249,24 +294,24 @@ pub fn read_parquet(plan: &ViewPlan, path: &Path) -> Result<(BTreeMap<Row, Row>,
         .key_value_metadata()
         .and_then(|pairs| pairs.iter().find(|kv| kv.key == "projector.positions"))
         .and_then(|kv| kv.value.clone());
-    let want = schema(plan);
+    let want = schema(shape);
     let found = builder.schema();
     for (index, field) in want.fields().iter().enumerate() {
         match found.fields().get(index) {
             Some(column) if column.name() == field.name() && column.data_type() == field.data_type() => {}
             _ => {
                 return Err(fail(&format!(
-                    "column {} is not {} {}: this file is not of view {:?}",
+                    "column {} is not {} {}: this file is not of {:?}",
                     index + 1,
                     field.name(),
                     field.data_type(),
-                    plan.name
+                    shape.name
                 )));
             }
         }
     }
-    let types: Vec<FieldType> = plan.output_fields().into_iter().map(|(_, ty)| ty).collect();
-    let key_len = plan.keys.len();
+    let types: Vec<FieldType> = shape.fields.iter().map(|(_, ty)| *ty).collect();
+    let key_len = shape.key_len;
     let mut rows = BTreeMap::new();
     for batch in builder.build().map_err(|e| fail(&e))? {
         let batch = batch.map_err(|e| fail(&e))?;
@@ -296,6 +341,31 @@ pub fn read_parquet(plan: &ViewPlan, path: &Path) -> Result<(BTreeMap<Row, Row>,
         }
     }
     Ok((rows, positions))
+}
+
+/// Where a sink that keeps the previous file keeps it: `<path>.prev`.
+pub fn previous_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".prev");
+    PathBuf::from(name)
+}
+
+/// The positions (JSON) in a Parquet file's metadata, read from its footer
+/// alone; `None` when the file is not there or says none.
+pub fn positions_of(path: &Path) -> Result<Option<String>, String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(format!("{}: {error}", path.display())),
+    };
+    let reader = SerializedFileReader::new(file).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|pairs| pairs.iter().find(|kv| kv.key == "projector.positions"))
+        .and_then(|kv| kv.value.clone()))
 }
 
 /// Where a snapshot file stands, for `projector status`: the positions in
