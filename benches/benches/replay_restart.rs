@@ -1,0 +1,137 @@
+//! Replay and restart, end to end, with the broker (librdkafka's mock
+//! cluster) in this process and real `redis-server` and
+//! `clickhouse-server` processes on loopback.
+//!
+//! 1. Replay: about 1,000,000 events in a 64-partition topic, run into the
+//!    three views and both sinks of every view; then `projector replay` of
+//!    each view in turn (2 workers; no pipeline runs meanwhile, so the sinks
+//!    hold still): prints events/s and wall time of each, and of the three
+//!    together.
+//! 2. Restart: the same log with state snapshots on (`state:`): the run that
+//!    writes the snapshot, then a restart from it, then the same restart
+//!    without a snapshot (from offset 0). Each run ends once it has caught
+//!    up with the log (a bounded source), so its wall time is the time to
+//!    be current again.
+//!
+//! Run: `cargo bench -p projector-benches --bench replay_restart`. Under
+//! `cargo test` it runs small. Knobs: `BENCH_EVENTS`, `BENCH_PARTITIONS`,
+//! `BENCH_PARTS` (a comma list of replay, restart).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use projector::commands;
+use projector::replay::{ReplayOptions, replay};
+use projector_benches::{bench_topic, knob, mock_broker};
+use projector_core::config::{PipelinePlan, check_text};
+use projector_dataflows::runner::{RunOptions, RunSummary};
+use projector_datagen::{Generator, GeneratorConfig};
+use projector_tests::services::{ClickHouseServer, RedisServer, available};
+use projector_tests::shipped_views_yaml;
+use projector_tests::sinks::{VIEWS, clickhouse_sinks_yaml, redis_sinks_yaml};
+
+#[global_allocator]
+static ALLOCATOR: projector::Allocator = mimalloc::MiMalloc;
+
+fn main() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let size = |bench: u64, test: u64| if benchmarking { bench } else { test };
+    let events = knob("BENCH_EVENTS", size(1_000_000, 20_000));
+    let partitions = knob("BENCH_PARTITIONS", 64);
+    let topic = bench_topic("replay");
+    let brokers = mock_broker(&[(topic.clone(), partitions)]);
+    let records =
+        Generator::new(GeneratorConfig { events, seed: 42, ..GeneratorConfig::default() }).map(|r| (r.key, r.line));
+    let appended = projector_source_kafka::produce::append_all(&brokers, &topic, records).expect("append");
+    let source = format!("  events:\n    type: kafka\n    brokers: {brokers}\n    topic: {topic}\n    bounded: true\n");
+    let parts: String = knob("BENCH_PARTS", "replay,restart".to_string());
+    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
+    if part("replay") && available("redis-server") && available("clickhouse-server") {
+        replay_views(&source, appended);
+    }
+    if part("restart") {
+        restart(&source, appended);
+    }
+}
+
+fn plan(text: &str, dir: &Path) -> PipelinePlan {
+    check_text(text, "bench.yaml", dir).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn run(plan: PipelinePlan) -> (RunSummary, f64) {
+    let started = Instant::now();
+    let summary = commands::run_config(plan, RunOptions { workers: 2, ..RunOptions::default() }).expect("run");
+    (summary, started.elapsed().as_secs_f64())
+}
+
+fn replay_views(source: &str, appended: u64) {
+    let redis = RedisServer::start(false);
+    let clickhouse = ClickHouseServer::start();
+    let dir = tempfile::tempdir().expect("scratch folder");
+    let text = format!(
+        "version: 1\nsources:\n{source}{}\nsinks:\n{}{}",
+        shipped_views_yaml(),
+        redis_sinks_yaml(&redis.url(), "bench:"),
+        clickhouse_sinks_yaml(&clickhouse.url(), "bench", 1000)
+    );
+    let (summary, seconds) = run(plan(&text, dir.path()));
+    assert_eq!(summary.records, appended);
+    println!("ingest into the views and both sinks: {appended} events in {seconds:.2} s (2 workers)");
+    let mut total = 0.0;
+    for view in VIEWS {
+        let options = ReplayOptions {
+            view: view.to_string(),
+            from: None,
+            to: None,
+            // No pipeline runs: no ClickHouse sink answers a hold.
+            ack_wait: Duration::ZERO,
+            progress_bar: false,
+        };
+        let started = Instant::now();
+        let replayed = replay(&plan(&text, dir.path()), &options, RunOptions { workers: 2, ..RunOptions::default() })
+            .expect("replay");
+        let seconds = started.elapsed().as_secs_f64();
+        total += seconds;
+        let dataflow = replayed.run.elapsed.as_secs_f64();
+        let rows: Vec<String> = replayed.swaps.iter().map(|s| format!("{} {} rows", s.sink, s.rows)).collect();
+        println!(
+            "replay {view}: {} events in {seconds:.2} s = {:.0} events/s end to end (dataflow into the shadows {dataflow:.2} s = {:.0} events/s); {}",
+            replayed.run.records,
+            replayed.run.records as f64 / seconds,
+            replayed.run.records as f64 / dataflow,
+            rows.join(", ")
+        );
+    }
+    println!(
+        "replay of the three views: {:.2} s, {:.0} events/s per view on average",
+        total,
+        3.0 * appended as f64 / total
+    );
+}
+
+fn restart(source: &str, appended: u64) {
+    let dir = tempfile::tempdir().expect("scratch folder");
+    let state = dir.path().join("state.parquet");
+    let views = shipped_views_yaml();
+    let with_state =
+        format!("version: 1\nsources:\n{source}{views}\nstate:\n  path: {}\n  every_ms: 600000\n", state.display());
+    let without = format!("version: 1\nsources:\n{source}{views}\n");
+
+    let (first, seconds) = run(plan(&with_state, dir.path()));
+    assert!(first.restored_from.is_none());
+    let size = std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "first run with snapshots on: {} events in {seconds:.2} s; snapshot {:.1} MiB",
+        first.records,
+        size as f64 / (1 << 20) as f64
+    );
+    let (restored, with_snapshot) = run(plan(&with_state, dir.path()));
+    assert!(restored.restored_from.is_some(), "the restart did not start from the snapshot");
+    assert_eq!(restored.records, 0);
+    let (full, from_zero) = run(plan(&without, dir.path()));
+    assert_eq!(full.records, appended);
+    println!(
+        "restart after {appended} events: from the snapshot {with_snapshot:.2} s, from offset 0 {from_zero:.2} s ({:.1}x)",
+        from_zero / with_snapshot
+    );
+}
