@@ -138,9 +138,7 @@ fn state_snapshots(plan: &PipelinePlan, source_names: &[String]) -> (NamedSinks,
             }
         };
         let name = path.display().to_string();
-        let load = Box::new(move || {
-            projector_sink_parquet::read_parquet(&state_shape(), &path).map(|(rows, _)| rows.into_iter().collect())
-        });
+        let load = Box::new(move || projector_sink_parquet::read_rows(&state_shape(), &path).map(|(rows, _)| rows));
         restore.push(Restore { name, positions, load });
     }
     (vec![(format!("state snapshots {}", state.path.display()), Box::new(sink))], restore)

@@ -355,7 +355,9 @@ pub fn run(
     }
     let (view_sinks, barriers) = resume_sinks(all_sinks, &state)?;
     let (restored, restored_from) = choose_snapshot(outputs.restore, barriers.first());
-    let restored = Arc::new(Mutex::new(restored));
+    let restored = restored.unwrap_or_default();
+    let restored_ids = Arc::new(restored.event_ids);
+    let restored = Arc::new(Mutex::new(Some((restored.event_rows, restored.witnesses))));
     if let Some((_, at)) = &restored_from {
         for (_, source) in &sources {
             source.start_at(at);
@@ -391,6 +393,8 @@ pub fn run(
 
         let mut events_input: InputSession<u64, KeyedEvent, isize> = InputSession::new();
         let mut restored_input: InputSession<u64, (Arc<str>, OrderInput), isize> = InputSession::new();
+        let mut restored_rows_input: InputSession<u64, (PackedRow, Row), isize> = InputSession::new();
+        let restored_ids = Arc::clone(&restored_ids);
         let mut dead_letters_input: InputHandleVec<u64, DeadLetter> = InputHandleVec::new();
         let probe = worker.dataflow::<u64, _, _>(|scope| {
             let events = events_input.to_collection(scope);
@@ -401,6 +405,7 @@ pub fn run(
             if snapshots {
                 let rows = crate::state::first_copies(events.clone())
                     .concat(crate::state::witness_rows(orders::order_witnesses(order_inputs)))
+                    .concat(restored_rows_input.to_collection(scope))
                     .probe_with(&probe);
                 let sinks = view_sinks.get_mut(state_index).map(std::mem::take).unwrap_or_default();
                 deliver_view(rows, STATE_NAME, state_index, index == 0, sinks, phases, Arc::clone(&state));
@@ -430,17 +435,18 @@ pub fn run(
         // The snapshot's state, at the first batch (worker 0 feeds it; the
         // dataflow spreads it).
         if index == 0
-            && let Some((events, orders)) = restored.lock().ok().and_then(|mut r| r.take())
+            && let Some((rows, witnesses)) = restored.lock().ok().and_then(|mut r| r.take())
         {
-            for event in events {
-                events_input.update_at(event, 0, 1);
+            for row in rows {
+                restored_rows_input.update_at(row, 0, 1);
             }
-            for order in orders {
-                restored_input.update_at(order, 0, 1);
+            for witness in witnesses {
+                restored_input.update_at(witness, 0, 1);
             }
         }
         // Nothing more comes in that way.
         drop(restored_input);
+        drop(restored_rows_input);
         // Per reader: its current batch, and whether it is finished.
         let mut epochs: Vec<Option<u64>> = vec![Some(0); readers.len()];
         // Per reader: the resume phase it is in (batch `i` holds the records
@@ -498,6 +504,8 @@ pub fn run(
                     let stash = &mut held[reader_index];
                     let latest = &mut newest[reader_index];
                     let skip = skip_below.as_ref();
+                    // Later copies of events in the snapshot: read, not sent.
+                    let mut dropped = 0usize;
                     let poll = reader.poll(options.poll_records, &mut |record| {
                         let position = record.position;
                         if skip.is_some_and(|at| position.offset < at.get(source, position.partition)) {
@@ -505,6 +513,13 @@ pub fn run(
                             return;
                         }
                         let decoded_record = decode_record(source, record);
+                        if !restored_ids.is_empty()
+                            && matches!(&decoded_record, Ok(((event_id, _), _)) if restored_ids.contains(event_id))
+                        {
+                            // A later copy of an event in the snapshot.
+                            dropped += 1;
+                            return;
+                        }
                         if beyond(barrier, source, position) {
                             stash.push((position, decoded_record));
                         } else {
@@ -520,7 +535,7 @@ pub fn run(
                         }
                     };
                     backlog |= decoded.len() + bad.len() + held[reader_index].len() >= options.poll_records;
-                    delivered += decoded.len() + bad.len();
+                    delivered += decoded.len() + bad.len() + dropped;
                     if phase[reader_index] < barriers.len() {
                         // Resuming: batch `i` ends exactly at barrier `i`.
                         let finished = matches!(poll, Poll::Finished);
@@ -659,12 +674,12 @@ fn choose_snapshot(
             continue;
         }
         let started = Instant::now();
-        match (candidate.load)().and_then(|rows| crate::state::restore(rows.iter().map(|(k, v)| (k, v)))) {
+        match (candidate.load)().and_then(crate::state::restore) {
             Ok(restored) => {
                 info!(
                     snapshot = %candidate.name,
-                    events = restored.0.len(),
-                    witnesses = restored.1.len(),
+                    events = restored.event_ids.len(),
+                    witnesses = restored.witnesses.len(),
                     seconds = started.elapsed().as_secs_f64(),
                     "starting from a state snapshot"
                 );

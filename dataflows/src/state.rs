@@ -9,12 +9,14 @@
 //!   ([`crate::orders::order_witnesses`]), a handful of events per order
 //!   with everything the fold reads.
 //!
-//! A restart feeds the `event` rows in as copies that touch no order (so
-//! any later copy of the same `event_id` does not count, as before) and
-//! the `order` rows straight into the order fold, then reads the log from
+//! A restart drops every record read later whose `event_id` is among the
+//! `event` rows (its first copy is in the snapshot, so no later copy
+//! counts, as before), feeds the `order` rows straight into the order fold,
+//! hands the `event` rows on to the next snapshot, and reads the log from
 //! the snapshot's positions on. Views are computed from order state alone,
 //! so a snapshot serves any set of views, also ones added since.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
@@ -117,14 +119,22 @@ pub fn witness_rows<'scope>(
     })
 }
 
-/// What a snapshot's rows restore: the `event_id` copies to feed in as
-/// events that touch no order, and the order witnesses for the fold.
-pub type Restored = (Vec<KeyedEvent>, Vec<(Arc<str>, OrderInput)>);
+/// What a snapshot restores.
+#[derive(Default)]
+pub struct Restored {
+    /// Every `event_id` seen before the snapshot: a later copy of one of
+    /// them never counts (the first copy is in the snapshot), so the run
+    /// drops such records as it reads them.
+    pub event_ids: HashSet<EventId>,
+    /// Their state rows, handed on to the next snapshot as they are.
+    pub event_rows: Vec<(PackedRow, Row)>,
+    /// The order witnesses, for the fold.
+    pub witnesses: Vec<(Arc<str>, OrderInput)>,
+}
 
 /// Reads state rows back (see [`state_fields`]).
-pub fn restore<'a>(rows: impl IntoIterator<Item = (&'a Row, &'a Row)>) -> Result<Restored, String> {
-    let mut events = Vec::new();
-    let mut orders = Vec::new();
+pub fn restore(rows: impl IntoIterator<Item = (Row, Row)>) -> Result<Restored, String> {
+    let mut restored = Restored::default();
     for (key, values) in rows {
         let bad = || format!("a state row that is not one: {key:?} {values:?}");
         let (record, id, position) = match &key[..] {
@@ -137,12 +147,15 @@ pub fn restore<'a>(rows: impl IntoIterator<Item = (&'a Row, &'a Row)>) -> Result
             ] => {
                 let source = u16::try_from(*source).map_err(|_| bad())?;
                 let partition = u32::try_from(*partition).map_err(|_| bad())?;
-                (record.as_ref(), id, (source, LogPosition { partition, offset: *offset }))
+                (record.clone(), id.clone(), (source, LogPosition { partition, offset: *offset }))
             }
             _ => return Err(bad()),
         };
-        match record {
-            "event" => events.push((EventId::new(id), (position, None))),
+        match record.as_ref() {
+            "event" => {
+                restored.event_ids.insert(EventId::new(&id));
+                restored.event_rows.push((PackedRow::from(&key[..]), values));
+            }
             "order" => {
                 let text = |index: usize| match values.get(index) {
                     Some(Value::Text(text)) => Ok(text.clone()),
@@ -180,10 +193,10 @@ pub fn restore<'a>(rows: impl IntoIterator<Item = (&'a Row, &'a Row)>) -> Result
                     _ => return Err(bad()),
                 };
                 let event_id = EventId::new(&text(1)?);
-                orders.push((Arc::clone(id), OrderInput::Event(unsigned(0)?, position, event_id, change)));
+                restored.witnesses.push((id, OrderInput::Event(unsigned(0)?, position, event_id, change)));
             }
             _ => return Err(bad()),
         }
     }
-    Ok((events, orders))
+    Ok(restored)
 }

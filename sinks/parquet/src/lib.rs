@@ -244,13 +244,19 @@ impl ParquetViewSink {
     }
 
     fn write(&mut self) -> Result<(), SinkError> {
+        let positions = positions_to_json(&self.positions, &self.source_names);
+        if self.keep_previous && positions_of(&self.path).ok().flatten().as_deref() == Some(positions.as_str()) {
+            // The file there holds these positions already (a run that
+            // started from it and read nothing new).
+            self.snapshot.written();
+            return Ok(());
+        }
         if self.keep_previous && self.path.exists() {
             let previous = previous_path(&self.path);
             std::fs::rename(&self.path, &previous).map_err(|e| {
                 SinkError::Retryable(format!("cannot keep {} as {}: {e}", self.path.display(), previous.display()))
             })?;
         }
-        let positions = positions_to_json(&self.positions, &self.source_names);
         let rows = &self.snapshot.rows;
         write_parquet(&self.shape, rows.iter(), Some(&positions), &self.path).map_err(SinkError::Retryable)?;
         tracing::debug!(path = %self.path.display(), rows = rows.len(), "wrote a Parquet snapshot");
@@ -281,6 +287,12 @@ impl ViewSink for ParquetViewSink {
 /// positions in its metadata (JSON), if any. Fails when the file's columns
 /// are not the shape's.
 pub fn read_parquet(shape: &Shape, path: &Path) -> Result<(BTreeMap<Row, Row>, Option<String>), String> {
+    let (rows, positions) = read_rows(shape, path)?;
+    Ok((rows.into_iter().collect(), positions))
+}
+
+/// Like [`read_parquet`], the rows in file order.
+pub fn read_rows(shape: &Shape, path: &Path) -> Result<(Vec<(Row, Row)>, Option<String>), String> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Date32Type, Int64Type, TimestampNanosecondType, UInt64Type};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -312,7 +324,7 @@ pub fn read_parquet(shape: &Shape, path: &Path) -> Result<(BTreeMap<Row, Row>, O
     }
     let types: Vec<FieldType> = shape.fields.iter().map(|(_, ty)| *ty).collect();
     let key_len = shape.key_len;
-    let mut rows = BTreeMap::new();
+    let mut rows = Vec::new();
     for batch in builder.build().map_err(|e| fail(&e))? {
         let batch = batch.map_err(|e| fail(&e))?;
         let columns = batch.columns();
@@ -336,8 +348,7 @@ pub fn read_parquet(shape: &Shape, path: &Path) -> Result<(BTreeMap<Row, Row>, O
                     }
                 })
                 .collect();
-            let (key, values) = projector_core::value::split_key(values, key_len);
-            rows.insert(key, values);
+            rows.push(projector_core::value::split_key(values, key_len));
         }
     }
     Ok((rows, positions))
