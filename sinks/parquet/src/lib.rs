@@ -291,8 +291,12 @@ pub fn read_parquet(shape: &Shape, path: &Path) -> Result<(BTreeMap<Row, Row>, O
     Ok((rows.into_iter().collect(), positions))
 }
 
+/// Rows `(key, values)` in file order, and the positions (JSON) a file
+/// says they reflect.
+pub type RowsAndPositions = (Vec<(Row, Row)>, Option<String>);
+
 /// Like [`read_parquet`], the rows in file order.
-pub fn read_rows(shape: &Shape, path: &Path) -> Result<(Vec<(Row, Row)>, Option<String>), String> {
+pub fn read_rows(shape: &Shape, path: &Path) -> Result<RowsAndPositions, String> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Date32Type, Int64Type, TimestampNanosecondType, UInt64Type};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
