@@ -86,6 +86,7 @@ fn replay_views(source: &str, appended: u64) {
             // No pipeline runs: no ClickHouse sink answers a hold.
             ack_wait: Duration::ZERO,
             progress_bar: false,
+            checkpoint_every: None,
         };
         let started = Instant::now();
         let replayed = replay(&plan(&text, dir.path()), &options, RunOptions { workers: 2, ..RunOptions::default() })

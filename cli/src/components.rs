@@ -99,7 +99,7 @@ pub fn outputs(plan: &PipelinePlan) -> Result<Outputs, SinkError> {
 }
 
 /// Sinks with their names.
-type NamedSinks = Vec<(String, Box<dyn ViewSink>)>;
+pub type NamedSinks = Vec<(String, Box<dyn ViewSink>)>;
 
 /// The shape of the pipeline's state snapshots.
 pub fn state_shape() -> Shape {
@@ -113,16 +113,18 @@ pub fn state_shape() -> Shape {
 /// With a `state:` section: the sink that keeps the snapshot (and the one
 /// before it), and both as candidates to start from, newest first.
 fn state_snapshots(plan: &PipelinePlan, source_names: &[String]) -> (NamedSinks, Vec<Restore>) {
-    let Some(state) = &plan.config.state else { return (Vec::new(), Vec::new()) };
-    let sink = ParquetViewSink::of_shape(
-        state_shape(),
-        &state.path,
-        Some(Duration::from_millis(state.every_ms)),
-        source_names.to_vec(),
-    )
-    .keeping_previous();
+    match &plan.config.state {
+        Some(state) => state_snapshots_at(&state.path, Duration::from_millis(state.every_ms), source_names),
+        None => (Vec::new(), Vec::new()),
+    }
+}
+
+/// The sink that keeps state snapshots at `path` (and the one before),
+/// replaced at most `every`, and both as candidates to start from.
+pub fn state_snapshots_at(path: &Path, every: Duration, source_names: &[String]) -> (NamedSinks, Vec<Restore>) {
+    let sink = ParquetViewSink::of_shape(state_shape(), path, Some(every), source_names.to_vec()).keeping_previous();
     let mut restore = Vec::new();
-    for path in [state.path.clone(), projector_sink_parquet::previous_path(&state.path)] {
+    for path in [path.to_path_buf(), projector_sink_parquet::previous_path(path)] {
         let positions = match projector_sink_parquet::positions_of(&path) {
             Ok(Some(text)) => match positions_from_json(&text, source_names) {
                 Ok(positions) => positions,
@@ -141,7 +143,7 @@ fn state_snapshots(plan: &PipelinePlan, source_names: &[String]) -> (NamedSinks,
         let load = Box::new(move || projector_sink_parquet::read_rows(&state_shape(), &path).map(|(rows, _)| rows));
         restore.push(Restore { name, positions, load });
     }
-    (vec![(format!("state snapshots {}", state.path.display()), Box::new(sink))], restore)
+    (vec![(format!("state snapshots {}", path.display()), Box::new(sink))], restore)
 }
 
 /// The outputs of a file run (`--output-dir`): every view to

@@ -138,6 +138,12 @@ enum Command {
         /// still before swapping as if none runs.
         #[arg(long, default_value_t = 15, value_name = "SECONDS")]
         ack_wait: u64,
+        /// Snapshot the replay's own dataflow state at most this often
+        /// (into .projector-replay/ next to the config), so an interrupted
+        /// replay resumes its reading of the log too, not only its writes.
+        /// Costs throughput; worth it for logs that take long to replay.
+        #[arg(long, value_name = "MS")]
+        checkpoint_ms: Option<u64>,
     },
     /// Write a view to a Parquet file: computed from the config's sources as
     /// they stand now (each read from its start to where it ends when the
@@ -335,7 +341,7 @@ fn execute(command: Command) -> Result<(), CommandError> {
                 )));
             }
         }
-        Command::Replay { config, view, from, to, workers, ack_wait } => {
+        Command::Replay { config, view, from, to, workers, ack_wait, checkpoint_ms } => {
             let plan = commands::load(&config)?;
             stop_on_signal(Arc::clone(&stop));
             let options = projector::replay::ReplayOptions {
@@ -344,6 +350,7 @@ fn execute(command: Command) -> Result<(), CommandError> {
                 to,
                 ack_wait: Duration::from_secs(ack_wait),
                 progress_bar: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                checkpoint_every: checkpoint_ms.map(Duration::from_millis),
             };
             let run_options = RunOptions { workers, stop, ..RunOptions::default() };
             let summary = projector::replay::replay(&plan, &options, run_options)?;

@@ -63,6 +63,18 @@ pub struct ReplayOptions {
     pub ack_wait: Duration,
     /// Draw a progress bar on the terminal.
     pub progress_bar: bool,
+    /// Snapshot the replay's own dataflow state this often, so that an
+    /// interrupted replay also resumes its reading of the log (see
+    /// [`checkpoint_path`]); `None`: only the shadows' writes resume.
+    pub checkpoint_every: Option<Duration>,
+}
+
+/// Where a replay keeps the snapshots of its dataflow's state: next to the
+/// config, `.projector-replay/<view>-<window>.parquet`.
+pub fn checkpoint_path(plan: &PipelinePlan, view: &str, window: &str) -> std::path::PathBuf {
+    let config = std::path::Path::new(&plan.config.file);
+    let dir = config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    dir.join(".projector-replay").join(format!("{view}-{window}.parquet"))
 }
 
 /// What one sink's swap did.
@@ -108,6 +120,12 @@ impl ReplaySummary {
             self.run.records,
             self.run.records as f64 / seconds.max(1e-9)
         );
+        if let Some((snapshot, at)) = &self.run.restored_from {
+            out.push_str(&format!(
+                "  the dataflow resumed from its checkpoint {snapshot} ({} records of the log in it)\n",
+                at.total()
+            ));
+        }
         for swap in &self.swaps {
             let resumed = match &swap.resumed_from {
                 Some(at) => format!("resumed its shadow at {} events in", at.total()),
@@ -372,7 +390,12 @@ pub fn replay(
             (name, Arc::new(BoundedSource::new(source, index as u16, Arc::clone(&bound))) as Arc<dyn Source>)
         })
         .collect();
-    let outputs = Outputs { view_sinks: vec![shadows], ..Outputs::default() };
+    let checkpoint = options.checkpoint_every.map(|every| (checkpoint_path(plan, &view.name, &window_name), every));
+    let (state_sinks, restore) = match &checkpoint {
+        Some((path, every)) => components::state_snapshots_at(path, *every, &source_names),
+        None => (Vec::new(), Vec::new()),
+    };
+    let outputs = Outputs { view_sinks: vec![shadows], state_sinks, restore, ..Outputs::default() };
     let progress = Arc::clone(&run_options.progress);
     let stop = Arc::clone(&run_options.stop);
     let run_options = RunOptions { until_idle: true, until_caught_up: !following, ..run_options };
@@ -439,6 +462,11 @@ pub fn replay(
     }
     for (name, target) in &mut targets {
         target.drop_shadow().map_err(failed(name))?;
+    }
+    if let Some((path, _)) = &checkpoint {
+        for file in [path.clone(), projector_sink_parquet::previous_path(path)] {
+            let _ = std::fs::remove_file(file);
+        }
     }
     Ok(ReplaySummary { run: summary, swaps, rewritten_files, skipped_files })
 }

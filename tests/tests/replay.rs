@@ -310,19 +310,29 @@ fn an_interrupted_replay_resumes_from_its_shadow() {
     keys.sort();
     let _: () = connection.hset(&keys[0], "lifetime_value_cents", "3").unwrap();
 
-    // Killed once its shadow holds part of the view.
+    // Killed once its shadow holds part of the view and its dataflow has
+    // a checkpoint no further than the shadow.
     let shadow_state = "i:projector:shadow:customer_ltv_redis:all:projector:sink:customer_ltv_redis";
+    let checkpoint = dir.path().join(".projector-replay/customer_ltv-all.parquet");
     let mut child = Command::new(projector_binary())
-        .args(["replay", "-c", config.to_str().unwrap(), "-w", "2", "--view", "customer_ltv"])
+        .args(["replay", "-c", config.to_str().unwrap(), "-w", "2", "--view", "customer_ltv", "--checkpoint-ms", "20"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
+    let covered = |json: &str| -> u64 {
+        let positions: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> =
+            serde_json::from_str(json).unwrap();
+        positions.values().flat_map(|p| p.values()).sum()
+    };
     loop {
-        let positions: Option<String> = connection.hget(shadow_state, "positions").unwrap();
-        if positions.is_some() {
+        let shadow: Option<String> = connection.hget(shadow_state, "positions").unwrap();
+        let snapshot = projector_sink_parquet::positions_of(&checkpoint).ok().flatten();
+        if let (Some(shadow), Some(snapshot)) = (shadow, snapshot)
+            && covered(&snapshot) <= covered(&shadow)
+        {
             break;
         }
         assert!(Instant::now() < deadline, "the shadow never got a checkpoint");
@@ -334,10 +344,15 @@ fn an_interrupted_replay_resumes_from_its_shadow() {
     let (found, _) = differences(&text, dir.path(), "customer_ltv");
     assert_eq!(found, 1, "the interrupted replay swapped nothing in");
 
-    let replayed = replay(&config, &["--view", "customer_ltv"]);
+    let replayed = replay(&config, &["--view", "customer_ltv", "--checkpoint-ms", "20"]);
     let stdout = String::from_utf8_lossy(&replayed.stdout).into_owned();
     assert!(replayed.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&replayed.stderr));
     assert!(stdout.contains("sink \"customer_ltv_redis\": resumed its shadow at "), "{stdout}");
+    assert!(stdout.contains("the dataflow resumed from its checkpoint"), "{stdout}");
+    let read: u64 =
+        stdout.split("replayed view \"customer_ltv\": ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(read < lines.len() as u64, "the resumed replay read the whole log again:\n{stdout}");
+    assert!(!checkpoint.exists(), "the replay's checkpoint is removed once it is done");
     assert!(stdout.contains("1 rewritten, 0 deleted"), "{stdout}");
     let (found, report) = differences(&text, dir.path(), "customer_ltv");
     assert_eq!(found, 0, "{report}");
