@@ -4,13 +4,15 @@
 //! Deduplication has two parts. Copies of an order event within its own
 //! order (the usual redelivery) are resolved in the order fold. Every other
 //! case (an `event_id` whose first copy is in another order, or is not an
-//! order event at all) is found by [`stray_copies`], which groups all
+//! order event at all) is found by `stray_copies`, which groups all
 //! events by `event_id`, keeping only their positions and orders, and tells
 //! the fold which copies to ignore. For a well-behaved log it emits nothing.
 
 use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use serde::{Deserialize, Serialize};
 
 use projector_core::event::EventId;
@@ -22,26 +24,91 @@ use crate::decode::KeyedEvent;
 /// One copy of an event: its position, and its order if it is an order event.
 type EventCopy = (EventPosition, Option<Arc<str>>);
 
+/// A collection arranged by key, for several reductions to share.
+type ByKey<'scope, K, V> = Arranged<'scope, TraceAgent<ValSpine<K, V, u64, isize>>>;
+
+/// `reduce_named` over an arrangement that other reductions share (one
+/// copy of the input, not one per reduction).
+fn reduce_shared<'scope, K, V, V2, L>(
+    arranged: ByKey<'scope, K, V>,
+    name: &str,
+    logic: L,
+) -> VecCollection<'scope, u64, (K, V2)>
+where
+    K: differential_dataflow::ExchangeData + differential_dataflow::Hashable,
+    V: differential_dataflow::ExchangeData,
+    V2: differential_dataflow::Data,
+    L: FnMut(&K, &[(&V, isize)], &mut Vec<(V2, isize)>) + 'static,
+{
+    arranged
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<K, V2, _, _>, _, _>(name, logic, |vec, key, updates| {
+            vec.clear();
+            vec.extend(updates.drain(..).map(|(value, time, diff)| ((key.clone(), value), time, diff)));
+        })
+        .as_collection(|key, value| (key.clone(), value.clone()))
+}
+
+/// The copies of every event, grouped by `event_id`.
+fn copies_by_event_id<'scope>(events: VecCollection<'scope, u64, KeyedEvent>) -> ByKey<'scope, EventId, EventCopy> {
+    events
+        .map(|(event_id, (position, event))| (event_id, (position, event.map(|e| e.order_id))))
+        .arrange_by_key_named("Arrange: CopiesByEventId")
+}
+
 /// For each order, the positions of copies in it that must not count:
 /// their `event_id` was first seen in another order or on an event of
 /// another type.
-pub fn stray_copies<'scope>(
-    events: VecCollection<'scope, u64, KeyedEvent>,
+fn stray_copies<'scope>(
+    copies: ByKey<'scope, EventId, EventCopy>,
 ) -> VecCollection<'scope, u64, (Arc<str>, EventPosition)> {
-    events
-        .map(|(event_id, (position, event))| (event_id, (position, event.map(|e| e.order_id))))
-        .reduce_named("StrayCopiesByEventId", |_event_id, copies: &[(&EventCopy, isize)], output| {
-            // Values arrive sorted, and the position leads the value.
-            let first_order = copies[0].0.1.as_ref();
-            for (copy, _) in &copies[1..] {
-                if let Some(order_id) = &copy.1
-                    && first_order != Some(order_id)
-                {
-                    output.push(((Arc::clone(order_id), copy.0), 1));
-                }
+    reduce_shared(copies, "StrayCopiesByEventId", |_event_id, copies: &[(&EventCopy, isize)], output| {
+        // Values arrive sorted, and the position leads the value.
+        let first_order = copies[0].0.1.as_ref();
+        for (copy, _) in &copies[1..] {
+            if let Some(order_id) = &copy.1
+                && first_order != Some(order_id)
+            {
+                output.push(((Arc::clone(order_id), copy.0), 1));
             }
+        }
+    })
+    .map(|(_event_id, stray)| stray)
+}
+
+/// The order side of the graph.
+pub struct OrderGraph<'scope> {
+    /// Every order's current state.
+    pub states: VecCollection<'scope, u64, OrderState>,
+    /// For state snapshots: the first copy of every `event_id`.
+    pub first_copies: Option<VecCollection<'scope, u64, (EventId, EventPosition)>>,
+    /// For state snapshots: each order's witnesses ([`order_witnesses`]).
+    pub witnesses: Option<VecCollection<'scope, u64, (Arc<str>, OrderInput)>>,
+}
+
+/// Events (and `restored`, the witnesses of a state snapshot) to order
+/// states; with `snapshots`, also what a state snapshot keeps. The
+/// reductions of one key share its arrangement.
+pub fn order_graph<'scope>(
+    events: VecCollection<'scope, u64, KeyedEvent>,
+    restored: VecCollection<'scope, u64, (Arc<str>, OrderInput)>,
+    snapshots: bool,
+) -> OrderGraph<'scope> {
+    let copies = copies_by_event_id(events.clone());
+    let first_copies = snapshots.then(|| {
+        reduce_shared(copies.clone(), "FirstCopies", |_event_id, copies: &[(&EventCopy, isize)], output| {
+            output.push((copies[0].0.0, 1));
         })
-        .map(|(_event_id, stray)| stray)
+    });
+    let ignored = stray_copies(copies).map(|(order_id, position)| (order_id, OrderInput::Ignore(position)));
+    let inputs = events
+        .flat_map(|(event_id, (position, event))| {
+            event.map(|e| (e.order_id, OrderInput::Event(e.sequence, position, event_id, e.change)))
+        })
+        .concat(ignored)
+        .concat(restored)
+        .arrange_by_key_named("Arrange: OrderInputs");
+    let witnesses = snapshots.then(|| order_witnesses(inputs.clone()));
+    OrderGraph { states: order_states(inputs), first_copies, witnesses }
 }
 
 /// What the order fold reads: the order's events, and the positions of
@@ -54,36 +121,17 @@ pub enum OrderInput {
     Ignore(EventPosition),
 }
 
-/// What the order fold reads, by order: each order event, the copies to
-/// ignore, and `restored` (the witnesses of a state snapshot, see
-/// [`order_witnesses`]).
-pub fn order_inputs<'scope>(
-    events: VecCollection<'scope, u64, KeyedEvent>,
-    restored: VecCollection<'scope, u64, (Arc<str>, OrderInput)>,
-) -> VecCollection<'scope, u64, (Arc<str>, OrderInput)> {
-    let ignored = stray_copies(events.clone()).map(|(order_id, position)| (order_id, OrderInput::Ignore(position)));
-    events
-        .flat_map(|(event_id, (position, event))| {
-            event.map(|e| (e.order_id, OrderInput::Event(e.sequence, position, event_id, e.change)))
-        })
-        .concat(ignored)
-        .concat(restored)
-}
-
 /// Folds each order's inputs into its current state; orders whose
 /// `OrderCreated` has not been seen yet have no state.
-pub fn order_states<'scope>(
-    inputs: VecCollection<'scope, u64, (Arc<str>, OrderInput)>,
-) -> VecCollection<'scope, u64, OrderState> {
-    inputs
-        .reduce_named("OrderState", |order_id: &Arc<str>, inputs: &[(&OrderInput, isize)], output| {
-            let events =
-                counted_events(inputs).into_iter().map(|(sequence, position, _, change)| (sequence, position, change));
-            if let Some(state) = OrderState::fold(order_id, events) {
-                output.push((state, 1));
-            }
-        })
-        .map(|(_order_id, state)| state)
+fn order_states<'scope>(inputs: ByKey<'scope, Arc<str>, OrderInput>) -> VecCollection<'scope, u64, OrderState> {
+    reduce_shared(inputs, "OrderState", |order_id: &Arc<str>, inputs: &[(&OrderInput, isize)], output| {
+        let events =
+            counted_events(inputs).into_iter().map(|(sequence, position, _, change)| (sequence, position, change));
+        if let Some(state) = OrderState::fold(order_id, events) {
+            output.push((state, 1));
+        }
+    })
+    .map(|(_order_id, state)| state)
 }
 
 /// For each order, the few counted events its state rests on: the
@@ -94,9 +142,9 @@ pub fn order_states<'scope>(
 /// the same state as folding every event: a state snapshot keeps only
 /// them.
 pub fn order_witnesses<'scope>(
-    inputs: VecCollection<'scope, u64, (Arc<str>, OrderInput)>,
+    inputs: ByKey<'scope, Arc<str>, OrderInput>,
 ) -> VecCollection<'scope, u64, (Arc<str>, OrderInput)> {
-    inputs.reduce_named("OrderWitnesses", |_order_id: &Arc<str>, inputs: &[(&OrderInput, isize)], output| {
+    reduce_shared(inputs, "OrderWitnesses", |_order_id: &Arc<str>, inputs: &[(&OrderInput, isize)], output| {
         let events = counted_events(inputs);
         let header = events
             .iter()

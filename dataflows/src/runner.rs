@@ -399,12 +399,12 @@ pub fn run(
         let probe = worker.dataflow::<u64, _, _>(|scope| {
             let events = events_input.to_collection(scope);
             let dead_letters = dead_letters_input.to_stream(scope);
-            let order_inputs = orders::order_inputs(events.clone(), restored_input.to_collection(scope));
-            let states = orders::order_states(order_inputs.clone());
+            let graph = orders::order_graph(events, restored_input.to_collection(scope), snapshots);
+            let states = graph.states;
             let probe = timely::dataflow::ProbeHandle::new();
-            if snapshots {
-                let rows = crate::state::first_copies(events.clone())
-                    .concat(crate::state::witness_rows(orders::order_witnesses(order_inputs)))
+            if let (Some(first_copies), Some(witnesses)) = (graph.first_copies, graph.witnesses) {
+                let rows = crate::state::first_copy_rows(first_copies)
+                    .concat(crate::state::witness_rows(witnesses))
                     .concat(restored_rows_input.to_collection(scope))
                     .probe_with(&probe);
                 let sinks = view_sinks.get_mut(state_index).map(std::mem::take).unwrap_or_default();

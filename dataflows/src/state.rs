@@ -28,7 +28,6 @@ use projector_core::record::LogPosition;
 use projector_core::value::{FieldType, Row, Value};
 
 use crate::EventPosition;
-use crate::decode::KeyedEvent;
 use crate::orders::OrderInput;
 
 /// The name the state is written under.
@@ -74,15 +73,12 @@ fn key(record: &str, id: String, position: EventPosition) -> PackedRow {
     )
 }
 
-/// The first copy of every `event_id`, as state rows.
-pub fn first_copies<'scope>(
-    events: VecCollection<'scope, u64, KeyedEvent>,
+/// The first copies of `event_id`s ([`crate::orders::OrderGraph`]) as state
+/// rows.
+pub fn first_copy_rows<'scope>(
+    first_copies: VecCollection<'scope, u64, (EventId, EventPosition)>,
 ) -> VecCollection<'scope, u64, (PackedRow, Row)> {
-    events
-        .map(|(event_id, (position, _))| (event_id, position))
-        .reduce_named("FirstCopies", |_event_id, copies: &[(&EventPosition, isize)], output| {
-            output.push((*copies[0].0, 1));
-        })
+    first_copies
         .map(|(event_id, position)| (key("event", event_id.to_string(), position), Row::from(vec![Value::Null; 9])))
 }
 
