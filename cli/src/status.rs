@@ -153,5 +153,23 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
             }
         }
     }
+    if let Some(state) = &plan.config.state {
+        let _ = writeln!(out, "state snapshots {}", state.path.display());
+        for path in [state.path.clone(), projector_sink_parquet::previous_path(&state.path)] {
+            match projector_sink_parquet::status(&path) {
+                Ok(SinkStatus { positions: Some(positions), written_at_ms, .. }) => {
+                    let at = serde_json::to_string(&positions).unwrap_or_default();
+                    let written = written_at_ms.map_or("never".to_string(), age);
+                    let _ = writeln!(out, "  {}: at {at}, written {written}", path.display());
+                }
+                Ok(_) => {
+                    let _ = writeln!(out, "  {}: none yet", path.display());
+                }
+                Err(error) => {
+                    let _ = writeln!(out, "  {}: cannot be read ({error}); a restart passes it over", path.display());
+                }
+            }
+        }
+    }
     if problems.is_empty() { Ok(out) } else { Err((out, CommandError::Io(problems.join("; ")))) }
 }

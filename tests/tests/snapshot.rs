@@ -88,6 +88,11 @@ fn a_restart_from_a_snapshot_gives_the_views_of_the_whole_log() {
     assert_eq!(again.restored_from.unwrap().1.total(), lines.len() as u128);
     assert_eq!(again.records, 0);
     assert_redis_holds(&redis, &lines, "s:");
+
+    // `projector status` shows the snapshot and where it stands.
+    let report = projector::status::status(&plan(&text, dir.path())).unwrap();
+    let line = format!("  {}: at {{\"events\":", state.display());
+    assert!(report.contains("state snapshots ") && report.contains(&line), "{report}");
 }
 
 #[test]
