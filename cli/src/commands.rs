@@ -60,7 +60,6 @@ pub fn run_config(plan: PipelinePlan, options: RunOptions) -> Result<RunSummary,
             plan.config.file
         )));
     }
-    let sources = components::sources(&plan);
     let mut outputs = components::outputs(&plan).map_err(|e| CommandError::Io(e.to_string()))?;
     // With an API, the views are also served from memory.
     let reads = match plan.config.api {
@@ -70,8 +69,20 @@ pub fn run_config(plan: PipelinePlan, options: RunOptions) -> Result<RunSummary,
     if let Some(store) = &reads {
         components::watch_run(store, &options.progress);
     }
-    let api = crate::api::start(&plan, reads)?;
-    let result = run(Arc::new(plan), sources, outputs, options);
+    let api = crate::api::start(&plan, reads.clone())?;
+    let plan = Arc::new(plan);
+    let mut result = run(Arc::clone(&plan), components::sources(&plan), outputs, options.clone());
+    // A sink whose store lost its data: run again, with fresh sources and
+    // sinks (the serving store stays, resuming from what it shows); that
+    // sink holds nothing now and takes the whole view, the others resume.
+    while let Err(RunError::SinkLost(message)) = &result {
+        tracing::warn!(%message, "a sink's store lost its data; starting the run over to rewrite it");
+        let mut outputs = components::outputs(&plan).map_err(|e| CommandError::Io(e.to_string()))?;
+        if let Some(store) = &reads {
+            components::serve_store(&plan, store, &mut outputs);
+        }
+        result = run(Arc::clone(&plan), components::sources(&plan), outputs, options.clone());
+    }
     if let Some(api) = api {
         api.stop();
     }

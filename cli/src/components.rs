@@ -235,6 +235,12 @@ pub fn serve_views(plan: &PipelinePlan, outputs: &mut Outputs) -> Result<Arc<Ser
         };
         store.read_from(&view.value, reader);
     }
+    serve_store(plan, &store, outputs);
+    Ok(store)
+}
+
+/// Adds the serving store's sinks to `outputs`.
+pub fn serve_store(plan: &PipelinePlan, store: &ServingStore, outputs: &mut Outputs) {
     outputs.view_sinks.resize_with(plan.views.len(), Vec::new);
     for (index, view) in plan.views.iter().enumerate() {
         if let Some(sink) = store.sink(&view.name) {
@@ -243,7 +249,6 @@ pub fn serve_views(plan: &PipelinePlan, outputs: &mut Outputs) -> Result<Arc<Ser
     }
     // After the views: the orders, for `GET /v1/orders/{order_id}`.
     outputs.view_sinks.push(vec![("serving".to_string(), Box::new(store.orders_sink()))]);
-    Ok(store)
 }
 
 /// The counters of a run, for `/metrics`.

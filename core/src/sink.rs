@@ -88,6 +88,12 @@ pub enum SinkError {
     /// A retry will not help (bad configuration, no permission).
     #[error("{0}")]
     Fatal(String),
+    /// The store lost what the sink wrote (its checkpoint is gone, as
+    /// after a restart without persistence): the run starts over, and the
+    /// sink, holding nothing, takes the whole view from the start, while
+    /// the other sinks resume from their checkpoints.
+    #[error("{0}")]
+    Lost(String),
 }
 
 /// The destination of one view.

@@ -88,6 +88,8 @@ pub struct OutputState {
     pub progress: Mutex<ProgressTable>,
     /// The first fatal sink error; the run stops when it is set.
     pub failure: Mutex<Option<String>>,
+    /// Whether that error was a sink whose store lost its data.
+    pub lost: std::sync::atomic::AtomicBool,
     /// Dead letters seen, by kind.
     pub dead_letters: Mutex<BTreeMap<BadRecordKind, u64>>,
     /// The run's counters (dead letters, sink writes).
@@ -157,6 +159,10 @@ pub(crate) fn with_retries<T>(
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
             Err(SinkError::Fatal(message)) => return Err(format!("{what}: {message}")),
+            Err(SinkError::Lost(message)) => {
+                state.lost.store(true, Ordering::Release);
+                return Err(format!("{what}: {message}"));
+            }
         }
     }
 }

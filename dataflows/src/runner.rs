@@ -200,6 +200,11 @@ pub enum RunError {
     /// A sink or source failed for good; the message names it.
     #[error("{0}")]
     Failed(String),
+    /// A sink's store lost its data
+    /// ([`projector_core::sink::SinkError::Lost`]): running again
+    /// rewrites that sink from the start while the others resume.
+    #[error("{0}")]
+    SinkLost(String),
     /// The timely runtime failed.
     #[error("dataflow runtime: {0}")]
     Runtime(String),
@@ -640,6 +645,9 @@ pub fn run(
         }
     }
     if let Some(message) = state.failure.lock().ok().and_then(|f| f.clone()) {
+        if state.lost.load(Ordering::Acquire) {
+            return Err(RunError::SinkLost(message));
+        }
         return Err(RunError::Failed(message));
     }
     let dead_letters = state.dead_letters.lock().map(|d| d.iter().map(|(k, n)| (*k, *n)).collect()).unwrap_or_default();

@@ -293,6 +293,13 @@ pub struct Freshness {
 pub struct ServingSink(Arc<ServingView>);
 
 impl ViewSink for ServingSink {
+    fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        // A run that starts over in the same process (a sink's store lost
+        // its data) goes on from what readers see now, never back.
+        let state = self.0.state.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok((state.batches > 0).then(|| state.positions.clone()))
+    }
+
     fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
         let mut state = self.0.state.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         for change in batch.changes.iter().filter(|c| c.diff < 0) {

@@ -17,8 +17,9 @@
 //! Before queuing it, the sink reads the state: another generation there
 //! means a newer run took over, and this run stops without writing (fencing);
 //! a batch not newer than the stored one changes nothing; a state key that
-//! vanished means Redis lost its data (restarted without persistence), and
-//! the sink rewrites the whole view. A run takes its generation when it
+//! vanished means Redis lost its data (restarted without persistence): the
+//! sink says so ([`SinkError::Lost`]) and the run starts over, so that this
+//! sink, holding nothing, is written the whole view while the others resume. A run takes its generation when it
 //! opens the sink, which also moves the state key and so aborts any
 //! transaction an older run had under way.
 
@@ -33,8 +34,7 @@ use tracing::{info, warn};
 
 use projector_core::config::RedisSinkConfig;
 use projector_core::sink::{
-    SinkError, SinkStatus, SourcePositions, ViewBatch, ViewChange, ViewRows, ViewSink, positions_from_json,
-    positions_to_json,
+    SinkError, SinkStatus, SourcePositions, ViewBatch, ViewChange, ViewSink, positions_from_json, positions_to_json,
 };
 use projector_core::template::{KeyTemplate, write_plain};
 use projector_core::value::{Row, Value};
@@ -347,9 +347,8 @@ impl RedisViewSink {
         }
     }
 
-    /// Commits one batch (or the whole view, `rows`) with the checkpoint,
-    /// under the state key's watch. `Ok(false)`: the watch fired; try again.
-    fn commit(&mut self, batch: &ViewBatch<'_>, rows: Option<&ViewRows>) -> Result<Commit, SinkError> {
+    /// Commits one batch with the checkpoint, under the state key's watch.
+    fn commit(&mut self, batch: &ViewBatch<'_>) -> Result<Commit, SinkError> {
         let generation = self.generation.ok_or_else(|| SinkError::Fatal("the sink was not opened".into()))?;
         let state_key = self.state_key.clone();
         let pause_key = self.pause_key.clone();
@@ -381,7 +380,7 @@ impl RedisViewSink {
                      (generation {generation}) writes nothing more and stops"
                 )));
             }
-            Some(_) if rows.is_none() && upper.unwrap_or(0) >= batch.upper => {
+            Some(_) if upper.unwrap_or(0) >= batch.upper => {
                 self.with_connection("cannot unwatch", |c| redis::cmd("UNWATCH").exec(c))?;
                 return Ok(Commit::Done);
             }
@@ -389,14 +388,7 @@ impl RedisViewSink {
         }
         let mut pipe = redis::pipe();
         pipe.atomic();
-        match rows {
-            Some(rows) => {
-                for (key, values) in rows {
-                    self.queue_row(&mut pipe, key, values);
-                }
-            }
-            None => self.queue_changes(&mut pipe, batch.changes),
-        }
+        self.queue_changes(&mut pipe, batch.changes);
         let positions = positions_to_json(batch.positions, &self.source_names);
         let mut checkpoint =
             vec![("upper", batch.upper.to_string()), ("positions", positions), ("written_at_ms", now_ms().to_string())];
@@ -431,11 +423,6 @@ fn glob_escape(text: &str) -> String {
 }
 
 impl ViewSink for RedisViewSink {
-    fn wants_rows(&self) -> bool {
-        // To rewrite the view when Redis lost it.
-        true
-    }
-
     fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
         match self.open()? {
             Some(text) => Ok(Some(positions_from_json(&text, &self.source_names).map_err(SinkError::Fatal)?)),
@@ -450,7 +437,7 @@ impl ViewSink for RedisViewSink {
     fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
         let mut paused_since: Option<std::time::Instant> = None;
         loop {
-            match self.commit(&batch, None)? {
+            match self.commit(&batch)? {
                 Commit::Done => {
                     if let Some(since) = paused_since {
                         info!(sink = %self.name, waited_ms = since.elapsed().as_millis() as u64, "a replay released the sink");
@@ -466,21 +453,13 @@ impl ViewSink for RedisViewSink {
                     std::thread::sleep(PAUSE_POLL);
                 }
                 Commit::Lost => {
-                    warn!(
-                        sink = %self.name,
-                        rows = batch.rows.len(),
-                        "the Redis sink's checkpoint is gone (Redis lost its data?); rewriting the whole view"
-                    );
-                    self.open()?;
-                    self.clear()?;
-                    loop {
-                        match self.commit(&batch, Some(batch.rows))? {
-                            Commit::Done => return Ok(()),
-                            Commit::Raced => continue,
-                            Commit::Lost => return Err(SinkError::Retryable("Redis lost the sink again".into())),
-                            Commit::Paused => std::thread::sleep(PAUSE_POLL),
-                        }
-                    }
+                    warn!(sink = %self.name, "the Redis sink's checkpoint is gone (Redis lost its data?); the run starts over to rewrite it");
+                    // The next run finds no checkpoint, clears what is
+                    // left and writes the whole view.
+                    return Err(SinkError::Lost(format!(
+                        "Redis lost the data of sink {:?} (its checkpoint is gone)",
+                        self.name
+                    )));
                 }
             }
         }
