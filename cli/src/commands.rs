@@ -113,6 +113,48 @@ pub fn export(plan: PipelinePlan, view: &str, out: &Path, options: RunOptions) -
     Ok(run(Arc::new(plan), sources, outputs, options)?)
 }
 
+/// `projector drop --sink NAME`: deletes everything the sink holds (see
+/// the command's help); answers what was done.
+pub fn drop_sink(plan: &PipelinePlan, name: &str) -> Result<String, CommandError> {
+    use projector_core::config::SinkKind;
+    let Some(sink) = plan.config.sinks.iter().find(|s| s.name == name) else {
+        let names: Vec<&str> = plan.config.sinks.iter().map(|s| s.name.as_str()).collect();
+        return Err(CommandError::Io(format!("no sink {name:?}; this config declares: {}", names.join(", "))));
+    };
+    let failed = |error: projector_core::sink::SinkError| CommandError::Io(format!("sink {name:?}: {error}"));
+    let view = plan
+        .view(&sink.view.value)
+        .cloned()
+        .ok_or_else(|| CommandError::Io(format!("sink {name:?}: no view {:?}", sink.view.value)))?;
+    let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
+    match &sink.kind {
+        SinkKind::Redis(redis) => {
+            projector_sink_redis::RedisViewSink::new(name, view, redis, source_names)
+                .and_then(|mut sink| sink.drop_all())
+                .map_err(failed)?;
+            Ok(format!("sink {name:?}: deleted its Redis keys and checkpoint under prefix {:?}", redis.prefix))
+        }
+        SinkKind::ClickHouse(clickhouse) => {
+            projector_sink_clickhouse::ClickHouseViewSink::new(name, view, clickhouse, source_names)
+                .and_then(|mut sink| sink.drop_all())
+                .map_err(failed)?;
+            Ok(format!("sink {name:?}: dropped its ClickHouse tables in database {}", clickhouse.database))
+        }
+        SinkKind::File(projector_core::config::FileSinkConfig { path })
+        | SinkKind::Parquet(projector_core::config::ParquetSinkConfig { path, .. }) => {
+            match std::fs::remove_file(path) {
+                Ok(()) => Ok(format!("sink {name:?}: deleted {}", path.display())),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    Ok(format!("sink {name:?}: {} was not there", path.display()))
+                }
+                Err(error) => {
+                    Err(CommandError::Io(format!("sink {name:?}: cannot delete {}: {error}", path.display())))
+                }
+            }
+        }
+    }
+}
+
 /// `projector generate`: writes a generated log, one event per line.
 pub fn generate(config: GeneratorConfig, out: &mut dyn std::io::Write) -> Result<u64, CommandError> {
     let mut written = 0;

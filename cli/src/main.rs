@@ -145,6 +145,19 @@ enum Command {
         #[arg(long, value_name = "MS")]
         checkpoint_ms: Option<u64>,
     },
+    /// Delete everything one sink holds: a Redis sink's rows, rankings and
+    /// checkpoint; a ClickHouse sink's tables; a file or Parquet sink's
+    /// file. For a view or sink about to be taken out of the config (which
+    /// otherwise leaves the data where it is): run it with the config that
+    /// still declares the sink. A pipeline still writing the sink is fenced.
+    Drop {
+        /// The config file that declares the sink.
+        #[arg(short, long, value_name = "FILE", default_value = "pipelines.yaml")]
+        config: PathBuf,
+        /// The sink (its name under `sinks:`).
+        #[arg(long)]
+        sink: String,
+    },
     /// Write a view to a Parquet file: computed from the config's sources as
     /// they stand now (each read from its start to where it ends when the
     /// export starts), with an Arrow schema from the view's declaration and
@@ -355,6 +368,10 @@ fn execute(command: Command) -> Result<(), CommandError> {
             let run_options = RunOptions { workers, stop, ..RunOptions::default() };
             let summary = projector::replay::replay(&plan, &options, run_options)?;
             print!("{}", summary.report(&view));
+        }
+        Command::Drop { config, sink } => {
+            let plan = commands::load(&config)?;
+            println!("{}", commands::drop_sink(&plan, &sink)?);
         }
         Command::Export { config, view, out, workers } => {
             let plan = commands::load(&config)?;

@@ -357,3 +357,55 @@ fn an_interrupted_replay_resumes_from_its_shadow() {
     let (found, report) = differences(&text, dir.path(), "customer_ltv");
     assert_eq!(found, 0, "{report}");
 }
+
+#[test]
+fn drop_deletes_what_one_sink_holds_and_a_later_run_rebuilds_it() {
+    if !available("redis-server") || !available("clickhouse-server") {
+        return;
+    }
+    let redis = RedisServer::start(false);
+    let clickhouse = ClickHouseServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = keyed(3000, 6).into_iter().map(|(_, line)| line).collect();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+    let text = format!(
+        "{}{}",
+        file_config(&events, &redis.url(), "d:", 1000),
+        clickhouse_sinks_yaml(&clickhouse.url(), "dropped", 100)
+    );
+    let config = dir.path().join("replay.yaml");
+    std::fs::write(&config, &text).unwrap();
+    commands::run_config(plan(&text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+    let drop = |sink: &str| {
+        Command::new(projector_binary())
+            .args(["drop", "-c", config.to_str().unwrap(), "--sink", sink])
+            .output()
+            .unwrap()
+    };
+
+    let dropped = drop("order_summary_redis");
+    assert!(dropped.status.success(), "{}", String::from_utf8_lossy(&dropped.stderr));
+    let mut connection = redis.connection().unwrap();
+    assert!(connection.keys::<_, Vec<String>>("d:order_summary:*").unwrap().is_empty());
+    assert!(!connection.keys::<_, Vec<String>>("d:customer_ltv:*").unwrap().is_empty(), "other sinks stay");
+    let state: std::collections::BTreeMap<String, String> =
+        connection.hgetall("d:projector:sink:order_summary_redis").unwrap();
+    assert!(!state.contains_key("positions"), "{state:?}");
+
+    let dropped = drop("order_summary_ch");
+    assert!(dropped.status.success(), "{}", String::from_utf8_lossy(&dropped.stderr));
+    let tables = clickhouse.query("SELECT name FROM system.tables WHERE database = 'dropped' ORDER BY name").unwrap();
+    assert!(!tables.contains("order_summary"), "{tables}");
+    assert!(tables.contains("customer_ltv_rows"), "{tables}");
+
+    let unknown = drop("nope");
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no sink \"nope\"; this config declares"));
+
+    // A later run rebuilds both; the others resume.
+    commands::run_config(plan(&text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+    let (found, report) = differences(&text, dir.path(), "order_summary");
+    assert_eq!(found, 0, "{report}");
+    assert!(report.matches(": ok\n").count() >= 2, "{report}");
+}

@@ -235,6 +235,18 @@ impl ClickHouseViewSink {
         self
     }
 
+    /// Drops the sink's tables and leaves its checkpoint empty, so a sink
+    /// of the same name later starts from nothing. For a sink taken out of
+    /// the config (`projector drop`).
+    pub fn drop_all(&mut self) -> Result<(), SinkError> {
+        self.create_tables()?;
+        self.generation = self.newest_generation()? + 1;
+        self.write_checkpoint(0, 0, "", 0)?;
+        let table = format!("{}.{}", self.database, self.table);
+        self.execute("cannot drop the reader view", &format!("DROP TABLE IF EXISTS {table}"))?;
+        self.execute("cannot drop the rows table", &format!("DROP TABLE IF EXISTS {}", self.rows_table()))
+    }
+
     /// The positions of the last checkpoint this run wrote or resumed
     /// from: what the sink's committed data reflects.
     pub fn checkpoint(&self) -> Option<&SourcePositions> {

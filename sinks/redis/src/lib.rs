@@ -231,6 +231,26 @@ impl RedisViewSink {
         Ok(())
     }
 
+    /// Deletes everything the sink holds: its rows, rankings and
+    /// checkpoint, and takes a new generation, so a pipeline still writing
+    /// it is fenced and a sink of the same name later starts from nothing.
+    /// For a sink taken out of the config (`projector drop`).
+    pub fn drop_all(&mut self) -> Result<(), SinkError> {
+        self.clear()?;
+        let (state_key, pause_key) = (self.state_key.clone(), self.pause_key.clone());
+        self.with_connection("cannot fence the sink", |c| {
+            redis::pipe()
+                .atomic()
+                .hincr(&state_key, "generation", 1)
+                .ignore()
+                .hdel(&state_key, "upper")
+                .ignore()
+                .del(&pause_key)
+                .ignore()
+                .exec(c)
+        })
+    }
+
     /// Queues a row's hash and ranking entries.
     fn queue_row(&self, pipe: &mut redis::Pipeline, key: &Row, values: &Row) {
         let hash_key = self.hash_key(key);
