@@ -268,15 +268,15 @@ fn ingest(brokers: &str, redis: &RedisServer, clickhouse: &ClickHouseServer, eve
     let plan = plan(&kafka_sources(brokers, &topic), redis, "ingest:", clickhouse, "ingest");
     let outputs = sinks(&plan, "", &Completions::default(), &Completions::default());
     let started = Instant::now();
-    let summary = run(
-        Arc::new(plan),
-        vec![("events".into(), kafka_source(brokers, &topic, true))],
-        outputs,
-        RunOptions { workers: 2, ..RunOptions::default() },
-    )
-    .expect("pipeline");
+    let options = RunOptions { workers: 2, ..RunOptions::default() };
+    let progress = Arc::clone(&options.progress);
+    let summary = run(Arc::new(plan), vec![("events".into(), kafka_source(brokers, &topic, true))], outputs, options)
+        .expect("pipeline");
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(summary.records, appended);
+    for (sink, writes) in progress.sink_writes() {
+        println!("  {sink}: {} writes in {:.2} s", writes.writes, writes.seconds);
+    }
     println!(
         "ingest with {} sinks on every view: {} events in {seconds:.2} s = {:.0} events/s (2 workers)",
         knob("BENCH_SINKS", "both".to_string()),

@@ -252,7 +252,7 @@ impl RedisViewSink {
     }
 
     /// Queues a row's hash and ranking entries.
-    fn queue_row(&self, pipe: &mut redis::Pipeline, key: &Row, values: &Row) {
+    fn queue_row(&self, pipe: &mut redis::Pipeline, ranks: &mut RankingWrites, key: &Row, values: &Row) {
         let hash_key = self.hash_key(key);
         let mut fields: Vec<(&str, String)> = Vec::with_capacity(key.len() + values.len());
         for (name, value) in self.key_fields.iter().zip(key.iter()).chain(self.value_fields.iter().zip(values.iter())) {
@@ -270,11 +270,11 @@ impl RedisViewSink {
         if !fields.is_empty() {
             pipe.hset_multiple(&hash_key, &fields).ignore();
         }
-        self.queue_rankings(pipe, key, values);
+        self.queue_rankings(ranks, key, values);
     }
 
     /// Queues a row's ranking entries.
-    fn queue_rankings(&self, pipe: &mut redis::Pipeline, key: &Row, values: &Row) {
+    fn queue_rankings(&self, ranks: &mut RankingWrites, key: &Row, values: &Row) {
         for ranking in &self.rankings {
             let score = match ranking.score {
                 Score::Key(index) => key.get(index),
@@ -282,19 +282,19 @@ impl RedisViewSink {
             };
             let (set, member) = self.ranking_entry(ranking, key);
             match score.and_then(Value::as_i128) {
-                Some(score) => pipe.zadd(set, member, score as f64).ignore(),
-                None => pipe.zrem(set, member).ignore(),
-            };
+                Some(score) => ranks.set(set, member, Some(score as f64)),
+                None => ranks.set(set, member, None),
+            }
         }
     }
 
     /// Queues the removal of a row that is gone.
-    fn queue_removal(&self, pipe: &mut redis::Pipeline, key: &Row) {
+    fn queue_removal(&self, pipe: &mut redis::Pipeline, ranks: &mut RankingWrites, key: &Row) {
         let hash_key = self.hash_key(key);
         pipe.del(hash_key).ignore();
         for ranking in &self.rankings {
             let (set, member) = self.ranking_entry(ranking, key);
-            pipe.zrem(set, member).ignore();
+            ranks.set(set, member, None);
         }
     }
 
@@ -314,7 +314,7 @@ impl RedisViewSink {
     /// Queues an updated row: only the fields whose value changed, and the
     /// ranking entries whose score changed. The hash holds the old values
     /// (the sink's checkpoint says so), so the rest is already right.
-    fn queue_update(&self, pipe: &mut redis::Pipeline, key: &Row, old: &Row, new: &Row) {
+    fn queue_update(&self, pipe: &mut redis::Pipeline, ranks: &mut RankingWrites, key: &Row, old: &Row, new: &Row) {
         let hash_key = self.hash_key(key);
         let mut set: Vec<(&str, String)> = Vec::new();
         let mut unset: Vec<&str> = Vec::new();
@@ -344,9 +344,9 @@ impl RedisViewSink {
             }
             let (set, member) = self.ranking_entry(ranking, key);
             match after {
-                Some(score) => pipe.zadd(set, member, score as f64).ignore(),
-                None => pipe.zrem(set, member).ignore(),
-            };
+                Some(score) => ranks.set(set, member, Some(score as f64)),
+                None => ranks.set(set, member, None),
+            }
         }
     }
 
@@ -355,16 +355,18 @@ impl RedisViewSink {
     /// (an update) has its changed fields written, one with only a
     /// removal is deleted.
     fn queue_changes(&self, pipe: &mut redis::Pipeline, changes: &[ViewChange]) {
+        let mut ranks = RankingWrites::default();
         for group in changes.chunk_by(|a, b| a.key == b.key) {
             let key = &group[0].key;
             let old = group.iter().find(|c| c.diff < 0).map(|c| &c.values);
             match (old, group.iter().find(|c| c.diff > 0).map(|c| &c.values)) {
-                (_, None) => self.queue_removal(pipe, key),
-                (None, Some(new)) => self.queue_row(pipe, key, new),
-                (Some(old), Some(new)) if old.len() == new.len() => self.queue_update(pipe, key, old, new),
-                (Some(_), Some(new)) => self.queue_row(pipe, key, new),
+                (_, None) => self.queue_removal(pipe, &mut ranks, key),
+                (None, Some(new)) => self.queue_row(pipe, &mut ranks, key, new),
+                (Some(old), Some(new)) if old.len() == new.len() => self.queue_update(pipe, &mut ranks, key, old, new),
+                (Some(_), Some(new)) => self.queue_row(pipe, &mut ranks, key, new),
             }
         }
+        ranks.queue(pipe);
     }
 
     /// Commits one batch with the checkpoint, under the state key's watch.
@@ -418,6 +420,36 @@ impl RedisViewSink {
         pipe.hset_multiple(&state_key, &checkpoint).ignore();
         let done: Option<()> = self.with_connection("cannot write a batch", |c| pipe.query(c))?;
         Ok(if done.is_some() { Commit::Done } else { Commit::Raced })
+    }
+}
+
+/// The ranking entries a batch sets or removes, gathered per sorted set
+/// so that each set costs one `ZADD` and one `ZREM` however many of its
+/// members change (Redis pays per command as much as per member). The last
+/// write of a member wins, as if the commands ran one by one.
+#[derive(Default)]
+struct RankingWrites {
+    sets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Option<f64>>>,
+}
+
+impl RankingWrites {
+    /// `member` of `set` gets `score` (`None`: leaves the set).
+    fn set(&mut self, set: String, member: String, score: Option<f64>) {
+        self.sets.entry(set).or_default().insert(member, score);
+    }
+
+    /// Queues the gathered writes.
+    fn queue(self, pipe: &mut redis::Pipeline) {
+        for (set, members) in self.sets {
+            let gone: Vec<&String> = members.iter().filter(|(_, s)| s.is_none()).map(|(m, _)| m).collect();
+            let scored: Vec<(f64, &String)> = members.iter().filter_map(|(m, s)| s.map(|s| (s, m))).collect();
+            if !gone.is_empty() {
+                pipe.zrem(&set, gone).ignore();
+            }
+            if !scored.is_empty() {
+                pipe.zadd_multiple(&set, &scored).ignore();
+            }
+        }
     }
 }
 

@@ -176,22 +176,24 @@ impl RedisSwap {
         let mut counts = SwapCounts { rows: shadow_rows.len(), ..SwapCounts::default() };
         let mut pipe = redis::pipe();
         pipe.atomic();
+        let mut ranks = crate::RankingWrites::default();
         let mut keys: Vec<_> = live_rows.keys().filter(|key| !shadow_rows.contains_key(*key)).collect();
         keys.sort();
         for key in keys {
-            self.live.queue_removal(&mut pipe, key);
+            self.live.queue_removal(&mut pipe, &mut ranks, key);
             counts.deleted += 1;
         }
         let mut rows: Vec<_> = shadow_rows.iter().collect();
         rows.sort();
         for (key, values) in rows {
             if live_rows.get(key) == Some(values) {
-                self.live.queue_rankings(&mut pipe, key, values);
+                self.live.queue_rankings(&mut ranks, key, values);
             } else {
-                self.live.queue_row(&mut pipe, key, values);
+                self.live.queue_row(&mut pipe, &mut ranks, key, values);
                 counts.rewritten += 1;
             }
         }
+        ranks.queue(&mut pipe);
         let mut checkpoint =
             vec![("positions", positions_to_json(at, &self.source_names)), ("written_at_ms", now_ms().to_string())];
         if let Some(newest) = shadow.newest_event_at.max(live.newest_event_at) {
