@@ -374,6 +374,10 @@ pub fn run(
     let outputs = Arc::new(Mutex::new(Some((view_sinks, outputs.dead_letter_sinks))));
     let records_read = Arc::clone(&options.progress);
     records_read.workers.store(workers as u64, Ordering::Release);
+    // A run started over in the same process (a sink's store lost its
+    // data) catches up anew: its batches count from 0 again.
+    records_read.caught_up_workers.store(0, Ordering::Release);
+    records_read.caught_up_upper.store(0, Ordering::Release);
     let config = if workers == 1 { timely::Config::thread() } else { timely::Config::process(workers) };
 
     let worker_state = Arc::clone(&state);
