@@ -442,22 +442,9 @@ pub fn replay(
         // Built to where the log ended: swap each sink in at its shadow.
         for ((name, target), resumed) in targets.iter_mut().zip(&resumed_from) {
             let at = target.shadow_position().map_err(failed(name))?.unwrap_or_default();
-            let started = Instant::now();
-            target.pause(&token).map_err(failed(name))?;
-            let swapped = target.swap(&token, &at, &selection);
-            let _ = target.release(&token);
-            let (rows, rewritten, deleted) = swapped.map_err(failed(name))?;
-            let held = started.elapsed();
-            swaps.push(SwapReport {
-                sink: name.clone(),
-                resumed_from: resumed.clone(),
-                at_text: positions_to_json(&at, &source_names),
-                at,
-                rows,
-                rewritten,
-                deleted,
-                held,
-            });
+            let swap =
+                SwapIn { token: &token, window: &selection, source_names: &source_names, held_since: Instant::now() };
+            swaps.push(swap.run(name, target, at, resumed.clone())?);
         }
     }
     for (name, target) in &mut targets {
@@ -576,22 +563,47 @@ fn follow_and_swap(
         bound.set(at.clone());
         watch.until_shadows_at(std::slice::from_mut(&mut targets[index]), &at)?;
         let (name, target) = &mut targets[index];
-        target.pause(token).map_err(failed(name))?;
-        let swapped = target.swap(token, &at, window);
-        target.release(token).map_err(failed(name))?;
+        let swap = SwapIn { token, window, source_names, held_since };
+        swaps.push(swap.run(name, target, at, resumed_from[index].clone())?);
+    }
+    Ok(())
+}
+
+/// What a swap of one sink needs besides the sink.
+struct SwapIn<'a> {
+    token: &'a str,
+    window: &'a Selection,
+    source_names: &'a [String],
+    /// Since when the live sink has been held (for the report).
+    held_since: Instant,
+}
+
+impl SwapIn<'_> {
+    /// Holds `target` (or renews the hold), swaps its shadow in at `at`,
+    /// lets it go, and reports.
+    fn run(
+        &self,
+        name: &str,
+        target: &mut Target,
+        at: SourcePositions,
+        resumed_from: Option<SourcePositions>,
+    ) -> Result<SwapReport, CommandError> {
+        target.pause(self.token).map_err(failed(name))?;
+        let swapped = target.swap(self.token, &at, self.window);
+        let released = target.release(self.token);
         let (rows, rewritten, deleted) = swapped.map_err(failed(name))?;
-        swaps.push(SwapReport {
-            sink: name.clone(),
-            resumed_from: resumed_from[index].clone(),
-            at_text: positions_to_json(&at, source_names),
+        released.map_err(failed(name))?;
+        Ok(SwapReport {
+            sink: name.to_string(),
+            resumed_from,
+            at_text: positions_to_json(&at, self.source_names),
             at,
             rows,
             rewritten,
             deleted,
-            held: held_since.elapsed(),
-        });
+            held: self.held_since.elapsed(),
+        })
     }
-    Ok(())
 }
 
 fn progress_bar(shown: bool, length: Option<u64>) -> ProgressBar {

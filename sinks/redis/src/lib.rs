@@ -281,10 +281,7 @@ impl RedisViewSink {
                 Score::Value(index) => values.get(index),
             };
             let (set, member) = self.ranking_entry(ranking, key);
-            match score.and_then(Value::as_i128) {
-                Some(score) => ranks.set(set, member, Some(score as f64)),
-                None => ranks.set(set, member, None),
-            }
+            ranks.set(set, member, score.and_then(Value::as_i128).map(|score| score as f64));
         }
     }
 
@@ -343,10 +340,7 @@ impl RedisViewSink {
                 continue;
             }
             let (set, member) = self.ranking_entry(ranking, key);
-            match after {
-                Some(score) => ranks.set(set, member, Some(score as f64)),
-                None => ranks.set(set, member, None),
-            }
+            ranks.set(set, member, after.map(|score| score as f64));
         }
     }
 
