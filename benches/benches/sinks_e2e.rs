@@ -275,7 +275,7 @@ fn ingest(brokers: &str, redis: &RedisServer, clickhouse: &ClickHouseServer, eve
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(summary.records, appended);
     for (sink, writes) in progress.sink_writes() {
-        println!("  {sink}: {} writes in {:.2} s", writes.writes, writes.seconds);
+        println!("  {sink}: {} writes of {} changes in {:.2} s", writes.writes, writes.changes, writes.seconds);
     }
     println!(
         "ingest with {} sinks on every view: {} events in {seconds:.2} s = {:.0} events/s (2 workers)",

@@ -3,9 +3,15 @@
 //! A view's projected rows (group key and measure inputs) are the bulk of
 //! the dataflow's state: one pair per relation row. As [`Value`] slices they
 //! take 24 bytes a value plus headers; packed they take a tag byte plus the
-//! value's own bytes, in one allocation, and compare as bytes. The encoding
-//! is canonical (equal rows, equal bytes), which is all arrangements need;
-//! byte order is not value order, so sorted output sorts unpacked rows.
+//! value's own bytes and compare as bytes. The encoding is canonical (equal
+//! rows, equal bytes), which is all arrangements need; byte order is not
+//! value order, so sorted output sorts unpacked rows.
+//!
+//! A row of up to [`INLINE`] bytes (a group key of two ids and a date, most
+//! measure inputs) is held in the `PackedRow` itself, not behind a pointer:
+//! arrangements compare keys in their hottest loops (seeking each key
+//! through every batch of a trace) and copy them in every merge, and an
+//! inline key costs neither a cache miss nor an allocation there.
 //!
 //! Per value: a tag byte, then nothing (null), 1 byte (bool), 8 bytes
 //! little-endian (unsigned, signed, timestamp), 4 bytes (date), or a
@@ -26,23 +32,54 @@ const DATE: u8 = 4;
 const TIMESTAMP: u8 = 5;
 const TEXT: u8 = 6;
 
-/// A row of values, packed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PackedRow(Box<[u8]>);
+/// Rows of up to this many bytes are held inline (the `PackedRow` is then
+/// 32 bytes, as large as the pointer form needs with its tag and length).
+pub const INLINE: usize = 30;
+
+/// A row of values, packed. Rows compare, hash and serialize as their bytes.
+#[derive(Clone)]
+pub struct PackedRow(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<[u8]>),
+}
 
 impl PackedRow {
     /// Packs values in order.
     pub fn pack<'a>(values: impl IntoIterator<Item = ValueRef<'a>>) -> PackedRow {
-        let mut bytes = Vec::with_capacity(32);
+        let mut bytes = Bytes::default();
         for value in values {
             push(&mut bytes, value);
         }
-        PackedRow(bytes.into_boxed_slice())
+        bytes.finish()
+    }
+
+    /// The row with these packed bytes (inline when they fit).
+    fn from_bytes(bytes: &[u8]) -> PackedRow {
+        match <[u8; INLINE]>::try_from(bytes) {
+            Ok(all) => PackedRow(Repr::Inline { len: INLINE as u8, bytes: all }),
+            Err(_) if bytes.len() < INLINE => {
+                let mut inline = [0u8; INLINE];
+                inline[..bytes.len()].copy_from_slice(bytes);
+                PackedRow(Repr::Inline { len: bytes.len() as u8, bytes: inline })
+            }
+            Err(_) => PackedRow(Repr::Heap(bytes.into())),
+        }
+    }
+
+    /// The packed bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Heap(bytes) => bytes,
+        }
     }
 
     /// The values, in order, borrowed from the packed bytes.
     pub fn iter(&self) -> Unpack<'_> {
-        Unpack { bytes: &self.0 }
+        Unpack { bytes: self.as_bytes() }
     }
 
     /// The values as a [`Row`].
@@ -52,16 +89,106 @@ impl PackedRow {
 
     /// Packed size in bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.as_bytes().len()
     }
 
     /// Whether the row has no values.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.as_bytes().is_empty()
     }
 }
 
-fn push(bytes: &mut Vec<u8>, value: ValueRef<'_>) {
+impl Default for PackedRow {
+    fn default() -> Self {
+        PackedRow(Repr::Inline { len: 0, bytes: [0; INLINE] })
+    }
+}
+
+impl PartialEq for PackedRow {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for PackedRow {}
+
+impl Ord for PackedRow {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl PartialOrd for PackedRow {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::hash::Hash for PackedRow {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl std::fmt::Debug for PackedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PackedRow").field(&self.as_bytes()).finish()
+    }
+}
+
+impl Serialize for PackedRow {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.as_bytes().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PackedRow {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<u8>::deserialize(deserializer).map(|bytes| PackedRow::from_bytes(&bytes))
+    }
+}
+
+/// Packed bytes being written: on the stack while they fit inline.
+struct Bytes {
+    inline: [u8; INLINE],
+    len: usize,
+    heap: Vec<u8>,
+}
+
+impl Default for Bytes {
+    fn default() -> Self {
+        Bytes { inline: [0; INLINE], len: 0, heap: Vec::new() }
+    }
+}
+
+impl Bytes {
+    fn push(&mut self, byte: u8) {
+        self.extend_from_slice(&[byte]);
+    }
+
+    fn extend_from_slice(&mut self, more: &[u8]) {
+        if self.heap.is_empty() && self.len + more.len() <= INLINE {
+            self.inline[self.len..self.len + more.len()].copy_from_slice(more);
+            self.len += more.len();
+            return;
+        }
+        if self.heap.is_empty() {
+            self.heap.reserve(64.max(self.len + more.len()));
+            self.heap.extend_from_slice(&self.inline[..self.len]);
+        }
+        self.heap.extend_from_slice(more);
+    }
+
+    fn finish(self) -> PackedRow {
+        if self.heap.is_empty() {
+            PackedRow(Repr::Inline { len: self.len as u8, bytes: self.inline })
+        } else {
+            PackedRow(Repr::Heap(self.heap.into_boxed_slice()))
+        }
+    }
+}
+
+fn push(bytes: &mut Bytes, value: ValueRef<'_>) {
     match value {
         ValueRef::Null => bytes.push(NULL),
         ValueRef::Bool(b) => bytes.extend_from_slice(&[BOOL, u8::from(b)]),
@@ -160,12 +287,34 @@ mod tests {
         assert_eq!(&packed.unpack()[..], &values[..]);
         assert_eq!(PackedRow::from(&values[..]), packed);
         assert!(packed.len() < values.len() * std::mem::size_of::<Value>());
+        assert_eq!(std::mem::size_of::<PackedRow>(), 32);
     }
 
     proptest::proptest! {
+        /// Inline or not, rows compare and hash as their bytes, and pack
+        /// the same way however they are built.
+        #[test]
+        fn rows_behave_as_their_bytes(
+            a in proptest::collection::vec(0u8..3, 0..2 * INLINE),
+            b in proptest::collection::vec(0u8..3, 0..2 * INLINE),
+        ) {
+            use std::hash::{BuildHasher, RandomState};
+            let (row_a, row_b) = (PackedRow::from_bytes(&a), PackedRow::from_bytes(&b));
+            proptest::prop_assert_eq!(row_a.as_bytes(), &a[..]);
+            proptest::prop_assert_eq!(row_a.cmp(&row_b), a.cmp(&b));
+            proptest::prop_assert_eq!(row_a == row_b, a == b);
+            let hasher = RandomState::new();
+            proptest::prop_assert_eq!(hasher.hash_one(&row_a), hasher.hash_one(&a[..]));
+            let mut built = Bytes::default();
+            for chunk in a.chunks(7) {
+                built.extend_from_slice(chunk);
+            }
+            proptest::prop_assert_eq!(built.finish(), row_a);
+        }
+
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
-            let row = PackedRow(bytes.into_boxed_slice());
+            let row = PackedRow::from_bytes(&bytes);
             let _ = row.iter().count();
         }
     }

@@ -191,6 +191,12 @@ enum Delivery {
 const SINK_QUEUE: usize = 64;
 /// Queued batches are merged into one write up to about this many changes.
 const MERGE_CHANGES: usize = 200_000;
+/// After a write that took `t`, the next one gathers the batches that
+/// arrive for up to `t` more, at most this long: a sink that cannot keep up
+/// writes fewer, larger batches (a row changed by several of them is
+/// written once), spending at most half its time writing, while one that
+/// keeps up is held back by no more than its own write time.
+const MAX_GATHER: Duration = Duration::from_millis(500);
 
 /// The net effect of consecutive batches of changes: what they add and
 /// remove together, sorted by key (a row added by one and changed by the
@@ -213,6 +219,7 @@ fn spawn_sink(resumed: ResumedSink, state: Arc<OutputState>) -> Option<std::sync
         let state = thread_state;
         let keep_rows = sink.wants_rows();
         let mut rows = ViewRows::new();
+        let mut gather_until = std::time::Instant::now();
         let mut next = receive.recv();
         loop {
             match next {
@@ -230,7 +237,16 @@ fn spawn_sink(resumed: ResumedSink, state: Arc<OutputState>) -> Option<std::sync
                     let mut total = parts[0].len();
                     let mut after = None;
                     while total < MERGE_CHANGES {
-                        match receive.try_recv() {
+                        let waited = match gather_until.checked_duration_since(std::time::Instant::now()) {
+                            Some(left) => receive.recv_timeout(left).map_err(|e| match e {
+                                std::sync::mpsc::RecvTimeoutError::Timeout => std::sync::mpsc::TryRecvError::Empty,
+                                std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                                    std::sync::mpsc::TryRecvError::Disconnected
+                                }
+                            }),
+                            None => receive.try_recv(),
+                        };
+                        match waited {
                             Ok(Delivery::Batch(more, more_upper, more_positions, more_newest)) => {
                                 if keep_rows {
                                     apply_changes(&mut rows, &more);
@@ -260,7 +276,9 @@ fn spawn_sink(resumed: ResumedSink, state: Arc<OutputState>) -> Option<std::sync
                     };
                     let started = std::time::Instant::now();
                     let written = with_retries(&name, &state, || sink.apply(batch));
-                    state.counters.sink_wrote(&name, started.elapsed().as_secs_f64());
+                    let took = started.elapsed();
+                    state.counters.sink_wrote(&name, changes.len(), took.as_secs_f64());
+                    gather_until = std::time::Instant::now() + took.min(MAX_GATHER);
                     if let Err(message) = written {
                         state.fail(message);
                         return;

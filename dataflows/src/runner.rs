@@ -93,6 +93,8 @@ pub struct RunProgress {
 pub struct SinkWrites {
     /// Batches written (each after its retries).
     pub writes: u64,
+    /// Changes (rows written or removed) those batches held.
+    pub changes: u64,
     /// Seconds those writes took, retries included.
     pub seconds: f64,
     /// Failed attempts (each retried or fatal).
@@ -100,11 +102,12 @@ pub struct SinkWrites {
 }
 
 impl RunProgress {
-    /// Notes a write to sink `name` that took `seconds`.
-    pub fn sink_wrote(&self, name: &str, seconds: f64) {
+    /// Notes a write of `changes` to sink `name` that took `seconds`.
+    pub fn sink_wrote(&self, name: &str, changes: usize, seconds: f64) {
         if let Ok(mut sinks) = self.sink_writes.lock() {
             let entry = sinks.entry(name.to_string()).or_default();
             entry.writes += 1;
+            entry.changes += changes as u64;
             entry.seconds += seconds;
         }
     }
