@@ -70,6 +70,7 @@ impl PackedRow {
     }
 
     /// The packed bytes.
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
             Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
@@ -113,12 +114,14 @@ impl PartialEq for PackedRow {
 impl Eq for PackedRow {}
 
 impl Ord for PackedRow {
+    #[inline]
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.as_bytes().cmp(other.as_bytes())
     }
 }
 
 impl PartialOrd for PackedRow {
+    #[inline]
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }

@@ -17,12 +17,33 @@ use serde::{Deserialize, Serialize};
 
 use projector_core::event::EventId;
 use projector_core::order::{OrderChange, OrderState};
+use projector_core::packed::PackedRow;
+use projector_core::relation::ValueRef;
 
 use crate::EventPosition;
 use crate::decode::KeyedEvent;
 
 /// One copy of an event: its position, and its order if it is an order event.
 type EventCopy = (EventPosition, Option<Arc<str>>);
+
+/// An order id as the key the fold is arranged by: packed, so that a short
+/// id (most are) is held inline and the arrangement's seeks and merges
+/// compare it without following a pointer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OrderKey(PackedRow);
+
+impl OrderKey {
+    fn new(order_id: &str) -> OrderKey {
+        OrderKey(PackedRow::pack([ValueRef::Text(order_id)]))
+    }
+
+    fn order_id(&self) -> Arc<str> {
+        match self.0.iter().next() {
+            Some(ValueRef::Text(text)) => text.into(),
+            _ => "".into(),
+        }
+    }
+}
 
 /// A collection arranged by key, for several reductions to share.
 type ByKey<'scope, K, V> = Arranged<'scope, TraceAgent<ValSpine<K, V, u64, isize>>>;
@@ -99,15 +120,16 @@ pub fn order_graph<'scope>(
             output.push((copies[0].0.0, 1));
         })
     });
-    let ignored = stray_copies(copies).map(|(order_id, position)| (order_id, OrderInput::Ignore(position)));
+    let ignored =
+        stray_copies(copies).map(|(order_id, position)| (OrderKey::new(&order_id), OrderInput::Ignore(position)));
     let inputs = events
         .flat_map(|(event_id, (position, event))| {
-            event.map(|e| (e.order_id, OrderInput::Event(e.sequence, position, event_id, e.change)))
+            event.map(|e| (OrderKey::new(&e.order_id), OrderInput::Event(e.sequence, position, event_id, e.change)))
         })
         .concat(ignored)
-        .concat(restored)
+        .concat(restored.map(|(order_id, input)| (OrderKey::new(&order_id), input)))
         .arrange_by_key_named("Arrange: OrderInputs");
-    let witnesses = snapshots.then(|| order_witnesses(inputs.clone()));
+    let witnesses = snapshots.then(|| order_witnesses(inputs.clone()).map(|(key, input)| (key.order_id(), input)));
     OrderGraph { states: order_states(inputs), first_copies, witnesses }
 }
 
@@ -123,11 +145,11 @@ pub enum OrderInput {
 
 /// Folds each order's inputs into its current state; orders whose
 /// `OrderCreated` has not been seen yet have no state.
-fn order_states<'scope>(inputs: ByKey<'scope, Arc<str>, OrderInput>) -> VecCollection<'scope, u64, OrderState> {
-    reduce_shared(inputs, "OrderState", |order_id: &Arc<str>, inputs: &[(&OrderInput, isize)], output| {
+fn order_states<'scope>(inputs: ByKey<'scope, OrderKey, OrderInput>) -> VecCollection<'scope, u64, OrderState> {
+    reduce_shared(inputs, "OrderState", |key: &OrderKey, inputs: &[(&OrderInput, isize)], output| {
         let events =
             counted_events(inputs).into_iter().map(|(sequence, position, _, change)| (sequence, position, change));
-        if let Some(state) = OrderState::fold(order_id, events) {
+        if let Some(state) = OrderState::fold(&key.order_id(), events) {
             output.push((state, 1));
         }
     })
@@ -142,9 +164,9 @@ fn order_states<'scope>(inputs: ByKey<'scope, Arc<str>, OrderInput>) -> VecColle
 /// the same state as folding every event: a state snapshot keeps only
 /// them.
 pub fn order_witnesses<'scope>(
-    inputs: ByKey<'scope, Arc<str>, OrderInput>,
-) -> VecCollection<'scope, u64, (Arc<str>, OrderInput)> {
-    reduce_shared(inputs, "OrderWitnesses", |_order_id: &Arc<str>, inputs: &[(&OrderInput, isize)], output| {
+    inputs: ByKey<'scope, OrderKey, OrderInput>,
+) -> VecCollection<'scope, u64, (OrderKey, OrderInput)> {
+    reduce_shared(inputs, "OrderWitnesses", |_key: &OrderKey, inputs: &[(&OrderInput, isize)], output| {
         let events = counted_events(inputs);
         let header = events
             .iter()
