@@ -439,12 +439,30 @@ pub fn replay(
         ));
     }
     if !following {
-        // Built to where the log ended: swap each sink in at its shadow.
-        for ((name, target), resumed) in targets.iter_mut().zip(&resumed_from) {
-            let at = target.shadow_position().map_err(failed(name))?.unwrap_or_default();
-            let swap =
-                SwapIn { token: &token, window: &selection, source_names: &source_names, held_since: Instant::now() };
-            swaps.push(swap.run(name, target, at, resumed.clone())?);
+        // Built to where the log ended: swap each sink in at its shadow,
+        // all at once (each swap reads both copies of its view back and
+        // writes their differences; one sink's swap does not wait for
+        // another's).
+        let swapped: Vec<Result<SwapReport, CommandError>> = std::thread::scope(|scope| {
+            let (token, selection, source_names) = (&token, &selection, &source_names);
+            let running: Vec<_> = targets
+                .iter_mut()
+                .zip(&resumed_from)
+                .map(|((name, target), resumed)| {
+                    scope.spawn(move || {
+                        let at = target.shadow_position().map_err(failed(name))?.unwrap_or_default();
+                        let swap = SwapIn { token, window: selection, source_names, held_since: Instant::now() };
+                        swap.run(name, target, at, resumed.clone())
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|swap| swap.join().unwrap_or_else(|_| Err(CommandError::Io("a swap panicked".into()))))
+                .collect()
+        });
+        for swap in swapped {
+            swaps.push(swap?);
         }
     }
     for (name, target) in &mut targets {

@@ -46,6 +46,9 @@ pub use swap::{RedisSwap, SwapCounts};
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a paused sink looks whether the replay released it.
 const PAUSE_POLL: Duration = Duration::from_millis(10);
+/// Keys a `SCAN` call examines: a sink's keys are found by pattern over
+/// the whole keyspace, and big steps cost fewer round trips.
+const SCAN_COUNT: usize = 10_000;
 
 /// Takes the next generation, starts the run's batch count over, and
 /// answers the stored positions (nil when the sink holds nothing).
@@ -210,7 +213,7 @@ impl RedisViewSink {
         let mut deleted = 0usize;
         for pattern in patterns {
             let keys: Vec<String> = self.with_connection("cannot list keys", |c| {
-                let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(1000);
+                let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(SCAN_COUNT);
                 c.scan_options(options)?.collect::<Result<Vec<String>, RedisError>>()
             })?;
             for chunk in keys.chunks(1000) {
@@ -219,7 +222,7 @@ impl RedisViewSink {
                     continue;
                 }
                 deleted += chunk.len();
-                self.with_connection("cannot delete keys", |c| c.del::<_, ()>(chunk))?;
+                self.with_connection("cannot delete keys", |c| c.unlink::<_, ()>(chunk))?;
             }
         }
         self.with_connection("cannot clear the checkpoint", |c| {

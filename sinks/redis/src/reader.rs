@@ -151,7 +151,7 @@ impl RedisViewReader {
         for _ in 0..attempts.max(1) {
             let before = self.checkpoint(&mut connection).map_err(unavailable)?;
             let keys: Vec<String> = {
-                let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(1000);
+                let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(crate::SCAN_COUNT);
                 connection
                     .scan_options::<String>(options)
                     .map_err(unavailable)?

@@ -22,7 +22,7 @@ use projector_core::sink::{Selected, Selection};
 use projector_core::sink::{SinkError, SourcePositions, positions_from_json, positions_to_json};
 use projector_core::view::ViewPlan;
 
-use crate::{RedisViewReader, RedisViewSink, glob_escape, now_ms, pause_key, state_key};
+use crate::{RedisViewReader, RedisViewSink, SCAN_COUNT, glob_escape, now_ms, pause_key, state_key};
 
 /// What a swap changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -119,14 +119,20 @@ impl RedisSwap {
                 .map_err(SinkError::Fatal)?;
             reader.all_rows(3).map_err(|e| SinkError::Retryable(e.to_string()))
         };
-        let shadow = read(&self.shadow_config)?;
+        // Both copies at once, each on a connection of its own.
+        let (shadow, live) = std::thread::scope(|scope| {
+            let shadow = scope.spawn(|| read(&self.shadow_config));
+            let live = read(&self.live_config);
+            let shadow = shadow.join().unwrap_or_else(|_| Err(SinkError::Fatal("reading the shadow panicked".into())));
+            (shadow, live)
+        });
+        let (shadow, live) = (shadow?, live?);
         if shadow.positions != *at {
             return Err(SinkError::Fatal(format!(
                 "the shadow of Redis sink {:?} is at {:?}, not at the live checkpoint {:?}",
                 self.name, shadow.positions.0, at.0
             )));
         }
-        let live = read(&self.live_config)?;
         let shadow_rows: std::collections::HashMap<_, _> =
             shadow.rows.into_iter().filter(|(key, _)| window.matches(key)).collect();
         let live_rows: std::collections::HashMap<_, _> =
@@ -220,11 +226,12 @@ impl RedisSwap {
     pub fn drop_shadow(&mut self) -> Result<(), SinkError> {
         let pattern = format!("{}*", glob_escape(&self.shadow_config.prefix));
         let keys: Vec<String> = self.live.with_connection("cannot list the shadow's keys", |c| {
-            let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(1000);
+            let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(SCAN_COUNT);
             c.scan_options(options)?.collect::<Result<Vec<String>, RedisError>>()
         })?;
         for chunk in keys.chunks(1000) {
-            self.live.with_connection("cannot delete the shadow", |c| c.del::<_, ()>(chunk))?;
+            // UNLINK: the server frees the memory in the background.
+            self.live.with_connection("cannot delete the shadow", |c| c.unlink::<_, ()>(chunk))?;
         }
         Ok(())
     }
