@@ -198,7 +198,7 @@ impl KafkaReader {
     /// up to [`CATCH_UP_BATCH`].
     fn current_epoch(&mut self) -> u64 {
         let by_time = self.started.elapsed().as_millis() as u64 / self.batch_millis;
-        let hold = (self.behind || !self.caught_up()) && self.epoch_started.elapsed() < CATCH_UP_BATCH;
+        let hold = self.behind && self.epoch_started.elapsed() < CATCH_UP_BATCH;
         if !hold && by_time > self.epoch {
             self.epoch = by_time;
             self.epoch_started = Instant::now();
