@@ -43,7 +43,9 @@ pub struct ApiReply {
 impl ApiClient {
     /// A client of the API at `address`.
     pub fn new(address: SocketAddr) -> ApiClient {
-        let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build_http();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build(connector);
         ApiClient { client, base: format!("http://{address}"), token: None }
     }
 

@@ -222,7 +222,16 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     info!(address = %listener.local_addr()?, "HTTP API listening");
+    // Answers go out as soon as they are written: with Nagle's algorithm a
+    // response written in two parts can wait for the client's delayed ACK
+    // (up to 40 ms on Linux).
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
