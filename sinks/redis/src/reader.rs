@@ -194,16 +194,35 @@ impl RedisViewReader {
 
     /// A row from a hash holding all its fields, keys included.
     fn whole_row(&self, hash: RedisValue) -> Option<(Row, Row)> {
-        let pairs: std::collections::HashMap<String, String> = redis::from_redis_value(hash).ok()?;
-        if pairs.is_empty() {
-            return None;
+        // Straight from the reply's field/value pairs (an array in RESP2,
+        // a map in RESP3): no map of owned strings per row. A field that is
+        // missing, or not text of its type, reads as null.
+        let mut values = vec![Value::Null; self.fields.len()];
+        let mut found = false;
+        let mut take = |name: &RedisValue, text: &RedisValue| {
+            found = true;
+            let (RedisValue::BulkString(name), RedisValue::BulkString(text)) = (name, text) else { return };
+            let Some(index) = self.fields.iter().position(|(field, _)| field.as_bytes() == name.as_slice()) else {
+                return;
+            };
+            if let Some(value) = std::str::from_utf8(text).ok().and_then(|text| parse_plain(text, self.fields[index].1)) {
+                values[index] = value;
+            }
+        };
+        match &hash {
+            RedisValue::Array(items) => {
+                for pair in items.chunks_exact(2) {
+                    take(&pair[0], &pair[1]);
+                }
+            }
+            RedisValue::Map(pairs) => {
+                for (name, text) in pairs {
+                    take(name, text);
+                }
+            }
+            _ => return None,
         }
-        let values: Vec<Value> = self
-            .fields
-            .iter()
-            .map(|(name, ty)| pairs.get(name).and_then(|text| parse_plain(text, *ty)).unwrap_or(Value::Null))
-            .collect();
-        Some(split_key(values, self.key_len))
+        found.then(|| split_key(values, self.key_len))
     }
 }
 
