@@ -205,7 +205,8 @@ impl RedisViewReader {
             let Some(index) = self.fields.iter().position(|(field, _)| field.as_bytes() == name.as_slice()) else {
                 return;
             };
-            if let Some(value) = std::str::from_utf8(text).ok().and_then(|text| parse_plain(text, self.fields[index].1)) {
+            if let Some(value) = std::str::from_utf8(text).ok().and_then(|text| parse_plain(text, self.fields[index].1))
+            {
                 values[index] = value;
             }
         };
