@@ -58,15 +58,12 @@ impl PackedRow {
 
     /// The row with these packed bytes (inline when they fit).
     fn from_bytes(bytes: &[u8]) -> PackedRow {
-        match <[u8; INLINE]>::try_from(bytes) {
-            Ok(all) => PackedRow(Repr::Inline { len: INLINE as u8, bytes: all }),
-            Err(_) if bytes.len() < INLINE => {
-                let mut inline = [0u8; INLINE];
-                inline[..bytes.len()].copy_from_slice(bytes);
-                PackedRow(Repr::Inline { len: bytes.len() as u8, bytes: inline })
-            }
-            Err(_) => PackedRow(Repr::Heap(bytes.into())),
+        if bytes.len() > INLINE {
+            return PackedRow(Repr::Heap(bytes.into()));
         }
+        let mut inline = [0u8; INLINE];
+        inline[..bytes.len()].copy_from_slice(bytes);
+        PackedRow(Repr::Inline { len: bytes.len() as u8, bytes: inline })
     }
 
     /// The packed bytes.

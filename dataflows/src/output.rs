@@ -237,16 +237,9 @@ fn spawn_sink(resumed: ResumedSink, state: Arc<OutputState>) -> Option<std::sync
                     let mut total = parts[0].len();
                     let mut after = None;
                     while total < MERGE_CHANGES {
-                        let waited = match gather_until.checked_duration_since(std::time::Instant::now()) {
-                            Some(left) => receive.recv_timeout(left).map_err(|e| match e {
-                                std::sync::mpsc::RecvTimeoutError::Timeout => std::sync::mpsc::TryRecvError::Empty,
-                                std::sync::mpsc::RecvTimeoutError::Disconnected => {
-                                    std::sync::mpsc::TryRecvError::Disconnected
-                                }
-                            }),
-                            None => receive.try_recv(),
-                        };
-                        match waited {
+                        // Past the deadline this waits not at all.
+                        let left = gather_until.saturating_duration_since(std::time::Instant::now());
+                        match receive.recv_timeout(left) {
                             Ok(Delivery::Batch(more, more_upper, more_positions, more_newest)) => {
                                 if keep_rows {
                                     apply_changes(&mut rows, &more);
@@ -259,8 +252,8 @@ fn spawn_sink(resumed: ResumedSink, state: Arc<OutputState>) -> Option<std::sync
                                 after = Some(Ok(Delivery::Finish));
                                 break;
                             }
-                            Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                                 after = Some(Err(std::sync::mpsc::RecvError));
                                 break;
                             }
