@@ -10,9 +10,13 @@
 //! 1. keeps `BENCH_CONNECTIONS` (default 32) requests in flight for
 //!    `BENCH_SECONDS` and prints requests/s, for a point read (one
 //!    customer's LTV) and for a range read (30 days of one store's summary);
-//! 2. sends requests at a steady half of that rate, paced by a thread of
+//! 2. sends requests at a steady half of that rate (and for the point read
+//!    also at 30,000/s, half its 60,000/s target), paced by a thread of
 //!    its own, and prints the latency p50/p99, each request counted from
 //!    when it was due.
+//!
+//! Each of the client's connections is one keep-alive HTTP/1.1 connection
+//! of hyper, as a polling dashboard holds.
 //!
 //! Run: `cargo bench -p projector-benches --bench reads_e2e`. Under
 //! `cargo test` it runs small, as a smoke test. The server and the client
@@ -23,7 +27,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use projector::http_client::ApiClient;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use projector_benches::{knob, percentile};
 use projector_core::config::check_text;
 use projector_core::sink::{SourcePositions, ViewBatch, ViewChange, ViewRows, ViewSink};
@@ -39,6 +46,12 @@ use projector_tests::sinks::{clickhouse_sinks_yaml, redis_sinks_yaml};
 static ALLOCATOR: projector::Allocator = mimalloc::MiMalloc;
 
 const STORES: u64 = 20;
+
+/// How often the open loop's pacer wakes, at most. Waking for every
+/// request (40,000 times a second at half the point-read rate) made the
+/// pacer the machine's busiest source of context switches, and the client's
+/// own delays showed up as the server's p99.
+const PACER_TICK: Duration = Duration::from_micros(200);
 
 fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
@@ -69,21 +82,29 @@ fn main() {
         println!("reads from {kind}: {customers} customer_ltv rows loaded in {:.1} s", started.elapsed().as_secs_f64());
         let api = projector::api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(store), Auth::default())
             .expect("api");
-        let client = ApiClient::new(api.address);
-        for (name, path) in [
-            ("point read (customer LTV)", &point as &dyn Fn(u64) -> String),
-            ("range read (30 days of summary)", &range),
+        // The point read's target: 60,000 requests/s, and p99 at most 2 ms
+        // at half that; its latency is also measured at half the rate
+        // reached here, when that is higher.
+        for (name, path, target) in [
+            ("point read (customer LTV)", &point as &dyn Fn(u64) -> String, Some(60_000.0)),
+            ("range read (30 days of summary)", &range, None),
         ] {
             // A second to open the connections and touch the data first.
-            runtime.block_on(closed_loop(&client, path, connections, Duration::from_secs(1)));
-            let rate = runtime.block_on(closed_loop(&client, path, connections, seconds));
-            let (latencies, achieved) = runtime.block_on(open_loop(&client, path, rate / 2.0, seconds, connections));
-            println!(
-                "reads from {kind}: {name}: {rate:.0} requests/s with {connections} in flight; at {achieved:.0}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-                percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-                percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-                latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-            );
+            runtime.block_on(closed_loop(api.address, path, connections, Duration::from_secs(1)));
+            let rate = runtime.block_on(closed_loop(api.address, path, connections, seconds));
+            println!("reads from {kind}: {name}: {rate:.0} requests/s with {connections} in flight");
+            let mut rates = vec![rate / 2.0];
+            rates.extend(target.filter(|target| rate >= *target).map(|target| target / 2.0));
+            for steady in rates {
+                let (latencies, achieved) =
+                    runtime.block_on(open_loop(api.address, path, steady, seconds, connections));
+                println!(
+                    "reads from {kind}: {name}: at {achieved:.0}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+                    percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+                    latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+                );
+            }
         }
         api.stop();
     }
@@ -190,7 +211,7 @@ fn value(ty: FieldType, n: u64) -> Value {
 }
 
 /// Requests/s with `connections` requests always in flight.
-async fn closed_loop(client: &ApiClient, path: &dyn Fn(u64) -> String, connections: usize, duration: Duration) -> f64 {
+async fn closed_loop(address: SocketAddr, path: &dyn Fn(u64) -> String, connections: usize, duration: Duration) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicBool::new(false));
@@ -198,13 +219,13 @@ async fn closed_loop(client: &ApiClient, path: &dyn Fn(u64) -> String, connectio
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..connections {
         let paths: Vec<String> = (0..4096u64).map(|n| path(n * connections as u64 + c as u64)).collect();
-        let (client, done, stop, failed) = (client.clone(), Arc::clone(&done), Arc::clone(&stop), Arc::clone(&failed));
+        let (done, stop, failed) = (Arc::clone(&done), Arc::clone(&stop), Arc::clone(&failed));
+        let mut connection = Connection::open(address).await;
         tasks.spawn(async move {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                match client.get_status(&paths[n % paths.len()]).await {
-                    Ok(200) => {}
-                    _ => failed.store(true, Ordering::Relaxed),
+                if connection.get(&paths[n % paths.len()]).await != 200 {
+                    failed.store(true, Ordering::Relaxed);
                 }
                 done.fetch_add(1, Ordering::Relaxed);
                 n += 1;
@@ -224,12 +245,14 @@ async fn closed_loop(client: &ApiClient, path: &dyn Fn(u64) -> String, connectio
 /// rate achieved.
 ///
 /// A thread of its own keeps the schedule with the operating system's
-/// sleep (tens of microseconds), not the runtime's millisecond timer, which
-/// would send the requests in bursts, one per tick, and measure the
-/// bursts. Requests take the connections in turn; one whose connection is
-/// still busy waits for it.
+/// sleep, not the runtime's millisecond timer, which would send the
+/// requests in bursts, one per tick, and measure the bursts. It wakes every
+/// [`PACER_TICK`] at most and sends what has come due by then; each
+/// request is still timed from when it was due, so the pacer's lateness
+/// counts against the server. Requests take the connections in turn; one
+/// whose connection is still busy waits for it.
 async fn open_loop(
-    client: &ApiClient,
+    address: SocketAddr,
     path: &dyn Fn(u64) -> String,
     rate: f64,
     duration: Duration,
@@ -241,12 +264,11 @@ async fn open_loop(
     for _ in 0..connections {
         let (send, mut due) = tokio::sync::mpsc::unbounded_channel::<(Instant, String)>();
         queues.push(send);
-        let client = client.clone();
+        let mut connection = Connection::open(address).await;
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             while let Some((at, path)) = due.recv().await {
-                let status = client.get_status(&path).await;
-                assert_eq!(status, Ok(200), "a read failed");
+                assert_eq!(connection.get(&path).await, 200, "a read failed");
                 latencies.push(at.elapsed());
             }
             latencies
@@ -259,7 +281,7 @@ async fn open_loop(
             let at = started + Duration::from_secs_f64(n as f64 / rate);
             let now = Instant::now();
             if at > now {
-                std::thread::sleep(at - now);
+                std::thread::sleep((at - now).max(PACER_TICK));
             }
             let path = paths[n as usize % paths.len()].clone();
             if queues[n as usize % queues.len()].send((at, path)).is_err() {
@@ -274,4 +296,31 @@ async fn open_loop(
     pacer.join().expect("pacer");
     latencies.sort();
     (latencies, count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One keep-alive HTTP/1.1 connection to the API, as each polling
+/// dashboard holds: the client's cost per request is hyper's and the
+/// socket's, with no pool between.
+struct Connection {
+    send: SendRequest<Empty<Bytes>>,
+    host: String,
+}
+
+impl Connection {
+    async fn open(address: SocketAddr) -> Connection {
+        let stream = tokio::net::TcpStream::connect(address).await.expect("connect to the API");
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1.1");
+        tokio::spawn(connection);
+        Connection { send, host: address.to_string() }
+    }
+
+    /// `GET path`; answers the status, once the whole body is read.
+    async fn get(&mut self, path: &str) -> u16 {
+        let request = hyper::Request::get(path).header(hyper::header::HOST, &self.host).body(Empty::new());
+        let response = self.send.send_request(request.expect("request")).await.expect("response");
+        let status = response.status().as_u16();
+        response.into_body().collect().await.expect("body");
+        status
+    }
 }
