@@ -52,7 +52,14 @@ impl Source for KafkaSource {
         let config = &self.config;
         // Tunable defaults first, then the user's properties, then the
         // settings correctness rests on.
-        let mut defaults = vec![("fetch.wait.max.ms".to_string(), "5".to_string())];
+        // With the prefetch queue full (64 MiB by default, reached within
+        // a second of catching up), librdkafka puts off the next fetch for
+        // `fetch.queue.backoff.ms`, 1 s by default: the workers drain the
+        // queue long before that and sit idle. Look again after 10 ms.
+        let mut defaults = vec![
+            ("fetch.wait.max.ms".to_string(), "5".to_string()),
+            ("fetch.queue.backoff.ms".to_string(), "10".to_string()),
+        ];
         defaults.extend(config.properties.iter().cloned());
         let consumer: BaseConsumer = client_config(&config.brokers, &defaults)
             .set("group.id", &config.group_id)
