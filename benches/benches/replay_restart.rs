@@ -94,7 +94,11 @@ fn replay_views(source: &str, appended: u64) {
         let seconds = started.elapsed().as_secs_f64();
         total += seconds;
         let dataflow = replayed.run.elapsed.as_secs_f64();
-        let rows: Vec<String> = replayed.swaps.iter().map(|s| format!("{} {} rows", s.sink, s.rows)).collect();
+        let rows: Vec<String> = replayed
+            .swaps
+            .iter()
+            .map(|s| format!("{} {} rows, held {} ms", s.sink, s.rows, s.held.as_millis()))
+            .collect();
         println!(
             "replay {view}: {} events in {seconds:.2} s = {:.0} events/s end to end (dataflow into the shadows {dataflow:.2} s = {:.0} events/s); {}",
             replayed.run.records,

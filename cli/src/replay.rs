@@ -439,31 +439,14 @@ pub fn replay(
         ));
     }
     if !following {
-        // Built to where the log ended: swap each sink in at its shadow,
-        // all at once (each swap reads both copies of its view back and
-        // writes their differences; one sink's swap does not wait for
-        // another's).
-        let swapped: Vec<Result<SwapReport, CommandError>> = std::thread::scope(|scope| {
-            let (token, selection, source_names) = (&token, &selection, &source_names);
-            let running: Vec<_> = targets
-                .iter_mut()
-                .zip(&resumed_from)
-                .map(|((name, target), resumed)| {
-                    scope.spawn(move || {
-                        let at = target.shadow_position().map_err(failed(name))?.unwrap_or_default();
-                        let swap = SwapIn { token, window: selection, source_names, held_since: Instant::now() };
-                        swap.run(name, target, at, resumed.clone())
-                    })
-                })
-                .collect();
-            running
-                .into_iter()
-                .map(|swap| swap.join().unwrap_or_else(|_| Err(CommandError::Io("a swap panicked".into()))))
-                .collect()
-        });
-        for swap in swapped {
-            swaps.push(swap?);
+        // Built to where the log ended: swap each sink in at its shadow.
+        let mut picks = Vec::new();
+        for (index, (name, target)) in targets.iter_mut().enumerate() {
+            picks.push((index, target.shadow_position().map_err(failed(name))?.unwrap_or_default()));
         }
+        let swap =
+            SwapIn { token: &token, window: &selection, source_names: &source_names, held_since: Instant::now() };
+        swaps.extend(swap.each(&mut targets, &picks, &resumed_from)?);
     }
     for (name, target) in &mut targets {
         target.drop_shadow().map_err(failed(name))?;
@@ -568,21 +551,23 @@ fn follow_and_swap(
         stands.push((index, at));
     }
     stands.sort_by_key(|(_, at)| at.total());
-    for (index, at) in stands {
-        let name = targets[index].0.clone();
+    // The sinks that stand at the same position swap together.
+    let swap = SwapIn { token, window, source_names, held_since };
+    for group in stands.chunk_by(|(_, a), (_, b)| a == b) {
+        let at = &group[0].1;
         let current = bound.limit().unwrap_or_default();
-        if !current.le(&at) {
+        if !current.le(at) {
             return Err(CommandError::Io(format!(
-                "sink {name:?} stands at {:?}, behind the other sinks of the view at {:?}; replay its sinks one \
+                "sink {:?} stands at {:?}, behind the other sinks of the view at {:?}; replay its sinks one \
                  by one once they agree (`projector status` shows where each stands)",
-                at.0, current.0
+                targets[group[0].0].0, at.0, current.0
             )));
         }
         bound.set(at.clone());
-        watch.until_shadows_at(std::slice::from_mut(&mut targets[index]), &at)?;
-        let (name, target) = &mut targets[index];
-        let swap = SwapIn { token, window, source_names, held_since };
-        swaps.push(swap.run(name, target, at, resumed_from[index].clone())?);
+        for (index, _) in group {
+            watch.until_shadows_at(std::slice::from_mut(&mut targets[*index]), at)?;
+        }
+        swaps.extend(swap.each(targets, group, resumed_from)?);
     }
     Ok(())
 }
@@ -597,6 +582,34 @@ struct SwapIn<'a> {
 }
 
 impl SwapIn<'_> {
+    /// Swaps in each target of `picks` (its index, and the position to
+    /// swap in at) at once, each on a thread of its own: one sink's swap
+    /// (reading both copies of its view back and writing their
+    /// differences) does not wait for another's.
+    fn each(
+        &self,
+        targets: &mut [(String, Target)],
+        picks: &[(usize, SourcePositions)],
+        resumed_from: &[Option<SourcePositions>],
+    ) -> Result<Vec<SwapReport>, CommandError> {
+        let swapped: Vec<Result<SwapReport, CommandError>> = std::thread::scope(|scope| {
+            let running: Vec<_> = targets
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(index, (name, target))| {
+                    let (_, at) = picks.iter().find(|(pick, _)| *pick == index)?;
+                    let resumed = resumed_from.get(index).cloned().flatten();
+                    Some(scope.spawn(move || self.run(name, target, at.clone(), resumed)))
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|swap| swap.join().unwrap_or_else(|_| Err(CommandError::Io("a swap panicked".into()))))
+                .collect()
+        });
+        swapped.into_iter().collect()
+    }
+
     /// Holds `target` (or renews the hold), swaps its shadow in at `at`,
     /// lets it go, and reports.
     fn run(

@@ -281,6 +281,14 @@ fn a_window_replay_changes_only_the_rows_of_its_window() {
     let outside_key = outside.rsplit(':').next().unwrap();
     assert!(report.contains(&format!("date=\"{outside_key}\"): order_count: expected")), "{report}");
 
+    // A replay of a view with rankings leaves nothing of its shadow behind
+    // (hashes, ranking sets, checkpoint), nor does the window replay.
+    let sales = replay(&config, &["--view", "product_sales"]);
+    assert!(sales.status.success(), "{}", String::from_utf8_lossy(&sales.stderr));
+    let shadows: Vec<String> = connection.keys("w:projector:shadow:*").unwrap();
+    assert!(shadows.is_empty(), "{shadows:?}");
+    assert_eq!(differences(&text, dir.path(), "product_sales").0, 0);
+
     // A view without a date key has no window; a bad date is named.
     let ltv = replay(&config, &["--view", "customer_ltv", "--from", "2024-01-01"]);
     assert_eq!(ltv.status.code(), Some(1));

@@ -298,6 +298,11 @@ impl RedisViewSink {
         }
     }
 
+    /// The ranking sets a row with `key` has an entry in.
+    pub(crate) fn ranking_sets<'a>(&'a self, key: &'a Row) -> impl Iterator<Item = String> + 'a {
+        self.rankings.iter().map(move |ranking| self.ranking_entry(ranking, key).0)
+    }
+
     /// The Redis key of a row's hash.
     fn hash_key(&self, key: &Row) -> String {
         let mut hash_key = self.prefix.clone();

@@ -145,6 +145,12 @@ impl RedisViewReader {
     /// between (its pipeline is writing) is read again, up to `attempts`
     /// times.
     pub fn all_rows(&self, attempts: usize) -> Result<Selected, ReadError> {
+        self.all_rows_and_keys(attempts).map(|(selected, _)| selected)
+    }
+
+    /// [`RedisViewReader::all_rows`], and the keys of the hashes read (a
+    /// hash that does not read as a row included).
+    pub fn all_rows_and_keys(&self, attempts: usize) -> Result<(Selected, Vec<String>), ReadError> {
         let unavailable = |error: RedisError| ReadError::Unavailable(format!("Redis: {error}"));
         let mut connection = self.connection().map_err(unavailable)?;
         let pattern = format!("{}{}", crate::glob_escape(&self.prefix), self.key.glob());
@@ -171,7 +177,7 @@ impl RedisViewReader {
             if before == after {
                 rows.sort();
                 let (positions, newest_event_at) = before;
-                return Ok(Selected { rows, positions, newest_event_at });
+                return Ok((Selected { rows, positions, newest_event_at }, keys));
             }
         }
         Err(ReadError::Unavailable(format!(

@@ -43,6 +43,10 @@ pub struct RedisSwap {
     shadow_config: RedisSinkConfig,
     plan: Arc<ViewPlan>,
     source_names: Vec<String>,
+    /// Once a swap has read the shadow: every key it holds (its hashes,
+    /// their rankings, its checkpoint), so that dropping it needs no walk
+    /// over the whole keyspace.
+    shadow_keys: Option<Vec<String>>,
 }
 
 impl RedisSwap {
@@ -64,6 +68,7 @@ impl RedisSwap {
             shadow_config,
             plan,
             source_names,
+            shadow_keys: None,
         })
     }
 
@@ -114,10 +119,10 @@ impl RedisSwap {
     /// Makes the live rows in `window` equal to the shadow's, which must be
     /// at `at`, the live checkpoint, while `token` holds the live sink.
     pub fn swap(&mut self, token: &str, at: &SourcePositions, window: &Selection) -> Result<SwapCounts, SinkError> {
-        let read = |config: &RedisSinkConfig| -> Result<Selected, SinkError> {
+        let read = |config: &RedisSinkConfig| -> Result<(Selected, Vec<String>), SinkError> {
             let reader = RedisViewReader::new(&self.name, &self.plan, config, self.source_names.clone())
                 .map_err(SinkError::Fatal)?;
-            reader.all_rows(3).map_err(|e| SinkError::Retryable(e.to_string()))
+            reader.all_rows_and_keys(3).map_err(|e| SinkError::Retryable(e.to_string()))
         };
         // Both copies at once, each on a connection of its own.
         let (shadow, live) = std::thread::scope(|scope| {
@@ -126,7 +131,8 @@ impl RedisSwap {
             let shadow = shadow.join().unwrap_or_else(|_| Err(SinkError::Fatal("reading the shadow panicked".into())));
             (shadow, live)
         });
-        let (shadow, live) = (shadow?, live?);
+        let ((shadow, shadow_hashes), (live, _)) = (shadow?, live?);
+        self.shadow_keys = Some(self.shadow_keys_of(&shadow, shadow_hashes));
         if shadow.positions != *at {
             return Err(SinkError::Fatal(format!(
                 "the shadow of Redis sink {:?} is at {:?}, not at the live checkpoint {:?}",
@@ -222,13 +228,38 @@ impl RedisSwap {
         }
     }
 
-    /// Deletes the shadow: its rows, rankings and checkpoint.
+    /// Every key of the shadow that `shadow` (its rows, read from
+    /// `hashes`) was read from: the hashes, the ranking sets of the rows,
+    /// the checkpoint. The shadow writes nothing else; a ranking set whose
+    /// members are all gone is gone too.
+    fn shadow_keys_of(&self, shadow: &Selected, mut hashes: Vec<String>) -> Vec<String> {
+        let (live, prefix) = (&self.live_config.prefix, &self.shadow_config.prefix);
+        let mut sets = std::collections::BTreeSet::new();
+        for (key, _) in &shadow.rows {
+            for set in self.live.ranking_sets(key) {
+                // The live sink's set, moved under the shadow's prefix.
+                sets.insert(format!("{prefix}{}", &set[live.len()..]));
+            }
+        }
+        hashes.extend(sets);
+        hashes.push(state_key(prefix, &self.name));
+        hashes.push(pause_key(prefix, &self.name));
+        hashes
+    }
+
+    /// Deletes the shadow: its rows, rankings and checkpoint. After a swap
+    /// they are the keys it read; otherwise they are found with `SCAN`.
     pub fn drop_shadow(&mut self) -> Result<(), SinkError> {
-        let pattern = format!("{}*", glob_escape(&self.shadow_config.prefix));
-        let keys: Vec<String> = self.live.with_connection("cannot list the shadow's keys", |c| {
-            let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(SCAN_COUNT);
-            c.scan_options(options)?.collect::<Result<Vec<String>, RedisError>>()
-        })?;
+        let keys = match self.shadow_keys.take() {
+            Some(keys) => keys,
+            None => {
+                let pattern = format!("{}*", glob_escape(&self.shadow_config.prefix));
+                self.live.with_connection("cannot list the shadow's keys", |c| {
+                    let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(SCAN_COUNT);
+                    c.scan_options(options)?.collect::<Result<Vec<String>, RedisError>>()
+                })?
+            }
+        };
         for chunk in keys.chunks(1000) {
             // UNLINK: the server frees the memory in the background.
             self.live.with_connection("cannot delete the shadow", |c| c.unlink::<_, ()>(chunk))?;
