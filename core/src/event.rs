@@ -276,6 +276,108 @@ struct WireEnvelope<'a> {
     payload: &'a RawValue,
 }
 
+/// An event's envelope, decoded in one pass with its payload when
+/// `event_type` comes before `payload` (as this project's writers put
+/// them): the payload is then not scanned once to be held raw and again to
+/// be typed. A payload before its `event_type` is held raw and typed
+/// after, as [`WireEnvelope`] does. Whatever [`WireEnvelope`] rejects this
+/// rejects too, and also a typed payload that does not decode: the caller
+/// then decodes again the two-pass way, which says what is wrong.
+struct OnePass<'a> {
+    /// The envelope; its `payload` is `null` when `typed` holds it.
+    envelope: WireEnvelope<'a>,
+    typed: Option<WirePayload<'a>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for OnePass<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(OnePassVisitor)
+    }
+}
+
+struct OnePassVisitor;
+
+/// A timestamp field, read like `#[serde(with = "rfc3339")]`.
+struct Rfc3339(Timestamp);
+
+impl<'de> Deserialize<'de> for Rfc3339 {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        rfc3339::deserialize(deserializer).map(Rfc3339)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for OnePassVisitor {
+    type Value = OnePass<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OnePass<'de>, A::Error> {
+        use serde::de::Error;
+        fn once<T, E: Error>(slot: &mut Option<T>, name: &'static str, value: T) -> Result<(), E> {
+            match slot.replace(value) {
+                Some(_) => Err(E::duplicate_field(name)),
+                None => Ok(()),
+            }
+        }
+        let (mut event_id, mut event_type, mut schema_version, mut aggregate_id) = (None, None, None, None);
+        let (mut sequence, mut store_id, mut occurred_at) = (None, None, None);
+        let (mut correlation_id, mut causation_id, mut payload) = (None, None, None);
+        let (mut typed, mut seen_payload) = (None, false);
+        while let Some(key) = map.next_key::<WireStr<'de>>()? {
+            match key.0.as_ref() {
+                "event_id" => once(&mut event_id, "event_id", map.next_value::<WireStr<'de>>()?)?,
+                "event_type" => once(&mut event_type, "event_type", map.next_value::<WireStr<'de>>()?.0)?,
+                "schema_version" => once(&mut schema_version, "schema_version", map.next_value::<i64>()?)?,
+                "aggregate_id" => once(&mut aggregate_id, "aggregate_id", map.next_value::<WireStr<'de>>()?)?,
+                "sequence" => once(&mut sequence, "sequence", map.next_value::<i64>()?)?,
+                "store_id" => once(&mut store_id, "store_id", map.next_value::<u64>()?)?,
+                "occurred_at" => once(&mut occurred_at, "occurred_at", map.next_value::<Rfc3339>()?.0)?,
+                "correlation_id" => once(&mut correlation_id, "correlation_id", map.next_value()?)?,
+                "causation_id" => once(&mut causation_id, "causation_id", map.next_value()?)?,
+                "payload" if seen_payload => return Err(A::Error::duplicate_field("payload")),
+                "payload" => {
+                    seen_payload = true;
+                    typed = Some(match event_type.as_deref() {
+                        Some("OrderCreated") => WirePayload::Created(map.next_value()?),
+                        Some("OrderUpdated") => WirePayload::Updated(map.next_value()?),
+                        Some("OrderCancelled") => WirePayload::Cancelled(map.next_value()?),
+                        Some("InventoryReserved") => WirePayload::Reserved(map.next_value()?),
+                        Some("PaymentInitiated") => WirePayload::Payment(map.next_value()?),
+                        // Not known yet, or not a known type: typed after.
+                        _ => {
+                            payload = Some(map.next_value::<&'de RawValue>()?);
+                            continue;
+                        }
+                    });
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let payload = match (payload, &typed) {
+            (Some(raw), _) => raw,
+            (None, Some(_)) => RawValue::NULL,
+            (None, None) => return Err(A::Error::missing_field("payload")),
+        };
+        let envelope = WireEnvelope {
+            event_id: event_id.ok_or_else(|| A::Error::missing_field("event_id"))?,
+            event_type: event_type.ok_or_else(|| A::Error::missing_field("event_type"))?,
+            schema_version: schema_version.ok_or_else(|| A::Error::missing_field("schema_version"))?,
+            aggregate_id: aggregate_id.ok_or_else(|| A::Error::missing_field("aggregate_id"))?,
+            sequence: sequence.ok_or_else(|| A::Error::missing_field("sequence"))?,
+            store_id: store_id.ok_or_else(|| A::Error::missing_field("store_id"))?,
+            occurred_at: occurred_at.ok_or_else(|| A::Error::missing_field("occurred_at"))?,
+            correlation_id: correlation_id.flatten(),
+            causation_id: causation_id.flatten(),
+            payload,
+        };
+        Ok(OnePass { envelope, typed })
+    }
+}
+
 /// A JSON string, borrowed from the record unless it has escapes. Decodes
 /// (and fails) exactly like `String`.
 struct WireStr<'a>(Cow<'a, str>);
@@ -350,7 +452,11 @@ enum WirePayload<'a> {
 
 /// Decodes and validates one event. Never panics.
 pub fn decode_event(bytes: &[u8]) -> Result<Event, BadRecord> {
-    let (envelope, payload) = decode_wire(bytes)?;
+    decode_wire(bytes).map(event)
+}
+
+/// The [`Event`] of a decoded envelope and payload.
+fn event((envelope, payload): (WireEnvelope<'_>, WirePayload<'_>)) -> Event {
     let payload = match payload {
         WirePayload::Created(created) => Payload::OrderCreated(created),
         WirePayload::Updated(updated) => Payload::OrderUpdated(updated),
@@ -371,7 +477,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, BadRecord> {
             transaction_id: payment.transaction_id.owned(),
         }),
     };
-    Ok(Event {
+    Event {
         event_id: envelope.event_id.owned(),
         aggregate_id: envelope.aggregate_id.owned(),
         sequence: envelope.sequence as u64,
@@ -380,7 +486,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, BadRecord> {
         correlation_id: envelope.correlation_id.map(WireStr::owned),
         causation_id: envelope.causation_id.map(WireStr::owned),
         payload,
-    })
+    }
 }
 
 /// Decodes and validates one event like [`decode_event`] (same answer for
@@ -422,10 +528,27 @@ fn updated_change(updated: OrderUpdated) -> OrderChange {
 /// The envelope and payload of a valid event: decoded, schema version and
 /// rules checked.
 fn decode_wire(bytes: &[u8]) -> Result<(WireEnvelope<'_>, WirePayload<'_>), BadRecord> {
-    let envelope: WireEnvelope<'_> = match serde_json::from_slice(bytes) {
-        Ok(envelope) => envelope,
-        Err(_) => return Err(explain::<WireEnvelope<'_>>(bytes, "")),
-    };
+    match serde_json::from_slice::<OnePass<'_>>(bytes) {
+        Ok(OnePass { envelope, typed }) => checked_wire(envelope, typed),
+        Err(_) => decode_wire_in_two_passes(bytes),
+    }
+}
+
+/// [`decode_wire`] the way that can say what is wrong: the envelope with
+/// its payload held raw, then the payload by its type.
+fn decode_wire_in_two_passes(bytes: &[u8]) -> Result<(WireEnvelope<'_>, WirePayload<'_>), BadRecord> {
+    match serde_json::from_slice::<WireEnvelope<'_>>(bytes) {
+        Ok(envelope) => checked_wire(envelope, None),
+        Err(_) => Err(explain::<WireEnvelope<'_>>(bytes, "")),
+    }
+}
+
+/// The envelope's checks, and its payload (`typed`, or decoded from the
+/// envelope's raw payload by its type) with its checks.
+fn checked_wire<'a>(
+    envelope: WireEnvelope<'a>,
+    typed: Option<WirePayload<'a>>,
+) -> Result<(WireEnvelope<'a>, WirePayload<'a>), BadRecord> {
     if envelope.schema_version != i64::from(SCHEMA_VERSION) {
         return Err(BadRecord {
             kind: BadRecordKind::UnsupportedSchemaVersion,
@@ -436,18 +559,21 @@ fn decode_wire(bytes: &[u8]) -> Result<(WireEnvelope<'_>, WirePayload<'_>), BadR
         });
     }
     let payload_bytes = envelope.payload.get().as_bytes();
-    let payload = match envelope.event_type.as_ref() {
-        "OrderCreated" => WirePayload::Created(decode_payload(payload_bytes)?),
-        "OrderUpdated" => WirePayload::Updated(decode_payload(payload_bytes)?),
-        "OrderCancelled" => WirePayload::Cancelled(decode_payload(payload_bytes)?),
-        "InventoryReserved" => WirePayload::Reserved(decode_borrowed_payload(payload_bytes)?),
-        "PaymentInitiated" => WirePayload::Payment(decode_borrowed_payload(payload_bytes)?),
-        other => {
-            return Err(BadRecord {
-                kind: BadRecordKind::UnknownEventType,
-                reason: format!("unknown event_type {other:?}; known types are {}", EVENT_TYPES.join(", ")),
-            });
-        }
+    let payload = match (typed, envelope.event_type.as_ref()) {
+        (Some(typed), _) => typed,
+        (None, event_type) => match event_type {
+            "OrderCreated" => WirePayload::Created(decode_payload(payload_bytes)?),
+            "OrderUpdated" => WirePayload::Updated(decode_payload(payload_bytes)?),
+            "OrderCancelled" => WirePayload::Cancelled(decode_payload(payload_bytes)?),
+            "InventoryReserved" => WirePayload::Reserved(decode_borrowed_payload(payload_bytes)?),
+            "PaymentInitiated" => WirePayload::Payment(decode_borrowed_payload(payload_bytes)?),
+            other => {
+                return Err(BadRecord {
+                    kind: BadRecordKind::UnknownEventType,
+                    reason: format!("unknown event_type {other:?}; known types are {}", EVENT_TYPES.join(", ")),
+                });
+            }
+        },
     };
     let sequence = envelope.sequence;
     if sequence < 1 {
@@ -752,10 +878,56 @@ mod tests {
             for base in [CREATED, RESERVED, PAYMENT] {
                 let text = base.replacen(from, to, 1);
                 agree(&text);
+                one_pass_agrees(&text);
                 if decode_event(text.as_bytes()).is_ok() { good += 1 } else { bad += 1 }
             }
         }
         assert!(good > 10 && bad > 30, "{good} good, {bad} bad variants");
+    }
+
+    /// The one-pass decoder answers exactly what the two-pass one does.
+    fn one_pass_agrees(text: &str) {
+        let two_passes = decode_wire_in_two_passes(text.as_bytes()).map(event);
+        assert_eq!(decode_event(text.as_bytes()), two_passes, "{text}");
+    }
+
+    #[test]
+    fn one_pass_decoding_agrees_with_two_passes() {
+        let payload_first = |base: &str| {
+            let at = base.find(r#","payload":"#).unwrap();
+            format!("{{{},{}", &base[at + 1..base.len() - 1], &base[1..at]) + "}"
+        };
+        let mut texts = Vec::new();
+        for base in [CREATED, RESERVED, PAYMENT] {
+            let payload = &base[base.find(r#""payload":"#).unwrap()..base.len() - 1];
+            texts.extend([
+                base.to_string(),
+                payload_first(base),
+                payload_first(&base.replace("OrderCreated", "OrderShipped")),
+                base.replacen(r#""event_id""#, &format!("{payload},\"event_id\""), 1),
+                base.replacen('}', &format!("}},{payload}"), 1),
+                base.replacen(r#""store_id":7,"#, r#""store_id":7,"store_id":7,"#, 1),
+                base.replacen(r#""sequence""#, r#""unknown":[{"a":1}],"sequence""#, 1),
+                base.replacen(r#""causation_id":"#, r#""causation_id":null,"x":"#, 1),
+                base.replacen(r#""event_type":"#, r#""event_type":1,"y":"#, 1),
+                base.replacen(r#","payload":"#, r#","event_type":"OrderCreated","payload":"#, 1),
+                base.replacen(r#""schema_version":1"#, r#""schema_version":2"#, 1),
+                base.replacen(r#""occurred_at":"2024"#, r#""occurred_at":"1024"#, 1),
+                base.replacen(r#""order_id":"o-1""#, r#""order_id":7"#, 1),
+                payload_first(&base.replacen(r#""order_id":"o-1""#, r#""order_id":7"#, 1)),
+                base[..base.find(r#","payload":"#).unwrap()].to_string() + "}",
+                format!("[{}]", &base[1..base.len() - 1]),
+            ]);
+        }
+        for text in &texts {
+            one_pass_agrees(text);
+        }
+        // The usual order (type, then payload) takes the one pass.
+        for base in [CREATED, RESERVED, PAYMENT] {
+            assert!(serde_json::from_slice::<OnePass<'_>>(base.as_bytes()).unwrap().typed.is_some());
+        }
+        let good = texts.iter().filter(|t| decode_event(t.as_bytes()).is_ok()).count();
+        assert!(good >= 9 && texts.len() - good >= 20, "{good} of {} good", texts.len());
     }
 
     #[test]
@@ -849,8 +1021,10 @@ mod tests {
             if text.is_char_boundary(at) {
                 text.insert_str(at, &insert);
             }
-            // Neither decoder panics, and they agree.
+            // Neither decoder panics, and they agree; one pass or two,
+            // the answer is the same.
             agree(&text);
+            one_pass_agrees(&text);
         }
     }
 }
