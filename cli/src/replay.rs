@@ -19,8 +19,8 @@
 //! once; a whole-view replay rewrites them at the end, a window replay
 //! leaves them alone.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,9 +28,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::info;
 
 use projector_core::config::{PipelinePlan, SinkKind};
-use projector_core::sink::{Selection, SinkError, SourcePositions, ViewSink, positions_to_json};
+use projector_core::sink::{
+    Selected, Selection, SinkError, SourcePositions, ViewBatch, ViewRows, ViewSink, positions_to_json,
+};
 use projector_core::source::{Bound, BoundedSource, Source};
-use projector_core::value::{FieldType, Value, format_date};
+use projector_core::value::{FieldType, Timestamp, Value, format_date};
 use projector_core::view::ViewPlan;
 use projector_dataflows::runner::{Outputs, RunError, RunOptions, RunSummary, run};
 use projector_sink_clickhouse::ClickHouseSwap;
@@ -155,28 +157,126 @@ impl ReplaySummary {
 
 /// A live sink with a shadow.
 enum Target {
-    Redis(Box<RedisSwap>),
+    /// A Redis sink, and what the replay wrote into its shadow.
+    Redis(Box<RedisSwap>, Arc<Mutex<Built>>),
     ClickHouse(Box<ClickHouseSwap>),
+}
+
+/// Rows a replay keeps of what it wrote into a shadow: more than this, and
+/// the swap reads the shadow back instead.
+const KEEP_AT_MOST: usize = 5_000_000;
+
+/// What a replay wrote into a Redis shadow, kept as it goes, so that the
+/// swap need not read the shadow back (a walk over the whole keyspace and
+/// a `HGETALL` per row). `rows` is `None` when the shadow resumed what an
+/// earlier replay wrote (that is not here) or grew past [`KEEP_AT_MOST`].
+#[derive(Default)]
+struct Built {
+    rows: Option<ViewRows>,
+    positions: SourcePositions,
+    newest_event_at: Option<Timestamp>,
+}
+
+fn lock(built: &Mutex<Built>) -> MutexGuard<'_, Built> {
+    built.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Built {
+    /// Nothing written yet: rows are kept from here on.
+    fn fresh() -> Built {
+        Built { rows: Some(ViewRows::default()), ..Built::default() }
+    }
+
+    /// The rows, once they stand at `at` (the sink's thread notes a batch
+    /// just after the shadow committed it: wait a moment for it).
+    fn at(built: &Mutex<Built>, at: &SourcePositions) -> Option<Selected> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            {
+                let mut built = lock(built);
+                built.rows.as_ref()?;
+                if built.positions == *at {
+                    let rows = built.rows.take()?.into_iter().collect();
+                    return Some(Selected { rows, positions: at.clone(), newest_event_at: built.newest_event_at });
+                }
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// A shadow sink that keeps what it writes in [`Built`].
+struct Keeping {
+    inner: Box<dyn ViewSink>,
+    built: Arc<Mutex<Built>>,
+}
+
+impl ViewSink for Keeping {
+    fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        let at = self.inner.resume()?;
+        *lock(&self.built) = if at.is_none() { Built::fresh() } else { Built::default() };
+        Ok(at)
+    }
+
+    fn wants_rows(&self) -> bool {
+        self.inner.wants_rows()
+    }
+
+    fn reset(&mut self) -> Result<(), SinkError> {
+        self.inner.reset()?;
+        *lock(&self.built) = Built::fresh();
+        Ok(())
+    }
+
+    fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
+        self.inner.apply(batch)?;
+        let mut built = lock(&self.built);
+        if let Some(rows) = built.rows.as_mut() {
+            // A changed row is retracted and added: take the old one out
+            // first.
+            for change in batch.changes.iter().filter(|c| c.diff < 0) {
+                if rows.get(&change.key) == Some(&change.values) {
+                    rows.remove(&change.key);
+                }
+            }
+            for change in batch.changes.iter().filter(|c| c.diff > 0) {
+                rows.insert(change.key.clone(), change.values.clone());
+            }
+            if rows.len() > KEEP_AT_MOST {
+                built.rows = None;
+            }
+        }
+        built.positions = batch.positions.clone();
+        built.newest_event_at = built.newest_event_at.max(batch.newest_event_at);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.inner.finish()
+    }
 }
 
 impl Target {
     fn live_position(&mut self) -> Result<Option<SourcePositions>, SinkError> {
         match self {
-            Target::Redis(swap) => swap.live_position(),
+            Target::Redis(swap, _) => swap.live_position(),
             Target::ClickHouse(swap) => swap.live_position(),
         }
     }
 
     fn shadow_position(&mut self) -> Result<Option<SourcePositions>, SinkError> {
         match self {
-            Target::Redis(swap) => swap.shadow_position(),
+            Target::Redis(swap, _) => swap.shadow_position(),
             Target::ClickHouse(swap) => swap.shadow_position(),
         }
     }
 
     fn pause(&mut self, token: &str) -> Result<(), SinkError> {
         match self {
-            Target::Redis(swap) => swap.pause(token, HOLD),
+            Target::Redis(swap, _) => swap.pause(token, HOLD),
             Target::ClickHouse(swap) => swap.pause(token, HOLD),
         }
     }
@@ -194,7 +294,7 @@ impl Target {
 
     fn release(&mut self, token: &str) -> Result<(), SinkError> {
         match self {
-            Target::Redis(swap) => swap.release(token),
+            Target::Redis(swap, _) => swap.release(token),
             Target::ClickHouse(swap) => swap.release(token),
         }
     }
@@ -206,14 +306,16 @@ impl Target {
         window: &Selection,
     ) -> Result<(usize, usize, usize), SinkError> {
         match self {
-            Target::Redis(swap) => swap.swap(token, at, window).map(|c| (c.rows, c.rewritten, c.deleted)),
+            Target::Redis(swap, built) => {
+                swap.swap(token, at, window, Built::at(built, at)).map(|c| (c.rows, c.rewritten, c.deleted))
+            }
             Target::ClickHouse(swap) => swap.swap(at, window).map(|c| (c.rows, c.rewritten, c.deleted)),
         }
     }
 
     fn drop_shadow(&mut self) -> Result<(), SinkError> {
         match self {
-            Target::Redis(swap) => swap.drop_shadow(),
+            Target::Redis(swap, _) => swap.drop_shadow(),
             Target::ClickHouse(swap) => swap.drop_shadow(),
         }
     }
@@ -339,8 +441,10 @@ pub fn replay(
                     .map_err(failed(&name))?;
                 let shadow = RedisViewSink::new(&name, Arc::clone(&view), swap.shadow_config(), source_names.clone())
                     .map_err(failed(&name))?;
-                shadows.push((format!("shadow of sink {name:?}"), wrap(Box::new(shadow))));
-                targets.push((name, Target::Redis(Box::new(swap))));
+                let built = Arc::new(Mutex::new(Built::default()));
+                let keeping = Keeping { inner: Box::new(shadow), built: Arc::clone(&built) };
+                shadows.push((format!("shadow of sink {name:?}"), wrap(Box::new(keeping))));
+                targets.push((name, Target::Redis(Box::new(swap), built)));
             }
             SinkKind::ClickHouse(config) => {
                 let swap = ClickHouseSwap::new(&name, Arc::clone(&view), config, source_names.clone(), &window_name)

@@ -304,7 +304,7 @@ impl RedisViewSink {
     }
 
     /// The Redis key of a row's hash.
-    fn hash_key(&self, key: &Row) -> String {
+    pub(crate) fn hash_key(&self, key: &Row) -> String {
         let mut hash_key = self.prefix.clone();
         self.key.render_into(key, &mut hash_key);
         hash_key

@@ -118,20 +118,38 @@ impl RedisSwap {
 
     /// Makes the live rows in `window` equal to the shadow's, which must be
     /// at `at`, the live checkpoint, while `token` holds the live sink.
-    pub fn swap(&mut self, token: &str, at: &SourcePositions, window: &Selection) -> Result<SwapCounts, SinkError> {
+    /// `built`: what the shadow holds, as the replay wrote it; without it,
+    /// the shadow is read back.
+    pub fn swap(
+        &mut self,
+        token: &str,
+        at: &SourcePositions,
+        window: &Selection,
+        built: Option<Selected>,
+    ) -> Result<SwapCounts, SinkError> {
         let read = |config: &RedisSinkConfig| -> Result<(Selected, Vec<String>), SinkError> {
             let reader = RedisViewReader::new(&self.name, &self.plan, config, self.source_names.clone())
                 .map_err(SinkError::Fatal)?;
             reader.all_rows_and_keys(3).map_err(|e| SinkError::Retryable(e.to_string()))
         };
-        // Both copies at once, each on a connection of its own.
-        let (shadow, live) = std::thread::scope(|scope| {
-            let shadow = scope.spawn(|| read(&self.shadow_config));
-            let live = read(&self.live_config);
-            let shadow = shadow.join().unwrap_or_else(|_| Err(SinkError::Fatal("reading the shadow panicked".into())));
-            (shadow, live)
-        });
-        let ((shadow, shadow_hashes), (live, _)) = (shadow?, live?);
+        let ((shadow, shadow_hashes), (live, _)) = match built {
+            Some(shadow) => {
+                let hashes = shadow.rows.iter().map(|(key, _)| self.shadow_hash_key(key)).collect();
+                ((shadow, hashes), read(&self.live_config)?)
+            }
+            None => {
+                // Both copies at once, each on a connection of its own.
+                let (shadow, live) = std::thread::scope(|scope| {
+                    let shadow = scope.spawn(|| read(&self.shadow_config));
+                    let live = read(&self.live_config);
+                    let shadow = shadow
+                        .join()
+                        .unwrap_or_else(|_| Err(SinkError::Fatal("reading the shadow panicked".into())));
+                    (shadow, live)
+                });
+                (shadow?, live?)
+            }
+        };
         self.shadow_keys = Some(self.shadow_keys_of(&shadow, shadow_hashes));
         if shadow.positions != *at {
             return Err(SinkError::Fatal(format!(
@@ -226,6 +244,12 @@ impl RedisSwap {
                 self.name
             ))),
         }
+    }
+
+    /// The key of the shadow's hash of the row with `key`.
+    fn shadow_hash_key(&self, key: &projector_core::value::Row) -> String {
+        let live = self.live.hash_key(key);
+        format!("{}{}", self.shadow_config.prefix, &live[self.live_config.prefix.len()..])
     }
 
     /// Every key of the shadow that `shadow` (its rows, read from
