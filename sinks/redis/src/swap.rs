@@ -142,9 +142,8 @@ impl RedisSwap {
                 let (shadow, live) = std::thread::scope(|scope| {
                     let shadow = scope.spawn(|| read(&self.shadow_config));
                     let live = read(&self.live_config);
-                    let shadow = shadow
-                        .join()
-                        .unwrap_or_else(|_| Err(SinkError::Fatal("reading the shadow panicked".into())));
+                    let shadow =
+                        shadow.join().unwrap_or_else(|_| Err(SinkError::Fatal("reading the shadow panicked".into())));
                     (shadow, live)
                 });
                 (shadow?, live?)
