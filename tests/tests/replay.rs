@@ -35,7 +35,7 @@ fn replay(config: &Path, args: &[&str]) -> std::process::Output {
     Command::new(projector_binary())
         .args(["replay", "-c", config.to_str().unwrap(), "-w", "2"])
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,projector_sink_redis=info")
         .output()
         .unwrap()
 }
@@ -204,6 +204,9 @@ fn a_replay_while_the_pipeline_runs_fixes_both_sinks_and_readers_never_see_a_mix
         "{stdout}"
     );
     assert!(stdout.contains("sink \"order_summary_ch\": built its shadow from the start; swapped in at"), "{stdout}");
+    // A shadow built from the start is compared as the replay wrote it.
+    let stderr = String::from_utf8_lossy(&replayed.stderr);
+    assert!(stderr.contains("as the replay wrote it") && !stderr.contains("read back"), "{stderr}");
     assert!(stdout.contains(" 2 rewritten, 0 deleted"), "ClickHouse rewrote the two deleted rows:\n{stdout}");
     assert!(stdout.contains(" 3 rewritten, 1 deleted"), "Redis: two changed, one deleted, one extra:\n{stdout}");
     // Swapped in where the live sinks stood, past where the replay began.
@@ -356,6 +359,9 @@ fn an_interrupted_replay_resumes_from_its_shadow() {
     let stdout = String::from_utf8_lossy(&replayed.stdout).into_owned();
     assert!(replayed.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&replayed.stderr));
     assert!(stdout.contains("sink \"customer_ltv_redis\": resumed its shadow at "), "{stdout}");
+    // What the shadow held before is not in this process: it is read back.
+    let stderr = String::from_utf8_lossy(&replayed.stderr);
+    assert!(stderr.contains("read back"), "{stderr}");
     assert!(stdout.contains("the dataflow resumed from its checkpoint"), "{stdout}");
     let read: u64 =
         stdout.split("replayed view \"customer_ltv\": ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();

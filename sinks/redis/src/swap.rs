@@ -132,6 +132,11 @@ impl RedisSwap {
                 .map_err(SinkError::Fatal)?;
             reader.all_rows_and_keys(3).map_err(|e| SinkError::Retryable(e.to_string()))
         };
+        tracing::info!(
+            sink = %self.name,
+            shadow = if built.is_some() { "as the replay wrote it" } else { "read back" },
+            "comparing the live rows with the shadow's"
+        );
         let ((shadow, shadow_hashes), (live, _)) = match built {
             Some(shadow) => {
                 let hashes = shadow.rows.iter().map(|(key, _)| self.shadow_hash_key(key)).collect();
