@@ -96,6 +96,9 @@ pub struct SwapReport {
     pub rewritten: usize,
     /// Rows deleted because the rebuilt view lacks them.
     pub deleted: usize,
+    /// Redis: ranking entries set (missing or wrong) or removed (no row
+    /// has them); `None` for a sink without rankings' sets (ClickHouse).
+    pub ranking_entries: Option<usize>,
     /// How long the live sink was held.
     pub held: Duration,
 }
@@ -133,8 +136,11 @@ impl ReplaySummary {
                 Some(at) => format!("resumed its shadow at {} events in", at.total()),
                 None => "built its shadow from the start".to_string(),
             };
+            let rankings =
+                swap.ranking_entries.map(|n| format!(", {n} ranking entries set or removed")).unwrap_or_default();
             out.push_str(&format!(
-                "  sink {:?}: {resumed}; swapped in at {}: {} rows, {} rewritten, {} deleted; live writes held {} ms\n",
+                "  sink {:?}: {resumed}; swapped in at {}: {} rows, {} rewritten, {} deleted{rankings}; live writes \
+                 held {} ms\n",
                 swap.sink,
                 swap.at_text,
                 swap.rows,
@@ -304,12 +310,12 @@ impl Target {
         token: &str,
         at: &SourcePositions,
         window: &Selection,
-    ) -> Result<(usize, usize, usize), SinkError> {
+    ) -> Result<(usize, usize, usize, Option<usize>), SinkError> {
         match self {
-            Target::Redis(swap, built) => {
-                swap.swap(token, at, window, Built::at(built, at)).map(|c| (c.rows, c.rewritten, c.deleted))
-            }
-            Target::ClickHouse(swap) => swap.swap(at, window).map(|c| (c.rows, c.rewritten, c.deleted)),
+            Target::Redis(swap, built) => swap
+                .swap(token, at, window, Built::at(built, at))
+                .map(|c| (c.rows, c.rewritten, c.deleted, Some(c.ranking_entries))),
+            Target::ClickHouse(swap) => swap.swap(at, window).map(|c| (c.rows, c.rewritten, c.deleted, None)),
         }
     }
 
@@ -726,7 +732,7 @@ impl SwapIn<'_> {
         target.pause(self.token).map_err(failed(name))?;
         let swapped = target.swap(self.token, &at, self.window);
         let released = target.release(self.token);
-        let (rows, rewritten, deleted) = swapped.map_err(failed(name))?;
+        let (rows, rewritten, deleted, ranking_entries) = swapped.map_err(failed(name))?;
         released.map_err(failed(name))?;
         Ok(SwapReport {
             sink: name.to_string(),
@@ -736,6 +742,7 @@ impl SwapIn<'_> {
             rows,
             rewritten,
             deleted,
+            ranking_entries,
             held: self.held_since.elapsed(),
         })
     }

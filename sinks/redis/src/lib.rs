@@ -440,6 +440,32 @@ impl RankingWrites {
         self.sets.entry(set).or_default().insert(member, score);
     }
 
+    /// The sets the writes touch, in order.
+    fn sets(&self) -> impl Iterator<Item = &String> {
+        self.sets.keys()
+    }
+
+    /// Keeps only the writes that change `held` (per set of
+    /// [`RankingWrites::sets`], in that order, its members and scores as
+    /// they are); with `strays`, also removes the members of those sets
+    /// that no write names. Answers how many writes are left.
+    fn against(&mut self, held: Vec<Vec<(String, f64)>>, strays: bool) -> usize {
+        let mut left = 0;
+        for (members, held) in self.sets.values_mut().zip(held) {
+            let held: std::collections::HashMap<String, f64> = held.into_iter().collect();
+            let stray: Vec<String> =
+                if strays { held.keys().filter(|m| !members.contains_key(*m)).cloned().collect() } else { Vec::new() };
+            members.retain(|member, score| match score {
+                Some(score) => held.get(member) != Some(score),
+                None => held.contains_key(member),
+            });
+            members.extend(stray.into_iter().map(|member| (member, None)));
+            left += members.len();
+        }
+        self.sets.retain(|_, members| !members.is_empty());
+        left
+    }
+
     /// Queues the gathered writes.
     fn queue(self, pipe: &mut redis::Pipeline) {
         for (set, members) in self.sets {

@@ -9,7 +9,8 @@
 //! exactly that position and then, in one `MULTI`/`EXEC` under `WATCH` of
 //! the live checkpoint and the pause key, makes the live rows of the
 //! window equal to the shadow's: rows that differ are rewritten, rows the
-//! shadow lacks are deleted, ranking entries of every shadow row are set.
+//! shadow lacks are deleted, ranking entries that are missing or wrong are
+//! set, and (swapping the whole view) members no row has are removed.
 //! Readers see the view before or after, never between. The live pipeline
 //! then goes on from the same checkpoint, on the swapped content.
 
@@ -33,6 +34,9 @@ pub struct SwapCounts {
     pub rewritten: usize,
     /// Rows deleted because the shadow does not have them.
     pub deleted: usize,
+    /// Ranking entries set (missing, or a wrong score) or removed (no row
+    /// has them).
+    pub ranking_entries: usize,
 }
 
 /// One live Redis sink and its shadow.
@@ -227,6 +231,22 @@ impl RedisSwap {
                 counts.rewritten += 1;
             }
         }
+        // The ranking entries as they are, to write only those that are
+        // wrong or missing; a whole-view swap also removes members no row
+        // has. (In a window, a set may hold members of rows outside it.)
+        let sets: Vec<&String> = ranks.sets().collect();
+        let mut held: Vec<Vec<(String, f64)>> = Vec::with_capacity(sets.len());
+        for chunk in sets.chunks(1000) {
+            let mut read = redis::pipe();
+            for set in chunk {
+                read.cmd("ZRANGE").arg(*set).arg(0).arg(-1).arg("WITHSCORES");
+            }
+            held.extend(
+                self.live
+                    .with_connection("cannot read the live rankings", |c| read.query::<Vec<Vec<(String, f64)>>>(c))?,
+            );
+        }
+        counts.ranking_entries = ranks.against(held, *window == Selection::default());
         ranks.queue(&mut pipe);
         let mut checkpoint =
             vec![("positions", positions_to_json(at, &self.source_names)), ("written_at_ms", now_ms().to_string())];
