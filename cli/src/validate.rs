@@ -6,10 +6,14 @@
 //! position with a plain fold ([`Recomputation`], not the dataflow), and
 //! compare, all keys or a random sample of them. Every difference is a
 //! line: the key, the field, what the log says and what the sink holds.
+//! A Redis sink's ranking sets are checked too: the entries of the checked
+//! rows (missing, or another score), and when every key is checked, the
+//! members no row has.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::seq::IteratorRandom;
@@ -22,7 +26,7 @@ use projector_core::source::Poll;
 use projector_core::value::{FieldType, Row, Timestamp, Value, parse_date, split_key};
 use projector_core::view::ViewPlan;
 use projector_sink_clickhouse::ClickHouseViewReader;
-use projector_sink_redis::RedisViewReader;
+use projector_sink_redis::{HeldRankings, RedisViewReader, RedisViewSink};
 
 use crate::commands::CommandError;
 use crate::components;
@@ -56,10 +60,13 @@ const READ_ATTEMPTS: usize = 5;
 const SILENT_LOG: Duration = Duration::from_secs(20);
 
 /// What one sink holds: its rows and the position it claims (`None`: no
-/// checkpoint, compared with the whole log).
+/// checkpoint, compared with the whole log); for a Redis sink with
+/// rankings, its ranking sets and the sink that says which entries a row
+/// should have.
 struct Held {
     rows: BTreeMap<Row, Row>,
     positions: Option<SourcePositions>,
+    rankings: Option<(HeldRankings, RedisViewSink)>,
 }
 
 /// Checks every sink of `options.view` against the log.
@@ -127,7 +134,11 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
         for key in &checked {
             compare(&fields, view.keys.len(), key, want.get(*key), held.rows.get(*key), &mut lines);
         }
-        let scope = if options.sample_size.is_some_and(|size| size < want.len().max(held.rows.len())) {
+        let sampled = options.sample_size.is_some_and(|size| size < want.len().max(held.rows.len()));
+        if let Some((rankings, sink)) = &held.rankings {
+            compare_rankings(sink, rankings, &checked, want, !sampled, &mut lines);
+        }
+        let scope = if sampled {
             format!("{} keys drawn at random (seed {})", checked.len(), options.seed)
         } else {
             format!("all {} keys", checked.len())
@@ -190,14 +201,77 @@ fn compare(
     }
 }
 
+/// The ranking entries the rows of `checked` should have in `held`, by
+/// what `want` (the log) gives for them: one line per entry that is
+/// missing or has another score; with `whole`, also one per member of a
+/// set that no row gives.
+fn compare_rankings(
+    sink: &RedisViewSink,
+    held: &HeldRankings,
+    checked: &[&Row],
+    want: &BTreeMap<Row, Row>,
+    whole: bool,
+    lines: &mut Vec<String>,
+) {
+    let found = |set: &str, member: &str| held.get(set).and_then(|members| members.get(member)).copied();
+    let mut given: BTreeSet<(String, String)> = BTreeSet::new();
+    for key in checked {
+        let Some(values) = want.get(*key) else { continue };
+        for (set, member, score) in sink.ranking_entries(key, values) {
+            let Some(score) = score else { continue };
+            match found(&set, &member) {
+                Some(held) if held == score => {}
+                Some(held) => {
+                    lines.push(format!("ranking {set:?}: member {member:?}: expected score {score}, found {held}"))
+                }
+                None => lines.push(format!("ranking {set:?}: member {member:?}: missing; the log gives score {score}")),
+            }
+            given.insert((set, member));
+        }
+    }
+    if whole {
+        for (set, members) in held {
+            for (member, score) in members {
+                if !given.contains(&(set.clone(), member.clone())) {
+                    lines.push(format!(
+                        "ranking {set:?}: member {member:?}: the sink holds score {score} but the log gives no such entry"
+                    ));
+                }
+            }
+        }
+    }
+}
+
 /// Everything `sink` holds, and the position it claims.
-fn read_sink(view: &ViewPlan, sink: &SinkConfig, source_names: &[String]) -> Result<Held, CommandError> {
+fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -> Result<Held, CommandError> {
     let failed = |error: String| CommandError::Io(format!("sink {:?}: {error}", sink.name));
     match &sink.kind {
         SinkKind::Redis(redis) => {
             let reader = RedisViewReader::new(&sink.name, view, redis, source_names.to_vec()).map_err(failed)?;
-            let all = reader.all_rows(READ_ATTEMPTS).map_err(|e| failed(e.to_string()))?;
-            Ok(Held { rows: all.rows.into_iter().collect(), positions: Some(all.positions) })
+            let mut ranked = RedisViewSink::new(&sink.name, Arc::clone(view), redis, source_names.to_vec())
+                .map_err(|e| failed(e.to_string()))?;
+            for _ in 0..READ_ATTEMPTS {
+                let all = reader.all_rows(READ_ATTEMPTS).map_err(|e| failed(e.to_string()))?;
+                if !ranked.has_rankings() {
+                    return Ok(Held {
+                        rows: all.rows.into_iter().collect(),
+                        positions: Some(all.positions),
+                        rankings: None,
+                    });
+                }
+                // The rankings, read after the rows: both at one checkpoint.
+                let rankings = ranked.held_rankings().map_err(|e| failed(e.to_string()))?;
+                if reader.claimed().map_err(|e| failed(e.to_string()))? == all.positions {
+                    return Ok(Held {
+                        rows: all.rows.into_iter().collect(),
+                        positions: Some(all.positions),
+                        rankings: Some((rankings, ranked)),
+                    });
+                }
+            }
+            Err(failed(format!(
+                "it kept moving while it was read ({READ_ATTEMPTS} tries); stop its pipeline and try again"
+            )))
         }
         SinkKind::ClickHouse(clickhouse) => {
             let reader =
@@ -209,14 +283,20 @@ fn read_sink(view: &ViewPlan, sink: &SinkConfig, source_names: &[String]) -> Res
                     .select(&Selection { limit: Some(0), ..Selection::default() })
                     .map_err(|e| failed(e.to_string()))?;
                 if after.positions == all.positions {
-                    return Ok(Held { rows: all.rows.into_iter().collect(), positions: Some(all.positions) });
+                    return Ok(Held {
+                        rows: all.rows.into_iter().collect(),
+                        positions: Some(all.positions),
+                        rankings: None,
+                    });
                 }
             }
             Err(failed(format!(
                 "it kept moving while it was read ({READ_ATTEMPTS} tries); stop its pipeline and try again"
             )))
         }
-        SinkKind::File(file) => Ok(Held { rows: read_file_sink(view, &file.path).map_err(failed)?, positions: None }),
+        SinkKind::File(file) => {
+            Ok(Held { rows: read_file_sink(view, &file.path).map_err(failed)?, positions: None, rankings: None })
+        }
         SinkKind::Parquet(parquet) => {
             let (rows, positions) =
                 projector_sink_parquet::read_parquet(&projector_sink_parquet::Shape::of(view), &parquet.path)
@@ -225,7 +305,7 @@ fn read_sink(view: &ViewPlan, sink: &SinkConfig, source_names: &[String]) -> Res
                 Some(text) => Some(positions_from_json(&text, source_names).map_err(failed)?),
                 None => None,
             };
-            Ok(Held { rows, positions })
+            Ok(Held { rows, positions, rankings: None })
         }
     }
 }

@@ -16,6 +16,7 @@ use projector_datagen::{Generator, GeneratorConfig};
 use projector_tests::services::{ClickHouseServer, RedisServer, available, projector_binary};
 use projector_tests::sinks::{clickhouse_sinks_yaml, redis_sinks_yaml};
 use projector_tests::{reference, shipped_views_yaml};
+use redis::Commands;
 
 fn plan(text: &str, dir: &Path) -> PipelinePlan {
     check_text(text, "validate.yaml", dir).unwrap_or_else(|e| panic!("{e}\n{text}"))
@@ -116,6 +117,34 @@ fn validate_passes_clean_sinks_and_finds_planted_corruption() {
     let wrong = format!("key (store_id={store}, customer_id={customer}): lifetime_value_cents: expected ");
     assert!(clickhouse_part.contains(&wrong) && clickhouse_part.contains("found 7"), "{wrong}\n{}", found.report);
     assert!(found.report.contains("sink \"customer_ltv_file\" (file)"), "{}", found.report);
+
+    // Redis rankings: a wrong score, a missing entry, a member no row has.
+    let mut sets: Vec<String> = redis::cmd("KEYS").arg("v:top_products:*").query(&mut connection).unwrap();
+    sets.sort();
+    let first: Vec<(String, f64)> = connection.zrange_withscores(&sets[0], 0, -1).unwrap();
+    let second: Vec<(String, f64)> = connection.zrange_withscores(&sets[1], 0, -1).unwrap();
+    let _: () = connection.zadd(&sets[0], &first[0].0, first[0].1 + 1.0).unwrap();
+    let _: () = connection.zrem(&sets[1], &second[0].0).unwrap();
+    let _: () = connection.zadd(&sets[1], "424242", 5.0).unwrap();
+    let found = validate(&plan(&text, dir.path()), &options("product_sales", None)).unwrap();
+    let redis_part: &str =
+        found.report.split("sink \"product_sales_redis\"").nth(1).unwrap().split("\nsink ").next().unwrap();
+    assert!(redis_part.contains("3 differences"), "{}", found.report);
+    let wrong = format!(
+        "ranking {:?}: member {:?}: expected score {}, found {}",
+        sets[0],
+        first[0].0,
+        first[0].1,
+        first[0].1 + 1.0
+    );
+    assert!(redis_part.contains(&wrong), "{wrong}\n{}", found.report);
+    let missing =
+        format!("ranking {:?}: member {:?}: missing; the log gives score {}", sets[1], second[0].0, second[0].1);
+    assert!(redis_part.contains(&missing), "{missing}\n{}", found.report);
+    let stray =
+        format!("ranking {:?}: member \"424242\": the sink holds score 5 but the log gives no such entry", sets[1]);
+    assert!(redis_part.contains(&stray), "{stray}\n{}", found.report);
+    assert_eq!(found.differences, 3, "the ClickHouse sink is clean:\n{}", found.report);
 
     // The command: the report on standard output, exit 1 with a difference,
     // 0 on a view whose sinks are clean.

@@ -72,6 +72,9 @@ struct Ranking {
     score: Score,
 }
 
+/// Ranking sets by key, each with its members' scores.
+pub type HeldRankings = std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>;
+
 /// A view materialized in Redis.
 pub struct RedisViewSink {
     name: String,
@@ -296,6 +299,58 @@ impl RedisViewSink {
             let (set, member) = self.ranking_entry(ranking, key);
             ranks.set(set, member, None);
         }
+    }
+
+    /// The ranking entries of a row as this sink writes them: set, member
+    /// and score (`None`: the row has no score, so no entry).
+    pub fn ranking_entries(&self, key: &Row, values: &Row) -> Vec<(String, String, Option<f64>)> {
+        self.rankings
+            .iter()
+            .map(|ranking| {
+                let score = match ranking.score {
+                    Score::Key(index) => key.get(index),
+                    Score::Value(index) => values.get(index),
+                };
+                let (set, member) = self.ranking_entry(ranking, key);
+                (set, member, score.and_then(Value::as_i128).map(|score| score as f64))
+            })
+            .collect()
+    }
+
+    /// Whether the sink declares rankings.
+    pub fn has_rankings(&self) -> bool {
+        !self.rankings.is_empty()
+    }
+
+    /// Every ranking set the sink holds, with its members' scores: a
+    /// `SCAN` (of sorted sets) per ranking's key pattern, then
+    /// `ZRANGE … WITHSCORES` of each set.
+    pub fn held_rankings(&mut self) -> Result<HeldRankings, SinkError> {
+        let patterns: Vec<String> =
+            self.rankings.iter().map(|r| format!("{}{}", glob_escape(&self.prefix), r.key.glob())).collect();
+        let mut sets = Vec::new();
+        for pattern in patterns {
+            sets.extend(self.with_connection("cannot list the ranking sets", |c| {
+                let options =
+                    redis::ScanOptions::default().with_pattern(&pattern).with_type("zset").with_count(SCAN_COUNT);
+                c.scan_options(options)?.collect::<Result<Vec<String>, RedisError>>()
+            })?);
+        }
+        sets.sort();
+        sets.dedup();
+        let mut held = HeldRankings::new();
+        for chunk in sets.chunks(1000) {
+            let mut read = redis::pipe();
+            for set in chunk {
+                read.cmd("ZRANGE").arg(set).arg(0).arg(-1).arg("WITHSCORES");
+            }
+            let members: Vec<Vec<(String, f64)>> =
+                self.with_connection("cannot read the ranking sets", |c| read.query(c))?;
+            for (set, members) in chunk.iter().zip(members) {
+                held.insert(set.clone(), members.into_iter().collect());
+            }
+        }
+        Ok(held)
     }
 
     /// The ranking sets a row with `key` has an entry in.

@@ -186,6 +186,13 @@ impl RedisViewReader {
         )))
     }
 
+    /// The positions the sink's checkpoint claims now.
+    pub fn claimed(&self) -> Result<projector_core::sink::SourcePositions, ReadError> {
+        let unavailable = |error: RedisError| ReadError::Unavailable(format!("Redis: {error}"));
+        let mut connection = self.connection().map_err(unavailable)?;
+        self.checkpoint(&mut connection).map(|(positions, _)| positions).map_err(unavailable)
+    }
+
     /// The checkpoint's positions and newest event time.
     fn checkpoint(
         &self,
