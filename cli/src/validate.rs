@@ -252,20 +252,16 @@ fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -
                 .map_err(|e| failed(e.to_string()))?;
             for _ in 0..READ_ATTEMPTS {
                 let all = reader.all_rows(READ_ATTEMPTS).map_err(|e| failed(e.to_string()))?;
-                if !ranked.has_rankings() {
-                    return Ok(Held {
-                        rows: all.rows.into_iter().collect(),
-                        positions: Some(all.positions),
-                        rankings: None,
-                    });
-                }
                 // The rankings, read after the rows: both at one checkpoint.
-                let rankings = ranked.held_rankings().map_err(|e| failed(e.to_string()))?;
-                if reader.claimed().map_err(|e| failed(e.to_string()))? == all.positions {
+                let rankings = match ranked.has_rankings() {
+                    true => Some(ranked.held_rankings().map_err(|e| failed(e.to_string()))?),
+                    false => None,
+                };
+                if rankings.is_none() || reader.claimed().map_err(|e| failed(e.to_string()))? == all.positions {
                     return Ok(Held {
                         rows: all.rows.into_iter().collect(),
                         positions: Some(all.positions),
-                        rankings: Some((rankings, ranked)),
+                        rankings: rankings.map(|rankings| (rankings, ranked)),
                     });
                 }
             }

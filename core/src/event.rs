@@ -562,9 +562,9 @@ fn checked_wire<'a>(
         });
     }
     let payload_bytes = envelope.payload.get().as_bytes();
-    let payload = match (typed, envelope.event_type.as_ref()) {
-        (Some(typed), _) => typed,
-        (None, event_type) => match event_type {
+    let payload = match typed {
+        Some(typed) => typed,
+        None => match envelope.event_type.as_ref() {
             "OrderCreated" => WirePayload::Created(decode_payload(payload_bytes)?),
             "OrderUpdated" => WirePayload::Updated(decode_payload(payload_bytes)?),
             "OrderCancelled" => WirePayload::Cancelled(decode_payload(payload_bytes)?),

@@ -281,13 +281,8 @@ impl RedisViewSink {
 
     /// Queues a row's ranking entries.
     fn queue_rankings(&self, ranks: &mut RankingWrites, key: &Row, values: &Row) {
-        for ranking in &self.rankings {
-            let score = match ranking.score {
-                Score::Key(index) => key.get(index),
-                Score::Value(index) => values.get(index),
-            };
-            let (set, member) = self.ranking_entry(ranking, key);
-            ranks.set(set, member, score.and_then(Value::as_i128).map(|score| score as f64));
+        for (set, member, score) in self.ranking_entries(key, values) {
+            ranks.set(set, member, score);
         }
     }
 
@@ -338,17 +333,22 @@ impl RedisViewSink {
         }
         sets.sort();
         sets.dedup();
-        let mut held = HeldRankings::new();
+        let members = self.read_sets(&sets)?;
+        Ok(sets.into_iter().zip(members).map(|(set, members)| (set, members.into_iter().collect())).collect())
+    }
+
+    /// The members and scores of each of `sets`, in order (`ZRANGE …
+    /// WITHSCORES`, pipelined; a set that does not exist has none).
+    pub(crate) fn read_sets(&mut self, sets: &[impl AsRef<str>]) -> Result<Vec<Vec<(String, f64)>>, SinkError> {
+        let mut held = Vec::with_capacity(sets.len());
         for chunk in sets.chunks(1000) {
             let mut read = redis::pipe();
             for set in chunk {
-                read.cmd("ZRANGE").arg(set).arg(0).arg(-1).arg("WITHSCORES");
+                read.cmd("ZRANGE").arg(set.as_ref()).arg(0).arg(-1).arg("WITHSCORES");
             }
-            let members: Vec<Vec<(String, f64)>> =
-                self.with_connection("cannot read the ranking sets", |c| read.query(c))?;
-            for (set, members) in chunk.iter().zip(members) {
-                held.insert(set.clone(), members.into_iter().collect());
-            }
+            held.extend(
+                self.with_connection("cannot read ranking sets", |c| read.query::<Vec<Vec<(String, f64)>>>(c))?,
+            );
         }
         Ok(held)
     }

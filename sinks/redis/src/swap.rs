@@ -44,6 +44,9 @@ pub struct RedisSwap {
     name: String,
     live: RedisViewSink,
     live_config: RedisSinkConfig,
+    /// The shadow, to name its keys (the replay writes it through a sink
+    /// of its own).
+    shadow: RedisViewSink,
     shadow_config: RedisSinkConfig,
     plan: Arc<ViewPlan>,
     source_names: Vec<String>,
@@ -69,6 +72,7 @@ impl RedisSwap {
             name: name.to_string(),
             live: RedisViewSink::new(name, Arc::clone(&plan), config, source_names.clone())?,
             live_config: config.clone(),
+            shadow: RedisViewSink::new(name, Arc::clone(&plan), &shadow_config, source_names.clone())?,
             shadow_config,
             plan,
             source_names,
@@ -143,7 +147,7 @@ impl RedisSwap {
         );
         let ((shadow, shadow_hashes), (live, _)) = match built {
             Some(shadow) => {
-                let hashes = shadow.rows.iter().map(|(key, _)| self.shadow_hash_key(key)).collect();
+                let hashes = shadow.rows.iter().map(|(key, _)| self.shadow.hash_key(key)).collect();
                 ((shadow, hashes), read(&self.live_config)?)
             }
             None => {
@@ -235,17 +239,7 @@ impl RedisSwap {
         // wrong or missing; a whole-view swap also removes members no row
         // has. (In a window, a set may hold members of rows outside it.)
         let sets: Vec<&String> = ranks.sets().collect();
-        let mut held: Vec<Vec<(String, f64)>> = Vec::with_capacity(sets.len());
-        for chunk in sets.chunks(1000) {
-            let mut read = redis::pipe();
-            for set in chunk {
-                read.cmd("ZRANGE").arg(*set).arg(0).arg(-1).arg("WITHSCORES");
-            }
-            held.extend(
-                self.live
-                    .with_connection("cannot read the live rankings", |c| read.query::<Vec<Vec<(String, f64)>>>(c))?,
-            );
-        }
+        let held = self.live.read_sets(&sets)?;
         counts.ranking_entries = ranks.against(held, *window == Selection::default());
         ranks.queue(&mut pipe);
         let mut checkpoint =
@@ -270,26 +264,15 @@ impl RedisSwap {
         }
     }
 
-    /// The key of the shadow's hash of the row with `key`.
-    fn shadow_hash_key(&self, key: &projector_core::value::Row) -> String {
-        let live = self.live.hash_key(key);
-        format!("{}{}", self.shadow_config.prefix, &live[self.live_config.prefix.len()..])
-    }
-
     /// Every key of the shadow that `shadow` (its rows, read from
     /// `hashes`) was read from: the hashes, the ranking sets of the rows,
     /// the checkpoint. The shadow writes nothing else; a ranking set whose
     /// members are all gone is gone too.
     fn shadow_keys_of(&self, shadow: &Selected, mut hashes: Vec<String>) -> Vec<String> {
-        let (live, prefix) = (&self.live_config.prefix, &self.shadow_config.prefix);
-        let mut sets = std::collections::BTreeSet::new();
-        for (key, _) in &shadow.rows {
-            for set in self.live.ranking_sets(key) {
-                // The live sink's set, moved under the shadow's prefix.
-                sets.insert(format!("{prefix}{}", &set[live.len()..]));
-            }
-        }
+        let sets: std::collections::BTreeSet<String> =
+            shadow.rows.iter().flat_map(|(key, _)| self.shadow.ranking_sets(key)).collect();
         hashes.extend(sets);
+        let prefix = &self.shadow_config.prefix;
         hashes.push(state_key(prefix, &self.name));
         hashes.push(pause_key(prefix, &self.name));
         hashes
