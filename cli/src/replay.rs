@@ -29,16 +29,16 @@ use tracing::info;
 
 use projector_core::config::{PipelinePlan, SinkKind};
 use projector_core::sink::{
-    Selected, Selection, SinkError, SourcePositions, ViewBatch, ViewRows, ViewSink, positions_to_json,
+    Selection, SinkError, SourcePositions, ViewBatch, ViewChange, ViewRows, ViewSink, positions_to_json,
 };
 use projector_core::source::{Bound, BoundedSource, Source};
-use projector_core::value::{FieldType, Timestamp, Value, format_date};
+use projector_core::value::{FieldType, Row, Timestamp, Value, format_date};
 use projector_core::view::ViewPlan;
 use projector_dataflows::runner::{Outputs, RunError, RunOptions, RunSummary, run};
 use projector_sink_clickhouse::ClickHouseSwap;
 use projector_sink_file::FileViewSink;
 use projector_sink_parquet::ParquetViewSink;
-use projector_sink_redis::{RedisSwap, RedisViewSink};
+use projector_sink_redis::{Kept, RedisSwap, RedisViewSink};
 
 use crate::commands::CommandError;
 use crate::components;
@@ -172,16 +172,32 @@ enum Target {
 /// the swap reads the shadow back instead.
 const KEEP_AT_MOST: usize = 5_000_000;
 
-/// What a replay wrote into a Redis shadow, kept as it goes, so that the
-/// swap need not read the shadow back (a walk over the whole keyspace and
-/// a `HGETALL` per row). `rows` is `None` when the shadow resumed what an
-/// earlier replay wrote (that is not here) or grew past [`KEEP_AT_MOST`].
+/// How often a Redis shadow whose rows the replay keeps is written, when
+/// `--checkpoint-ms` does not say: what an interrupted replay would build
+/// again.
+const WRITE_SHADOW_EVERY: Duration = Duration::from_secs(10);
+
+/// The rebuilt view of a Redis sink as the replay computed it, kept as it
+/// goes, so that the swap need not read the shadow back (a walk over the
+/// whole keyspace and a `HGETALL` per row), and the shadow in Redis need
+/// only be written now and then, as the checkpoint an interrupted replay
+/// resumes from. `rows` is `None` when the shadow resumed what an earlier
+/// replay wrote (that is not here) or grew past [`KEEP_AT_MOST`]; then
+/// every batch is written through.
 #[derive(Default)]
 struct Built {
     rows: Option<ViewRows>,
-    positions: SourcePositions,
+    /// The kept rows changed since the shadow was last written, each with
+    /// what the shadow holds for it (`None`: nothing).
+    unwritten: ViewChanges,
+    /// Where the rows stand (`None`: no batch yet).
+    positions: Option<SourcePositions>,
+    upper: u64,
     newest_event_at: Option<Timestamp>,
 }
+
+/// Per key changed since the last write, the values written then.
+type ViewChanges = std::collections::HashMap<Row, Option<Row>>;
 
 fn lock(built: &Mutex<Built>) -> MutexGuard<'_, Built> {
     built.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -194,16 +210,24 @@ impl Built {
     }
 
     /// The rows, once they stand at `at` (the sink's thread notes a batch
-    /// just after the shadow committed it: wait a moment for it).
-    fn at(built: &Mutex<Built>, at: &SourcePositions) -> Option<Selected> {
+    /// as it takes it: wait a moment for it), with the keys of the rows the
+    /// shadow holds.
+    fn at(built: &Mutex<Built>, at: &SourcePositions) -> Option<Kept> {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             {
                 let mut built = lock(built);
                 built.rows.as_ref()?;
-                if built.positions == *at {
-                    let rows = built.rows.take()?.into_iter().collect();
-                    return Some(Selected { rows, positions: at.clone(), newest_event_at: built.newest_event_at });
+                if built.positions.as_ref() == Some(at) {
+                    let rows = built.rows.take()?;
+                    let unwritten = std::mem::take(&mut built.unwritten);
+                    let stored = rows
+                        .keys()
+                        .filter(|key| !unwritten.contains_key(*key))
+                        .chain(unwritten.iter().filter(|(_, held)| held.is_some()).map(|(key, _)| key))
+                        .cloned()
+                        .collect();
+                    return Some(Kept { rows, positions: at.clone(), newest_event_at: built.newest_event_at, stored });
                 }
             }
             if Instant::now() > deadline {
@@ -212,35 +236,14 @@ impl Built {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-}
 
-/// A shadow sink that keeps what it writes in [`Built`].
-struct Keeping {
-    inner: Box<dyn ViewSink>,
-    built: Arc<Mutex<Built>>,
-}
-
-impl ViewSink for Keeping {
-    fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
-        let at = self.inner.resume()?;
-        *lock(&self.built) = if at.is_none() { Built::fresh() } else { Built::default() };
-        Ok(at)
-    }
-
-    fn wants_rows(&self) -> bool {
-        self.inner.wants_rows()
-    }
-
-    fn reset(&mut self) -> Result<(), SinkError> {
-        self.inner.reset()?;
-        *lock(&self.built) = Built::fresh();
-        Ok(())
-    }
-
-    fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
-        self.inner.apply(batch)?;
-        let mut built = lock(&self.built);
-        if let Some(rows) = built.rows.as_mut() {
+    /// Takes `batch` into the kept rows, noting what the shadow held of
+    /// each row it changes.
+    fn take(&mut self, batch: &ViewBatch<'_>) {
+        if let Some(rows) = self.rows.as_mut() {
+            for change in batch.changes {
+                self.unwritten.entry(change.key.clone()).or_insert_with(|| rows.get(&change.key).cloned());
+            }
             // A changed row is retracted and added: take the old one out
             // first.
             for change in batch.changes.iter().filter(|c| c.diff < 0) {
@@ -251,16 +254,116 @@ impl ViewSink for Keeping {
             for change in batch.changes.iter().filter(|c| c.diff > 0) {
                 rows.insert(change.key.clone(), change.values.clone());
             }
-            if rows.len() > KEEP_AT_MOST {
-                built.rows = None;
+        }
+        self.positions = Some(batch.positions.clone());
+        self.upper = batch.upper;
+        self.newest_event_at = self.newest_event_at.max(batch.newest_event_at);
+    }
+
+    /// What the shadow must be told to hold the kept rows: a retraction of
+    /// what it holds and an addition of what is kept, per key that differs,
+    /// sorted by key.
+    fn unwritten_changes(&mut self) -> Vec<ViewChange> {
+        let Some(rows) = self.rows.as_ref() else { return Vec::new() };
+        let mut changes = Vec::new();
+        for (key, held) in self.unwritten.drain() {
+            let now = rows.get(&key);
+            if held.as_ref() == now {
+                continue;
+            }
+            if let Some(held) = held {
+                changes.push(ViewChange { key: key.clone(), values: held, diff: -1 });
+            }
+            if let Some(now) = now {
+                changes.push(ViewChange { key, values: now.clone(), diff: 1 });
             }
         }
-        built.positions = batch.positions.clone();
-        built.newest_event_at = built.newest_event_at.max(batch.newest_event_at);
+        changes.sort_by(|a, b| a.key.cmp(&b.key).then(a.diff.cmp(&b.diff)));
+        changes
+    }
+}
+
+/// A Redis shadow sink that keeps the view in [`Built`], and writes it
+/// into the shadow every `every` (and when the replay is stopped), not at
+/// every batch.
+struct Keeping {
+    inner: Box<dyn ViewSink>,
+    built: Arc<Mutex<Built>>,
+    every: Duration,
+    written_at: Instant,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Keeping {
+    /// Writes what the shadow lacks of the kept rows, at the kept rows'
+    /// position.
+    fn write(&mut self, built: &mut Built) -> Result<(), SinkError> {
+        self.written_at = Instant::now();
+        let Some(positions) = built.positions.clone() else { return Ok(()) };
+        let changes = built.unwritten_changes();
+        let rows = ViewRows::default();
+        let batch = ViewBatch {
+            changes: &changes,
+            upper: built.upper,
+            positions: &positions,
+            newest_event_at: built.newest_event_at,
+            rows: &rows,
+        };
+        self.inner.apply(batch)?;
+        info!(rows = changes.len(), at = positions.total(), "wrote the shadow");
+        Ok(())
+    }
+}
+
+impl ViewSink for Keeping {
+    fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        let at = self.inner.resume()?;
+        // A sink that wants the whole view at every batch is written
+        // through.
+        let keep = at.is_none() && !self.inner.wants_rows();
+        *lock(&self.built) = if keep { Built::fresh() } else { Built::default() };
+        self.written_at = Instant::now();
+        Ok(at)
+    }
+
+    fn wants_rows(&self) -> bool {
+        self.inner.wants_rows()
+    }
+
+    fn reset(&mut self) -> Result<(), SinkError> {
+        self.inner.reset()?;
+        *lock(&self.built) = if self.inner.wants_rows() { Built::default() } else { Built::fresh() };
+        Ok(())
+    }
+
+    fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
+        let built = Arc::clone(&self.built);
+        let mut built = lock(&built);
+        if built.rows.is_none() {
+            self.inner.apply(batch)?;
+            built.take(&batch);
+            return Ok(());
+        }
+        built.take(&batch);
+        if built.rows.as_ref().is_some_and(|rows| rows.len() > KEEP_AT_MOST) {
+            // Too many to keep: write them, and write through from here.
+            self.write(&mut built)?;
+            built.rows = None;
+        } else if self.written_at.elapsed() >= self.every {
+            self.write(&mut built)?;
+        }
         Ok(())
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
+        if self.stop.load(Ordering::Relaxed) {
+            // Interrupted: the next replay resumes from what is written.
+            let built = Arc::clone(&self.built);
+            let mut built = lock(&built);
+            if built.rows.is_some() {
+                self.write(&mut built)?;
+            }
+        }
         self.inner.finish()
     }
 }
@@ -273,9 +376,17 @@ impl Target {
         }
     }
 
+    /// Where the shadow stands: as written, or as kept (a Redis shadow
+    /// whose rows the replay keeps is written only now and then).
     fn shadow_position(&mut self) -> Result<Option<SourcePositions>, SinkError> {
         match self {
-            Target::Redis(swap, _) => swap.shadow_position(),
+            Target::Redis(swap, built) => {
+                let kept = {
+                    let built = lock(built);
+                    built.rows.is_some().then(|| built.positions.clone())
+                };
+                kept.map_or_else(|| swap.shadow_position(), Ok)
+            }
             Target::ClickHouse(swap) => swap.shadow_position(),
         }
     }
@@ -448,7 +559,13 @@ pub fn replay(
                 let shadow = RedisViewSink::new(&name, Arc::clone(&view), swap.shadow_config(), source_names.clone())
                     .map_err(failed(&name))?;
                 let built = Arc::new(Mutex::new(Built::default()));
-                let keeping = Keeping { inner: Box::new(shadow), built: Arc::clone(&built) };
+                let keeping = Keeping {
+                    inner: Box::new(shadow),
+                    built: Arc::clone(&built),
+                    every: options.checkpoint_every.unwrap_or(WRITE_SHADOW_EVERY),
+                    written_at: Instant::now(),
+                    stop: Arc::clone(&run_options.stop),
+                };
                 shadows.push((format!("shadow of sink {name:?}"), wrap(Box::new(keeping))));
                 targets.push((name, Target::Redis(Box::new(swap), built)));
             }

@@ -41,7 +41,7 @@ use projector_core::value::{Row, Value};
 use projector_core::view::ViewPlan;
 
 pub use reader::RedisViewReader;
-pub use swap::{RedisSwap, SwapCounts};
+pub use swap::{Kept, RedisSwap, SwapCounts};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a paused sink looks whether the replay released it.

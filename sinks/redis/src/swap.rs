@@ -19,8 +19,9 @@ use std::sync::Arc;
 use redis::{Commands, RedisError};
 
 use projector_core::config::RedisSinkConfig;
-use projector_core::sink::{Selected, Selection};
+use projector_core::sink::{Selected, Selection, ViewRows};
 use projector_core::sink::{SinkError, SourcePositions, positions_from_json, positions_to_json};
+use projector_core::value::{Row, Timestamp};
 use projector_core::view::ViewPlan;
 
 use crate::{RedisViewReader, RedisViewSink, SCAN_COUNT, glob_escape, now_ms, pause_key, state_key};
@@ -37,6 +38,21 @@ pub struct SwapCounts {
     /// Ranking entries set (missing, or a wrong score) or removed (no row
     /// has them).
     pub ranking_entries: usize,
+}
+
+/// A rebuilt view as the replay kept it while it wrote the shadow, so that
+/// the swap need not read the shadow back.
+pub struct Kept {
+    /// The rebuilt view's rows.
+    pub rows: ViewRows,
+    /// The source positions they reflect.
+    pub positions: SourcePositions,
+    /// The latest `occurred_at` among the events they reflect.
+    pub newest_event_at: Option<Timestamp>,
+    /// The keys of the rows the shadow holds in Redis. A replay writes its
+    /// shadow only now and then (the shadow is for resuming an interrupted
+    /// replay), so these may be fewer than, or other than, `rows`' keys.
+    pub stored: Vec<Row>,
 }
 
 /// One live Redis sink and its shadow.
@@ -126,14 +142,14 @@ impl RedisSwap {
 
     /// Makes the live rows in `window` equal to the shadow's, which must be
     /// at `at`, the live checkpoint, while `token` holds the live sink.
-    /// `built`: what the shadow holds, as the replay wrote it; without it,
-    /// the shadow is read back.
+    /// `kept`: the shadow as the replay kept it; without it, the shadow is
+    /// read back.
     pub fn swap(
         &mut self,
         token: &str,
         at: &SourcePositions,
         window: &Selection,
-        built: Option<Selected>,
+        kept: Option<Kept>,
     ) -> Result<SwapCounts, SinkError> {
         let read = |config: &RedisSinkConfig| -> Result<(Selected, Vec<String>), SinkError> {
             let reader = RedisViewReader::new(&self.name, &self.plan, config, self.source_names.clone())
@@ -142,13 +158,15 @@ impl RedisSwap {
         };
         tracing::info!(
             sink = %self.name,
-            shadow = if built.is_some() { "as the replay wrote it" } else { "read back" },
+            shadow = if kept.is_some() { "as the replay kept it" } else { "read back" },
+            rows_in_redis = kept.as_ref().map(|kept| kept.stored.len()),
             "comparing the live rows with the shadow's"
         );
-        let ((shadow, shadow_hashes), (live, _)) = match built {
-            Some(shadow) => {
-                let hashes = shadow.rows.iter().map(|(key, _)| self.shadow.hash_key(key)).collect();
-                ((shadow, hashes), read(&self.live_config)?)
+        let (shadow, live) = match kept {
+            Some(kept) => {
+                let hashes = kept.stored.iter().map(|key| self.shadow.hash_key(key)).collect();
+                self.shadow_keys = Some(self.shadow_keys_of(&kept.stored, hashes));
+                (kept, read(&self.live_config)?.0)
             }
             None => {
                 // Both copies at once, each on a connection of its own.
@@ -159,20 +177,26 @@ impl RedisSwap {
                         shadow.join().unwrap_or_else(|_| Err(SinkError::Fatal("reading the shadow panicked".into())));
                     (shadow, live)
                 });
-                (shadow?, live?)
+                let ((shadow, hashes), (live, _)) = (shadow?, live?);
+                let stored: Vec<Row> = shadow.rows.iter().map(|(key, _)| key.clone()).collect();
+                self.shadow_keys = Some(self.shadow_keys_of(&stored, hashes));
+                let kept = Kept {
+                    rows: shadow.rows.into_iter().collect(),
+                    positions: shadow.positions,
+                    newest_event_at: shadow.newest_event_at,
+                    stored,
+                };
+                (kept, live)
             }
         };
-        self.shadow_keys = Some(self.shadow_keys_of(&shadow, shadow_hashes));
         if shadow.positions != *at {
             return Err(SinkError::Fatal(format!(
                 "the shadow of Redis sink {:?} is at {:?}, not at the live checkpoint {:?}",
                 self.name, shadow.positions.0, at.0
             )));
         }
-        let shadow_rows: std::collections::HashMap<_, _> =
-            shadow.rows.into_iter().filter(|(key, _)| window.matches(key)).collect();
-        let live_rows: std::collections::HashMap<_, _> =
-            live.rows.into_iter().filter(|(key, _)| window.matches(key)).collect();
+        let mut shadow_rows = shadow.rows;
+        shadow_rows.retain(|key, _| window.matches(key));
 
         let state = state_key(&self.live_config.prefix, &self.name);
         let pause = pause_key(&self.live_config.prefix, &self.name);
@@ -215,25 +239,28 @@ impl RedisSwap {
             _ => {}
         }
 
+        // One pass over the live rows, taking each one's counterpart out of
+        // the shadow's: what is left after it, the live copy lacks.
         let mut counts = SwapCounts { rows: shadow_rows.len(), ..SwapCounts::default() };
         let mut pipe = redis::pipe();
         pipe.atomic();
         let mut ranks = crate::RankingWrites::default();
-        let mut keys: Vec<_> = live_rows.keys().filter(|key| !shadow_rows.contains_key(*key)).collect();
-        keys.sort();
-        for key in keys {
-            self.live.queue_removal(&mut pipe, &mut ranks, key);
-            counts.deleted += 1;
-        }
-        let mut rows: Vec<_> = shadow_rows.iter().collect();
-        rows.sort();
-        for (key, values) in rows {
-            if live_rows.get(key) == Some(values) {
-                self.live.queue_rankings(&mut ranks, key, values);
-            } else {
-                self.live.queue_row(&mut pipe, &mut ranks, key, values);
-                counts.rewritten += 1;
+        for (key, values) in live.rows.iter().filter(|(key, _)| window.matches(key)) {
+            match shadow_rows.remove(key) {
+                None => {
+                    self.live.queue_removal(&mut pipe, &mut ranks, key);
+                    counts.deleted += 1;
+                }
+                Some(rebuilt) if rebuilt == *values => self.live.queue_rankings(&mut ranks, key, values),
+                Some(rebuilt) => {
+                    self.live.queue_row(&mut pipe, &mut ranks, key, &rebuilt);
+                    counts.rewritten += 1;
+                }
             }
+        }
+        for (key, values) in &shadow_rows {
+            self.live.queue_row(&mut pipe, &mut ranks, key, values);
+            counts.rewritten += 1;
         }
         // The ranking entries as they are, to write only those that are
         // wrong or missing; a whole-view swap also removes members no row
@@ -264,13 +291,13 @@ impl RedisSwap {
         }
     }
 
-    /// Every key of the shadow that `shadow` (its rows, read from
-    /// `hashes`) was read from: the hashes, the ranking sets of the rows,
-    /// the checkpoint. The shadow writes nothing else; a ranking set whose
-    /// members are all gone is gone too.
-    fn shadow_keys_of(&self, shadow: &Selected, mut hashes: Vec<String>) -> Vec<String> {
+    /// Every key of the shadow: `hashes` (those of the rows with keys
+    /// `stored`), the ranking sets of those rows, the checkpoint. The
+    /// shadow writes nothing else; a ranking set whose members are all gone
+    /// is gone too.
+    fn shadow_keys_of(&self, stored: &[Row], mut hashes: Vec<String>) -> Vec<String> {
         let sets: std::collections::BTreeSet<String> =
-            shadow.rows.iter().flat_map(|(key, _)| self.shadow.ranking_sets(key)).collect();
+            stored.iter().flat_map(|key| self.shadow.ranking_sets(key)).collect();
         hashes.extend(sets);
         let prefix = &self.shadow_config.prefix;
         hashes.push(state_key(prefix, &self.name));
