@@ -287,7 +287,10 @@ impl Built {
 /// into the shadow every `every` (and when the replay is stopped), not at
 /// every batch.
 struct Keeping {
-    inner: Box<dyn ViewSink>,
+    inner: RedisViewSink,
+    /// Whether Redis held nothing of the shadow when it was opened: then
+    /// there is nothing to clear.
+    untouched: bool,
     built: Arc<Mutex<Built>>,
     every: Duration,
     written_at: Instant,
@@ -317,11 +320,9 @@ impl Keeping {
 
 impl ViewSink for Keeping {
     fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        self.untouched = self.inner.untouched()?;
         let at = self.inner.resume()?;
-        // A sink that wants the whole view at every batch is written
-        // through.
-        let keep = at.is_none() && !self.inner.wants_rows();
-        *lock(&self.built) = if keep { Built::fresh() } else { Built::default() };
+        *lock(&self.built) = if at.is_none() { Built::fresh() } else { Built::default() };
         self.written_at = Instant::now();
         Ok(at)
     }
@@ -331,8 +332,10 @@ impl ViewSink for Keeping {
     }
 
     fn reset(&mut self) -> Result<(), SinkError> {
-        self.inner.reset()?;
-        *lock(&self.built) = if self.inner.wants_rows() { Built::default() } else { Built::fresh() };
+        if !std::mem::take(&mut self.untouched) {
+            self.inner.reset()?;
+        }
+        *lock(&self.built) = Built::fresh();
         Ok(())
     }
 
@@ -560,7 +563,8 @@ pub fn replay(
                     .map_err(failed(&name))?;
                 let built = Arc::new(Mutex::new(Built::default()));
                 let keeping = Keeping {
-                    inner: Box::new(shadow),
+                    inner: shadow,
+                    untouched: false,
                     built: Arc::clone(&built),
                     every: options.checkpoint_every.unwrap_or(WRITE_SHADOW_EVERY),
                     written_at: Instant::now(),

@@ -205,6 +205,15 @@ impl RedisViewSink {
         Ok(positions)
     }
 
+    /// Whether Redis holds nothing of this sink: its checkpoint's key is not
+    /// there. The sink creates that key (when it opens) before it writes
+    /// anything, and a shadow's drop deletes it last, so a sink without it
+    /// needs no clearing (which is a `SCAN` of the whole keyspace).
+    pub fn untouched(&mut self) -> Result<bool, SinkError> {
+        let state_key = self.state_key.clone();
+        self.with_connection("cannot read the checkpoint", |c| c.exists::<_, bool>(&state_key)).map(|exists| !exists)
+    }
+
     /// Deletes every key of this sink's rows and rankings, and its
     /// checkpoint (not its generation).
     fn clear(&mut self) -> Result<(), SinkError> {

@@ -308,7 +308,7 @@ impl RedisSwap {
     /// Deletes the shadow: its rows, rankings and checkpoint. After a swap
     /// they are the keys it read; otherwise they are found with `SCAN`.
     pub fn drop_shadow(&mut self) -> Result<(), SinkError> {
-        let keys = match self.shadow_keys.take() {
+        let mut keys = match self.shadow_keys.take() {
             Some(keys) => keys,
             None => {
                 let pattern = format!("{}*", glob_escape(&self.shadow_config.prefix));
@@ -318,6 +318,15 @@ impl RedisSwap {
                 })?
             }
         };
+        // The checkpoint goes first: a drop cut short leaves no shadow a
+        // later replay would resume, only keys its fresh start clears (the
+        // checkpoint's key itself goes last, see `RedisViewSink::untouched`).
+        let state = state_key(&self.shadow_config.prefix, &self.name);
+        keys.retain(|key| *key != state);
+        keys.push(state.clone());
+        self.live.with_connection("cannot delete the shadow's checkpoint", |c| {
+            c.hdel::<_, _, ()>(&state, &["positions", "written_at_ms", "newest_event_at"])
+        })?;
         for chunk in keys.chunks(1000) {
             // UNLINK: the server frees the memory in the background.
             self.live.with_connection("cannot delete the shadow", |c| c.unlink::<_, ()>(chunk))?;
