@@ -205,7 +205,16 @@ pub fn write_date(days: i32, out: &mut String) {
 
 /// Parses `YYYY-MM-DD` into a day count since 1970-01-01.
 pub fn parse_date(text: &str) -> Option<i32> {
-    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    let date = match text.as_bytes() {
+        // The form every store writes, read without a format's parser.
+        [y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1]
+            if [y0, y1, y2, y3, m0, m1, d0, d1].iter().all(|b| b.is_ascii_digit()) =>
+        {
+            let number = |digits: &[&u8]| digits.iter().fold(0u32, |n, d| n * 10 + u32::from(**d - b'0'));
+            NaiveDate::from_ymd_opt(number(&[y0, y1, y2, y3]) as i32, number(&[m0, m1]), number(&[d0, d1]))?
+        }
+        _ => NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?,
+    };
     i32::try_from(date.signed_duration_since(UNIX_EPOCH_DAY).num_days()).ok()
 }
 
@@ -251,6 +260,26 @@ mod tests {
             assert_eq!(format_date(days), expected, "{days}");
         }
         assert_eq!(format_date(0), "1970-01-01");
+    }
+
+    #[test]
+    fn dates_parse_like_chrono() {
+        let chrono = |text: &str| {
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()
+                .and_then(|date| i32::try_from(date.signed_duration_since(UNIX_EPOCH_DAY).num_days()).ok())
+        };
+        let mut texts: Vec<String> = (-1_000..30_000).step_by(7).map(format_date).collect();
+        texts.extend(
+            ["2024-02-29", "2023-02-29", "2024-13-01", "2024-00-10", "2024-04-31", "0000-01-01", "9999-12-31"]
+                .map(String::from),
+        );
+        texts.extend(
+            ["2024-3-01", "2024-03-1", "+2024-03-01", "2024/03/01", "2024-03-0a", " 2024-03-01", ""].map(String::from),
+        );
+        for text in texts {
+            assert_eq!(parse_date(&text), chrono(&text), "{text:?}");
+        }
     }
 
     #[test]

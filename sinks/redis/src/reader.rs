@@ -28,6 +28,11 @@ use crate::state_key;
 const MAX_KEYS: usize = 1000;
 /// How long one read may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections that read a whole view at once.
+const READERS: usize = 2;
+
+/// Rows read, and the keys of the hashes they were read from.
+type RowsAndKeys = (Vec<(Row, Row)>, Vec<String>);
 
 /// A view read from a Redis sink.
 pub struct RedisViewReader {
@@ -37,6 +42,8 @@ pub struct RedisViewReader {
     prefix: String,
     key: KeyTemplate,
     fields: Vec<(String, FieldType)>,
+    /// The names of `fields`, for `HMGET`.
+    field_names: Vec<String>,
     key_len: usize,
     state_key: String,
     source_names: Vec<String>,
@@ -63,6 +70,7 @@ impl RedisViewReader {
             prefix: config.prefix.clone(),
             key,
             key_len: key_names.len(),
+            field_names: fields.iter().map(|(name, _)| name.clone()).collect(),
             fields,
             state_key: state_key(&config.prefix, name),
             source_names,
@@ -145,37 +153,22 @@ impl RedisViewReader {
     /// between (its pipeline is writing) is read again, up to `attempts`
     /// times.
     pub fn all_rows(&self, attempts: usize) -> Result<Selected, ReadError> {
-        self.all_rows_and_keys(attempts).map(|(selected, _)| selected)
+        let (mut selected, _) = self.all_rows_and_keys(attempts)?;
+        selected.rows.sort();
+        Ok(selected)
     }
 
-    /// [`RedisViewReader::all_rows`], and the keys of the hashes read (a
-    /// hash that does not read as a row included).
+    /// [`RedisViewReader::all_rows`], in no order, and the keys of the
+    /// hashes read (a hash that does not read as a row included).
     pub fn all_rows_and_keys(&self, attempts: usize) -> Result<(Selected, Vec<String>), ReadError> {
         let unavailable = |error: RedisError| ReadError::Unavailable(format!("Redis: {error}"));
         let mut connection = self.connection().map_err(unavailable)?;
-        let pattern = format!("{}{}", crate::glob_escape(&self.prefix), self.key.glob());
         for _ in 0..attempts.max(1) {
             let before = self.checkpoint(&mut connection).map_err(unavailable)?;
-            let keys: Vec<String> = {
-                let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(crate::SCAN_COUNT);
-                connection
-                    .scan_options::<String>(options)
-                    .map_err(unavailable)?
-                    .collect::<Result<Vec<String>, RedisError>>()
-                    .map_err(unavailable)?
-            };
-            let mut rows = Vec::with_capacity(keys.len());
-            for chunk in keys.chunks(1000) {
-                let mut pipe = redis::pipe();
-                for key in chunk {
-                    pipe.cmd("HGETALL").arg(key);
-                }
-                let hashes: Vec<RedisValue> = pipe.query(&mut connection).map_err(unavailable)?;
-                rows.extend(hashes.into_iter().filter_map(|hash| self.whole_row(hash)));
-            }
+            let (rows, keys) = self.scan_and_read(&mut connection).map_err(unavailable)?;
             let after = self.checkpoint(&mut connection).map_err(unavailable)?;
             if before == after {
-                rows.sort();
+                self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
                 let (positions, newest_event_at) = before;
                 return Ok((Selected { rows, positions, newest_event_at }, keys));
             }
@@ -184,6 +177,61 @@ impl RedisViewReader {
             "the Redis sink {:?} kept moving while it was read ({attempts} tries); stop its pipeline and try again",
             self.name
         )))
+    }
+
+    /// Every hash of the view's key pattern, found with `SCAN` on
+    /// `connection` and read as it is found: pipelined `HMGET`s of the
+    /// view's fields, 1,000 a round trip, on [`READERS`] connections of
+    /// their own (Redis answers one while the client decodes another's
+    /// answer). The rows, and every key found.
+    fn scan_and_read(&self, connection: &mut Connection) -> Result<RowsAndKeys, RedisError> {
+        let pattern = format!("{}{}", crate::glob_escape(&self.prefix), self.key.glob());
+        let (send, receive) = std::sync::mpsc::channel::<Vec<String>>();
+        let receive = Mutex::new(receive);
+        let read = || -> Result<Vec<(Row, Row)>, RedisError> {
+            let mut connection = self.connection()?;
+            let mut rows = Vec::new();
+            loop {
+                let next = receive.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok(chunk) = next else { break };
+                let mut pipe = redis::pipe();
+                for key in &chunk {
+                    pipe.cmd("HMGET").arg(key).arg(self.field_names.as_slice());
+                }
+                let hashes: Vec<Vec<Option<Vec<u8>>>> = pipe.query(&mut connection)?;
+                rows.extend(hashes.into_iter().filter_map(|fields| self.whole_row(fields)));
+            }
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
+            Ok(rows)
+        };
+        std::thread::scope(|scope| {
+            let readers: Vec<_> = (0..READERS).map(|_| scope.spawn(read)).collect();
+            let mut keys = Vec::new();
+            let mut scanned = || -> Result<(), RedisError> {
+                let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(crate::SCAN_COUNT);
+                let mut chunk = Vec::with_capacity(1000);
+                for key in connection.scan_options::<String>(options)? {
+                    chunk.push(key?);
+                    if chunk.len() == 1000 {
+                        keys.extend(chunk.iter().cloned());
+                        // A reader that failed stops taking; its error is
+                        // reported below.
+                        let _ = send.send(std::mem::replace(&mut chunk, Vec::with_capacity(1000)));
+                    }
+                }
+                keys.extend(chunk.iter().cloned());
+                let _ = send.send(chunk);
+                Ok(())
+            };
+            let scan = scanned();
+            drop(send);
+            let mut rows = Vec::new();
+            for reader in readers {
+                let panicked = || Err(RedisError::from((redis::ErrorKind::Client, "a reader of the hashes panicked")));
+                rows.extend(reader.join().unwrap_or_else(|_| panicked())?);
+            }
+            scan.map(|()| (rows, keys))
+        })
     }
 
     /// The positions the sink's checkpoint claims now.
@@ -205,38 +253,24 @@ impl RedisViewReader {
         Ok((positions, newest.as_deref().and_then(Timestamp::parse_rfc3339)))
     }
 
-    /// A row from a hash holding all its fields, keys included.
-    fn whole_row(&self, hash: RedisValue) -> Option<(Row, Row)> {
-        // Straight from the reply's field/value pairs (an array in RESP2,
-        // a map in RESP3): no map of owned strings per row. A field that is
-        // missing, or not text of its type, reads as null.
-        let mut values = vec![Value::Null; self.fields.len()];
-        let mut found = false;
-        let mut take = |name: &RedisValue, text: &RedisValue| {
-            found = true;
-            let (RedisValue::BulkString(name), RedisValue::BulkString(text)) = (name, text) else { return };
-            let Some(index) = self.fields.iter().position(|(field, _)| field.as_bytes() == name.as_slice()) else {
-                return;
-            };
-            if let Some(value) = std::str::from_utf8(text).ok().and_then(|text| parse_plain(text, self.fields[index].1))
-            {
-                values[index] = value;
-            }
-        };
-        match &hash {
-            RedisValue::Array(items) => {
-                for pair in items.chunks_exact(2) {
-                    take(&pair[0], &pair[1]);
-                }
-            }
-            RedisValue::Map(pairs) => {
-                for (name, text) in pairs {
-                    take(name, text);
-                }
-            }
-            _ => return None,
+    /// A row from the values of all its fields (keys included), in
+    /// [`RedisViewReader::field_names`]' order; `None` for a hash that is
+    /// not there. A field that is missing, or not text of its type, reads
+    /// as null.
+    fn whole_row(&self, texts: Vec<Option<Vec<u8>>>) -> Option<(Row, Row)> {
+        if texts.iter().all(Option::is_none) {
+            return None;
         }
-        found.then(|| split_key(values, self.key_len))
+        let values = self
+            .fields
+            .iter()
+            .zip(texts)
+            .map(|((_, ty), text)| {
+                text.and_then(|text| std::str::from_utf8(&text).ok().and_then(|text| parse_plain(text, *ty)))
+                    .unwrap_or(Value::Null)
+            })
+            .collect();
+        Some(split_key(values, self.key_len))
     }
 }
 

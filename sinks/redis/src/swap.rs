@@ -196,6 +196,10 @@ impl RedisSwap {
             )));
         }
         let mut shadow_rows = shadow.rows;
+        // In key order, the ranking entries of neighbouring rows go to the
+        // same sets one after the other.
+        let mut live = live;
+        live.rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         shadow_rows.retain(|key, _| window.matches(key));
 
         let state = state_key(&self.live_config.prefix, &self.name);
