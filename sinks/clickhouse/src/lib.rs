@@ -40,7 +40,7 @@ use projector_core::sink::{
 use projector_core::value::{FieldType, Row, Value, format_date};
 use projector_core::view::ViewPlan;
 
-pub use reader::ClickHouseViewReader;
+pub use reader::{ClickHouseViewReader, Differences};
 pub use swap::{ClickHouseSwap, SwapCounts};
 
 /// How long one request may take.

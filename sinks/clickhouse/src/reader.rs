@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use projector_core::config::ClickHouseSinkConfig;
-use projector_core::sink::{ReadError, Selected, Selection, ViewReader, positions_from_json};
+use projector_core::sink::{ReadError, Selected, Selection, SourcePositions, ViewReader, positions_from_json};
 use projector_core::value::{FieldType, Row, Timestamp, Value, format_date, parse_date, split_key};
 use projector_core::view::ViewPlan;
 
@@ -120,7 +120,11 @@ impl ClickHouseViewReader {
     /// The select list: timestamps as Unix seconds, so they parse alike on
     /// every server version.
     fn columns(&self) -> String {
-        self.fields
+        Self::select_list(&self.fields)
+    }
+
+    fn select_list(fields: &[(String, FieldType)]) -> String {
+        fields
             .iter()
             .map(|(name, ty)| match ty {
                 FieldType::Timestamp => format!("toUnixTimestamp({name})"),
@@ -142,6 +146,53 @@ impl ClickHouseViewReader {
         }
     }
 
+    /// How this reader's copy of the view differs, in `selection`, from
+    /// `other`'s, a copy in the same server (a replay's shadow and the live
+    /// sink): found by ClickHouse, so only the differences travel.
+    pub fn differences(&self, other: &ClickHouseViewReader, selection: &Selection) -> Result<Differences, ReadError> {
+        let positions = self.checkpoint()?;
+        let other_positions = other.checkpoint()?;
+        // Each column as (is it null, its value): NULL matches NULL in `IN`
+        // (18.16 has no `transform_null_in`).
+        let compared: Vec<String> =
+            self.fields.iter().map(|(name, _)| format!("isNull({name}), assumeNotNull({name})")).collect();
+        let (all, keys) = (compared.join(", "), compared[..self.key_len].join(", "));
+        let order: Vec<&str> = self.fields[..self.key_len].iter().map(|(name, _)| name.as_str()).collect();
+        let order = order.join(", ");
+        let (mine, theirs) = (self.conditions(selection), other.conditions(selection));
+        let count = self.query(&format!("SELECT count() FROM {} FINAL WHERE {mine}", self.rows_table))?;
+        let rows = count.trim().parse().map_err(|_| ReadError::Unavailable(format!("ClickHouse counted {count:?}")))?;
+        let differing = self.query(&format!(
+            "SELECT {} FROM {} FINAL WHERE {mine} AND ({all}) NOT IN (SELECT {all} FROM {} FINAL WHERE {theirs}) \
+             ORDER BY {order}",
+            self.columns(),
+            self.rows_table,
+            other.rows_table,
+        ))?;
+        let gone = other.query(&format!(
+            "SELECT {} FROM {} FINAL WHERE {theirs} AND ({keys}) NOT IN (SELECT {keys} FROM {} FINAL WHERE {mine}) \
+             ORDER BY {order}",
+            Self::select_list(&other.fields[..other.key_len]),
+            other.rows_table,
+            self.rows_table,
+        ))?;
+        Ok(Differences {
+            rows,
+            differing: differing.lines().filter_map(|line| self.parse_row(line)).collect(),
+            gone: gone.lines().filter_map(|line| self.parse_key(line)).collect(),
+            positions,
+            other_positions,
+        })
+    }
+
+    fn parse_key(&self, line: &str) -> Option<Row> {
+        let fields: Vec<&str> = line.split('\t').collect();
+        if fields.len() != self.key_len {
+            return None;
+        }
+        Some(fields.iter().zip(&self.fields).map(|(text, (_, ty))| parse_tsv(text, *ty)).collect::<Vec<_>>().into())
+    }
+
     fn parse_row(&self, line: &str) -> Option<(Row, Row)> {
         let fields: Vec<&str> = line.split('\t').collect();
         if fields.len() != self.fields.len() {
@@ -150,6 +201,22 @@ impl ClickHouseViewReader {
         let values: Vec<Value> = fields.iter().zip(&self.fields).map(|(text, (_, ty))| parse_tsv(text, *ty)).collect();
         Some(split_key(values, self.key_len))
     }
+}
+
+/// How one copy of a view differs from another
+/// ([`ClickHouseViewReader::differences`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Differences {
+    /// Rows of this copy.
+    pub rows: usize,
+    /// Rows of this copy the other lacks or holds with other values.
+    pub differing: Vec<(Row, Row)>,
+    /// Keys of rows the other holds and this copy lacks.
+    pub gone: Vec<Row>,
+    /// Where this copy's checkpoint stands.
+    pub positions: SourcePositions,
+    /// Where the other's stands.
+    pub other_positions: SourcePositions,
 }
 
 impl ViewReader for ClickHouseViewReader {

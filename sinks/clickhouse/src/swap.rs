@@ -14,12 +14,11 @@
 //! the live run's generation, then that commit's checkpoint, then a
 //! `release` row. The live sink takes up that checkpoint and goes on.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use projector_core::config::ClickHouseSinkConfig;
-use projector_core::sink::{Selection, SinkError, SourcePositions, ViewReader, positions_from_json, positions_to_json};
+use projector_core::sink::{Selection, SinkError, SourcePositions, positions_from_json, positions_to_json};
 use projector_core::view::ViewPlan;
 
 use crate::{ClickHouseViewReader, ClickHouseViewSink, now_millis, quote};
@@ -134,41 +133,30 @@ impl ClickHouseSwap {
     /// Makes the live rows in `window` equal to the shadow's, which must be
     /// at `at`, the live checkpoint, while the live sink is held.
     pub fn swap(&mut self, at: &SourcePositions, window: &Selection) -> Result<SwapCounts, SinkError> {
-        let read = |name: &str, config: &ClickHouseSinkConfig, selection: &Selection| {
-            let reader = ClickHouseViewReader::new(name, &self.plan, config, self.source_names.clone())
-                .map_err(SinkError::Fatal)?;
-            reader.select(selection).map_err(|e| SinkError::Retryable(e.to_string()))
+        let reader = |name: &str, config: &ClickHouseSinkConfig| {
+            ClickHouseViewReader::new(name, &self.plan, config, self.source_names.clone()).map_err(SinkError::Fatal)
         };
-        let shadow = read(&self.shadow_name, &self.shadow_config, window)?;
-        if shadow.positions != *at {
+        let (shadow, live) = (reader(&self.shadow_name, &self.shadow_config)?, reader(&self.name, &self.live_config)?);
+        let found = shadow.differences(&live, window).map_err(|e| SinkError::Retryable(e.to_string()))?;
+        if found.positions != *at {
             return Err(SinkError::Fatal(format!(
                 "the shadow of ClickHouse sink {:?} is at {:?}, not at the live checkpoint {:?}",
-                self.name, shadow.positions.0, at.0
+                self.name, found.positions.0, at.0
             )));
         }
-        let live = read(&self.name, &self.live_config, window)?;
-        if live.positions != *at && !live.positions.0.is_empty() {
+        if found.other_positions != *at && !found.other_positions.0.is_empty() {
             return Err(SinkError::Fatal(format!(
                 "ClickHouse sink {:?} moved to {:?} while held at {:?}",
-                self.name, live.positions.0, at.0
+                self.name, found.other_positions.0, at.0
             )));
         }
-        let live_rows: HashMap<_, _> = live.rows.into_iter().collect();
-        let shadow_keys: std::collections::HashSet<_> = shadow.rows.iter().map(|(key, _)| key.clone()).collect();
-        let mut counts = SwapCounts { rows: shadow.rows.len(), ..SwapCounts::default() };
-        let mut changed: Vec<(&_, Option<&_>)> = Vec::new();
-        for (key, values) in &shadow.rows {
-            if live_rows.get(key) != Some(values) {
-                changed.push((key, Some(values)));
-                counts.rewritten += 1;
-            }
-        }
-        let mut gone: Vec<_> = live_rows.keys().filter(|key| !shadow_keys.contains(*key)).collect();
-        gone.sort();
-        for key in gone {
-            changed.push((key, None));
-            counts.deleted += 1;
-        }
+        let counts = SwapCounts { rows: found.rows, rewritten: found.differing.len(), deleted: found.gone.len() };
+        let changed: Vec<(&_, Option<&_>)> = found
+            .differing
+            .iter()
+            .map(|(key, values)| (key, Some(values)))
+            .chain(found.gone.iter().map(|key| (key, None)))
+            .collect();
         // The swap is the next commit of the live run's generation.
         let text = self.live.select(
             "cannot read the sink's checkpoint",
