@@ -306,10 +306,19 @@ fn a_window_replay_changes_only_the_rows_of_its_window() {
     let shadow = "w:projector:shadow:product_sales_redis:all:";
     let _: () = connection.hset(format!("{shadow}projector:sink:product_sales_redis"), "generation", 4).unwrap();
     let _: () = connection.hset(format!("{shadow}product_sales:9:9:2020-01-01"), "units_sold", 1).unwrap();
+    // A copy of a row's hash under a name no row has: it goes, the row
+    // and its ranking entry stay.
+    let mut hashes: Vec<String> = connection.keys("w:product_sales:*").unwrap();
+    hashes.sort();
+    let fields: Vec<(String, String)> = connection.hgetall(&hashes[0]).unwrap();
+    let copy = format!("{}9", hashes[0]);
+    let _: () = connection.hset_multiple(&copy, &fields).unwrap();
     let sales = replay(&config, &["--view", "product_sales"]);
     let stdout = String::from_utf8_lossy(&sales.stdout).into_owned();
     assert!(sales.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&sales.stderr));
-    assert!(stdout.contains("0 rewritten, 0 deleted, 3 ranking entries set or removed"), "{stdout}");
+    assert!(stdout.contains("0 rewritten, 1 deleted, 3 ranking entries set or removed"), "{stdout}");
+    let (copied, kept): (bool, bool) = (connection.exists(&copy).unwrap(), connection.exists(&hashes[0]).unwrap());
+    assert_eq!((copied, kept), (false, true));
     let shadows: Vec<String> = connection.keys("w:projector:shadow:*").unwrap();
     assert!(shadows.is_empty(), "{shadows:?}");
     let summary = replay(&config, &["--view", "order_summary"]);

@@ -34,6 +34,15 @@ const READERS: usize = 2;
 /// Rows read, and the keys of the hashes they were read from.
 type RowsAndKeys = (Vec<(Row, Row)>, Vec<String>);
 
+/// The rows of the hashes a swap expects (`None`: no hash), and the other
+/// hashes with their rows.
+pub type ExpectedAndOthers = (Vec<Option<(Row, Row)>>, Vec<(String, (Row, Row))>);
+
+/// What a reader thread that panicked gives.
+fn panicked<T>() -> Result<T, RedisError> {
+    Err(RedisError::from((redis::ErrorKind::Client, "a reader of the hashes panicked")))
+}
+
 /// A view read from a Redis sink.
 pub struct RedisViewReader {
     name: String,
@@ -179,6 +188,74 @@ impl RedisViewReader {
         )))
     }
 
+    /// For a replay's swap, which knows the keys of the rows it expects:
+    /// the rows of the hashes `keys`, in order (`None` where there is no
+    /// hash), read in pipelined `HMGET`s on [`READERS`] connections; and at
+    /// the same time, on another, the view's other hashes (found with
+    /// `SCAN`), with their rows (those that read as one).
+    pub fn rows_at_and_others(&self, keys: &[String]) -> Result<ExpectedAndOthers, ReadError> {
+        let unavailable = |error: RedisError| ReadError::Unavailable(format!("Redis: {error}"));
+        let chunks: Vec<&[String]> = keys.chunks(1000).collect();
+        let read = |part: usize| -> Result<Vec<Option<(Row, Row)>>, RedisError> {
+            let mut connection = self.connection()?;
+            let mut rows = Vec::new();
+            for chunk in chunks.iter().skip(part).step_by(READERS) {
+                rows.extend(self.hmget(&mut connection, chunk)?);
+            }
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
+            Ok(rows)
+        };
+        let others = || -> Result<Vec<String>, RedisError> {
+            let expected: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
+            let mut connection = self.connection()?;
+            let pattern = format!("{}{}", crate::glob_escape(&self.prefix), self.key.glob());
+            let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(crate::SCAN_COUNT);
+            let mut others = Vec::new();
+            for key in connection.scan_options::<String>(options)? {
+                let key = key?;
+                if !expected.contains(key.as_str()) {
+                    others.push(key);
+                }
+            }
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
+            Ok(others)
+        };
+        let (parts, others) = std::thread::scope(|scope| {
+            let scan = scope.spawn(others);
+            let readers: Vec<_> = (1..READERS).map(|part| scope.spawn(move || read(part))).collect();
+            let mut parts = vec![read(0)];
+            parts.extend(readers.into_iter().map(|reader| reader.join().unwrap_or_else(|_| panicked())));
+            (parts, scan.join().unwrap_or_else(|_| panicked()))
+        });
+        // Chunk `i` is part `i % READERS`'s `i / READERS`-th.
+        let mut parts: Vec<std::vec::IntoIter<Option<(Row, Row)>>> =
+            parts.into_iter().map(|part| part.map(Vec::into_iter)).collect::<Result<_, _>>().map_err(unavailable)?;
+        let mut rows = Vec::with_capacity(keys.len());
+        for (index, chunk) in chunks.iter().enumerate() {
+            rows.extend(parts[index % READERS].by_ref().take(chunk.len()));
+        }
+        let others = others.map_err(unavailable)?;
+        let mut connection = self.connection().map_err(unavailable)?;
+        let mut other_rows = Vec::new();
+        for chunk in others.chunks(1000) {
+            let rows = self.hmget(&mut connection, chunk).map_err(unavailable)?;
+            other_rows.extend(chunk.iter().zip(rows).filter_map(|(hash, row)| Some((hash.clone(), row?))));
+        }
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
+        Ok((rows, other_rows))
+    }
+
+    /// The rows of the hashes `keys`, in order, in one pipelined round
+    /// trip of `HMGET`s (`None` where there is no hash).
+    fn hmget(&self, connection: &mut Connection, keys: &[String]) -> Result<Vec<Option<(Row, Row)>>, RedisError> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HMGET").arg(key).arg(self.field_names.as_slice());
+        }
+        let hashes: Vec<Vec<Option<Vec<u8>>>> = pipe.query(connection)?;
+        Ok(hashes.into_iter().map(|fields| self.whole_row(fields)).collect())
+    }
+
     /// Every hash of the view's key pattern, found with `SCAN` on
     /// `connection` and read as it is found: pipelined `HMGET`s of the
     /// view's fields, 1,000 a round trip, on [`READERS`] connections of
@@ -194,12 +271,7 @@ impl RedisViewReader {
             loop {
                 let next = receive.lock().unwrap_or_else(|p| p.into_inner()).recv();
                 let Ok(chunk) = next else { break };
-                let mut pipe = redis::pipe();
-                for key in &chunk {
-                    pipe.cmd("HMGET").arg(key).arg(self.field_names.as_slice());
-                }
-                let hashes: Vec<Vec<Option<Vec<u8>>>> = pipe.query(&mut connection)?;
-                rows.extend(hashes.into_iter().filter_map(|fields| self.whole_row(fields)));
+                rows.extend(self.hmget(&mut connection, &chunk)?.into_iter().flatten());
             }
             self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
             Ok(rows)
@@ -227,7 +299,6 @@ impl RedisViewReader {
             drop(send);
             let mut rows = Vec::new();
             for reader in readers {
-                let panicked = || Err(RedisError::from((redis::ErrorKind::Client, "a reader of the hashes panicked")));
                 rows.extend(reader.join().unwrap_or_else(|_| panicked())?);
             }
             scan.map(|()| (rows, keys))

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use redis::{Commands, RedisError};
 
 use projector_core::config::RedisSinkConfig;
-use projector_core::sink::{Selected, Selection, ViewRows};
+use projector_core::sink::{Selection, ViewRows};
 use projector_core::sink::{SinkError, SourcePositions, positions_from_json, positions_to_json};
 use projector_core::value::{Row, Timestamp};
 use projector_core::view::ViewPlan;
@@ -151,10 +151,8 @@ impl RedisSwap {
         window: &Selection,
         kept: Option<Kept>,
     ) -> Result<SwapCounts, SinkError> {
-        let read = |config: &RedisSinkConfig| -> Result<(Selected, Vec<String>), SinkError> {
-            let reader = RedisViewReader::new(&self.name, &self.plan, config, self.source_names.clone())
-                .map_err(SinkError::Fatal)?;
-            reader.all_rows_and_keys(3).map_err(|e| SinkError::Retryable(e.to_string()))
+        let reader = |config: &RedisSinkConfig| {
+            RedisViewReader::new(&self.name, &self.plan, config, self.source_names.clone()).map_err(SinkError::Fatal)
         };
         tracing::info!(
             sink = %self.name,
@@ -162,31 +160,24 @@ impl RedisSwap {
             rows_in_redis = kept.as_ref().map(|kept| kept.stored.len()),
             "comparing the live rows with the shadow's"
         );
-        let (shadow, live) = match kept {
+        let shadow = match kept {
             Some(kept) => {
                 let hashes = kept.stored.iter().map(|key| self.shadow.hash_key(key)).collect();
                 self.shadow_keys = Some(self.shadow_keys_of(&kept.stored, hashes));
-                (kept, read(&self.live_config)?.0)
+                kept
             }
             None => {
-                // Both copies at once, each on a connection of its own.
-                let (shadow, live) = std::thread::scope(|scope| {
-                    let shadow = scope.spawn(|| read(&self.shadow_config));
-                    let live = read(&self.live_config);
-                    let shadow =
-                        shadow.join().unwrap_or_else(|_| Err(SinkError::Fatal("reading the shadow panicked".into())));
-                    (shadow, live)
-                });
-                let ((shadow, hashes), (live, _)) = (shadow?, live?);
+                let (shadow, hashes) = reader(&self.shadow_config)?
+                    .all_rows_and_keys(3)
+                    .map_err(|e| SinkError::Retryable(e.to_string()))?;
                 let stored: Vec<Row> = shadow.rows.iter().map(|(key, _)| key.clone()).collect();
                 self.shadow_keys = Some(self.shadow_keys_of(&stored, hashes));
-                let kept = Kept {
+                Kept {
                     rows: shadow.rows.into_iter().collect(),
                     positions: shadow.positions,
                     newest_event_at: shadow.newest_event_at,
                     stored,
-                };
-                (kept, live)
+                }
             }
         };
         if shadow.positions != *at {
@@ -195,16 +186,18 @@ impl RedisSwap {
                 self.name, shadow.positions.0, at.0
             )));
         }
-        let mut shadow_rows = shadow.rows;
         // In key order, the ranking entries of neighbouring rows go to the
         // same sets one after the other.
-        let mut live = live;
-        live.rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        shadow_rows.retain(|key, _| window.matches(key));
+        let mut shadow_rows: Vec<(&Row, &Row)> = shadow.rows.iter().filter(|(key, _)| window.matches(key)).collect();
+        shadow_rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        // The live hashes where the shadow's rows go, and the others.
+        let hashes: Vec<String> = shadow_rows.iter().map(|(key, _)| self.live.hash_key(key)).collect();
+        let (live_rows, others) =
+            reader(&self.live_config)?.rows_at_and_others(&hashes).map_err(|e| SinkError::Retryable(e.to_string()))?;
 
         let state = state_key(&self.live_config.prefix, &self.name);
         let pause = pause_key(&self.live_config.prefix, &self.name);
-        let (holder, positions, generation): (Option<String>, Option<String>, Option<u64>) =
+        let (holder, positions, generation, newest): (Option<String>, Option<String>, Option<u64>, Option<String>) =
             self.live.with_connection("cannot read the live checkpoint", |c| {
                 redis::cmd("WATCH").arg(&state).arg(&pause).exec(c)?;
                 redis::pipe()
@@ -216,8 +209,12 @@ impl RedisSwap {
                     .cmd("HGET")
                     .arg(&state)
                     .arg("generation")
+                    .cmd("HGET")
+                    .arg(&state)
+                    .arg("newest_event_at")
                     .query(c)
             })?;
+        let live_newest = newest.as_deref().and_then(Timestamp::parse_rfc3339);
         let live_at = positions.map(|t| positions_from_json(&t, &self.source_names)).transpose();
         let unwatch =
             |swap: &mut RedisSwap| swap.live.with_connection("cannot unwatch", |c| redis::cmd("UNWATCH").exec(c));
@@ -243,28 +240,31 @@ impl RedisSwap {
             _ => {}
         }
 
-        // One pass over the live rows, taking each one's counterpart out of
-        // the shadow's: what is left after it, the live copy lacks.
         let mut counts = SwapCounts { rows: shadow_rows.len(), ..SwapCounts::default() };
         let mut pipe = redis::pipe();
         pipe.atomic();
         let mut ranks = crate::RankingWrites::default();
-        for (key, values) in live.rows.iter().filter(|(key, _)| window.matches(key)) {
-            match shadow_rows.remove(key) {
-                None => {
-                    self.live.queue_removal(&mut pipe, &mut ranks, key);
-                    counts.deleted += 1;
-                }
-                Some(rebuilt) if rebuilt == *values => self.live.queue_rankings(&mut ranks, key, values),
-                Some(rebuilt) => {
-                    self.live.queue_row(&mut pipe, &mut ranks, key, &rebuilt);
-                    counts.rewritten += 1;
+        // A live hash of the window where the shadow has no row is gone
+        // (with its ranking entries, unless its fields name a row the
+        // shadow has: that row's entries stay).
+        for (hash, (key, _)) in others.iter().filter(|(_, (key, _))| window.matches(key)) {
+            if shadow.rows.contains_key(key) {
+                pipe.del(hash).ignore();
+            } else {
+                self.live.queue_removal(&mut pipe, &mut ranks, key);
+                if *hash != self.live.hash_key(key) {
+                    pipe.del(hash).ignore();
                 }
             }
+            counts.deleted += 1;
         }
-        for (key, values) in &shadow_rows {
-            self.live.queue_row(&mut pipe, &mut ranks, key, values);
-            counts.rewritten += 1;
+        for ((key, values), live) in shadow_rows.iter().zip(&live_rows) {
+            if live.as_ref().is_some_and(|(live_key, live_values)| live_key == *key && live_values == *values) {
+                self.live.queue_rankings(&mut ranks, key, values);
+            } else {
+                self.live.queue_row(&mut pipe, &mut ranks, key, values);
+                counts.rewritten += 1;
+            }
         }
         // The ranking entries as they are, to write only those that are
         // wrong or missing; a whole-view swap also removes members no row
@@ -275,7 +275,7 @@ impl RedisSwap {
         ranks.queue(&mut pipe);
         let mut checkpoint =
             vec![("positions", positions_to_json(at, &self.source_names)), ("written_at_ms", now_ms().to_string())];
-        if let Some(newest) = shadow.newest_event_at.max(live.newest_event_at) {
+        if let Some(newest) = shadow.newest_event_at.max(live_newest) {
             checkpoint.push(("newest_event_at", newest.to_rfc3339()));
         }
         if generation.is_none() {
