@@ -347,6 +347,9 @@ impl ViewSink for Keeping {
             built.take(&batch);
             return Ok(());
         }
+        if built.positions.is_none() {
+            info!("the shadow took its first batch; it is written into Redis every {:?}", self.every);
+        }
         built.take(&batch);
         if built.rows.as_ref().is_some_and(|rows| rows.len() > KEEP_AT_MOST) {
             // Too many to keep: write them, and write through from here.
@@ -665,9 +668,7 @@ pub fn replay(
     outcome?;
     let summary = summary?;
     if stop.load(Ordering::Relaxed) {
-        return Err(CommandError::Io(
-            "the replay was stopped before it finished; run it again to resume from the shadow's checkpoint".into(),
-        ));
+        return Err(stopped());
     }
     if !following {
         // Built to where the log ended: swap each sink in at its shadow.
@@ -688,6 +689,13 @@ pub fn replay(
         }
     }
     Ok(ReplaySummary { run: summary, swaps, rewritten_files, skipped_files })
+}
+
+/// What a replay stopped by a signal says.
+fn stopped() -> CommandError {
+    CommandError::Io(
+        "the replay was stopped before it finished; run it again to resume from the shadows' checkpoints".into(),
+    )
 }
 
 fn now_nanos() -> u128 {
@@ -711,7 +719,7 @@ impl Watch<'_> {
             // shadows before asking whether it still runs.
             let finished = self.runner.is_finished();
             if self.stop.load(Ordering::Relaxed) {
-                return Err(CommandError::Io("stopped".into()));
+                return Err(stopped());
             }
             let mut all = true;
             for (name, target) in targets.iter_mut() {

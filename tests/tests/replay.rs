@@ -405,6 +405,63 @@ fn an_interrupted_replay_resumes_from_its_shadow() {
     assert_eq!(found, 0, "{report}");
 }
 
+/// A Redis shadow is written only every 10 s, but a replay stopped with a
+/// signal writes it before it exits, and the next replay resumes from it.
+#[test]
+fn a_replay_stopped_by_a_signal_writes_its_shadow_first() {
+    if !available("redis-server") {
+        return;
+    }
+    let redis = RedisServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = keyed(150_000, 11).into_iter().map(|(_, line)| line).collect();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+    let text = file_config(&events, &redis.url(), "s:", 500);
+    let config = dir.path().join("replay.yaml");
+    std::fs::write(&config, &text).unwrap();
+    commands::run_config(plan(&text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+
+    let mut child = Command::new(projector_binary())
+        .args(["replay", "-c", config.to_str().unwrap(), "-w", "2", "--view", "customer_ltv"])
+        .env("RUST_LOG", "warn,projector::replay=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(read > 0, "the replay ended before its shadow took a batch:\n{seen}");
+        seen.push_str(&line);
+        if line.contains("the shadow took its first batch") {
+            break;
+        }
+    }
+    let shadow_state = "s:projector:shadow:customer_ltv_redis:all:projector:sink:customer_ltv_redis";
+    let mut connection = redis.connection().unwrap();
+    let before: Option<String> = connection.hget(shadow_state, "positions").unwrap();
+    assert_eq!(before, None, "the shadow was written at its first batch");
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the replay finished before the signal:\n{seen}{rest}");
+    assert!(rest.contains("stopped before it finished"), "{seen}{rest}");
+    let after: Option<String> = connection.hget(shadow_state, "positions").unwrap();
+    assert!(after.is_some(), "the stopped replay did not write its shadow:\n{seen}{rest}");
+
+    let replayed = replay(&config, &["--view", "customer_ltv"]);
+    let stdout = String::from_utf8_lossy(&replayed.stdout).into_owned();
+    assert!(replayed.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&replayed.stderr));
+    assert!(stdout.contains("sink \"customer_ltv_redis\": resumed its shadow at "), "{stdout}");
+    let (found, report) = differences(&text, dir.path(), "customer_ltv");
+    assert_eq!(found, 0, "{report}");
+}
+
 #[test]
 fn drop_deletes_what_one_sink_holds_and_a_later_run_rebuilds_it() {
     if !available("redis-server") || !available("clickhouse-server") {
