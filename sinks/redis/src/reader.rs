@@ -252,8 +252,9 @@ impl RedisViewReader {
         for key in keys {
             pipe.cmd("HMGET").arg(key).arg(self.field_names.as_slice());
         }
-        let hashes: Vec<Vec<Option<Vec<u8>>>> = pipe.query(connection)?;
-        Ok(hashes.into_iter().map(|fields| self.whole_row(fields)).collect())
+        // The replies as they come, their texts borrowed, not copied.
+        let hashes: Vec<RedisValue> = pipe.query(connection)?;
+        Ok(hashes.iter().map(|reply| self.whole_row(reply)).collect())
     }
 
     /// Every hash of the view's key pattern, found with `SCAN` on
@@ -328,17 +329,20 @@ impl RedisViewReader {
     /// [`RedisViewReader::field_names`]' order; `None` for a hash that is
     /// not there. A field that is missing, or not text of its type, reads
     /// as null.
-    fn whole_row(&self, texts: Vec<Option<Vec<u8>>>) -> Option<(Row, Row)> {
-        if texts.iter().all(Option::is_none) {
+    fn whole_row(&self, reply: &RedisValue) -> Option<(Row, Row)> {
+        let RedisValue::Array(texts) = reply else { return None };
+        if texts.iter().all(|text| matches!(text, RedisValue::Nil)) {
             return None;
         }
         let values = self
             .fields
             .iter()
             .zip(texts)
-            .map(|((_, ty), text)| {
-                text.and_then(|text| std::str::from_utf8(&text).ok().and_then(|text| parse_plain(text, *ty)))
-                    .unwrap_or(Value::Null)
+            .map(|((_, ty), text)| match text {
+                RedisValue::BulkString(text) => {
+                    std::str::from_utf8(text).ok().and_then(|text| parse_plain(text, *ty)).unwrap_or(Value::Null)
+                }
+                _ => Value::Null,
             })
             .collect();
         Some(split_key(values, self.key_len))
