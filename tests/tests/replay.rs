@@ -252,6 +252,23 @@ fn file_config(events: &Path, url: &str, prefix: &str, batch_records: u64) -> St
     )
 }
 
+/// A file of `events` generated events (`seed`), the shipped views over
+/// it into Redis under `prefix` (a batch per `batch_records`), and a run
+/// of them to the end: the file's lines, the config's text and its path.
+fn ran_on_file(redis: &RedisServer, dir: &Path, events: u64, seed: u64, prefix: &str, batch_records: u64) -> Ran {
+    let lines: Vec<String> = keyed(events, seed).into_iter().map(|(_, line)| line).collect();
+    let file = dir.join("events.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let text = file_config(&file, &redis.url(), prefix, batch_records);
+    let config = dir.join("replay.yaml");
+    std::fs::write(&config, &text).unwrap();
+    commands::run_config(plan(&text, dir), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+    (lines, text, config)
+}
+
+/// What [`ran_on_file`] answers.
+type Ran = (Vec<String>, String, std::path::PathBuf);
+
 #[test]
 fn a_window_replay_changes_only_the_rows_of_its_window() {
     if !available("redis-server") {
@@ -259,13 +276,7 @@ fn a_window_replay_changes_only_the_rows_of_its_window() {
     }
     let redis = RedisServer::start(false);
     let dir = tempfile::tempdir().unwrap();
-    let lines: Vec<String> = keyed(6000, 5).into_iter().map(|(_, line)| line).collect();
-    let events = dir.path().join("events.jsonl");
-    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
-    let text = file_config(&events, &redis.url(), "w:", 1000);
-    let config = dir.path().join("replay.yaml");
-    std::fs::write(&config, &text).unwrap();
-    commands::run_config(plan(&text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+    let (lines, text, config) = ran_on_file(&redis, dir.path(), 6000, 5, "w:", 1000);
 
     let mut connection = redis.connection().unwrap();
     let mut keys: Vec<String> = connection.keys("w:order_summary:1:*").unwrap();
@@ -342,13 +353,7 @@ fn an_interrupted_replay_resumes_from_its_shadow() {
     }
     let redis = RedisServer::start(false);
     let dir = tempfile::tempdir().unwrap();
-    let lines: Vec<String> = keyed(150_000, 9).into_iter().map(|(_, line)| line).collect();
-    let events = dir.path().join("events.jsonl");
-    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
-    let text = file_config(&events, &redis.url(), "i:", 500);
-    let config = dir.path().join("replay.yaml");
-    std::fs::write(&config, &text).unwrap();
-    commands::run_config(plan(&text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+    let (lines, text, config) = ran_on_file(&redis, dir.path(), 150_000, 9, "i:", 500);
     let mut connection = redis.connection().unwrap();
     let mut keys: Vec<String> = connection.keys("i:customer_ltv:*").unwrap();
     keys.sort();
@@ -414,13 +419,7 @@ fn a_replay_stopped_by_a_signal_writes_its_shadow_first() {
     }
     let redis = RedisServer::start(false);
     let dir = tempfile::tempdir().unwrap();
-    let lines: Vec<String> = keyed(150_000, 11).into_iter().map(|(_, line)| line).collect();
-    let events = dir.path().join("events.jsonl");
-    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
-    let text = file_config(&events, &redis.url(), "s:", 500);
-    let config = dir.path().join("replay.yaml");
-    std::fs::write(&config, &text).unwrap();
-    commands::run_config(plan(&text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+    let (_, text, config) = ran_on_file(&redis, dir.path(), 150_000, 11, "s:", 500);
 
     let mut child = Command::new(projector_binary())
         .args(["replay", "-c", config.to_str().unwrap(), "-w", "2", "--view", "customer_ltv"])
