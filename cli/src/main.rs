@@ -142,6 +142,7 @@ enum Command {
         /// (into .projector-replay/ next to the config), so an interrupted
         /// replay resumes its reading of the log too, not only its writes.
         /// Costs throughput; worth it for logs that take long to replay.
+        /// Also how often a Redis shadow is written (without it, every 10 s).
         #[arg(long, value_name = "MS")]
         checkpoint_ms: Option<u64>,
     },

@@ -13,7 +13,9 @@
 //! sink go: the live pipeline goes on from the same position, on the rebuilt
 //! content. The shadows are sinks with checkpoints of their own, so a
 //! replay that is interrupted resumes its writes where it stopped (the
-//! dataflow itself reads the log from the start again).
+//! dataflow itself reads the log from the start again). A Redis shadow
+//! built from the start is kept in memory and written only now and then
+//! (see `Keeping`): the swap compares the kept rows with the live ones.
 //!
 //! File and Parquet sinks hold the whole view in one file, rewritten at
 //! once; a whole-view replay rewrites them at the end, a window replay
@@ -67,7 +69,8 @@ pub struct ReplayOptions {
     pub progress_bar: bool,
     /// Snapshot the replay's own dataflow state this often, so that an
     /// interrupted replay also resumes its reading of the log (see
-    /// [`checkpoint_path`]); `None`: only the shadows' writes resume.
+    /// [`checkpoint_path`]); `None`: only the shadows' writes resume. Also
+    /// how often a Redis shadow is written (`None`: every 10 s).
     pub checkpoint_every: Option<Duration>,
 }
 
