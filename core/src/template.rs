@@ -92,6 +92,43 @@ impl KeyTemplate {
         out
     }
 
+    /// The text of key field `field` in `rendered`, a rendering of this
+    /// template, when the rendering splits one way only: each field that a
+    /// literal follows is a number, a date or a boolean (`types`: the key
+    /// fields' types) and the literal does not start with a letter, a digit
+    /// or `-`. `None` otherwise, or when `rendered` is no rendering of it.
+    pub fn field_text<'a>(&self, rendered: &'a str, field: usize, types: &[FieldType]) -> Option<&'a str> {
+        let mut rest = rendered;
+        let mut found = None;
+        for (at, part) in self.parts.iter().enumerate() {
+            match part {
+                Part::Text(text) => rest = rest.strip_prefix(text.as_str())?,
+                Part::Field(index) => {
+                    let end = match self.parts.get(at + 1) {
+                        None => rest.len(),
+                        Some(Part::Text(next)) => {
+                            let first = next.chars().next()?;
+                            let plain = matches!(
+                                types.get(*index)?,
+                                FieldType::UInt | FieldType::Int | FieldType::Date | FieldType::Bool
+                            );
+                            if !plain || first.is_ascii_alphanumeric() || first == '-' {
+                                return None;
+                            }
+                            rest.find(first)?
+                        }
+                        Some(Part::Field(_)) => return None,
+                    };
+                    if *index == field {
+                        found = Some(&rest[..end]);
+                    }
+                    rest = &rest[end..];
+                }
+            }
+        }
+        found.filter(|_| rest.is_empty())
+    }
+
     /// A glob (Redis `SCAN MATCH`) matching every rendering.
     pub fn glob(&self) -> String {
         let mut out = String::new();
@@ -158,6 +195,30 @@ mod tests {
 
     fn fields() -> Vec<String> {
         vec!["store_id".into(), "date".into()]
+    }
+
+    #[test]
+    fn a_rendering_gives_back_its_field_texts_when_it_splits_one_way() {
+        let names: Vec<String> = vec!["store_id".into(), "product_id".into(), "date".into(), "code".into()];
+        let types = [FieldType::UInt, FieldType::UInt, FieldType::Date, FieldType::Text];
+        let template = KeyTemplate::parse("sales:{store_id}:{date}:{product_id}", &names).unwrap();
+        let key = [Value::UInt(7), Value::UInt(42), Value::Date(parse_date("2024-03-01").unwrap())];
+        let rendered = template.render(&key);
+        assert_eq!(template.field_text(&rendered, 2, &types), Some("2024-03-01"));
+        assert_eq!(template.field_text(&rendered, 0, &types), Some("7"));
+        assert_eq!(template.field_text(&rendered, 1, &types), Some("42"));
+        assert_eq!(template.field_text("other:7:2024-03-01:42", 2, &types), None);
+        assert_eq!(template.field_text("sales:7:2024-03-01", 2, &types), None);
+        // A text field before a literal may hold the literal: no split.
+        let text_first = KeyTemplate::parse("s:{code}:{date}", &names).unwrap();
+        assert_eq!(text_first.field_text("s:a:b:2024-03-01", 2, &types), None);
+        // Last, it takes the rest; a literal starting like a date does not split.
+        let text_last = KeyTemplate::parse("s:{date}:{code}", &names).unwrap();
+        assert_eq!(text_last.field_text("s:2024-03-01:a:b", 3, &types), Some("a:b"));
+        let glued = KeyTemplate::parse("s:{store_id}-{date}", &names).unwrap();
+        assert_eq!(glued.field_text("s:7-2024-03-01", 2, &types), None);
+        let adjacent = KeyTemplate::parse("s:{store_id}{date}", &names).unwrap();
+        assert_eq!(adjacent.field_text("s:72024-03-01", 2, &types), None);
     }
 
     #[test]

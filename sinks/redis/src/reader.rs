@@ -193,7 +193,9 @@ impl RedisViewReader {
     /// hash), read in pipelined `HMGET`s on [`READERS`] connections; and at
     /// the same time, on another, the view's other hashes (found with
     /// `SCAN`), with their rows (those that read as one).
-    pub fn rows_at_and_others(&self, keys: &[String]) -> Result<ExpectedAndOthers, ReadError> {
+    /// Other hashes whose name puts them outside `window` (when the name
+    /// splits one way, see [`KeyTemplate::field_text`]) are not read.
+    pub fn rows_at_and_others(&self, keys: &[String], window: &Selection) -> Result<ExpectedAndOthers, ReadError> {
         let unavailable = |error: RedisError| ReadError::Unavailable(format!("Redis: {error}"));
         let chunks: Vec<&[String]> = keys.chunks(1000).collect();
         let read = |part: usize| -> Result<Vec<Option<(Row, Row)>>, RedisError> {
@@ -207,13 +209,14 @@ impl RedisViewReader {
         };
         let others = || -> Result<Vec<String>, RedisError> {
             let expected: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
+            let types: Vec<FieldType> = self.fields[..self.key_len].iter().map(|(_, ty)| *ty).collect();
             let mut connection = self.connection()?;
             let pattern = format!("{}{}", crate::glob_escape(&self.prefix), self.key.glob());
             let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(crate::SCAN_COUNT);
             let mut others = Vec::new();
             for key in connection.scan_options::<String>(options)? {
                 let key = key?;
-                if !expected.contains(key.as_str()) {
+                if !expected.contains(key.as_str()) && self.may_be_in(&key, window, &types) {
                     others.push(key);
                 }
             }
@@ -243,6 +246,18 @@ impl RedisViewReader {
         }
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
         Ok((rows, other_rows))
+    }
+
+    /// Whether the hash named `hash` may hold a row of `window`: not when
+    /// its name gives a date outside the window's date range (`types`: the
+    /// key fields' types).
+    fn may_be_in(&self, hash: &str, window: &Selection, types: &[FieldType]) -> bool {
+        let Some((index, Value::Date(low), Value::Date(high))) = &window.range else { return true };
+        let day = hash
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| self.key.field_text(rest, *index, types))
+            .and_then(projector_core::value::parse_date);
+        day.is_none_or(|day| (*low..=*high).contains(&day))
     }
 
     /// The rows of the hashes `keys`, in order, in one pipelined round

@@ -192,8 +192,10 @@ impl RedisSwap {
         shadow_rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
         // The live hashes where the shadow's rows go, and the others.
         let hashes: Vec<String> = shadow_rows.iter().map(|(key, _)| self.live.hash_key(key)).collect();
-        let (live_rows, others) =
-            reader(&self.live_config)?.rows_at_and_others(&hashes).map_err(|e| SinkError::Retryable(e.to_string()))?;
+        let (live_rows, others) = reader(&self.live_config)?
+            .rows_at_and_others(&hashes, window)
+            .map_err(|e| SinkError::Retryable(e.to_string()))?;
+        tracing::info!(sink = %self.name, others = others.len(), "read the live hashes the shadow has no row for");
 
         let state = state_key(&self.live_config.prefix, &self.name);
         let pause = pause_key(&self.live_config.prefix, &self.name);
@@ -310,7 +312,8 @@ impl RedisSwap {
     }
 
     /// Deletes the shadow: its rows, rankings and checkpoint. After a swap
-    /// they are the keys it read; otherwise they are found with `SCAN`.
+    /// they are the keys it is known to hold; otherwise they are found with
+    /// `SCAN`.
     pub fn drop_shadow(&mut self) -> Result<(), SinkError> {
         let mut keys = match self.shadow_keys.take() {
             Some(keys) => keys,
