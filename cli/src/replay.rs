@@ -265,20 +265,20 @@ impl Built {
 
     /// What the shadow must be told to hold the kept rows: a retraction of
     /// what it holds and an addition of what is kept, per key that differs,
-    /// sorted by key.
-    fn unwritten_changes(&mut self) -> Vec<ViewChange> {
+    /// sorted by key. (Kept in `unwritten` until the write succeeds.)
+    fn unwritten_changes(&self) -> Vec<ViewChange> {
         let Some(rows) = self.rows.as_ref() else { return Vec::new() };
         let mut changes = Vec::new();
-        for (key, held) in self.unwritten.drain() {
-            let now = rows.get(&key);
+        for (key, held) in &self.unwritten {
+            let now = rows.get(key);
             if held.as_ref() == now {
                 continue;
             }
             if let Some(held) = held {
-                changes.push(ViewChange { key: key.clone(), values: held, diff: -1 });
+                changes.push(ViewChange { key: key.clone(), values: held.clone(), diff: -1 });
             }
             if let Some(now) = now {
-                changes.push(ViewChange { key, values: now.clone(), diff: 1 });
+                changes.push(ViewChange { key: key.clone(), values: now.clone(), diff: 1 });
             }
         }
         changes.sort_by(|a, b| a.key.cmp(&b.key).then(a.diff.cmp(&b.diff)));
@@ -304,7 +304,6 @@ impl Keeping {
     /// Writes what the shadow lacks of the kept rows, at the kept rows'
     /// position.
     fn write(&mut self, built: &mut Built) -> Result<(), SinkError> {
-        self.written_at = Instant::now();
         let Some(positions) = built.positions.clone() else { return Ok(()) };
         let changes = built.unwritten_changes();
         let rows = ViewRows::default();
@@ -315,7 +314,11 @@ impl Keeping {
             newest_event_at: built.newest_event_at,
             rows: &rows,
         };
+        // A write that fails is tried again with the next batch the runner
+        // hands over (the same one, retried): what it lacked stays noted.
         self.inner.apply(batch)?;
+        built.unwritten.clear();
+        self.written_at = Instant::now();
         info!(rows = changes.len(), at = positions.total(), "wrote the shadow");
         Ok(())
     }
@@ -895,4 +898,52 @@ fn progress_bar(shown: bool, length: Option<u64>) -> ProgressBar {
     bar.set_style(style);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(values: &[u64]) -> Row {
+        values.iter().map(|v| Value::UInt(*v)).collect::<Vec<_>>().into()
+    }
+
+    fn change(key: u64, value: u64, diff: i64) -> ViewChange {
+        ViewChange { key: row(&[key]), values: row(&[value]), diff }
+    }
+
+    fn take(built: &mut Built, at: u64, changes: &[ViewChange]) {
+        let positions = SourcePositions([((0, 0), at)].into_iter().collect());
+        let rows = ViewRows::default();
+        built.take(&ViewBatch { changes, upper: at, positions: &positions, newest_event_at: None, rows: &rows });
+    }
+
+    /// What a kept shadow writes is the net change since its last write,
+    /// also across a write that failed (nothing is forgotten until one
+    /// succeeds), and the swap learns which rows Redis holds.
+    #[test]
+    fn a_kept_shadow_writes_net_changes_and_knows_what_redis_holds() {
+        let mut built = Built::fresh();
+        take(&mut built, 1, &[change(1, 10, 1), change(2, 20, 1)]);
+        assert_eq!(built.unwritten_changes(), vec![change(1, 10, 1), change(2, 20, 1)]);
+        // That write failed: the next one still carries it.
+        take(&mut built, 2, &[change(1, 10, -1), change(1, 11, 1), change(3, 30, 1)]);
+        assert_eq!(built.unwritten_changes(), vec![change(1, 11, 1), change(2, 20, 1), change(3, 30, 1)]);
+        built.unwritten.clear(); // written
+        take(&mut built, 3, &[change(2, 20, -1), change(3, 30, -1), change(3, 31, 1), change(4, 40, 1)]);
+        assert_eq!(
+            built.unwritten_changes(),
+            vec![change(2, 20, -1), change(3, 30, -1), change(3, 31, 1), change(4, 40, 1)]
+        );
+        let at = SourcePositions([((0, 0), 3)].into_iter().collect());
+        let built = Mutex::new(built);
+        let kept = Built::at(&built, &at).unwrap();
+        let mut stored = kept.stored.clone();
+        stored.sort();
+        // Redis holds what was written at 2: rows 1, 2 and 3.
+        assert_eq!(stored, vec![row(&[1]), row(&[2]), row(&[3])]);
+        let mut rows: Vec<(Row, Row)> = kept.rows.into_iter().collect();
+        rows.sort();
+        assert_eq!(rows, vec![(row(&[1]), row(&[11])), (row(&[3]), row(&[31])), (row(&[4]), row(&[40]))]);
+    }
 }
