@@ -16,7 +16,9 @@
 //! Run: `cargo bench -p projector-benches --bench replay_restart`. Under
 //! `cargo test` it runs small. Knobs: `BENCH_EVENTS`, `BENCH_PARTITIONS`,
 //! `BENCH_PARTS` (a comma list of replay, restart), `BENCH_VIEWS` (a comma
-//! list of the views to replay; all three by default).
+//! list of the views to replay; all three by default), `BENCH_DAY` (replay
+//! only that day's rows, `--from DAY --to DAY`, for the views with a date
+//! key).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,6 +27,7 @@ use projector::commands;
 use projector::replay::{ReplayOptions, replay};
 use projector_benches::{bench_topic, knob, mock_broker};
 use projector_core::config::{PipelinePlan, check_text};
+use projector_core::value::parse_date;
 use projector_dataflows::runner::{RunOptions, RunSummary};
 use projector_datagen::{Generator, GeneratorConfig};
 use projector_tests::services::{ClickHouseServer, RedisServer, available};
@@ -81,11 +84,14 @@ fn replay_views(source: &str, appended: u64) {
     let mut total = 0.0;
     let chosen: String = knob("BENCH_VIEWS", VIEWS.join(","));
     let views: Vec<&str> = chosen.split(',').map(str::trim).filter(|v| VIEWS.contains(v)).collect();
+    let day: String = knob("BENCH_DAY", String::new());
+    let day = (!day.is_empty()).then(|| parse_date(&day).expect("BENCH_DAY is a date, YYYY-MM-DD"));
     for &view in &views {
+        let day = day.filter(|_| view != "customer_ltv");
         let options = ReplayOptions {
             view: view.to_string(),
-            from: None,
-            to: None,
+            from: day,
+            to: day,
             // No pipeline runs: no ClickHouse sink answers a hold.
             ack_wait: Duration::ZERO,
             progress_bar: false,
