@@ -87,7 +87,10 @@ fn replay_views(source: &str, appended: u64) {
     let day: String = knob("BENCH_DAY", String::new());
     let day = (!day.is_empty()).then(|| parse_date(&day).expect("BENCH_DAY is a date, YYYY-MM-DD"));
     for &view in &views {
-        let day = day.filter(|_| view != "customer_ltv");
+        let dated = plan(&text, dir.path())
+            .view(view)
+            .is_some_and(|v| v.keys.iter().any(|k| k.ty == projector_core::value::FieldType::Date));
+        let day = day.filter(|_| dated);
         let options = ReplayOptions {
             view: view.to_string(),
             from: day,

@@ -186,20 +186,19 @@ impl ClickHouseViewReader {
     }
 
     fn parse_key(&self, line: &str) -> Option<Row> {
-        let fields: Vec<&str> = line.split('\t').collect();
-        if fields.len() != self.key_len {
-            return None;
-        }
-        Some(fields.iter().zip(&self.fields).map(|(text, (_, ty))| parse_tsv(text, *ty)).collect::<Vec<_>>().into())
+        self.parse_values(line, self.key_len).map(Row::from)
     }
 
     fn parse_row(&self, line: &str) -> Option<(Row, Row)> {
-        let fields: Vec<&str> = line.split('\t').collect();
-        if fields.len() != self.fields.len() {
-            return None;
-        }
-        let values: Vec<Value> = fields.iter().zip(&self.fields).map(|(text, (_, ty))| parse_tsv(text, *ty)).collect();
-        Some(split_key(values, self.key_len))
+        self.parse_values(line, self.fields.len()).map(|values| split_key(values, self.key_len))
+    }
+
+    /// A line of the first `count` fields' values; `None` if it has other
+    /// than `count`.
+    fn parse_values(&self, line: &str, count: usize) -> Option<Vec<Value>> {
+        let texts: Vec<&str> = line.split('\t').collect();
+        (texts.len() == count)
+            .then(|| texts.iter().zip(&self.fields).map(|(text, (_, ty))| parse_tsv(text, *ty)).collect())
     }
 }
 

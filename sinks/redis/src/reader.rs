@@ -31,9 +31,6 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections that read a whole view at once.
 const READERS: usize = 2;
 
-/// Rows read, and the keys of the hashes they were read from.
-type RowsAndKeys = (Vec<(Row, Row)>, Vec<String>);
-
 /// The rows of the hashes a swap expects (`None`: no hash), and the other
 /// hashes with their rows.
 pub type ExpectedAndOthers = (Vec<Option<(Row, Row)>>, Vec<(String, (Row, Row))>);
@@ -157,7 +154,7 @@ impl RedisViewReader {
 impl RedisViewReader {
     /// Every row the sink holds, with the position its checkpoint claims;
     /// for `projector validate`. The keys are found with `SCAN` (a walk
-    /// over the whole keyspace) and read in pipelined `HGETALL`s; the
+    /// over the whole keyspace) and read in pipelined `HMGET`s; the
     /// checkpoint is read before and after, and a sink that moved in
     /// between (its pipeline is writing) is read again, up to `attempts`
     /// times.
@@ -174,7 +171,8 @@ impl RedisViewReader {
         let mut connection = self.connection().map_err(unavailable)?;
         for _ in 0..attempts.max(1) {
             let before = self.checkpoint(&mut connection).map_err(unavailable)?;
-            let (rows, keys) = self.scan_and_read(&mut connection).map_err(unavailable)?;
+            let keys = self.scan_hashes(&mut connection, |_| true).map_err(unavailable)?;
+            let rows = self.read_hashes(&keys).map_err(unavailable)?.into_iter().flatten().collect();
             let after = self.checkpoint(&mut connection).map_err(unavailable)?;
             if before == after {
                 self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
@@ -190,13 +188,57 @@ impl RedisViewReader {
 
     /// For a replay's swap, which knows the keys of the rows it expects:
     /// the rows of the hashes `keys`, in order (`None` where there is no
-    /// hash), read in pipelined `HMGET`s on [`READERS`] connections; and at
-    /// the same time, on another, the view's other hashes (found with
-    /// `SCAN`), with their rows (those that read as one).
-    /// Other hashes whose name puts them outside `window` (when the name
-    /// splits one way, see [`KeyTemplate::field_text`]) are not read.
+    /// hash), and at the same time, on another connection, the view's
+    /// other hashes (found with `SCAN`), with their rows (those that read
+    /// as one). Other hashes whose name puts them outside `window` (when
+    /// the name splits one way, see [`KeyTemplate::field_text`]) are not
+    /// read.
     pub fn rows_at_and_others(&self, keys: &[String], window: &Selection) -> Result<ExpectedAndOthers, ReadError> {
         let unavailable = |error: RedisError| ReadError::Unavailable(format!("Redis: {error}"));
+        let others = || -> Result<Vec<String>, RedisError> {
+            let expected: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
+            let types: Vec<FieldType> = self.fields[..self.key_len].iter().map(|(_, ty)| *ty).collect();
+            let mut connection = self.connection()?;
+            let others = self
+                .scan_hashes(&mut connection, |key| !expected.contains(key) && self.may_be_in(key, window, &types))?;
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
+            Ok(others)
+        };
+        let (rows, others) = std::thread::scope(|scope| {
+            let scan = scope.spawn(others);
+            let rows = self.read_hashes(keys);
+            (rows, scan.join().unwrap_or_else(|_| panicked()))
+        });
+        let (rows, others) = (rows.map_err(unavailable)?, others.map_err(unavailable)?);
+        let other_rows = self.read_hashes(&others).map_err(unavailable)?;
+        let others = others.into_iter().zip(other_rows).filter_map(|(hash, row)| Some((hash, row?))).collect();
+        Ok((rows, others))
+    }
+
+    /// The keys of the view's hashes that `keep` keeps: a `SCAN` of the
+    /// whole keyspace by the view's key pattern, on `connection`.
+    fn scan_hashes(
+        &self,
+        connection: &mut Connection,
+        mut keep: impl FnMut(&str) -> bool,
+    ) -> Result<Vec<String>, RedisError> {
+        let pattern = format!("{}{}", crate::glob_escape(&self.prefix), self.key.glob());
+        let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(crate::SCAN_COUNT);
+        let mut kept = Vec::new();
+        for key in connection.scan_options::<String>(options)? {
+            let key = key?;
+            if keep(&key) {
+                kept.push(key);
+            }
+        }
+        Ok(kept)
+    }
+
+    /// The rows of the hashes `keys`, in order (`None` where there is no
+    /// hash): pipelined `HMGET`s of the view's fields, 1,000 a round trip,
+    /// on [`READERS`] connections at once (Redis answers one while the
+    /// client decodes another's answer).
+    fn read_hashes(&self, keys: &[String]) -> Result<Vec<Option<(Row, Row)>>, RedisError> {
         let chunks: Vec<&[String]> = keys.chunks(1000).collect();
         let read = |part: usize| -> Result<Vec<Option<(Row, Row)>>, RedisError> {
             let mut connection = self.connection()?;
@@ -207,45 +249,20 @@ impl RedisViewReader {
             self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
             Ok(rows)
         };
-        let others = || -> Result<Vec<String>, RedisError> {
-            let expected: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
-            let types: Vec<FieldType> = self.fields[..self.key_len].iter().map(|(_, ty)| *ty).collect();
-            let mut connection = self.connection()?;
-            let pattern = format!("{}{}", crate::glob_escape(&self.prefix), self.key.glob());
-            let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(crate::SCAN_COUNT);
-            let mut others = Vec::new();
-            for key in connection.scan_options::<String>(options)? {
-                let key = key?;
-                if !expected.contains(key.as_str()) && self.may_be_in(&key, window, &types) {
-                    others.push(key);
-                }
-            }
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
-            Ok(others)
-        };
-        let (parts, others) = std::thread::scope(|scope| {
-            let scan = scope.spawn(others);
+        let parts = std::thread::scope(|scope| {
             let readers: Vec<_> = (1..READERS).map(|part| scope.spawn(move || read(part))).collect();
             let mut parts = vec![read(0)];
             parts.extend(readers.into_iter().map(|reader| reader.join().unwrap_or_else(|_| panicked())));
-            (parts, scan.join().unwrap_or_else(|_| panicked()))
+            parts
         });
         // Chunk `i` is part `i % READERS`'s `i / READERS`-th.
         let mut parts: Vec<std::vec::IntoIter<Option<(Row, Row)>>> =
-            parts.into_iter().map(|part| part.map(Vec::into_iter)).collect::<Result<_, _>>().map_err(unavailable)?;
+            parts.into_iter().map(|part| part.map(Vec::into_iter)).collect::<Result<_, _>>()?;
         let mut rows = Vec::with_capacity(keys.len());
         for (index, chunk) in chunks.iter().enumerate() {
             rows.extend(parts[index % READERS].by_ref().take(chunk.len()));
         }
-        let others = others.map_err(unavailable)?;
-        let mut connection = self.connection().map_err(unavailable)?;
-        let mut other_rows = Vec::new();
-        for chunk in others.chunks(1000) {
-            let rows = self.hmget(&mut connection, chunk).map_err(unavailable)?;
-            other_rows.extend(chunk.iter().zip(rows).filter_map(|(hash, row)| Some((hash.clone(), row?))));
-        }
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
-        Ok((rows, other_rows))
+        Ok(rows)
     }
 
     /// Whether the hash named `hash` may hold a row of `window`: not when
@@ -270,55 +287,6 @@ impl RedisViewReader {
         // The replies as they come, their texts borrowed, not copied.
         let hashes: Vec<RedisValue> = pipe.query(connection)?;
         Ok(hashes.iter().map(|reply| self.whole_row(reply)).collect())
-    }
-
-    /// Every hash of the view's key pattern, found with `SCAN` on
-    /// `connection` and read as it is found: pipelined `HMGET`s of the
-    /// view's fields, 1,000 a round trip, on [`READERS`] connections of
-    /// their own (Redis answers one while the client decodes another's
-    /// answer). The rows, and every key found.
-    fn scan_and_read(&self, connection: &mut Connection) -> Result<RowsAndKeys, RedisError> {
-        let pattern = format!("{}{}", crate::glob_escape(&self.prefix), self.key.glob());
-        let (send, receive) = std::sync::mpsc::channel::<Vec<String>>();
-        let receive = Mutex::new(receive);
-        let read = || -> Result<Vec<(Row, Row)>, RedisError> {
-            let mut connection = self.connection()?;
-            let mut rows = Vec::new();
-            loop {
-                let next = receive.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                let Ok(chunk) = next else { break };
-                rows.extend(self.hmget(&mut connection, &chunk)?.into_iter().flatten());
-            }
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
-            Ok(rows)
-        };
-        std::thread::scope(|scope| {
-            let readers: Vec<_> = (0..READERS).map(|_| scope.spawn(read)).collect();
-            let mut keys = Vec::new();
-            let mut scanned = || -> Result<(), RedisError> {
-                let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(crate::SCAN_COUNT);
-                let mut chunk = Vec::with_capacity(1000);
-                for key in connection.scan_options::<String>(options)? {
-                    chunk.push(key?);
-                    if chunk.len() == 1000 {
-                        keys.extend(chunk.iter().cloned());
-                        // A reader that failed stops taking; its error is
-                        // reported below.
-                        let _ = send.send(std::mem::replace(&mut chunk, Vec::with_capacity(1000)));
-                    }
-                }
-                keys.extend(chunk.iter().cloned());
-                let _ = send.send(chunk);
-                Ok(())
-            };
-            let scan = scanned();
-            drop(send);
-            let mut rows = Vec::new();
-            for reader in readers {
-                rows.extend(reader.join().unwrap_or_else(|_| panicked())?);
-            }
-            scan.map(|()| (rows, keys))
-        })
     }
 
     /// The positions the sink's checkpoint claims now.
