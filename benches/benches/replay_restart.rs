@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use projector::commands;
 use projector::replay::{ReplayOptions, replay};
-use projector_benches::{bench_topic, knob, mock_broker};
+use projector_benches::{bench_topic, cpu_seconds, knob, mock_broker};
 use projector_core::config::{PipelinePlan, check_text};
 use projector_core::value::parse_date;
 use projector_dataflows::runner::{RunOptions, RunSummary};
@@ -101,9 +101,11 @@ fn replay_views(source: &str, appended: u64) {
             checkpoint_every: None,
         };
         let started = Instant::now();
+        let cpu_before = cpu_seconds();
         let replayed = replay(&plan(&text, dir.path()), &options, RunOptions { workers: 2, ..RunOptions::default() })
             .expect("replay");
         let seconds = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu_before;
         total += seconds;
         let dataflow = replayed.run.elapsed.as_secs_f64();
         let rows: Vec<String> = replayed
@@ -112,7 +114,7 @@ fn replay_views(source: &str, appended: u64) {
             .map(|s| format!("{} {} rows, held {} ms", s.sink, s.rows, s.held.as_millis()))
             .collect();
         println!(
-            "replay {view}: {} events in {seconds:.2} s = {:.0} events/s end to end (dataflow into the shadows {dataflow:.2} s = {:.0} events/s); {}",
+            "replay {view}: {} events in {seconds:.2} s = {:.0} events/s end to end (dataflow into the shadows {dataflow:.2} s = {:.0} events/s; {cpu:.2} CPU s in this process); {}",
             replayed.run.records,
             replayed.run.records as f64 / seconds,
             replayed.run.records as f64 / dataflow,

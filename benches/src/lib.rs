@@ -23,6 +23,21 @@ use projector_core::source::Source;
 use projector_source_kafka::KafkaSource;
 use projector_source_kafka::client::producer_config;
 
+/// CPU seconds (user and system) this process has used so far, all its
+/// threads together, from `/proc/self/stat` (in ticks of 1/100 s, Linux's
+/// `USER_HZ`); NaN where there is no such file.
+pub fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
+    // The fields after the command's name, which is in parentheses: the
+    // 12th and 13th of them are utime and stime.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    match (fields.get(11).and_then(|t| t.parse::<u64>().ok()), fields.get(12).and_then(|t| t.parse::<u64>().ok())) {
+        (Some(user), Some(system)) => (user + system) as f64 / 100.0,
+        _ => f64::NAN,
+    }
+}
+
 /// A knob from the environment.
 pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

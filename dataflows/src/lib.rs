@@ -22,6 +22,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod decode;
+pub mod dedup;
 pub mod orders;
 pub mod output;
 pub mod runner;

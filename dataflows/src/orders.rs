@@ -4,9 +4,9 @@
 //! Deduplication has two parts. Copies of an order event within its own
 //! order (the usual redelivery) are resolved in the order fold. Every other
 //! case (an `event_id` whose first copy is in another order, or is not an
-//! order event at all) is found by `stray_copies`, which groups all
-//! events by `event_id`, keeping only their positions and orders, and tells
-//! the fold which copies to ignore. For a well-behaved log it emits nothing.
+//! order event at all) is found by [`dedup`], which keeps the copies of
+//! every `event_id` (only their positions and orders) and tells the fold
+//! which copies to ignore. For a well-behaved log it emits nothing.
 
 use std::sync::Arc;
 
@@ -22,9 +22,7 @@ use projector_core::relation::ValueRef;
 
 use crate::EventPosition;
 use crate::decode::KeyedEvent;
-
-/// One copy of an event: its position, and its order if it is an order event.
-type EventCopy = (EventPosition, Option<Arc<str>>);
+use crate::dedup::{Dedup, dedup};
 
 /// An order id as the key the fold is arranged by: packed, so that a short
 /// id (most are) is held inline and the arrangement's seeks and merges
@@ -69,33 +67,6 @@ where
         .as_collection(|key, value| (key.clone(), value.clone()))
 }
 
-/// The copies of every event, grouped by `event_id`.
-fn copies_by_event_id<'scope>(events: VecCollection<'scope, u64, KeyedEvent>) -> ByKey<'scope, EventId, EventCopy> {
-    events
-        .map(|(event_id, (position, event))| (event_id, (position, event.map(|e| e.order_id))))
-        .arrange_by_key_named("Arrange: CopiesByEventId")
-}
-
-/// For each order, the positions of copies in it that must not count:
-/// their `event_id` was first seen in another order or on an event of
-/// another type.
-fn stray_copies<'scope>(
-    copies: ByKey<'scope, EventId, EventCopy>,
-) -> VecCollection<'scope, u64, (Arc<str>, EventPosition)> {
-    reduce_shared(copies, "StrayCopiesByEventId", |_event_id, copies: &[(&EventCopy, isize)], output| {
-        // Values arrive sorted, and the position leads the value.
-        let first_order = copies[0].0.1.as_ref();
-        for (copy, _) in &copies[1..] {
-            if let Some(order_id) = &copy.1
-                && first_order != Some(order_id)
-            {
-                output.push(((Arc::clone(order_id), copy.0), 1));
-            }
-        }
-    })
-    .map(|(_event_id, stray)| stray)
-}
-
 /// The order side of the graph.
 pub struct OrderGraph<'scope> {
     /// Every order's current state.
@@ -114,14 +85,17 @@ pub fn order_graph<'scope>(
     restored: VecCollection<'scope, u64, (Arc<str>, OrderInput)>,
     snapshots: bool,
 ) -> OrderGraph<'scope> {
-    let copies = copies_by_event_id(events.clone());
+    let deduped = dedup(events.clone(), snapshots);
     let first_copies = snapshots.then(|| {
-        reduce_shared(copies.clone(), "FirstCopies", |_event_id, copies: &[(&EventCopy, isize)], output| {
-            output.push((copies[0].0.0, 1));
+        deduped.clone().flat_map(|out| match out {
+            Dedup::First(event_id, position) => Some((event_id, position)),
+            Dedup::Stray(..) => None,
         })
     });
-    let ignored =
-        stray_copies(copies).map(|(order_id, position)| (OrderKey::new(&order_id), OrderInput::Ignore(position)));
+    let ignored = deduped.flat_map(|out| match out {
+        Dedup::Stray(order_id, position) => Some((OrderKey::new(&order_id), OrderInput::Ignore(position))),
+        Dedup::First(..) => None,
+    });
     let inputs = events
         .flat_map(|(event_id, (position, event))| {
             event.map(|e| (OrderKey::new(&e.order_id), OrderInput::Event(e.sequence, position, event_id, e.change)))
