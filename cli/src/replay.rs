@@ -21,6 +21,7 @@
 //! once; a whole-view replay rewrites them at the end, a window replay
 //! leaves them alone.
 
+use std::collections::hash_map::Entry;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -190,7 +191,14 @@ const WRITE_SHADOW_EVERY: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct Built {
     rows: Option<ViewRows>,
-    /// The kept rows changed since the shadow was last written, each with
+    /// Whether the kept rows were ever written into the shadow. Until
+    /// then it holds none of them, and every kept row is unwritten.
+    written: bool,
+    /// Whether the kept rows went to the swap ([`Built::at`]): the shadow
+    /// is then about to be dropped, and takes no more batches (what it
+    /// holds stays what its checkpoint says, should the swap fail).
+    handed_over: bool,
+    /// Once the shadow was written, the kept rows changed since, each with
     /// what the shadow holds for it (`None`: nothing).
     unwritten: ViewChanges,
     /// Where the rows stand (`None`: no batch yet).
@@ -223,13 +231,17 @@ impl Built {
                 built.rows.as_ref()?;
                 if built.positions.as_ref() == Some(at) {
                     let rows = built.rows.take()?;
+                    built.handed_over = true;
                     let unwritten = std::mem::take(&mut built.unwritten);
-                    let stored = rows
-                        .keys()
-                        .filter(|key| !unwritten.contains_key(*key))
-                        .chain(unwritten.iter().filter(|(_, held)| held.is_some()).map(|(key, _)| key))
-                        .cloned()
-                        .collect();
+                    let stored = if built.written {
+                        rows.keys()
+                            .filter(|key| !unwritten.contains_key(*key))
+                            .chain(unwritten.iter().filter(|(_, held)| held.is_some()).map(|(key, _)| key))
+                            .cloned()
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                     return Some(Kept { rows, positions: at.clone(), newest_event_at: built.newest_event_at, stored });
                 }
             }
@@ -244,14 +256,18 @@ impl Built {
     /// each row it changes.
     fn take(&mut self, batch: &ViewBatch<'_>) {
         if let Some(rows) = self.rows.as_mut() {
-            for change in batch.changes {
-                self.unwritten.entry(change.key.clone()).or_insert_with(|| rows.get(&change.key).cloned());
+            if self.written {
+                for change in batch.changes {
+                    self.unwritten.entry(change.key.clone()).or_insert_with(|| rows.get(&change.key).cloned());
+                }
             }
             // A changed row is retracted and added: take the old one out
             // first.
             for change in batch.changes.iter().filter(|c| c.diff < 0) {
-                if rows.get(&change.key) == Some(&change.values) {
-                    rows.remove(&change.key);
+                if let Entry::Occupied(kept) = rows.entry(change.key.clone())
+                    && *kept.get() == change.values
+                {
+                    kept.remove();
                 }
             }
             for change in batch.changes.iter().filter(|c| c.diff > 0) {
@@ -263,11 +279,25 @@ impl Built {
         self.newest_event_at = self.newest_event_at.max(batch.newest_event_at);
     }
 
+    /// The shadow now holds the kept rows.
+    fn wrote(&mut self) {
+        self.written = true;
+        self.unwritten.clear();
+    }
+
     /// What the shadow must be told to hold the kept rows: a retraction of
     /// what it holds and an addition of what is kept, per key that differs,
     /// sorted by key. (Kept in `unwritten` until the write succeeds.)
     fn unwritten_changes(&self) -> Vec<ViewChange> {
         let Some(rows) = self.rows.as_ref() else { return Vec::new() };
+        if !self.written {
+            let mut changes: Vec<ViewChange> = rows
+                .iter()
+                .map(|(key, values)| ViewChange { key: key.clone(), values: values.clone(), diff: 1 })
+                .collect();
+            changes.sort_by(|a, b| a.key.cmp(&b.key));
+            return changes;
+        }
         let mut changes = Vec::new();
         for (key, held) in &self.unwritten {
             let now = rows.get(key);
@@ -317,7 +347,7 @@ impl Keeping {
         // A write that fails is tried again with the next batch the runner
         // hands over (the same one, retried): what it lacked stays noted.
         self.inner.apply(batch)?;
-        built.unwritten.clear();
+        built.wrote();
         self.written_at = Instant::now();
         info!(rows = changes.len(), at = positions.total(), "wrote the shadow");
         Ok(())
@@ -348,6 +378,9 @@ impl ViewSink for Keeping {
     fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
         let built = Arc::clone(&self.built);
         let mut built = lock(&built);
+        if built.handed_over {
+            return Ok(());
+        }
         if built.rows.is_none() {
             self.inner.apply(batch)?;
             built.take(&batch);
@@ -929,7 +962,7 @@ mod tests {
         // That write failed: the next one still carries it.
         take(&mut built, 2, &[change(1, 10, -1), change(1, 11, 1), change(3, 30, 1)]);
         assert_eq!(built.unwritten_changes(), vec![change(1, 11, 1), change(2, 20, 1), change(3, 30, 1)]);
-        built.unwritten.clear(); // written
+        built.wrote();
         take(&mut built, 3, &[change(2, 20, -1), change(3, 30, -1), change(3, 31, 1), change(4, 40, 1)]);
         assert_eq!(
             built.unwritten_changes(),
@@ -945,5 +978,21 @@ mod tests {
         let mut rows: Vec<(Row, Row)> = kept.rows.into_iter().collect();
         rows.sort();
         assert_eq!(rows, vec![(row(&[1]), row(&[11])), (row(&[3]), row(&[31])), (row(&[4]), row(&[40]))]);
+    }
+
+    /// A shadow never written holds nothing: the swap is told so, and the
+    /// kept rows are the batches' net result.
+    #[test]
+    fn a_kept_shadow_never_written_holds_nothing() {
+        let mut built = Built::fresh();
+        take(&mut built, 1, &[change(1, 10, 1), change(2, 20, 1)]);
+        take(&mut built, 2, &[change(1, 10, -1), change(1, 11, 1), change(2, 21, -1), change(3, 30, 1)]);
+        let at = SourcePositions([((0, 0), 2)].into_iter().collect());
+        let kept = Built::at(&Mutex::new(built), &at).unwrap();
+        assert!(kept.stored.is_empty());
+        let mut rows: Vec<(Row, Row)> = kept.rows.into_iter().collect();
+        rows.sort();
+        // Row 2's retraction was of values it did not hold: it stays.
+        assert_eq!(rows, vec![(row(&[1]), row(&[11])), (row(&[2]), row(&[20])), (row(&[3]), row(&[30]))]);
     }
 }
