@@ -163,32 +163,51 @@ pub enum EventId {
     Text(Arc<str>),
 }
 
+/// The value of each lowercase hex digit; `0xFF` for any other byte.
+const HEX_DIGITS: [u8; 256] = {
+    let mut digits = [0xFF; 256];
+    let mut i = 0;
+    while i < 10 {
+        digits[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        digits[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    digits
+};
+
+/// The high and low 64 bits of a UUID written the canonical way
+/// (`8-4-4-4-12` lowercase hex digits); `None` for any other text. One
+/// table lookup per digit, and one test at the end: ids are decoded once
+/// per event, so this is on the hot path.
+fn canonical_uuid(text: &[u8; 36]) -> Option<(u64, u64)> {
+    if text[8] != b'-' || text[13] != b'-' || text[18] != b'-' || text[23] != b'-' {
+        return None;
+    }
+    let mut invalid = 0u8;
+    let mut number = |digits: &[u8]| {
+        digits.iter().fold(0u64, |number, byte| {
+            let digit = HEX_DIGITS[usize::from(*byte)];
+            invalid |= digit;
+            number << 4 | u64::from(digit & 0x0F)
+        })
+    };
+    // 16 digits each: `8-4-4` of the high half, `4-12` of the low half.
+    let high = number(&text[0..8]) << 32 | number(&text[9..13]) << 16 | number(&text[14..18]);
+    let low = number(&text[19..23]) << 48 | number(&text[24..36]);
+    (invalid & 0xF0 == 0).then_some((high, low))
+}
+
 impl EventId {
     /// The compact form of `text`.
     pub fn new(text: &str) -> EventId {
-        let bytes = text.as_bytes();
-        if bytes.len() == 36 {
-            let mut value: u128 = 0;
-            let mut canonical = true;
-            for (i, b) in bytes.iter().enumerate() {
-                let digit = match (i, b) {
-                    (8 | 13 | 18 | 23, b'-') => continue,
-                    (8 | 13 | 18 | 23, _) => None,
-                    (_, b'0'..=b'9') => Some(b - b'0'),
-                    (_, b'a'..=b'f') => Some(b - b'a' + 10),
-                    _ => None,
-                };
-                match digit {
-                    Some(digit) => value = value << 4 | u128::from(digit),
-                    None => {
-                        canonical = false;
-                        break;
-                    }
-                }
-            }
-            if canonical {
-                return EventId::Uuid((value >> 64) as u64, value as u64);
-            }
+        if let Ok(bytes) = <&[u8; 36]>::try_from(text.as_bytes())
+            && let Some((high, low)) = canonical_uuid(bytes)
+        {
+            return EventId::Uuid(high, low);
         }
         EventId::Text(text.into())
     }
@@ -943,6 +962,27 @@ mod tests {
         assert_ne!(EventId::new(uuid), EventId::new(&uuid.to_uppercase()));
         assert_eq!(EventId::new("e1"), EventId::Text("e1".into()));
         assert!(matches!(EventId::new("7b0e6a0e-3c1f-4a35-9d0c-1d2f6f0f3a1g"), EventId::Text(_)));
+        // Every digit counts, in its place; any other byte anywhere, or a
+        // hyphen elsewhere, makes it text (kept as written).
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..200 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let value = u128::from(seed) << 64 | u128::from(seed.rotate_left(29) ^ 0x5555);
+            let hex = format!("{value:032x}");
+            let text = format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
+            assert_eq!(EventId::new(&text), EventId::Uuid((value >> 64) as u64, value as u64), "{text}");
+            assert_eq!(EventId::new(&text).to_string(), text);
+            let at = (seed % 36) as usize;
+            for other in [b'G', b'A', b'-', b'/', b':', b'`', b'{', b' '] {
+                let mut bytes = text.clone().into_bytes();
+                if bytes[at] == other {
+                    continue;
+                }
+                bytes[at] = other;
+                let changed = String::from_utf8(bytes).unwrap();
+                assert_eq!(EventId::new(&changed), EventId::Text(changed.as_str().into()), "{changed}");
+            }
+        }
     }
 
     #[test]
