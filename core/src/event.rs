@@ -810,7 +810,10 @@ fn check_items(items: &[LineItem]) -> Result<(), BadRecord> {
                 item.quantity
             )));
         }
-        non_negative(&format!("payload.line_items[{index}].unit_price_cents"), item.unit_price_cents)?;
+        if item.unit_price_cents < 0 {
+            // The field's name is written only when it is wrong.
+            non_negative(&format!("payload.line_items[{index}].unit_price_cents"), item.unit_price_cents)?;
+        }
     }
     Ok(())
 }
