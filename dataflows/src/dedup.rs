@@ -18,8 +18,10 @@
 //! stray copies.
 //!
 //! This replaces an arrangement of every copy by `event_id` and a `reduce`
-//! over it, which gave the same collections but cost about a sixth of a
-//! replay's worker time, for a log whose `event_id`s nearly all occur once.
+//! over it, which gave the same collections: in `perf` samples of an
+//! `order_summary` replay, 19% of the workers' time went there, and 13 to
+//! 14% goes to this operator (a log's `event_id`s nearly all occur once,
+//! and a hash map finds that without sorting them).
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -62,6 +64,7 @@ enum Copies {
     /// first), without zero counts.
     Many(Vec<(EventCopy, isize)>),
 }
+
 impl Copies {
     /// The copies as a list, made one if it was a single copy.
     fn many(&mut self) -> &mut Vec<(EventCopy, isize)> {
@@ -71,6 +74,7 @@ impl Copies {
         }
         match self {
             Copies::Many(copies) => copies,
+            // Not reached: a single copy was just made a list.
             Copies::One(_) => self.many(),
         }
     }
@@ -156,8 +160,8 @@ pub fn dedup<'scope>(
 /// told apart in `collided`.
 #[derive(Default)]
 struct Seen<F = RandomState> {
-    index: HashMap<u64, u32, BuildHasherDefault<Fingerprinted>>,
-    collided: HashMap<EventId, u32>,
+    index: HashMap<u64, usize, BuildHasherDefault<Fingerprinted>>,
+    collided: HashMap<EventId, usize>,
     copies: Vec<(EventId, Copies)>,
     fingerprints: F,
 }
@@ -187,14 +191,14 @@ impl<F: BuildHasher> Seen<F> {
     /// Where the copies of `event_id` are, and whether it is new (then it
     /// was added, with no copies).
     fn find_or_add(&mut self, event_id: &EventId) -> (usize, bool) {
-        let next = self.copies.len() as u32;
+        let next = self.copies.len();
         let fingerprint = self.fingerprints.hash_one(event_id);
         let place = match self.index.entry(fingerprint) {
             Entry::Vacant(vacant) => {
                 vacant.insert(next);
                 None
             }
-            Entry::Occupied(occupied) if self.copies[*occupied.get() as usize].0 == *event_id => Some(*occupied.get()),
+            Entry::Occupied(occupied) if self.copies[*occupied.get()].0 == *event_id => Some(*occupied.get()),
             Entry::Occupied(_) => match self.collided.entry(event_id.clone()) {
                 Entry::Vacant(vacant) => {
                     vacant.insert(next);
@@ -204,10 +208,10 @@ impl<F: BuildHasher> Seen<F> {
             },
         };
         match place {
-            Some(place) => (place as usize, false),
+            Some(place) => (place, false),
             None => {
                 self.copies.push((event_id.clone(), Copies::Many(Vec::new())));
-                (next as usize, true)
+                (next, true)
             }
         }
     }
