@@ -256,6 +256,68 @@ impl ViewPlan {
         self.combine(key, [&self.partial(inputs)])
     }
 
+    /// How the view folds by adding up, when every measure is `count`,
+    /// `sum`, `avg`, or `count_distinct` of `order_id`; `None` when one is
+    /// not (`min`, `max`, `count_distinct` of another field).
+    ///
+    /// Such a view needs no group's rows at hand: each order adds a vector
+    /// of sums to each group its rows are in ([`AddedUp::add_row`]), and a
+    /// group's row follows from the total of those vectors
+    /// ([`ViewPlan::finish_sums`]). `count_distinct: order_id` counts
+    /// orders, since an order is one `order_id`: an order adds 1 to a
+    /// group, however many of its rows are in it.
+    pub fn added_up(&self) -> Option<AddedUp> {
+        let order_id = self.relation.field_index("order_id");
+        let mut sums = vec![SumOf::Rows];
+        let mut index_of = |sum: SumOf| match sums.iter().position(|s| *s == sum) {
+            Some(index) => index,
+            None => {
+                sums.push(sum);
+                sums.len() - 1
+            }
+        };
+        let mut measures = Vec::with_capacity(self.measures.len());
+        for measure in &self.measures {
+            let slot = measure.slot;
+            measures.push(match measure.function {
+                MeasureFunction::Count => (index_of(SumOf::Values(slot)), None),
+                MeasureFunction::Sum => (index_of(SumOf::Total(slot)), None),
+                MeasureFunction::Avg => (index_of(SumOf::Total(slot)), Some(index_of(SumOf::Values(slot)))),
+                MeasureFunction::CountDistinct
+                    if order_id.is_some() && self.slots[slot].input == order_id.map(Expr::Field) =>
+                {
+                    (index_of(SumOf::Orders(slot)), None)
+                }
+                MeasureFunction::CountDistinct | MeasureFunction::Min | MeasureFunction::Max => return None,
+            });
+        }
+        Some(AddedUp { sums, measures })
+    }
+
+    /// The measure and label values of a group from the total of its
+    /// orders' sums (`AddedUp::add_row`); `None` when the group has no rows
+    /// or `having` rejects it.
+    pub fn finish_sums(&self, added_up: &AddedUp, key: &PackedRow, sums: &[i128]) -> Option<Row> {
+        if sums.first().is_none_or(|rows| *rows <= 0) {
+            return None;
+        }
+        let at = |index: usize| sums.get(index).copied().unwrap_or(0);
+        let partial = self
+            .measures
+            .iter()
+            .zip(&added_up.measures)
+            .map(|(measure, (first, second))| match measure.function {
+                MeasureFunction::Count => PartialMeasure::Count(at(*first)),
+                MeasureFunction::Sum => PartialMeasure::Sum(at(*first)),
+                MeasureFunction::Avg => PartialMeasure::Avg(at(*first), second.map_or(0, at)),
+                MeasureFunction::CountDistinct => PartialMeasure::Distinct(u64::try_from(at(*first)).unwrap_or(0)),
+                MeasureFunction::Min => PartialMeasure::Min(Value::Null),
+                MeasureFunction::Max => PartialMeasure::Max(Value::Null),
+            })
+            .collect();
+        self.combine(key, [&Partial(partial)])
+    }
+
     /// One output row as a JSON object with exactly the view's fields.
     pub fn row_json(&self, key: &[Value], values: &[Value]) -> serde_json::Map<String, serde_json::Value> {
         self.output_fields()
@@ -263,6 +325,52 @@ impl ViewPlan {
             .zip(key.iter().chain(values))
             .map(|((name, _), v)| (name, v.to_json()))
             .collect()
+    }
+}
+
+/// What one running sum of an [`AddedUp`] view counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SumOf {
+    /// The group's rows: it exists while they are more than 0.
+    Rows,
+    /// Rows with a value in the slot.
+    Values(usize),
+    /// The slot's integer values, added up.
+    Total(usize),
+    /// Orders with a value in the slot, each once.
+    Orders(usize),
+}
+
+/// A view that folds by adding up ([`ViewPlan::added_up`]): the running
+/// sums a group keeps, and which of them each measure reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AddedUp {
+    /// The sums; the first counts rows.
+    pub sums: Vec<SumOf>,
+    /// Per measure, the sum it reads and, for `avg`, the count it divides by.
+    measures: Vec<(usize, Option<usize>)>,
+}
+
+impl AddedUp {
+    /// Adds a projected row (`inputs`, of [`ViewPlan::project`]) of one
+    /// order to `sums`, the vector of that order and the row's group.
+    pub fn add_row(&self, inputs: &PackedRow, sums: &mut [i128]) {
+        for (sum, of) in sums.iter_mut().zip(&self.sums) {
+            if *of == SumOf::Rows {
+                *sum += 1;
+            }
+        }
+        for (slot, value) in inputs.iter().enumerate().filter(|(_, value)| *value != ValueRef::Null) {
+            for (sum, of) in sums.iter_mut().zip(&self.sums) {
+                match (*of, value) {
+                    (SumOf::Values(s), _) if s == slot => *sum += 1,
+                    (SumOf::Total(s), ValueRef::Int(v)) if s == slot => *sum += i128::from(v),
+                    (SumOf::Total(s), ValueRef::UInt(v)) if s == slot => *sum += i128::from(v),
+                    (SumOf::Orders(s), _) if s == slot => *sum = 1,
+                    _ => {}
+                }
+            }
+        }
     }
 }
 
@@ -404,5 +512,39 @@ mod tests {
         assert_eq!(slots("order_summary"), 2);
         assert_eq!(slots("customer_ltv"), 2);
         assert_eq!(slots("product_sales"), 3);
+    }
+
+    #[test]
+    fn views_of_counts_sums_averages_and_orders_fold_by_adding_up() {
+        let plan =
+            check_text(include_str!("../../pipelines.yaml"), "pipelines.yaml", std::path::Path::new(".")).unwrap();
+        let added_up = |name: &str| plan.view(name).unwrap().added_up().map(|a| a.sums);
+        use super::SumOf::*;
+        // order_summary: rows; placed totals counted and added (count, sum
+        // and avg share them); cancellations counted.
+        assert_eq!(added_up("order_summary"), Some(vec![Rows, Values(0), Total(0), Values(1)]));
+        // product_sales: rows; units and revenue added; orders counted once.
+        assert_eq!(added_up("product_sales"), Some(vec![Rows, Total(0), Total(1), Orders(2)]));
+        // customer_ltv has min and max.
+        assert_eq!(added_up("customer_ltv"), None);
+    }
+
+    #[test]
+    fn only_order_ids_count_distinct_by_adding_up() {
+        let yaml = |measure: &str| {
+            format!(
+                "version: 1\nsources:\n  events:\n    type: file\n    path: e.jsonl\nviews:\n  v:\n    from: order_lines\n    group_by: [store_id]\n    measures:\n      m: {measure}\n"
+            )
+        };
+        let added_up = |measure: &str| {
+            let plan = check_text(&yaml(measure), "pipelines.yaml", std::path::Path::new(".")).unwrap();
+            plan.view("v").unwrap().added_up().is_some()
+        };
+        assert!(added_up("{ count_distinct: order_id }"));
+        assert!(added_up("{ count_distinct: order_id, where: \"quantity > 1\" }"));
+        assert!(!added_up("{ count_distinct: customer_id }"));
+        assert!(!added_up("{ count_distinct: product_id }"));
+        assert!(!added_up("{ min: quantity }"));
+        assert!(!added_up("{ max: quantity }"));
     }
 }

@@ -245,7 +245,8 @@ pub struct ViewConfig {
     /// over this many buckets and aggregated in two steps, so a change
     /// rescans one bucket instead of the whole group. It costs an extra step
     /// for views of small groups; 16 to 64 suits large ones. Results do not
-    /// depend on it.
+    /// depend on it. A view that folds by adding up
+    /// (`ViewPlan::added_up`) does not use it.
     pub buckets: u16,
 }
 
