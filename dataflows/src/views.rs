@@ -32,8 +32,8 @@ pub fn view<'scope>(
 ) -> VecCollection<'scope, u64, (PackedRow, Row)> {
     if let Some(added_up) = plan.added_up() {
         match added_up.sums.len() {
-            ..=4 => return added_up_view::<4>(plan, added_up, orders),
-            ..=8 => return added_up_view::<8>(plan, added_up, orders),
+            0..=4 => return added_up_view::<4>(plan, added_up, orders),
+            5..=8 => return added_up_view::<8>(plan, added_up, orders),
             _ => {}
         }
     }

@@ -308,7 +308,12 @@ fn check_added_up(lines: &[String], workers: usize, batch: u64) -> Result<(), Te
     let output = run_lines(&config, lines, workers, batch);
     for name in ["lines_per_store", "orders_per_currency", "order_summary", "product_sales"] {
         let view = plan.view(name).unwrap();
-        prop_assert!(view.added_up().is_some(), "view {name} should fold by adding up");
+        let sums = view.added_up().map(|added_up| added_up.sums.len());
+        prop_assert!(sums.is_some(), "view {name} should fold by adding up");
+        // The dataflow holds up to 4 sums in one type, up to 8 in another.
+        if name == "lines_per_store" {
+            prop_assert!(sums > Some(4), "{sums:?}: the wider type untested");
+        }
         let folded: Vec<Value> =
             log.view_of(view, &orders).iter().map(|(key, values)| Value::Object(view.row_json(key, values))).collect();
         if let Some(difference) = first_difference(&sorted(output.views[name].clone()), &sorted(folded)) {
