@@ -187,14 +187,20 @@ fn check_run(config: &str, lines: &[String], workers: usize, batch: u64) -> Resu
     check_validate_fold(config, lines)
 }
 
-/// `projector validate`'s plain fold gives the recomputation too.
-fn check_validate_fold(config: &str, lines: &[String]) -> Result<(), TestCaseError> {
-    let plan = projector_core::config::check_text(config, "pipelines.yaml", std::path::Path::new("/")).unwrap();
+/// `projector validate`'s plain fold of `lines`, one partition.
+fn validate_fold(lines: &[String]) -> projector_core::recompute::Recomputation {
     let mut log = projector_core::recompute::Recomputation::new();
     for (index, line) in lines.iter().enumerate() {
         let position = projector_core::record::LogPosition { partition: 0, offset: index as u64 + 1 };
         log.add(0, position, line.as_bytes());
     }
+    log
+}
+
+/// `projector validate`'s plain fold gives the recomputation too.
+fn check_validate_fold(config: &str, lines: &[String]) -> Result<(), TestCaseError> {
+    let plan = projector_core::config::check_text(config, "pipelines.yaml", std::path::Path::new("/")).unwrap();
+    let log = validate_fold(lines);
     let expected = reference::read(lines);
     prop_assert_eq!(log.bad_records, expected.bad_lines.len() as u64);
     let orders = log.orders();
@@ -299,11 +305,7 @@ fn check_added_up(lines: &[String], workers: usize, batch: u64) -> Result<(), Te
     let mut config = shipped_config_text();
     config.insert_str(config.find("\nsinks:").unwrap(), ADDED_UP_VIEWS);
     let plan = projector_core::config::check_text(&config, "pipelines.yaml", std::path::Path::new("/")).unwrap();
-    let mut log = projector_core::recompute::Recomputation::new();
-    for (index, line) in lines.iter().enumerate() {
-        let position = projector_core::record::LogPosition { partition: 0, offset: index as u64 + 1 };
-        log.add(0, position, line.as_bytes());
-    }
+    let log = validate_fold(lines);
     let orders = log.orders();
     let output = run_lines(&config, lines, workers, batch);
     for name in ["lines_per_store", "orders_per_currency", "order_summary", "product_sales"] {
