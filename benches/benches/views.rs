@@ -1,5 +1,6 @@
 //! The per-order work of the dataflow: folding an order's events, and
-//! projecting and aggregating the three seed views.
+//! projecting and aggregating the three seed views (by the general fold,
+//! and by adding up where a view can).
 //!
 //! Run: `cargo bench -p projector-benches --bench views`
 
@@ -76,6 +77,38 @@ fn views(c: &mut Criterion) {
                 groups.iter().filter_map(|(key, inputs)| view.aggregate(key, inputs.iter().map(|i| (i, 1)))).count()
             })
         });
+        // A view that adds up: each order's vector of sums per group (what
+        // the dataflow's `explode` makes), the totals per group (what the
+        // arrangement consolidates), then each group's row.
+        if let Some(added_up) = view.added_up() {
+            let add_up = || {
+                let mut totals: BTreeMap<PackedRow, Vec<i128>> = BTreeMap::new();
+                let mut rows = Vec::new();
+                for order in &orders {
+                    rows.clear();
+                    view.relation.for_each_row(order, |row| rows.extend(view.project(row)));
+                    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                    for same_key in rows.chunk_by(|a, b| a.0 == b.0) {
+                        let mut sums = vec![0i128; added_up.sums.len()];
+                        for (_, inputs) in same_key {
+                            added_up.add_row(inputs, &mut sums);
+                        }
+                        let total = totals.entry(same_key[0].0.clone()).or_insert_with(|| vec![0; sums.len()]);
+                        total.iter_mut().zip(&sums).for_each(|(total, sum)| *total += sum);
+                    }
+                }
+                totals
+                    .into_iter()
+                    .filter_map(|(key, sums)| Some((view.finish_sums(&added_up, &key, &sums)?, key)))
+                    .collect::<Vec<_>>()
+            };
+            let folded: Vec<_> = groups
+                .iter()
+                .filter_map(|(key, inputs)| Some((view.aggregate(key, inputs.iter().map(|i| (i, 1)))?, key.clone())))
+                .collect();
+            assert!(add_up() == folded, "view {}: adding up differs from the general fold", view.name);
+            group.bench_function(format!("add up {}", view.name), |b| b.iter(add_up));
+        }
     }
     group.finish();
 }
