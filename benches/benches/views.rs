@@ -82,18 +82,10 @@ fn views(c: &mut Criterion) {
         // arrangement consolidates), then each group's row.
         if let Some(added_up) = view.added_up() {
             let add_up = || {
-                let mut totals: BTreeMap<PackedRow, Vec<i128>> = BTreeMap::new();
-                let mut rows = Vec::new();
+                let mut totals: BTreeMap<PackedRow, [i128; 8]> = BTreeMap::new();
                 for order in &orders {
-                    rows.clear();
-                    view.relation.for_each_row(order, |row| rows.extend(view.project(row)));
-                    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                    for same_key in rows.chunk_by(|a, b| a.0 == b.0) {
-                        let mut sums = vec![0i128; added_up.sums.len()];
-                        for (_, inputs) in same_key {
-                            added_up.add_row(inputs, &mut sums);
-                        }
-                        let total = totals.entry(same_key[0].0.clone()).or_insert_with(|| vec![0; sums.len()]);
+                    for (key, sums) in view.added_up_groups::<[i128; 8]>(&added_up, order) {
+                        let total = totals.entry(key).or_default();
                         total.iter_mut().zip(&sums).for_each(|(total, sum)| *total += sum);
                     }
                 }

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use crate::config::expr::{Evaluated, Expr, FieldSource};
 use crate::config::model::MeasureFunction;
+use crate::order::OrderState;
 use crate::packed::PackedRow;
 use crate::relation::{Relation, RowRef, ValueRef};
 use crate::value::{FieldType, Row, Value};
@@ -280,18 +281,41 @@ impl ViewPlan {
         for measure in &self.measures {
             let slot = measure.slot;
             measures.push(match measure.function {
-                MeasureFunction::Count => (index_of(SumOf::Values(slot)), None),
-                MeasureFunction::Sum => (index_of(SumOf::Total(slot)), None),
-                MeasureFunction::Avg => (index_of(SumOf::Total(slot)), Some(index_of(SumOf::Values(slot)))),
+                MeasureFunction::Count => SumsRead::Count(index_of(SumOf::Values(slot))),
+                MeasureFunction::Sum => SumsRead::Sum(index_of(SumOf::Total(slot))),
+                MeasureFunction::Avg => SumsRead::Avg(index_of(SumOf::Total(slot)), index_of(SumOf::Values(slot))),
                 MeasureFunction::CountDistinct
                     if order_id.is_some() && self.slots[slot].input == order_id.map(Expr::Field) =>
                 {
-                    (index_of(SumOf::Orders(slot)), None)
+                    SumsRead::Distinct(index_of(SumOf::Orders(slot)))
                 }
                 MeasureFunction::CountDistinct | MeasureFunction::Min | MeasureFunction::Max => return None,
             });
         }
         Some(AddedUp { sums, measures })
+    }
+
+    /// The groups `order`'s rows are in, each with the sums the order adds
+    /// to it (`S`: room for at least [`AddedUp::sums`], zeroed), in key
+    /// order.
+    pub fn added_up_groups<S: Default + AsMut<[i128]>>(
+        &self,
+        added_up: &AddedUp,
+        order: &OrderState,
+    ) -> Vec<(PackedRow, S)> {
+        let mut rows = Vec::new();
+        self.relation.for_each_row(order, |row| rows.extend(self.project(row)));
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut groups: Vec<(PackedRow, S)> = Vec::new();
+        for (key, inputs) in rows {
+            if groups.last().is_none_or(|(last, _)| *last != key) {
+                groups.push((key, S::default()));
+            }
+            if let Some((_, sums)) = groups.last_mut() {
+                added_up.add_row(&inputs, sums.as_mut());
+            }
+        }
+        groups
     }
 
     /// The measure and label values of a group from the total of its
@@ -302,17 +326,14 @@ impl ViewPlan {
             return None;
         }
         let at = |index: usize| sums.get(index).copied().unwrap_or(0);
-        let partial = self
+        let partial = added_up
             .measures
             .iter()
-            .zip(&added_up.measures)
-            .map(|(measure, (first, second))| match measure.function {
-                MeasureFunction::Count => PartialMeasure::Count(at(*first)),
-                MeasureFunction::Sum => PartialMeasure::Sum(at(*first)),
-                MeasureFunction::Avg => PartialMeasure::Avg(at(*first), second.map_or(0, at)),
-                MeasureFunction::CountDistinct => PartialMeasure::Distinct(u64::try_from(at(*first)).unwrap_or(0)),
-                MeasureFunction::Min => PartialMeasure::Min(Value::Null),
-                MeasureFunction::Max => PartialMeasure::Max(Value::Null),
+            .map(|read| match *read {
+                SumsRead::Count(count) => PartialMeasure::Count(at(count)),
+                SumsRead::Sum(total) => PartialMeasure::Sum(at(total)),
+                SumsRead::Avg(total, count) => PartialMeasure::Avg(at(total), at(count)),
+                SumsRead::Distinct(orders) => PartialMeasure::Distinct(u64::try_from(at(orders)).unwrap_or(0)),
             })
             .collect();
         self.combine(key, [&Partial(partial)])
@@ -347,18 +368,28 @@ pub enum SumOf {
 pub struct AddedUp {
     /// The sums; the first counts rows.
     pub sums: Vec<SumOf>,
-    /// Per measure, the sum it reads and, for `avg`, the count it divides by.
-    measures: Vec<(usize, Option<usize>)>,
+    /// Per measure, the sums it reads.
+    measures: Vec<SumsRead>,
+}
+
+/// Which of an [`AddedUp`] view's sums a measure reads, by index.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SumsRead {
+    Count(usize),
+    Sum(usize),
+    /// The total, and the count it is divided by.
+    Avg(usize, usize),
+    /// `count_distinct: order_id`: the orders.
+    Distinct(usize),
 }
 
 impl AddedUp {
     /// Adds a projected row (`inputs`, of [`ViewPlan::project`]) of one
     /// order to `sums`, the vector of that order and the row's group.
     pub fn add_row(&self, inputs: &PackedRow, sums: &mut [i128]) {
-        for (sum, of) in sums.iter_mut().zip(&self.sums) {
-            if *of == SumOf::Rows {
-                *sum += 1;
-            }
+        // The first sum counts rows.
+        if let Some(rows) = sums.first_mut() {
+            *rows += 1;
         }
         for (slot, value) in inputs.iter().enumerate().filter(|(_, value)| *value != ValueRef::Null) {
             for (sum, of) in sums.iter_mut().zip(&self.sums) {

@@ -92,21 +92,8 @@ fn added_up_view<'scope, const N: usize>(
     let (projection, adder) = (Arc::clone(&plan), Arc::clone(&added_up));
     orders
         .explode(move |order| {
-            let mut rows = Vec::new();
-            projection.relation.for_each_row(&order, |row| rows.extend(projection.project(row)));
-            rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            let mut groups: Vec<((PackedRow, ()), Sums<N>)> = Vec::new();
-            for (key, inputs) in rows {
-                match groups.last_mut() {
-                    Some(((last, ()), sums)) if *last == key => adder.add_row(&inputs, &mut sums.0),
-                    _ => {
-                        let mut sums = Sums::default();
-                        adder.add_row(&inputs, &mut sums.0);
-                        groups.push(((key, ()), sums));
-                    }
-                }
-            }
-            groups
+            let groups = projection.added_up_groups::<Sums<N>>(&adder, &order);
+            groups.into_iter().map(|(key, sums)| ((key, ()), sums))
         })
         .reduce_named(&format!("View {}", plan.name), move |key: &PackedRow, total: &[(&(), Sums<N>)], output| {
             if let Some(values) = total.first().and_then(|(_, sums)| plan.finish_sums(&added_up, key, &sums.0)) {
@@ -123,6 +110,12 @@ struct Sums<const N: usize>([i128; N]);
 impl<const N: usize> Default for Sums<N> {
     fn default() -> Self {
         Sums([0; N])
+    }
+}
+
+impl<const N: usize> AsMut<[i128]> for Sums<N> {
+    fn as_mut(&mut self) -> &mut [i128] {
+        &mut self.0
     }
 }
 
