@@ -14,11 +14,16 @@
 //!    from the call that appends an event to the commit (data and
 //!    checkpoint) of the first Redis transaction / ClickHouse checkpoint
 //!    that covers it, for `product_sales` (the view with the most rows).
+//! 4. The swap of a rebuilt view into a live Redis sink (`projector
+//!    replay`'s last step): the three views' rows in live sinks, then
+//!    `BENCH_SWAPS` swaps of `product_sales` rebuilt as the replay keeps it
+//!    (in memory), each timed from its call to its return; the first finds
+//!    `BENCH_PLANTED` rows changed behind the sink's back and rewrites them.
 //!
 //! Run: `cargo bench -p projector-benches --bench sinks_e2e`. Under
 //! `cargo test` it runs each part small. Knobs: `BENCH_EVENTS` (log size of
-//! 1 and 2), `BENCH_RATE`, `BENCH_SECONDS` (of 3), `BENCH_PARTS` (a comma list of
-//! latency, sinks, ingest), plus those of kafka_e2e.
+//! 1, 2 and 4), `BENCH_RATE`, `BENCH_SECONDS` (of 3), `BENCH_PARTS` (a comma
+//! list of latency, sinks, ingest, swap), plus those of kafka_e2e.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -28,13 +33,13 @@ use projector_benches::{
     Completions, bench_topic, generated_lines, kafka_source, knob, latencies, mock_broker, note, steady_load, summary,
 };
 use projector_core::config::{PipelinePlan, SinkKind, check_text};
-use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewChange, ViewRows, ViewSink};
+use projector_core::sink::{Selection, SinkError, SourcePositions, ViewBatch, ViewChange, ViewRows, ViewSink};
 use projector_core::source::Source;
 use projector_dataflows::output::apply_changes;
 use projector_dataflows::runner::{Outputs, RunOptions, run};
 use projector_datagen::{Generator, GeneratorConfig};
 use projector_sink_clickhouse::ClickHouseViewSink;
-use projector_sink_redis::RedisViewSink;
+use projector_sink_redis::{Kept, RedisSwap, RedisViewSink};
 use projector_source_file::FileSource;
 use projector_tests::services::{ClickHouseServer, RedisServer, available};
 use projector_tests::shipped_views_yaml;
@@ -58,8 +63,8 @@ fn main() {
     // a part leave ClickHouse merging in the background for a while, on
     // the same 2 cores, and Redis holding their keys.
     let servers = || (RedisServer::start(false), ClickHouseServer::start());
-    // `BENCH_PARTS`: which parts run (default all: latency,sinks,ingest).
-    let parts: String = knob("BENCH_PARTS", "latency,sinks,ingest".to_string());
+    // `BENCH_PARTS`: which parts run (default all: latency,sinks,ingest,swap).
+    let parts: String = knob("BENCH_PARTS", "latency,sinks,ingest,swap".to_string());
     let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
     if part("latency") {
         let (redis, clickhouse) = servers();
@@ -73,6 +78,10 @@ fn main() {
     if part("ingest") {
         let (redis, clickhouse) = servers();
         ingest(&brokers, &redis, &clickhouse, events);
+    }
+    if part("swap") {
+        let (redis, clickhouse) = servers();
+        swap(&redis, &clickhouse, events, knob("BENCH_SWAPS", size(5, 2) as usize), knob("BENCH_PLANTED", 100));
     }
 }
 
@@ -194,13 +203,21 @@ impl ViewSink for Capture {
     }
 }
 
-fn sink_throughput(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u64) {
-    // The views' rows over a generated log, computed once.
+/// The views' rows over a generated log of `events` events (a plan with
+/// sinks as [`plan`] makes it, reading a file), and the positions they
+/// reflect.
+fn view_rows(
+    redis: &RedisServer,
+    prefix: &str,
+    clickhouse: &ClickHouseServer,
+    database: &str,
+    events: u64,
+) -> (PipelinePlan, Vec<ViewRows>, SourcePositions) {
     let dir = tempfile::tempdir().expect("temporary folder");
     let path = dir.path().join("events.jsonl");
     std::fs::write(&path, generated_lines(events, 42).join("\n") + "\n").expect("events file");
     let files = format!("  events:\n    type: file\n    path: {}\n", path.display());
-    let plan = plan(&files, redis, "throughput:", clickhouse, "throughput");
+    let plan = plan(&files, redis, prefix, clickhouse, database);
     let captured: Vec<Arc<Mutex<ViewRows>>> = plan.views.iter().map(|_| Arc::default()).collect();
     let view_sinks =
         captured.iter().map(|rows| vec![("capture".to_string(), Box::new(Capture(Arc::clone(rows))) as _)]).collect();
@@ -212,8 +229,14 @@ fn sink_throughput(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u
         RunOptions { workers: 2, ..RunOptions::default() },
     )
     .expect("file run");
-    let source_names = vec!["events".to_string()];
     let positions = SourcePositions([((0, 0), events + 1)].into_iter().collect());
+    let rows = captured.into_iter().map(|rows| std::mem::take(&mut *rows.lock().expect("rows"))).collect();
+    (plan, rows, positions)
+}
+
+fn sink_throughput(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u64) {
+    let (plan, captured, positions) = view_rows(redis, "throughput:", clickhouse, "throughput", events);
+    let source_names = vec!["events".to_string()];
     let kinds: Vec<&str> = ["redis", "clickhouse"]
         .into_iter()
         .filter(|kind| {
@@ -223,7 +246,7 @@ fn sink_throughput(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u
     for kind in kinds {
         let (mut rows_written, mut elapsed) = (0usize, Duration::ZERO);
         for (index, view) in plan.views.iter().enumerate() {
-            let rows = captured[index].lock().expect("rows");
+            let rows = &captured[index];
             let changes: Vec<ViewChange> = rows
                 .iter()
                 .map(|(key, values)| ViewChange { key: key.clone(), values: values.clone(), diff: 1 })
@@ -245,8 +268,7 @@ fn sink_throughput(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u
             };
             built.resume().expect("resume");
             let started = Instant::now();
-            let batch =
-                ViewBatch { changes: &changes, upper: 1, positions: &positions, newest_event_at: None, rows: &rows };
+            let batch = ViewBatch { changes: &changes, upper: 1, positions: &positions, newest_event_at: None, rows };
             built.apply(batch).expect("write");
             built.finish().expect("flush");
             elapsed += started.elapsed();
@@ -311,4 +333,69 @@ fn latency(brokers: &str, redis: &RedisServer, clickhouse: &ClickHouseServer, ra
             summary(&latencies)
         );
     }
+}
+
+fn swap(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u64, swaps: usize, planted: usize) {
+    let (plan, rows, positions) = view_rows(redis, "swap:", clickhouse, "swap", events);
+    let source_names = vec!["events".to_string()];
+    let redis_sink = |view: &str| {
+        plan.config
+            .sinks
+            .iter()
+            .find_map(|sink| match &sink.kind {
+                SinkKind::Redis(config) if sink.view.value == view => Some((sink.name.clone(), config.clone())),
+                _ => None,
+            })
+            .expect("a Redis sink of the view")
+    };
+    // The live sinks, written as a pipeline would have written them.
+    for (index, view) in plan.views.iter().enumerate() {
+        let (name, config) = redis_sink(&view.name);
+        let mut live = RedisViewSink::new(&name, Arc::clone(view), &config, source_names.clone()).expect("sink");
+        live.resume().expect("resume");
+        let changes: Vec<ViewChange> = rows[index]
+            .iter()
+            .map(|(key, values)| ViewChange { key: key.clone(), values: values.clone(), diff: 1 })
+            .collect();
+        let batch =
+            ViewBatch { changes: &changes, upper: 1, positions: &positions, newest_event_at: None, rows: &rows[index] };
+        live.apply(batch).expect("write");
+        live.finish().expect("flush");
+    }
+    let index = plan.views.iter().position(|v| v.name == "product_sales").expect("product_sales");
+    let (name, config) = redis_sink("product_sales");
+    // Rows changed behind the sink's back, for the first swap to mend.
+    let mut connection = redis::Client::open(redis.url()).expect("client").get_connection().expect("connection");
+    let pattern = format!("{}product_sales:*", config.prefix);
+    let changed: Vec<String> =
+        redis::cmd("KEYS").arg(&pattern).query::<Vec<String>>(&mut connection).expect("keys")[..planted].to_vec();
+    for hash in &changed {
+        redis::cmd("HSET").arg(hash).arg("units_sold").arg("-1").exec(&mut connection).expect("plant");
+    }
+    let mut times = Vec::new();
+    for round in 0..swaps {
+        let mut swap = RedisSwap::new(&name, Arc::clone(&plan.views[index]), &config, source_names.clone(), "bench")
+            .expect("swap");
+        let kept =
+            Kept { rows: rows[index].clone(), positions: positions.clone(), newest_event_at: None, stored: Vec::new() };
+        swap.pause("bench", Duration::from_secs(60)).expect("pause");
+        let started = Instant::now();
+        let counts = swap.swap("bench", &positions, &Selection::default(), Some(kept)).expect("swap");
+        times.push(started.elapsed());
+        swap.release("bench").expect("release");
+        assert_eq!(counts.rows, rows[index].len());
+        assert_eq!(counts.rewritten, if round == 0 { changed.len() } else { 0 }, "round {round}");
+    }
+    let mut rest: Vec<f64> = times[1..].iter().map(Duration::as_secs_f64).collect();
+    rest.sort_by(f64::total_cmp);
+    println!(
+        "swap of product_sales ({} rows) into a live Redis sink: the first (mending {} rows) {:.2} s; the {} after it (nothing to mend) {:.2} to {:.2} s, median {:.2} s",
+        rows[index].len(),
+        changed.len(),
+        times[0].as_secs_f64(),
+        rest.len(),
+        rest.first().copied().unwrap_or_default(),
+        rest.last().copied().unwrap_or_default(),
+        rest.get(rest.len() / 2).copied().unwrap_or_default(),
+    );
 }
