@@ -509,14 +509,26 @@ impl RankingWrites {
         self.sets.keys()
     }
 
-    /// Keeps only the writes that change `held` (per set of
-    /// [`RankingWrites::sets`], in that order, its members and scores as
-    /// they are); with `strays`, also removes the members of those sets
-    /// that no write names. Answers how many writes are left.
-    fn against(&mut self, held: Vec<Vec<(String, f64)>>, strays: bool) -> usize {
+    /// Takes `earlier`'s writes as if they had come before these: a
+    /// member both write keeps this one's write.
+    fn after(&mut self, earlier: RankingWrites) {
+        for (set, members) in earlier.sets {
+            let written = self.sets.entry(set).or_default();
+            for (member, score) in members {
+                written.entry(member).or_insert(score);
+            }
+        }
+    }
+
+    /// Keeps only the writes that change `held` (the members and scores of
+    /// each set as they are; a set it lacks counts as empty); with
+    /// `strays`, also removes the members of those sets that no write
+    /// names. Answers how many writes are left.
+    fn against(&mut self, mut held: std::collections::BTreeMap<String, Vec<(String, f64)>>, strays: bool) -> usize {
         let mut left = 0;
-        for (members, held) in self.sets.values_mut().zip(held) {
-            let held: std::collections::HashMap<String, f64> = held.into_iter().collect();
+        for (set, members) in &mut self.sets {
+            let held: std::collections::HashMap<String, f64> =
+                held.remove(set).unwrap_or_default().into_iter().collect();
             let stray: Vec<String> =
                 if strays { held.keys().filter(|m| !members.contains_key(*m)).cloned().collect() } else { Vec::new() };
             members.retain(|member, score| match score {

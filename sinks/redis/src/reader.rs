@@ -31,9 +31,18 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections that read a whole view at once.
 const READERS: usize = 2;
 
-/// The rows of the hashes a swap expects (`None`: no hash), and the other
-/// hashes with their rows.
-pub type ExpectedAndOthers = (Vec<Option<(Row, Row)>>, Vec<(String, (Row, Row))>);
+/// Hashes a reader names in one pipelined round trip.
+const CHUNK: usize = 1000;
+
+/// What a swap finds of the live view ([`RedisViewReader::differences`]).
+#[derive(Debug, Default)]
+pub struct LiveDifferences {
+    /// The indexes of the expected rows whose hash is missing or holds
+    /// another row, in order.
+    pub differing: Vec<usize>,
+    /// The view's other hashes, with their rows.
+    pub others: Vec<(String, (Row, Row))>,
+}
 
 /// What a reader thread that panicked gives.
 fn panicked<T>() -> Result<T, RedisError> {
@@ -186,33 +195,72 @@ impl RedisViewReader {
         )))
     }
 
-    /// For a replay's swap, which knows the keys of the rows it expects:
-    /// the rows of the hashes `keys`, in order (`None` where there is no
-    /// hash), and at the same time, on another connection, the view's
-    /// other hashes (found with `SCAN`), with their rows (those that read
-    /// as one). Other hashes whose name puts them outside `window` (when
-    /// the name splits one way, see [`KeyTemplate::field_text`]) are not
-    /// read.
-    pub fn rows_at_and_others(&self, keys: &[String], window: &Selection) -> Result<ExpectedAndOthers, ReadError> {
+    /// For a replay's swap, which knows the rows it expects: which of
+    /// `rows` the live hashes hold otherwise, and at the same time, on
+    /// another connection, the view's other hashes (found with `SCAN`),
+    /// with their rows (those that read as one). Other hashes whose name
+    /// puts them outside `window` (when the name splits one way, see
+    /// [`KeyTemplate::field_text`]) are not read.
+    ///
+    /// The rows are read in chunks of 1,000 on [`READERS`] connections at
+    /// once; each reader names the hashes of its chunks, reads them
+    /// (`HMGET` of the view's fields, pipelined) and compares them itself,
+    /// so naming, decoding and comparing run beside Redis' answering.
+    pub fn differences(&self, rows: &[(&Row, &Row)], window: &Selection) -> Result<LiveDifferences, ReadError> {
         let unavailable = |error: RedisError| ReadError::Unavailable(format!("Redis: {error}"));
-        let others = || -> Result<Vec<String>, RedisError> {
-            let expected: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
-            let types: Vec<FieldType> = self.fields[..self.key_len].iter().map(|(_, ty)| *ty).collect();
+        let types: Vec<FieldType> = self.fields[..self.key_len].iter().map(|(_, ty)| *ty).collect();
+        let scan = || -> Result<Vec<String>, RedisError> {
             let mut connection = self.connection()?;
-            let others = self
-                .scan_hashes(&mut connection, |key| !expected.contains(key) && self.may_be_in(key, window, &types))?;
+            let found = self.scan_hashes(&mut connection, |hash| self.may_be_in(hash, window, &types))?;
             self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
-            Ok(others)
+            Ok(found)
         };
-        let (rows, others) = std::thread::scope(|scope| {
-            let scan = scope.spawn(others);
-            let rows = self.read_hashes(keys);
-            (rows, scan.join().unwrap_or_else(|_| panicked()))
+        let chunks: Vec<&[(&Row, &Row)]> = rows.chunks(CHUNK).collect();
+        // Part `part` reads chunks `part`, `part + READERS`, ...: the
+        // indexes of the rows that differ, and the hashes it named.
+        let compare = |part: usize| -> Result<(Vec<usize>, Vec<String>), RedisError> {
+            let mut connection = self.connection()?;
+            let (mut differing, mut named) = (Vec::new(), Vec::new());
+            for (index, chunk) in chunks.iter().enumerate().skip(part).step_by(READERS) {
+                let hashes: Vec<String> = chunk.iter().map(|(key, _)| self.hash_name(key)).collect();
+                for (offset, ((key, values), live)) in
+                    chunk.iter().zip(self.hmget(&mut connection, &hashes)?).enumerate()
+                {
+                    if live.is_none_or(|(live_key, live_values)| live_key != **key || live_values != **values) {
+                        differing.push(index * CHUNK + offset);
+                    }
+                }
+                named.extend(hashes);
+            }
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
+            Ok((differing, named))
+        };
+        let (parts, scanned) = std::thread::scope(|scope| {
+            let scanned = scope.spawn(scan);
+            let readers: Vec<_> = (1..READERS).map(|part| scope.spawn(move || compare(part))).collect();
+            let mut parts = vec![compare(0)];
+            parts.extend(readers.into_iter().map(|reader| reader.join().unwrap_or_else(|_| panicked())));
+            (parts, scanned.join().unwrap_or_else(|_| panicked()))
         });
-        let (rows, others) = (rows.map_err(unavailable)?, others.map_err(unavailable)?);
+        let (mut differing, mut named) = (Vec::new(), std::collections::HashSet::new());
+        for part in parts {
+            let (part_differing, part_named) = part.map_err(unavailable)?;
+            differing.extend(part_differing);
+            named.extend(part_named);
+        }
+        differing.sort_unstable();
+        let others: Vec<String> =
+            scanned.map_err(unavailable)?.into_iter().filter(|hash| !named.contains(hash)).collect();
         let other_rows = self.read_hashes(&others).map_err(unavailable)?;
         let others = others.into_iter().zip(other_rows).filter_map(|(hash, row)| Some((hash, row?))).collect();
-        Ok((rows, others))
+        Ok(LiveDifferences { differing, others })
+    }
+
+    /// The name of the hash of the row with key `key`.
+    fn hash_name(&self, key: &Row) -> String {
+        let mut name = self.prefix.clone();
+        self.key.render_into(key, &mut name);
+        name
     }
 
     /// The keys of the view's hashes that `keep` keeps: a `SCAN` of the
@@ -239,7 +287,7 @@ impl RedisViewReader {
     /// on [`READERS`] connections at once (Redis answers one while the
     /// client decodes another's answer).
     fn read_hashes(&self, keys: &[String]) -> Result<Vec<Option<(Row, Row)>>, RedisError> {
-        let chunks: Vec<&[String]> = keys.chunks(1000).collect();
+        let chunks: Vec<&[String]> = keys.chunks(CHUNK).collect();
         let read = |part: usize| -> Result<Vec<Option<(Row, Row)>>, RedisError> {
             let mut connection = self.connection()?;
             let mut rows = Vec::new();

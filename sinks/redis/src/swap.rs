@@ -14,6 +14,7 @@
 //! Readers see the view before or after, never between. The live pipeline
 //! then goes on from the same checkpoint, on the swapped content.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use redis::{Commands, RedisError};
@@ -24,6 +25,7 @@ use projector_core::sink::{SinkError, SourcePositions, positions_from_json, posi
 use projector_core::value::{Row, Timestamp};
 use projector_core::view::ViewPlan;
 
+use crate::reader::LiveDifferences;
 use crate::{RedisViewReader, RedisViewSink, SCAN_COUNT, glob_escape, now_ms, pause_key, state_key};
 
 /// What a swap changed.
@@ -186,16 +188,36 @@ impl RedisSwap {
                 self.name, shadow.positions.0, at.0
             )));
         }
-        // In key order, the ranking entries of neighbouring rows go to the
-        // same sets one after the other.
-        let mut shadow_rows: Vec<(&Row, &Row)> = shadow.rows.iter().filter(|(key, _)| window.matches(key)).collect();
-        shadow_rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        // The live hashes where the shadow's rows go, and the others.
-        let hashes: Vec<String> = shadow_rows.iter().map(|(key, _)| self.live.hash_key(key)).collect();
-        let (live_rows, others) = reader(&self.live_config)?
-            .rows_at_and_others(&hashes, window)
-            .map_err(|e| SinkError::Retryable(e.to_string()))?;
-        tracing::info!(sink = %self.name, others = others.len(), "read the live hashes the shadow has no row for");
+        let shadow_rows: Vec<(&Row, &Row)> = shadow.rows.iter().filter(|(key, _)| window.matches(key)).collect();
+        // Three things at once, on connections of their own: the live
+        // hashes where the shadow's rows go are read and compared, a
+        // `SCAN` looks for the view's other hashes, and the ranking
+        // entries of the shadow's rows are gathered and their sets read.
+        // (A row's entries are the same whether or not its hash differs.)
+        let reader = reader(&self.live_config)?;
+        let live = &mut self.live;
+        let (differences, ranked) = std::thread::scope(|scope| {
+            let ranked = scope.spawn(|| {
+                let mut ranks = crate::RankingWrites::default();
+                for (key, values) in &shadow_rows {
+                    live.queue_rankings(&mut ranks, key, values);
+                }
+                let sets: Vec<&String> = ranks.sets().collect();
+                let held = live.read_sets(&sets)?;
+                let held: BTreeMap<String, Vec<(String, f64)>> = sets.into_iter().cloned().zip(held).collect();
+                Ok::<_, SinkError>((ranks, held))
+            });
+            let differences = reader.differences(&shadow_rows, window);
+            (differences, ranked.join().unwrap_or_else(|_| Err(SinkError::Fatal("a swap's thread panicked".into()))))
+        });
+        let LiveDifferences { differing, others } = differences.map_err(|e| SinkError::Retryable(e.to_string()))?;
+        let (mut ranks, mut held) = ranked?;
+        tracing::info!(
+            sink = %self.name,
+            differing = differing.len(),
+            others = others.len(),
+            "compared the live hashes with the shadow"
+        );
 
         let state = state_key(&self.live_config.prefix, &self.name);
         let pause = pause_key(&self.live_config.prefix, &self.name);
@@ -245,34 +267,35 @@ impl RedisSwap {
         let mut counts = SwapCounts { rows: shadow_rows.len(), ..SwapCounts::default() };
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let mut ranks = crate::RankingWrites::default();
         // A live hash of the window where the shadow has no row is gone
         // (with its ranking entries, unless its fields name a row the
-        // shadow has: that row's entries stay).
+        // shadow has: that row's entries stay; and unless a row of the
+        // shadow has the same entry).
+        let mut removals = crate::RankingWrites::default();
         for (hash, (key, _)) in others.iter().filter(|(_, (key, _))| window.matches(key)) {
             if shadow.rows.contains_key(key) {
                 pipe.del(hash).ignore();
             } else {
-                self.live.queue_removal(&mut pipe, &mut ranks, key);
+                self.live.queue_removal(&mut pipe, &mut removals, key);
                 if *hash != self.live.hash_key(key) {
                     pipe.del(hash).ignore();
                 }
             }
             counts.deleted += 1;
         }
-        for ((key, values), live) in shadow_rows.iter().zip(&live_rows) {
-            if live.as_ref().is_some_and(|(live_key, live_values)| live_key == *key && live_values == *values) {
-                self.live.queue_rankings(&mut ranks, key, values);
-            } else {
-                self.live.queue_row(&mut pipe, &mut ranks, key, values);
-                counts.rewritten += 1;
-            }
+        ranks.after(removals);
+        for index in &differing {
+            let (key, values) = shadow_rows[*index];
+            self.live.queue_row(&mut pipe, &mut ranks, key, values);
+            counts.rewritten += 1;
         }
         // The ranking entries as they are, to write only those that are
         // wrong or missing; a whole-view swap also removes members no row
         // has. (In a window, a set may hold members of rows outside it.)
-        let sets: Vec<&String> = ranks.sets().collect();
-        let held = self.live.read_sets(&sets)?;
+        let unread: Vec<&String> = ranks.sets().filter(|set| !held.contains_key(*set)).collect();
+        let read = self.live.read_sets(&unread)?;
+        let unread: Vec<String> = unread.into_iter().cloned().collect();
+        held.extend(unread.into_iter().zip(read));
         counts.ranking_entries = ranks.against(held, *window == Selection::default());
         ranks.queue(&mut pipe);
         let mut checkpoint =
@@ -292,7 +315,7 @@ impl RedisSwap {
         // hold, not before it (tens of milliseconds for 272,881 rows).
         drop(shadow_rows);
         drop(pipe);
-        std::thread::spawn(move || drop((shadow, live_rows, others, hashes)));
+        std::thread::spawn(move || drop((shadow, others, differing)));
         match done {
             Some(()) => Ok(counts),
             None => Err(SinkError::Retryable(format!(
