@@ -14,11 +14,14 @@
 //!    from the call that appends an event to the commit (data and
 //!    checkpoint) of the first Redis transaction / ClickHouse checkpoint
 //!    that covers it, for `product_sales` (the view with the most rows).
-//! 4. The swap of a rebuilt view into a live Redis sink (`projector
-//!    replay`'s last step): the three views' rows in live sinks, then
-//!    `BENCH_SWAPS` swaps of `product_sales` rebuilt as the replay keeps it
-//!    (in memory), each timed from its call to its return; the first finds
-//!    `BENCH_PLANTED` rows changed behind the sink's back and rewrites them.
+//! 4. The swap of a rebuilt view into its live sinks (`projector replay`'s
+//!    last step): the three views' rows in live Redis sinks, `product_sales`
+//!    in a live ClickHouse sink and its shadow; then swaps of
+//!    `product_sales`, the Redis one rebuilt as the replay keeps it (in
+//!    memory), each timed from its call to its return. The first Redis swap
+//!    finds `BENCH_PLANTED` rows changed behind the sink's back and
+//!    rewrites them; then `BENCH_SWAPS` rounds of a swap into each store
+//!    alone and of both at once (as a replay swaps them).
 //!
 //! Run: `cargo bench -p projector-benches --bench sinks_e2e`. Under
 //! `cargo test` it runs each part small. Knobs: `BENCH_EVENTS` (log size of
@@ -38,7 +41,7 @@ use projector_core::source::Source;
 use projector_dataflows::output::apply_changes;
 use projector_dataflows::runner::{Outputs, RunOptions, run};
 use projector_datagen::{Generator, GeneratorConfig};
-use projector_sink_clickhouse::ClickHouseViewSink;
+use projector_sink_clickhouse::{ClickHouseSwap, ClickHouseViewSink};
 use projector_sink_redis::{Kept, RedisSwap, RedisViewSink};
 use projector_source_file::FileSource;
 use projector_tests::services::{ClickHouseServer, RedisServer, available};
@@ -338,32 +341,47 @@ fn latency(brokers: &str, redis: &RedisServer, clickhouse: &ClickHouseServer, ra
 fn swap(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u64, swaps: usize, planted: usize) {
     let (plan, rows, positions) = view_rows(redis, "swap:", clickhouse, "swap", events);
     let source_names = vec!["events".to_string()];
-    let redis_sink = |view: &str| {
-        plan.config
-            .sinks
-            .iter()
-            .find_map(|sink| match &sink.kind {
-                SinkKind::Redis(config) if sink.view.value == view => Some((sink.name.clone(), config.clone())),
-                _ => None,
-            })
-            .expect("a Redis sink of the view")
-    };
-    // The live sinks, written as a pipeline would have written them.
-    for (index, view) in plan.views.iter().enumerate() {
-        let (name, config) = redis_sink(&view.name);
-        let mut live = RedisViewSink::new(&name, Arc::clone(view), &config, source_names.clone()).expect("sink");
-        live.resume().expect("resume");
-        let changes: Vec<ViewChange> = rows[index]
-            .iter()
-            .map(|(key, values)| ViewChange { key: key.clone(), values: values.clone(), diff: 1 })
-            .collect();
-        let batch =
-            ViewBatch { changes: &changes, upper: 1, positions: &positions, newest_event_at: None, rows: &rows[index] };
-        live.apply(batch).expect("write");
-        live.finish().expect("flush");
-    }
     let index = plan.views.iter().position(|v| v.name == "product_sales").expect("product_sales");
-    let (name, config) = redis_sink("product_sales");
+    let view = &plan.views[index];
+    let batch_of = |rows: &ViewRows, write: &mut dyn FnMut(ViewBatch<'_>)| {
+        let changes: Vec<ViewChange> =
+            rows.iter().map(|(key, values)| ViewChange { key: key.clone(), values: values.clone(), diff: 1 }).collect();
+        write(ViewBatch { changes: &changes, upper: 1, positions: &positions, newest_event_at: None, rows });
+    };
+    let write = |sink: &mut dyn ViewSink, rows: &ViewRows| {
+        sink.resume().expect("resume");
+        batch_of(rows, &mut |batch| sink.apply(batch).expect("write"));
+        sink.finish().expect("flush");
+    };
+    // The live sinks, written as a pipeline would have written them (all
+    // three views in Redis: the `SCAN` walks them all), and the
+    // ClickHouse shadow as the replay writes it.
+    let (mut redis_sink, mut clickhouse_sink) = (None, None);
+    for sink in &plan.config.sinks {
+        let view_index = plan.views.iter().position(|v| v.name == sink.view.value).expect("view");
+        let plan_view = Arc::clone(&plan.views[view_index]);
+        match &sink.kind {
+            SinkKind::Redis(config) => {
+                let mut live = RedisViewSink::new(&sink.name, plan_view, config, source_names.clone()).expect("sink");
+                write(&mut live, &rows[view_index]);
+                if view_index == index {
+                    redis_sink = Some((sink.name.clone(), config.clone()));
+                }
+            }
+            SinkKind::ClickHouse(config) if view_index == index => {
+                let mut live =
+                    ClickHouseViewSink::new(&sink.name, plan_view, config, source_names.clone()).expect("sink");
+                write(&mut live, &rows[index]);
+                let swap = ClickHouseSwap::new(&sink.name, Arc::clone(view), config, source_names.clone(), "bench")
+                    .expect("swap");
+                write(&mut swap.shadow_sink().expect("shadow"), &rows[index]);
+                clickhouse_sink = Some(swap);
+            }
+            _ => {}
+        }
+    }
+    let (name, config) = redis_sink.expect("a Redis sink of product_sales");
+    let mut clickhouse = clickhouse_sink.expect("a ClickHouse sink of product_sales");
     // Rows changed behind the sink's back, for the first swap to mend.
     let mut connection = redis::Client::open(redis.url()).expect("client").get_connection().expect("connection");
     let pattern = format!("{}product_sales:*", config.prefix);
@@ -372,30 +390,62 @@ fn swap(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u64, swaps: 
     for hash in &changed {
         redis::cmd("HSET").arg(hash).arg("units_sold").arg("-1").exec(&mut connection).expect("plant");
     }
-    let mut times = Vec::new();
-    for round in 0..swaps {
-        let mut swap = RedisSwap::new(&name, Arc::clone(&plan.views[index]), &config, source_names.clone(), "bench")
-            .expect("swap");
+    let redis_swap = || {
+        let mut swap = RedisSwap::new(&name, Arc::clone(view), &config, source_names.clone(), "bench").expect("swap");
         let kept =
             Kept { rows: rows[index].clone(), positions: positions.clone(), newest_event_at: None, stored: Vec::new() };
         swap.pause("bench", Duration::from_secs(60)).expect("pause");
         let started = Instant::now();
         let counts = swap.swap("bench", &positions, &Selection::default(), Some(kept)).expect("swap");
-        times.push(started.elapsed());
+        let took = started.elapsed();
         swap.release("bench").expect("release");
         assert_eq!(counts.rows, rows[index].len());
-        assert_eq!(counts.rewritten, if round == 0 { changed.len() } else { 0 }, "round {round}");
-    }
-    let mut rest: Vec<f64> = times[1..].iter().map(Duration::as_secs_f64).collect();
-    rest.sort_by(f64::total_cmp);
+        (took, counts.rewritten)
+    };
+    let mut clickhouse_swap = || {
+        clickhouse.pause("bench", Duration::from_secs(60)).expect("pause");
+        let started = Instant::now();
+        let counts = clickhouse.swap(&positions, &Selection::default()).expect("swap");
+        let took = started.elapsed();
+        clickhouse.release("bench").expect("release");
+        assert_eq!((counts.rows, counts.rewritten), (rows[index].len(), 0));
+        took
+    };
+    let (first, mended) = redis_swap();
+    assert_eq!(mended, changed.len());
     println!(
-        "swap of product_sales ({} rows) into a live Redis sink: the first (mending {} rows) {:.2} s; the {} after it (nothing to mend) {:.2} to {:.2} s, median {:.2} s",
+        "swap of product_sales ({} rows): Redis, mending {} rows: {:.2} s",
         rows[index].len(),
         changed.len(),
-        times[0].as_secs_f64(),
-        rest.len(),
-        rest.first().copied().unwrap_or_default(),
-        rest.last().copied().unwrap_or_default(),
-        rest.get(rest.len() / 2).copied().unwrap_or_default(),
+        first.as_secs_f64()
     );
+    // Then each alone, and both at once as a replay swaps them.
+    let (mut alone, mut beside) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    for _ in 0..swaps {
+        let (took, mended) = redis_swap();
+        assert_eq!(mended, 0);
+        alone.0.push(took);
+        alone.1.push(clickhouse_swap());
+        let (redis_took, clickhouse_took) = std::thread::scope(|scope| {
+            let clickhouse = scope.spawn(&mut clickhouse_swap);
+            (redis_swap().0, clickhouse.join().expect("ClickHouse swap"))
+        });
+        beside.0.push(redis_took);
+        beside.1.push(clickhouse_took);
+    }
+    let range = |times: &mut Vec<Duration>| {
+        times.sort();
+        format!(
+            "{:.2} to {:.2} s, median {:.2} s",
+            times[0].as_secs_f64(),
+            times[times.len() - 1].as_secs_f64(),
+            times[times.len() / 2].as_secs_f64()
+        )
+    };
+    println!(
+        "  nothing to mend, {swaps} swaps each: Redis alone {}; ClickHouse alone {}",
+        range(&mut alone.0),
+        range(&mut alone.1)
+    );
+    println!("  both at once: Redis {}; ClickHouse {}", range(&mut beside.0), range(&mut beside.1));
 }
