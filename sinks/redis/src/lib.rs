@@ -509,8 +509,8 @@ impl RankingWrites {
         self.sets.keys()
     }
 
-    /// Takes `earlier`'s writes as if they had come before these: a
-    /// member both write keeps this one's write.
+    /// Takes `earlier`'s writes as if they had come before these: where
+    /// both write a member, these win.
     fn after(&mut self, earlier: RankingWrites) {
         for (set, members) in earlier.sets {
             let written = self.sets.entry(set).or_default();
