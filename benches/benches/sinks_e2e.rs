@@ -33,7 +33,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use projector_benches::{
-    Completions, bench_topic, generated_lines, kafka_source, knob, latencies, mock_broker, note, steady_load, summary,
+    Completions, bench_topic, cpu_seconds, generated_lines, kafka_source, knob, latencies, mock_broker, note,
+    steady_load, summary,
 };
 use projector_core::config::{PipelinePlan, SinkKind, check_text};
 use projector_core::sink::{Selection, SinkError, SourcePositions, ViewBatch, ViewChange, ViewRows, ViewSink};
@@ -395,12 +396,12 @@ fn swap(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u64, swaps: 
         let kept =
             Kept { rows: rows[index].clone(), positions: positions.clone(), newest_event_at: None, stored: Vec::new() };
         swap.pause("bench", Duration::from_secs(60)).expect("pause");
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), cpu_seconds());
         let counts = swap.swap("bench", &positions, &Selection::default(), Some(kept)).expect("swap");
-        let took = started.elapsed();
+        let (took, cpu) = (started.elapsed(), cpu_seconds() - cpu);
         swap.release("bench").expect("release");
         assert_eq!(counts.rows, rows[index].len());
-        (took, counts.rewritten)
+        (took, cpu, counts.rewritten)
     };
     let mut clickhouse_swap = || {
         clickhouse.pause("bench", Duration::from_secs(60)).expect("pause");
@@ -411,7 +412,7 @@ fn swap(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u64, swaps: 
         assert_eq!((counts.rows, counts.rewritten), (rows[index].len(), 0));
         took
     };
-    let (first, mended) = redis_swap();
+    let (first, _, mended) = redis_swap();
     assert_eq!(mended, changed.len());
     println!(
         "swap of product_sales ({} rows): Redis, mending {} rows: {:.2} s",
@@ -421,10 +422,12 @@ fn swap(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u64, swaps: 
     );
     // Then each alone, and both at once as a replay swaps them.
     let (mut alone, mut beside) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    let mut client_cpu = Vec::new();
     for _ in 0..swaps {
-        let (took, mended) = redis_swap();
+        let (took, cpu, mended) = redis_swap();
         assert_eq!(mended, 0);
         alone.0.push(took);
+        client_cpu.push(cpu);
         alone.1.push(clickhouse_swap());
         let (redis_took, clickhouse_took) = std::thread::scope(|scope| {
             let clickhouse = scope.spawn(&mut clickhouse_swap);
@@ -442,9 +445,11 @@ fn swap(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u64, swaps: 
             times[times.len() / 2].as_secs_f64()
         )
     };
+    client_cpu.sort_by(f64::total_cmp);
     println!(
-        "  nothing to mend, {swaps} swaps each: Redis alone {}; ClickHouse alone {}",
+        "  nothing to mend, {swaps} swaps each: Redis alone {} (CPU s in this process: median {:.2}); ClickHouse alone {}",
         range(&mut alone.0),
+        client_cpu[client_cpu.len() / 2],
         range(&mut alone.1)
     );
     println!("  both at once: Redis {}; ClickHouse {}", range(&mut beside.0), range(&mut beside.1));
