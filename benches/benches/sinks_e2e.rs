@@ -431,7 +431,9 @@ fn swap(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u64, swaps: 
         alone.1.push(clickhouse_swap());
         let (redis_took, clickhouse_took) = std::thread::scope(|scope| {
             let clickhouse = scope.spawn(&mut clickhouse_swap);
-            (redis_swap().0, clickhouse.join().expect("ClickHouse swap"))
+            let (took, _, mended) = redis_swap();
+            assert_eq!(mended, 0);
+            (took, clickhouse.join().expect("ClickHouse swap"))
         });
         beside.0.push(redis_took);
         beside.1.push(clickhouse_took);
