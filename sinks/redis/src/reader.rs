@@ -44,6 +44,13 @@ pub struct LiveDifferences {
     pub others: Vec<(String, (Row, Row))>,
 }
 
+/// What the `SCAN` of a swap found: how many hashes of the view there
+/// are, or their names.
+enum Scanned {
+    Counted(u64),
+    Named(Vec<String>),
+}
+
 /// What a reader thread that panicked gives.
 fn panicked<T>() -> Result<T, RedisError> {
     Err(RedisError::from((redis::ErrorKind::Client, "a reader of the hashes panicked")))
@@ -206,51 +213,90 @@ impl RedisViewReader {
     /// once; each reader names the hashes of its chunks, reads them
     /// (`HMGET` of the view's fields, pipelined) and compares them itself,
     /// so naming, decoding and comparing run beside Redis' answering.
+    ///
+    /// Swapping a whole view, the `SCAN` first only counts the view's
+    /// hashes, inside Redis: when there are as many as the rows' hashes
+    /// that hold their row's key, there is no other (nearly always), and
+    /// the names of the view's hashes need not travel. Otherwise the
+    /// `SCAN` is done again for their names.
     pub fn differences(&self, rows: &[(&Row, &Row)], window: &Selection) -> Result<LiveDifferences, ReadError> {
         let unavailable = |error: RedisError| ReadError::Unavailable(format!("Redis: {error}"));
         let types: Vec<FieldType> = self.fields[..self.key_len].iter().map(|(_, ty)| *ty).collect();
-        let scan = || -> Result<Vec<String>, RedisError> {
+        let names = || -> Result<Vec<String>, RedisError> {
             let mut connection = self.connection()?;
             let found = self.scan_hashes(&mut connection, |hash| self.may_be_in(hash, window, &types))?;
             self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
             Ok(found)
         };
+        let count = || -> Result<u64, RedisError> {
+            let mut connection = self.connection()?;
+            let count = self.count_hashes(&mut connection)?;
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
+            Ok(count)
+        };
         let chunks: Vec<&[(&Row, &Row)]> = rows.chunks(CHUNK).collect();
         // Part `part` reads chunks `part`, `part + READERS`, ...: the
-        // indexes of the rows that differ, and the hashes it named.
-        let compare = |part: usize| -> Result<(Vec<usize>, Vec<String>), RedisError> {
+        // indexes of the rows that differ, the hashes it named, and how
+        // many of them were there holding the row's key.
+        let compare = |part: usize| -> Result<(Vec<usize>, Vec<String>, u64), RedisError> {
             let mut connection = self.connection()?;
-            let (mut differing, mut named) = (Vec::new(), Vec::new());
+            let (mut differing, mut named, mut there) = (Vec::new(), Vec::new(), 0);
             for (index, chunk) in chunks.iter().enumerate().skip(part).step_by(READERS) {
                 let hashes: Vec<String> = chunk.iter().map(|(key, _)| self.hash_name(key)).collect();
                 for (offset, ((key, values), live)) in
                     chunk.iter().zip(self.hmget(&mut connection, &hashes)?).enumerate()
                 {
-                    if live.is_none_or(|(live_key, live_values)| live_key != **key || live_values != **values) {
-                        differing.push(index * CHUNK + offset);
+                    match live {
+                        // Counted once however many rows a hash's name
+                        // may stand for: its fields give one key.
+                        Some((live_key, live_values)) if live_key == **key => {
+                            there += 1;
+                            if live_values != **values {
+                                differing.push(index * CHUNK + offset);
+                            }
+                        }
+                        _ => differing.push(index * CHUNK + offset),
                     }
                 }
                 named.extend(hashes);
             }
             self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
-            Ok((differing, named))
+            Ok((differing, named, there))
         };
+        // A window's other hashes are those whose name may be in it: only
+        // their names tell.
+        let whole = window.range.is_none();
         let (parts, scanned) = std::thread::scope(|scope| {
-            let scanned = scope.spawn(scan);
+            let scanned =
+                scope.spawn(move || if whole { count().map(Scanned::Counted) } else { names().map(Scanned::Named) });
             let readers: Vec<_> = (1..READERS).map(|part| scope.spawn(move || compare(part))).collect();
             let mut parts = vec![compare(0)];
             parts.extend(readers.into_iter().map(|reader| reader.join().unwrap_or_else(|_| panicked())));
             (parts, scanned.join().unwrap_or_else(|_| panicked()))
         });
-        let (mut differing, mut named) = (Vec::new(), std::collections::HashSet::new());
+        let (mut differing, mut named, mut there) = (Vec::new(), Vec::new(), 0);
         for part in parts {
-            let (part_differing, part_named) = part.map_err(unavailable)?;
+            let (part_differing, part_named, part_there) = part.map_err(unavailable)?;
             differing.extend(part_differing);
-            named.extend(part_named);
+            named.push(part_named);
+            there += part_there;
         }
         differing.sort_unstable();
-        let others: Vec<String> =
-            scanned.map_err(unavailable)?.into_iter().filter(|hash| !named.contains(hash)).collect();
+        let found = match scanned.map_err(unavailable)? {
+            // Every hash of the view is one the rows name: the hashes
+            // holding a row's key are among those `SCAN` counted, so equal
+            // counts leave no room for another (a hash counted twice, or
+            // one no row names, makes them differ).
+            Scanned::Counted(count) if count == there => Vec::new(),
+            Scanned::Counted(_) => names().map_err(unavailable)?,
+            Scanned::Named(found) => found,
+        };
+        let others: Vec<String> = if found.is_empty() {
+            Vec::new()
+        } else {
+            let named: std::collections::HashSet<String> = named.into_iter().flatten().collect();
+            found.into_iter().filter(|hash| !named.contains(hash)).collect()
+        };
         let other_rows = self.read_hashes(&others).map_err(unavailable)?;
         let others = others.into_iter().zip(other_rows).filter_map(|(hash, row)| Some((hash, row?))).collect();
         Ok(LiveDifferences { differing, others })
@@ -261,6 +307,28 @@ impl RedisViewReader {
         let mut name = self.prefix.clone();
         self.key.render_into(key, &mut name);
         name
+    }
+
+    /// How many keys a `SCAN` of the whole keyspace by the view's key
+    /// pattern finds (a key it meets twice counts twice), on `connection`:
+    /// a script runs each step of the `SCAN` inside Redis and answers its
+    /// cursor and count, so the names stay there.
+    fn count_hashes(&self, connection: &mut Connection) -> Result<u64, RedisError> {
+        let pattern = format!("{}{}", crate::glob_escape(&self.prefix), self.key.glob());
+        let step = redis::Script::new(
+            "local found = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3]) \
+             return {found[1], #found[2]}",
+        );
+        let (mut cursor, mut count) = ("0".to_string(), 0);
+        loop {
+            let (next, found): (String, u64) =
+                step.arg(&cursor).arg(&pattern).arg(crate::SCAN_COUNT).invoke(connection)?;
+            count += found;
+            if next == "0" {
+                return Ok(count);
+            }
+            cursor = next;
+        }
     }
 
     /// The keys of the view's hashes that `keep` keeps: a `SCAN` of the
