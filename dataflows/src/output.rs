@@ -370,7 +370,12 @@ pub fn deliver_view<'scope>(
                         let _ = sender.send(delivery);
                     }
                     delivered_upper = cut;
-                    state.delivered(view_index, cut);
+                    // Only worker 0 hands batches to the sinks: another
+                    // worker's cut may be ahead of them, and the positions
+                    // of theirs must not be forgotten yet.
+                    if owner {
+                        state.delivered(view_index, cut);
+                    }
                 }
                 if frontier.is_empty() {
                     finished = true;
