@@ -386,8 +386,13 @@ fn swap(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u64, swaps: 
     // Rows changed behind the sink's back, for the first swap to mend.
     let mut connection = redis::Client::open(redis.url()).expect("client").get_connection().expect("connection");
     let pattern = format!("{}product_sales:*", config.prefix);
-    let changed: Vec<String> =
-        redis::cmd("KEYS").arg(&pattern).query::<Vec<String>>(&mut connection).expect("keys")[..planted].to_vec();
+    let changed: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query::<Vec<String>>(&mut connection)
+        .expect("keys")
+        .into_iter()
+        .take(planted)
+        .collect();
     for hash in &changed {
         redis::cmd("HSET").arg(hash).arg("units_sold").arg("-1").exec(&mut connection).expect("plant");
     }

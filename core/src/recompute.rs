@@ -6,9 +6,10 @@
 //! path the dataflow uses), deduplicated by `event_id` with one sort over
 //! all copies (the dataflow splits that between the order fold and an
 //! operator that keeps every `event_id`'s copies), grouped by order and by
-//! view key in ordered maps, and each group aggregated once. What it shares with the dataflow is the meaning
-//! of a view as declared: the order fold rules ([`OrderState::fold`]) and
-//! the compiled expressions and aggregates of the [`ViewPlan`].
+//! view key in ordered maps, and each group aggregated once. What it
+//! shares with the dataflow is the meaning of a view as declared: the
+//! order fold rules ([`OrderState::fold`]) and the compiled expressions
+//! and aggregates of the [`ViewPlan`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -309,12 +309,17 @@ impl RedisViewReader {
         name
     }
 
+    /// The `SCAN` pattern of the view's hashes.
+    fn pattern(&self) -> String {
+        format!("{}{}", crate::glob_escape(&self.prefix), self.key.glob())
+    }
+
     /// How many keys a `SCAN` of the whole keyspace by the view's key
     /// pattern finds (a key it meets twice counts twice), on `connection`:
     /// a script runs each step of the `SCAN` inside Redis and answers its
     /// cursor and count, so the names stay there.
     fn count_hashes(&self, connection: &mut Connection) -> Result<u64, RedisError> {
-        let pattern = format!("{}{}", crate::glob_escape(&self.prefix), self.key.glob());
+        let pattern = self.pattern();
         let step = redis::Script::new(
             "local found = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3]) \
              return {found[1], #found[2]}",
@@ -338,7 +343,7 @@ impl RedisViewReader {
         connection: &mut Connection,
         mut keep: impl FnMut(&str) -> bool,
     ) -> Result<Vec<String>, RedisError> {
-        let pattern = format!("{}{}", crate::glob_escape(&self.prefix), self.key.glob());
+        let pattern = self.pattern();
         let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(crate::SCAN_COUNT);
         let mut kept = Vec::new();
         for key in connection.scan_options::<String>(options)? {
@@ -458,9 +463,7 @@ impl ViewReader for RedisViewReader {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for key in &keys {
-            let mut hash_key = self.prefix.clone();
-            self.key.render_into(key, &mut hash_key);
-            pipe.cmd("HGETALL").arg(hash_key);
+            pipe.cmd("HGETALL").arg(self.hash_name(key));
         }
         pipe.cmd("HMGET").arg(&self.state_key).arg("positions").arg("newest_event_at");
         let unavailable = |error: RedisError| ReadError::Unavailable(format!("Redis: {error}"));
