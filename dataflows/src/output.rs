@@ -477,6 +477,113 @@ mod tests {
         assert_eq!(net_changes(&[before, third]), vec![change(1, 10, -1), change(1, 12, 1)]);
     }
 
+    /// A sink that notes the batch and the positions of every write.
+    struct Noting(Arc<Mutex<Vec<(u64, SourcePositions)>>>);
+
+    impl ViewSink for Noting {
+        fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+            Ok(None)
+        }
+
+        fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
+            self.0
+                .lock()
+                .map_err(|_| SinkError::Fatal("poisoned".into()))?
+                .push((batch.upper, batch.positions.clone()));
+            Ok(())
+        }
+
+        fn finish(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    /// Worker 0, which owns the sinks, is held inside the step in which
+    /// it hands out batch 1, until worker 1 (no sinks) has seen the whole
+    /// input done. Batch 1 must still reach the sink with its own
+    /// positions: worker 1 must not let the table forget them. (Before the
+    /// fix, it went out with no positions at all.)
+    #[test]
+    fn a_batch_keeps_its_positions_when_a_worker_without_sinks_runs_ahead() {
+        use std::sync::atomic::AtomicBool;
+        use timely::dataflow::channels::pact::Pipeline;
+        use timely::dataflow::operators::Probe;
+
+        let state = Arc::new(OutputState::default());
+        {
+            let mut table = state.progress.lock().unwrap();
+            for worker in 0..2 {
+                for upper in 0..=3 {
+                    table.record(worker, 0, upper, at(upper * 100), None);
+                }
+            }
+        }
+        let noted = Arc::new(Mutex::new(Vec::new()));
+        // Worker 0 is in the step that delivers batch 1; worker 1 is done.
+        let (delivering, ahead) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let shared = (Arc::clone(&state), Arc::clone(&noted), delivering, ahead);
+        timely::execute(timely::Config::process(2), move |worker| {
+            let (state, noted, delivering, ahead) = shared.clone();
+            let owner = worker.index() == 0;
+            let sinks = if owner {
+                vec![ResumedSink { name: "noting".into(), sink: Box::new(Noting(noted)), skip_until: 0 }]
+            } else {
+                Vec::new()
+            };
+            let mut input: differential_dataflow::input::InputSession<u64, (PackedRow, Row), isize> =
+                differential_dataflow::input::InputSession::new();
+            let probe = worker.dataflow(|scope| {
+                let changes = input.to_collection(scope);
+                // Made before the sinks' operator, so it runs before it in
+                // the same step, with the same view of the frontier.
+                let (delivering, ahead) = (Arc::clone(&delivering), Arc::clone(&ahead));
+                changes.inner.clone().sink(Pipeline, "Hold worker 0", move |(input, frontier)| {
+                    input.for_each(|_, _| {});
+                    if owner && !frontier.less_equal(&0) && !delivering.swap(true, Ordering::SeqCst) {
+                        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                        while !ahead.load(Ordering::SeqCst) {
+                            assert!(std::time::Instant::now() < deadline, "worker 1 never got ahead");
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                });
+                let (probe, _) = changes.inner.clone().probe();
+                deliver_view(changes, "v", 0, owner, sinks, 0, state);
+                probe
+            });
+            if owner {
+                input.close();
+                while worker.step() {
+                    // Batches come to the sink's thread one at a time.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            } else {
+                // No data: the batches are empty, so both operators' frontiers
+                // are the inputs' (no message is in flight to either).
+                input.advance_to(1);
+                input.flush();
+                while !delivering.load(Ordering::SeqCst) {
+                    worker.step();
+                }
+                input.close();
+                while !probe.done() {
+                    worker.step();
+                }
+                for _ in 0..10 {
+                    worker.step();
+                }
+                ahead.store(true, Ordering::SeqCst);
+                while worker.step() {}
+            }
+        })
+        .expect("timely runs");
+        for thread in std::mem::take(&mut *state.sink_threads.lock().unwrap()) {
+            thread.join().expect("sink thread");
+        }
+        let noted = noted.lock().unwrap().clone();
+        assert_eq!(noted, vec![(1, at(100)), (u64::MAX, at(300))]);
+    }
+
     #[test]
     fn positions_come_from_the_latest_boundary_of_every_worker() {
         let mut table = ProgressTable::default();
