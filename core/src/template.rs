@@ -2,8 +2,6 @@
 //! fields, such as `order_summary:{store_id}:{date}`. Redis sinks name
 //! hashes and sorted sets with them.
 
-use std::fmt::Write as _;
-
 use crate::value::{FieldType, Value, write_date};
 
 /// A parsed template.
@@ -159,12 +157,8 @@ pub fn write_plain(value: &Value, out: &mut String) {
     match value {
         Value::Null => {}
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::UInt(v) => {
-            let _ = write!(out, "{v}");
-        }
-        Value::Int(v) => {
-            let _ = write!(out, "{v}");
-        }
+        Value::UInt(v) => out.push_str(itoa::Buffer::new().format(*v)),
+        Value::Int(v) => out.push_str(itoa::Buffer::new().format(*v)),
         Value::Date(d) => write_date(*d, out),
         Value::Timestamp(t) => out.push_str(&t.to_rfc3339()),
         Value::Text(s) => out.push_str(s),
