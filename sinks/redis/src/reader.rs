@@ -18,7 +18,7 @@ use redis::{Commands, Connection, RedisError, Value as RedisValue};
 
 use projector_core::config::RedisSinkConfig;
 use projector_core::sink::{ReadError, Selected, Selection, ViewReader, positions_from_json};
-use projector_core::template::{KeyTemplate, parse_plain};
+use projector_core::template::{KeyTemplate, parse_plain, write_plain};
 use projector_core::value::{FieldType, Row, Timestamp, Value, split_key};
 use projector_core::view::ViewPlan;
 
@@ -42,6 +42,16 @@ pub struct LiveDifferences {
     pub differing: Vec<usize>,
     /// The view's other hashes, with their rows.
     pub others: Vec<(String, (Row, Row))>,
+}
+
+/// What a live hash holds of the row a swap expects there.
+enum Holds {
+    /// The row.
+    Row,
+    /// The row's key, with other values.
+    Key,
+    /// Not the row's key (or nothing: no hash).
+    Other,
 }
 
 /// What the `SCAN` of a swap found: how many hashes of the view there
@@ -241,21 +251,21 @@ impl RedisViewReader {
         let compare = |part: usize| -> Result<(Vec<usize>, Vec<String>, u64), RedisError> {
             let mut connection = self.connection()?;
             let (mut differing, mut named, mut there) = (Vec::new(), Vec::new(), 0);
+            let mut text = String::new();
             for (index, chunk) in chunks.iter().enumerate().skip(part).step_by(READERS) {
                 let hashes: Vec<String> = chunk.iter().map(|(key, _)| self.hash_name(key)).collect();
                 for (offset, ((key, values), live)) in
-                    chunk.iter().zip(self.hmget(&mut connection, &hashes)?).enumerate()
+                    chunk.iter().zip(self.hmget_replies(&mut connection, &hashes)?).enumerate()
                 {
-                    match live {
+                    match self.holds(&live, key, values, &mut text) {
                         // Counted once however many rows a hash's name
                         // may stand for: its fields give one key.
-                        Some((live_key, live_values)) if live_key == **key => {
+                        Holds::Row => there += 1,
+                        Holds::Key => {
                             there += 1;
-                            if live_values != **values {
-                                differing.push(index * CHUNK + offset);
-                            }
+                            differing.push(index * CHUNK + offset);
                         }
-                        _ => differing.push(index * CHUNK + offset),
+                        Holds::Other => differing.push(index * CHUNK + offset),
                     }
                 }
                 named.extend(hashes);
@@ -401,13 +411,51 @@ impl RedisViewReader {
     /// The rows of the hashes `keys`, in order, in one pipelined round
     /// trip of `HMGET`s (`None` where there is no hash).
     fn hmget(&self, connection: &mut Connection, keys: &[String]) -> Result<Vec<Option<(Row, Row)>>, RedisError> {
+        let hashes = self.hmget_replies(connection, keys)?;
+        Ok(hashes.iter().map(|reply| self.whole_row(reply)).collect())
+    }
+
+    /// The replies to `HMGET`s of the view's fields of the hashes `keys`,
+    /// in order, in one pipelined round trip.
+    fn hmget_replies(&self, connection: &mut Connection, keys: &[String]) -> Result<Vec<RedisValue>, RedisError> {
         let mut pipe = redis::pipe();
         for key in keys {
             pipe.cmd("HMGET").arg(key).arg(self.field_names.as_slice());
         }
-        // The replies as they come, their texts borrowed, not copied.
-        let hashes: Vec<RedisValue> = pipe.query(connection)?;
-        Ok(hashes.iter().map(|reply| self.whole_row(reply)).collect())
+        pipe.query(connection)
+    }
+
+    /// What the hash whose `HMGET` of the view's fields gave `reply`
+    /// holds of the row `key`, `values`: each field compared as the text
+    /// the sink writes for it (none for null), which costs less than
+    /// reading the texts into values. A field whose text is not the one
+    /// the sink writes (`07` for 7) differs, so a swap rewrites it.
+    /// `text`: room for the texts.
+    fn holds(&self, reply: &RedisValue, key: &Row, values: &Row, text: &mut String) -> Holds {
+        let RedisValue::Array(texts) = reply else { return Holds::Other };
+        if texts.len() != self.fields.len() {
+            return Holds::Other;
+        }
+        let mut holds = Holds::Row;
+        for (index, live) in texts.iter().enumerate() {
+            let expected = if index < self.key_len { key.get(index) } else { values.get(index - self.key_len) };
+            let same = match (expected.unwrap_or(&Value::Null), live) {
+                (Value::Null, RedisValue::Nil) => true,
+                (Value::Null, _) => false,
+                (value, RedisValue::BulkString(live)) => {
+                    text.clear();
+                    write_plain(value, text);
+                    text.as_bytes() == live.as_slice()
+                }
+                _ => false,
+            };
+            match (same, index < self.key_len) {
+                (true, _) => {}
+                (false, true) => return Holds::Other,
+                (false, false) => holds = Holds::Key,
+            }
+        }
+        holds
     }
 
     /// The positions the sink's checkpoint claims now.
@@ -516,6 +564,39 @@ sinks:
 
     fn day(text: &str) -> Value {
         Value::Date(parse_date(text).unwrap())
+    }
+
+    #[test]
+    fn a_swap_compares_each_field_as_the_text_the_sink_writes() {
+        let reader = reader();
+        let key: Row = vec![Value::UInt(7), day("2024-03-01")].into();
+        let row: Row = vec![Value::Int(12)].into();
+        let no_orders: Row = vec![Value::Null].into();
+        let reply = |texts: &[Option<&str>]| {
+            RedisValue::Array(
+                texts
+                    .iter()
+                    .map(|text| text.map_or(RedisValue::Nil, |t| RedisValue::BulkString(t.as_bytes().to_vec())))
+                    .collect(),
+            )
+        };
+        let holds = |live: &RedisValue, values: &Row| match reader.holds(live, &key, values, &mut String::new()) {
+            Holds::Row => "row",
+            Holds::Key => "key",
+            Holds::Other => "other",
+        };
+        assert_eq!(holds(&reply(&[Some("7"), Some("2024-03-01"), Some("12")]), &row), "row");
+        assert_eq!(holds(&reply(&[Some("7"), Some("2024-03-01"), None]), &no_orders), "row");
+        // Values that differ, or read the same but are not written so.
+        assert_eq!(holds(&reply(&[Some("7"), Some("2024-03-01"), Some("13")]), &row), "key");
+        assert_eq!(holds(&reply(&[Some("7"), Some("2024-03-01"), Some("012")]), &row), "key");
+        assert_eq!(holds(&reply(&[Some("7"), Some("2024-03-01"), None]), &row), "key");
+        assert_eq!(holds(&reply(&[Some("7"), Some("2024-03-01"), Some("x")]), &no_orders), "key");
+        // Another key, or no hash.
+        assert_eq!(holds(&reply(&[Some("8"), Some("2024-03-01"), Some("12")]), &row), "other");
+        assert_eq!(holds(&reply(&[Some("07"), Some("2024-03-01"), Some("12")]), &row), "other");
+        assert_eq!(holds(&reply(&[None, None, None]), &row), "other");
+        assert_eq!(holds(&RedisValue::Nil, &row), "other");
     }
 
     #[test]
