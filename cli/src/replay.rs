@@ -208,7 +208,7 @@ struct Built {
 }
 
 /// Per key changed since the last write, the values written then.
-type ViewChanges = std::collections::HashMap<Row, Option<Row>>;
+type ViewChanges = std::collections::HashMap<Row, Option<Row>, projector_core::sink::RowHasher>;
 
 fn lock(built: &Mutex<Built>) -> MutexGuard<'_, Built> {
     built.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

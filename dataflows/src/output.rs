@@ -218,7 +218,7 @@ fn spawn_sink(resumed: ResumedSink, state: Arc<OutputState>) -> Option<std::sync
     let spawned = std::thread::Builder::new().name(format!("sink {name}")).spawn(move || {
         let state = thread_state;
         let keep_rows = sink.wants_rows();
-        let mut rows = ViewRows::new();
+        let mut rows = ViewRows::default();
         let mut gather_until = std::time::Instant::now();
         let mut next = receive.recv();
         loop {

@@ -202,7 +202,7 @@ fn updates_change_only_their_fields_and_rankings_and_follow_nulls() {
     let scores = [Some(500.0), Some(700.0), Some(700.0), None];
     for (upper, changes) in batches.iter().enumerate() {
         let positions = SourcePositions([((0, 0), upper as u64 + 1)].into_iter().collect());
-        let rows = ViewRows::new();
+        let rows = ViewRows::default();
         sink.apply(ViewBatch {
             changes,
             upper: upper as u64 + 1,

@@ -26,8 +26,7 @@
 mod reader;
 mod swap;
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,9 +34,9 @@ use tracing::{info, warn};
 
 use projector_core::config::{ClickHouseSinkConfig, MeasureFunction};
 use projector_core::sink::{
-    SinkError, SinkStatus, SourcePositions, ViewBatch, ViewSink, positions_from_json, positions_to_json,
+    RowHasher, SinkError, SinkStatus, SourcePositions, ViewBatch, ViewSink, positions_from_json, positions_to_json,
 };
-use projector_core::value::{FieldType, Row, Value, format_date};
+use projector_core::value::{FieldType, Row, Value, write_date};
 use projector_core::view::ViewPlan;
 
 pub use reader::{ClickHouseViewReader, Differences};
@@ -90,7 +89,7 @@ pub struct ClickHouseViewSink {
     /// The version of the newest committed data.
     committed: u64,
     /// Per key its latest state since the last write (`None`: deleted).
-    pending: BTreeMap<Row, Option<Row>>,
+    pending: HashMap<Row, Option<Row>, RowHasher>,
     pending_since: Option<Instant>,
     /// The last batch taken, and the positions it brought the view to.
     taken_upper: u64,
@@ -145,17 +144,11 @@ fn write_tsv(value: &Value, out: &mut String) {
     match value {
         Value::Null => out.push_str("\\N"),
         Value::Bool(b) => out.push(if *b { '1' } else { '0' }),
-        Value::UInt(v) => {
-            let _ = write!(out, "{v}");
-        }
-        Value::Int(v) => {
-            let _ = write!(out, "{v}");
-        }
-        Value::Date(d) => out.push_str(&format_date(*d)),
+        Value::UInt(v) => out.push_str(itoa::Buffer::new().format(*v)),
+        Value::Int(v) => out.push_str(itoa::Buffer::new().format(*v)),
+        Value::Date(d) => write_date(*d, out),
         // DateTime holds whole seconds; the text form is the Unix time.
-        Value::Timestamp(t) => {
-            let _ = write!(out, "{}", t.0.div_euclid(1_000_000_000));
-        }
+        Value::Timestamp(t) => out.push_str(itoa::Buffer::new().format(t.0.div_euclid(1_000_000_000))),
         Value::Text(s) => {
             for c in s.chars() {
                 match c {
@@ -217,7 +210,7 @@ impl ClickHouseViewSink {
             generation: 0,
             seq: 0,
             committed: 0,
-            pending: BTreeMap::new(),
+            pending: HashMap::default(),
             pending_since: None,
             taken_upper: 0,
             taken_positions: None,
@@ -569,7 +562,9 @@ impl ClickHouseViewSink {
                     body.push('1');
                 }
             }
-            let _ = writeln!(body, "\t{version}");
+            body.push('\t');
+            body.push_str(itoa::Buffer::new().format(version));
+            body.push('\n');
         }
         body
     }
