@@ -59,8 +59,8 @@ impl SourcePositions {
 
 /// A view's rows, by key: what a view holds after a batch (in no order;
 /// sinks that write in key order sort). Hashed with foldhash, seeded per
-/// process: SipHash was most of what keeping a replay's 272,881
-/// `product_sales` rows cost.
+/// process: SipHash took about a seventh of the shadow sinks' time in a
+/// `product_sales` replay's run.
 pub type ViewRows = HashMap<Row, Row, RowHasher>;
 
 /// How maps keyed by rows hash them (see [`ViewRows`]).
