@@ -427,9 +427,9 @@ impl RedisViewReader {
 
     /// What the hash whose `HMGET` of the view's fields gave `reply`
     /// holds of the row `key`, `values`: each field compared as the text
-    /// the sink writes for it (none for null), which costs less than
-    /// reading the texts into values. A field whose text is not the one
-    /// the sink writes (`07` for 7) differs, so a swap rewrites it.
+    /// the sink writes for it (none for null), not read into a value. A
+    /// field whose text is not the one the sink writes (`07` for 7)
+    /// differs, so a swap rewrites it.
     /// `text`: room for the texts.
     fn holds(&self, reply: &RedisValue, key: &Row, values: &Row, text: &mut String) -> Holds {
         let RedisValue::Array(texts) = reply else { return Holds::Other };
