@@ -36,7 +36,8 @@ use projector_core::config::{ClickHouseSinkConfig, MeasureFunction};
 use projector_core::sink::{
     RowHasher, SinkError, SinkStatus, SourcePositions, ViewBatch, ViewSink, positions_from_json, positions_to_json,
 };
-use projector_core::value::{FieldType, Row, Value, write_date};
+use projector_core::template::write_plain;
+use projector_core::value::{FieldType, Row, Value};
 use projector_core::view::ViewPlan;
 
 pub use reader::{ClickHouseViewReader, Differences};
@@ -144,9 +145,8 @@ fn write_tsv(value: &Value, out: &mut String) {
     match value {
         Value::Null => out.push_str("\\N"),
         Value::Bool(b) => out.push(if *b { '1' } else { '0' }),
-        Value::UInt(v) => out.push_str(itoa::Buffer::new().format(*v)),
-        Value::Int(v) => out.push_str(itoa::Buffer::new().format(*v)),
-        Value::Date(d) => write_date(*d, out),
+        // Numbers and dates as every sink writes them.
+        Value::UInt(_) | Value::Int(_) | Value::Date(_) => write_plain(value, out),
         // DateTime holds whole seconds; the text form is the Unix time.
         Value::Timestamp(t) => out.push_str(itoa::Buffer::new().format(t.0.div_euclid(1_000_000_000))),
         Value::Text(s) => {

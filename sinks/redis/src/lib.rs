@@ -292,14 +292,7 @@ impl RedisViewSink {
     fn queue_rankings(&self, ranks: &mut RankingWrites, key: &Row, values: &Row) {
         for ranking in &self.rankings {
             let member = ranking.member.render(key);
-            ranks.set_named(
-                |set| {
-                    set.push_str(&self.prefix);
-                    ranking.key.render_into(key, set);
-                },
-                member,
-                self.score(ranking, key, values),
-            );
+            ranks.set_named(|set| self.ranking_set_into(ranking, key, set), member, self.score(ranking, key, values));
         }
     }
 
@@ -389,9 +382,16 @@ impl RedisViewSink {
     }
 
     fn ranking_entry(&self, ranking: &Ranking, key: &Row) -> (String, String) {
-        let mut set = self.prefix.clone();
-        ranking.key.render_into(key, &mut set);
+        let mut set = String::new();
+        self.ranking_set_into(ranking, key, &mut set);
         (set, ranking.member.render(key))
+    }
+
+    /// Appends the name of the set of `ranking` that the row with `key`
+    /// has its entry in.
+    fn ranking_set_into(&self, ranking: &Ranking, key: &Row, out: &mut String) {
+        out.push_str(&self.prefix);
+        ranking.key.render_into(key, out);
     }
 
     /// Queues an updated row: only the fields whose value changed, and the
