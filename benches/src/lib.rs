@@ -81,6 +81,7 @@ pub fn kafka_source(brokers: &str, topic: &str, bounded: bool) -> Arc<dyn Source
             start: StartPosition::Earliest,
             bounded,
             batch_ms: knob("BENCH_BATCH_MS", 10),
+            catch_up_batch_ms: projector_core::config::DEFAULT_CATCH_UP_BATCH_MS,
             dead_letter_topic: None,
             group_id: "projector-bench".into(),
             properties: consumer_properties(),

@@ -160,6 +160,7 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
             start: StartPosition::Earliest,
             bounded: false,
             batch_ms: 20,
+            catch_up_batch_ms: config::DEFAULT_CATCH_UP_BATCH_MS,
             dead_letter_topic: None,
             group_id: "projector-demo".into(),
             properties: Vec::new(),

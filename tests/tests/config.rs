@@ -178,7 +178,7 @@ fn the_shipped_config_is_valid() {
 
 #[test]
 fn kafka_sources_api_and_commands_are_checked() {
-    let text = "sources:\n  k:\n    type: kafka\n    brokers: b:9092\n    topic: t\n    start: { offsets: { x: 5, 1: -2 } }\n    bounded: maybe\n    batch_ms: 0\n    propertys: {}\napi:\n  listen: localhost\ncommands:\n  events_topic: t\nviews:\n  v:\n    from: orders\n    measures:\n      n: { count: \"*\" }\n";
+    let text = "sources:\n  k:\n    type: kafka\n    brokers: b:9092\n    topic: t\n    start: { offsets: { x: 5, 1: -2 } }\n    bounded: maybe\n    batch_ms: 0\n    catch_up_batch_ms: soon\n    propertys: {}\napi:\n  listen: localhost\ncommands:\n  events_topic: t\nviews:\n  v:\n    from: orders\n    measures:\n      n: { count: \"*\" }\n";
     assert_eq!(
         errors(text),
         [
@@ -186,9 +186,10 @@ fn kafka_sources_api_and_commands_are_checked() {
             "pipelines.yaml:6:34: source \"k\": 'start.offsets.1' must be an offset of at least 0 (got -2)",
             "pipelines.yaml:7:14: source \"k\": 'bounded' must be true or false (got maybe)",
             "pipelines.yaml:8:15: source \"k\": 'batch_ms' must be a whole number of at least 1 (got 0)",
-            "pipelines.yaml:9:5: source \"k\": 'propertys' is not a known key (did you mean 'properties'?); allowed here: type, brokers, topic, start, bounded, batch_ms, dead_letter_topic, group_id, properties",
-            "pipelines.yaml:11:11: api: 'listen' must be an address and port such as 127.0.0.1:8080 (got \"localhost\")",
-            "pipelines.yaml:13:3: commands: 'brokers' is required but missing",
+            "pipelines.yaml:9:24: source \"k\": 'catch_up_batch_ms' must be a whole number of at least 1 (got soon)",
+            "pipelines.yaml:10:5: source \"k\": 'propertys' is not a known key (did you mean 'properties'?); allowed here: type, brokers, topic, start, bounded, batch_ms, catch_up_batch_ms, dead_letter_topic, group_id, properties",
+            "pipelines.yaml:12:11: api: 'listen' must be an address and port such as 127.0.0.1:8080 (got \"localhost\")",
+            "pipelines.yaml:14:3: commands: 'brokers' is required but missing",
         ]
     );
     let no_api = "commands:\n  brokers: b\n  events_topic: t\nviews:\n  v:\n    from: orders\n    measures:\n      n: { count: \"*\" }\n";

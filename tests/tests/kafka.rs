@@ -138,6 +138,7 @@ fn source_config(topic: &str, start: StartPosition) -> KafkaSourceConfig {
         start,
         bounded: true,
         batch_ms: 20,
+        catch_up_batch_ms: projector_core::config::DEFAULT_CATCH_UP_BATCH_MS,
         dead_letter_topic: None,
         group_id: "projector-tests".into(),
         properties: Vec::new(),

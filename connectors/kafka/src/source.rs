@@ -114,6 +114,7 @@ impl Source for KafkaSource {
             start_ends: ends.clone(),
             ends: config.bounded.then_some(ends),
             batch_millis: config.batch_ms.max(1),
+            catch_up_batch: Duration::from_millis(config.catch_up_batch_ms),
             started: self.started,
             epoch: 0,
             epoch_started: Instant::now(),
@@ -187,6 +188,8 @@ struct KafkaReader {
     /// Where each partition ended when the reader started.
     start_ends: BTreeMap<i32, i64>,
     batch_millis: u64,
+    /// How long a batch may collect while the reader is behind.
+    catch_up_batch: Duration,
     started: Instant,
     /// The batch the last records went to, and when it began.
     epoch: u64,
@@ -195,17 +198,13 @@ struct KafkaReader {
     behind: bool,
 }
 
-/// While the reader is behind, a batch stays open this long at most:
-/// catching up in big batches is several times faster than in small ones.
-const CATCH_UP_BATCH: Duration = Duration::from_millis(1000);
-
 impl KafkaReader {
     /// The batch for records read now: a new one every `batch_ms`, except
     /// that while the topic is ahead of the reader, one batch collects for
-    /// up to [`CATCH_UP_BATCH`].
+    /// up to `catch_up_batch_ms`.
     fn current_epoch(&mut self) -> u64 {
         let by_time = self.started.elapsed().as_millis() as u64 / self.batch_millis;
-        let hold = self.behind && self.epoch_started.elapsed() < CATCH_UP_BATCH;
+        let hold = self.behind && self.epoch_started.elapsed() < self.catch_up_batch;
         if !hold && by_time > self.epoch {
             self.epoch = by_time;
             self.epoch_started = Instant::now();

@@ -323,12 +323,26 @@ fn kafka_source(
         Some(node) => positive(node, component, "batch_ms", diags),
         None => Some(20),
     };
+    let catch_up_batch_ms = match fields.take("catch_up_batch_ms") {
+        Some(node) => positive(node, component, "catch_up_batch_ms", diags),
+        None => Some(DEFAULT_CATCH_UP_BATCH_MS),
+    };
     let dead_letter_topic =
         fields.take("dead_letter_topic").and_then(|n| text(n, component, "dead_letter_topic", diags));
     let group_id = fields.take("group_id").and_then(|n| text(n, component, "group_id", diags));
     let properties = fields.take("properties").map(|n| properties(n, component, diags)).unwrap_or_default();
-    let allowed =
-        ["type", "brokers", "topic", "start", "bounded", "batch_ms", "dead_letter_topic", "group_id", "properties"];
+    let allowed = [
+        "type",
+        "brokers",
+        "topic",
+        "start",
+        "bounded",
+        "batch_ms",
+        "catch_up_batch_ms",
+        "dead_letter_topic",
+        "group_id",
+        "properties",
+    ];
     fields.finish(&allowed, diags);
     Some(KafkaSourceConfig {
         brokers: brokers?.value,
@@ -336,6 +350,7 @@ fn kafka_source(
         start: start?,
         bounded: bounded?,
         batch_ms: batch_ms?,
+        catch_up_batch_ms: catch_up_batch_ms?,
         dead_letter_topic: dead_letter_topic.map(|t| t.value),
         group_id: group_id.map_or_else(|| format!("projector-{name}"), |g| g.value),
         properties,
