@@ -16,6 +16,8 @@ use projector_core::config::check_text;
 use projector_core::event::decode_event;
 use projector_core::order::{OrderEvent, OrderState};
 use projector_core::packed::PackedRow;
+use projector_core::value::Row;
+use projector_dataflows::output::batch_changes;
 
 fn orders() -> Vec<OrderState> {
     let mut by_order: BTreeMap<std::sync::Arc<str>, Vec<(u64, u64, OrderEvent)>> = BTreeMap::new();
@@ -76,6 +78,28 @@ fn views(c: &mut Criterion) {
             b.iter(|| {
                 groups.iter().filter_map(|(key, inputs)| view.aggregate(key, inputs.iter().map(|i| (i, 1)))).count()
             })
+        });
+        // What the sinks' operator does with a completed batch of the
+        // view's rows: every row added, in the order two workers' outputs
+        // interleave (not sorted), and every tenth row also updated.
+        let rows: Vec<(PackedRow, Row)> = groups
+            .iter()
+            .filter_map(|(key, inputs)| Some((key.clone(), view.aggregate(key, inputs.iter().map(|i| (i, 1)))?)))
+            .collect();
+        let mut batch: Vec<((PackedRow, Row), u64, isize)> = Vec::new();
+        for (index, (key, values)) in rows.iter().enumerate() {
+            batch.push(((key.clone(), values.clone()), 0, 1));
+            if index % 10 == 0 {
+                let newer = rows[(index + 1) % rows.len()].1.clone();
+                batch.push(((key.clone(), values.clone()), 0, -1));
+                batch.push(((key.clone(), newer), 0, 1));
+            }
+        }
+        let half = batch.len() / 2;
+        let (first, second) = batch.split_at(half);
+        let batch: Vec<_> = first.iter().zip(second).flat_map(|(a, b)| [a.clone(), b.clone()]).collect();
+        group.bench_function(format!("cut a batch of {}", view.name), |b| {
+            b.iter_batched(|| batch.clone(), batch_changes, criterion::BatchSize::LargeInput)
         });
         // A view that adds up: each order's vector of sums per group (what
         // the dataflow's `explode` makes), the totals per group (what the

@@ -351,14 +351,7 @@ pub fn deliver_view<'scope>(
                 for cut in cuts {
                     let (ready, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, time, _)| *time < cut);
                     pending = later;
-                    let mut updates: Vec<((PackedRow, Row), isize)> =
-                        ready.into_iter().map(|(data, _, diff)| (data, diff)).collect();
-                    consolidate(&mut updates);
-                    let mut batch_changes: Vec<ViewChange> = updates
-                        .into_iter()
-                        .map(|((key, values), diff)| ViewChange { key: key.unpack(), values, diff: diff as i64 })
-                        .collect();
-                    batch_changes.sort();
+                    let batch_changes = batch_changes(ready);
                     rows.fetch_add(batch_changes.iter().map(|c| c.diff).sum::<i64>(), Ordering::Relaxed);
                     let batch_changes = Arc::new(batch_changes);
                     let (positions, newest) = state.progress_at(cut);
@@ -386,6 +379,28 @@ pub fn deliver_view<'scope>(
             }
         },
     );
+}
+
+/// A completed batch's updates of a view as its sinks take them: the net
+/// change of each row, sorted by key, then values.
+///
+/// One sort, of the unpacked changes: the sinks want them in the order of
+/// the unpacked keys, which is not the packed keys' order.
+pub fn batch_changes(updates: Vec<((PackedRow, Row), u64, isize)>) -> Vec<ViewChange> {
+    let mut changes: Vec<ViewChange> = updates
+        .into_iter()
+        .map(|((key, values), _, diff)| ViewChange { key: key.unpack(), values, diff: diff as i64 })
+        .collect();
+    changes.sort_unstable();
+    changes.dedup_by(|later, kept| {
+        let same = later.key == kept.key && later.values == kept.values;
+        if same {
+            kept.diff += later.diff;
+        }
+        same
+    });
+    changes.retain(|change| change.diff != 0);
+    changes
 }
 
 /// Applies a batch of changes to a view's rows: removals first, as an
@@ -464,6 +479,41 @@ mod tests {
         let key: Row = vec![projector_core::value::Value::UInt(key)].into();
         let values: Row = vec![projector_core::value::Value::Int(value)].into();
         ViewChange { key, values, diff }
+    }
+
+    /// A batch's updates come out as the net change of each row, sorted
+    /// by the unpacked key then values, as consolidating and then sorting
+    /// gives them; rows whose updates cancel are gone.
+    #[test]
+    fn a_batch_is_cut_into_net_changes_sorted_by_key() {
+        use projector_core::value::Value;
+        let update = |key: Value, value: i64, diff: isize| {
+            let key: Row = vec![key].into();
+            ((PackedRow::from(&key[..]), Row::from(vec![Value::Int(value)])), 7u64, diff)
+        };
+        let text = |text: &str| Value::Text(text.into());
+        let updates = vec![
+            update(text("b"), 1, 1),
+            update(text("ab"), 2, 1),
+            update(Value::UInt(300), 5, 1),
+            update(text("b"), 1, -1),
+            update(text("b"), 3, 1),
+            update(text("c"), 4, 1),
+            update(Value::UInt(7), 6, 1),
+            update(text("c"), 4, -1),
+            update(text("ab"), 2, 1),
+            update(Value::Null, 0, -1),
+        ];
+        let mut expected: Vec<((Row, Row), isize)> =
+            updates.iter().map(|((key, values), _, diff)| ((key.unpack(), values.clone()), *diff)).collect();
+        consolidate(&mut expected);
+        let expected: Vec<ViewChange> =
+            expected.into_iter().map(|((key, values), diff)| ViewChange { key, values, diff: diff as i64 }).collect();
+        let cut = batch_changes(updates);
+        assert_eq!(cut, expected);
+        assert!(cut.is_sorted());
+        let keys: Vec<String> = cut.iter().map(|c| format!("{}{}", c.key[0], c.diff)).collect();
+        assert_eq!(keys, ["null-1", "71", "3001", "'ab'2", "'b'1"]);
     }
 
     #[test]
