@@ -46,7 +46,9 @@ pub enum SourceError {
 /// [`SourceReader::positions`] at any time between polls.
 pub trait SourceReader: Send {
     /// Hands up to `max` records of one batch to `deliver`, borrowed (the
-    /// reader may reuse the bytes afterwards).
+    /// reader may reuse the bytes afterwards). A poll with `max` 0 asks
+    /// only where the batch stands now (a reader whose batches go by line
+    /// count may still hand one record).
     fn poll(&mut self, max: usize, deliver: &mut dyn FnMut(RecordRef<'_>)) -> Result<Poll, SourceError>;
     /// For each partition this reader owns, the next offset it will read.
     fn positions(&self) -> SourcePositions;
@@ -192,10 +194,14 @@ impl SourceReader for BoundedReader {
         // Read on while not too much is held back: the limit trails the
         // head of the log by about a live sink's lag. (The reader cannot
         // stop one partition, so a partition ahead must not stop the rest.)
-        while self.held.len() < HOLD_AT_MOST.max(max) {
+        // Holding all it may, it asks for no records but still polls: the
+        // inner reader's batch must move on, or the batch of the last
+        // records below the limit would never close.
+        loop {
+            let room = self.held.len() < HOLD_AT_MOST.max(max);
             let source_index = self.source_index;
             let held = &mut self.held;
-            let poll = self.inner.poll(max, &mut |record| {
+            let poll = self.inner.poll(if room { max } else { 0 }, &mut |record| {
                 let wanted = held.iter().all(|(p, _, _)| p.partition != record.position.partition)
                     && limit
                         .as_ref()
@@ -209,7 +215,7 @@ impl SourceReader for BoundedReader {
             })?;
             match poll {
                 // Everything read was held back: read on.
-                Poll::Records { epoch } if delivered == 0 => self.epoch = self.epoch.max(epoch),
+                Poll::Records { epoch } if delivered == 0 && room => self.epoch = self.epoch.max(epoch),
                 Poll::Records { epoch } | Poll::Idle { epoch } => {
                     self.epoch = self.epoch.max(epoch);
                     break;
@@ -326,5 +332,59 @@ mod tests {
                 .collect();
             assert_eq!(offsets, (0..10).collect::<Vec<_>>());
         }
+    }
+
+    /// One partition that never ends; its batch number counts the polls,
+    /// as a clock would.
+    struct Endless {
+        next: u64,
+        polls: u64,
+    }
+
+    impl SourceReader for Endless {
+        fn poll(&mut self, max: usize, deliver: &mut dyn FnMut(RecordRef<'_>)) -> Result<Poll, SourceError> {
+            self.polls += 1;
+            for _ in 0..max {
+                deliver(RecordRef {
+                    position: LogPosition { partition: 0, offset: self.next },
+                    key: None,
+                    bytes: b"e",
+                });
+                self.next += 1;
+            }
+            Ok(if max > 0 { Poll::Records { epoch: self.polls } } else { Poll::Idle { epoch: self.polls } })
+        }
+
+        fn positions(&self) -> SourcePositions {
+            SourcePositions([((3, 0), self.next)].into_iter().collect())
+        }
+    }
+
+    /// A reader that holds back all it may beyond the limit still lets its
+    /// batch move on: otherwise the batch of the last records below the
+    /// limit never closes, and a replay following a live sink far behind
+    /// the log waits for ever.
+    #[test]
+    fn a_bounded_reader_holding_all_it_may_lets_its_batch_move_on() {
+        let bound = Arc::new(Bound::new(Some(SourcePositions([((3, 0), 5)].into_iter().collect()))));
+        let mut reader = BoundedReader {
+            inner: Box::new(Endless { next: 0, polls: 0 }),
+            source_index: 3,
+            bound,
+            epoch: 0,
+            held: std::collections::VecDeque::new(),
+        };
+        let mut seen = 0;
+        let mut epochs = Vec::new();
+        for _ in 0..4 {
+            match reader.poll(4096, &mut |_| seen += 1).unwrap() {
+                Poll::Records { epoch } | Poll::Idle { epoch } => epochs.push(epoch),
+                Poll::Finished => panic!("an endless source finished"),
+            }
+        }
+        assert_eq!(seen, 5);
+        assert!(reader.held.len() <= HOLD_AT_MOST + 4096, "held {}", reader.held.len());
+        assert!(epochs.windows(2).skip(1).all(|pair| pair[0] < pair[1]), "the batch stood still: {epochs:?}");
+        assert_eq!(reader.positions(), SourcePositions([((3, 0), 5)].into_iter().collect()));
     }
 }

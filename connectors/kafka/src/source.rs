@@ -266,7 +266,11 @@ impl SourceReader for KafkaReader {
                 }
             }
         }
-        self.behind = delivered >= max;
+        // A poll that asked for nothing (a bounded reader holding all it
+        // may) says nothing of whether the topic is ahead.
+        if max > 0 {
+            self.behind = delivered >= max;
+        }
         Ok(if delivered > 0 { Poll::Records { epoch } } else { Poll::Idle { epoch } })
     }
 
