@@ -384,23 +384,14 @@ pub fn deliver_view<'scope>(
 /// A completed batch's updates of a view as its sinks take them: the net
 /// change of each row, sorted by key, then values.
 ///
-/// One sort, of the unpacked changes: the sinks want them in the order of
-/// the unpacked keys, which is not the packed keys' order.
+/// One sort, of the unpacked rows (consolidating them sorts by key, then
+/// values): the sinks want them in the order of the unpacked keys, which
+/// is not the packed keys' order.
 pub fn batch_changes(updates: Vec<((PackedRow, Row), u64, isize)>) -> Vec<ViewChange> {
-    let mut changes: Vec<ViewChange> = updates
-        .into_iter()
-        .map(|((key, values), _, diff)| ViewChange { key: key.unpack(), values, diff: diff as i64 })
-        .collect();
-    changes.sort_unstable();
-    changes.dedup_by(|later, kept| {
-        let same = later.key == kept.key && later.values == kept.values;
-        if same {
-            kept.diff += later.diff;
-        }
-        same
-    });
-    changes.retain(|change| change.diff != 0);
-    changes
+    let mut unpacked: Vec<((Row, Row), isize)> =
+        updates.into_iter().map(|((key, values), _, diff)| ((key.unpack(), values), diff)).collect();
+    consolidate(&mut unpacked);
+    unpacked.into_iter().map(|((key, values), diff)| ViewChange { key, values, diff: diff as i64 }).collect()
 }
 
 /// Applies a batch of changes to a view's rows: removals first, as an
