@@ -639,6 +639,15 @@ pub fn replay(
         }
     }
     if targets.is_empty() && rewritten_files.is_empty() {
+        if !skipped_files.is_empty() {
+            return Err(CommandError::Io(format!(
+                "view {:?} has no sinks a window replay can rebuild: {} hold{} the whole view in one file, which \
+                 a window replay does not touch; replay the whole view (without --from and --to)",
+                view.name,
+                skipped_files.iter().map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", "),
+                if skipped_files.len() == 1 { "s" } else { "" },
+            )));
+        }
         return Err(CommandError::Io(format!("view {:?} has no sinks to replay into", view.name)));
     }
 

@@ -515,3 +515,32 @@ fn drop_deletes_what_one_sink_holds_and_a_later_run_rebuilds_it() {
     assert_eq!(found, 0, "{report}");
     assert!(report.matches(": ok\n").count() >= 2, "{report}");
 }
+
+#[test]
+fn a_window_replay_of_a_view_kept_only_in_files_says_why_it_rebuilds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = keyed(500, 3).into_iter().map(|(_, line)| line).collect();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+    let text = format!(
+        "version: 1\nsources:\n  events:\n    type: file\n    path: {}\n{}\nsinks:\n  summary_file:\n    type: file\n    \
+         view: order_summary\n    path: {}\n",
+        events.display(),
+        shipped_views_yaml(),
+        dir.path().join("order_summary.jsonl").display(),
+    );
+    let config = dir.path().join("replay.yaml");
+    std::fs::write(&config, &text).unwrap();
+
+    let window = replay(&config, &["--view", "order_summary", "--from", "2024-03-01", "--to", "2024-03-02"]);
+    let stderr = String::from_utf8_lossy(&window.stderr);
+    assert_eq!(window.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no sinks a window replay can rebuild: \"summary_file\" holds the whole view"), "{stderr}");
+    assert!(stderr.contains("without --from and --to"), "{stderr}");
+    assert!(!dir.path().join("order_summary.jsonl").exists(), "a window replay writes no file");
+
+    let whole = replay(&config, &["--view", "order_summary"]);
+    assert!(whole.status.success(), "{}", String::from_utf8_lossy(&whole.stderr));
+    let (found, report) = differences(&text, dir.path(), "order_summary");
+    assert_eq!(found, 0, "{report}");
+}
