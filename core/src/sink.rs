@@ -308,6 +308,16 @@ impl SnapshotRows {
     /// Applies one batch's changes (`moved`: something else the file
     /// records changed too); answers whether the file is due for a rewrite.
     pub fn apply(&mut self, changes: &[ViewChange], moved: bool) -> bool {
+        if self.rows.is_empty() {
+            // The first batch (a whole view, or the state a run restored):
+            // built in one go, not one insertion at a time (a restored state
+            // is a million rows and more, and its batch comes sorted by key,
+            // which the build takes in one pass). With no rows yet, a
+            // removal removes nothing.
+            self.rows = changes.iter().filter(|c| c.diff > 0).map(|c| (c.key.clone(), c.values.clone())).collect();
+            self.dirty |= moved || !changes.is_empty();
+            return self.due();
+        }
         // Removals first: an update is the old row out and the new one in.
         for change in changes.iter().filter(|c| c.diff < 0) {
             if self.rows.get(&change.key) == Some(&change.values) {
@@ -318,6 +328,11 @@ impl SnapshotRows {
             self.rows.insert(change.key.clone(), change.values.clone());
         }
         self.dirty |= moved || !changes.is_empty();
+        self.due()
+    }
+
+    /// Whether the file is due for a rewrite.
+    fn due(&self) -> bool {
         self.write_every.is_some_and(|every| self.dirty && self.last_write.is_none_or(|at| at.elapsed() >= every))
     }
 
@@ -330,5 +345,50 @@ impl SnapshotRows {
     pub fn written(&mut self) {
         self.last_write = Some(std::time::Instant::now());
         self.dirty = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(key: u64, value: i64, diff: i64) -> ViewChange {
+        ViewChange { key: Row::from(vec![Value::UInt(key)]), values: Row::from(vec![Value::Int(value)]), diff }
+    }
+
+    fn rows(snapshot: &SnapshotRows) -> Vec<(u64, i64)> {
+        snapshot
+            .rows
+            .iter()
+            .map(|(key, values)| match (&key[0], &values[0]) {
+                (Value::UInt(key), Value::Int(value)) => (*key, *value),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn snapshot_rows_take_a_first_batch_whole_and_later_ones_change_by_change() {
+        let mut snapshot = SnapshotRows::new(Some(std::time::Duration::from_secs(3600)));
+        // The first batch, sorted by key as batches come: an update of a
+        // row nothing holds yet adds its new values.
+        let first = [change(1, 10, 1), change(2, 5, -1), change(2, 20, 1), change(3, 30, 1), change(4, 7, -1)];
+        assert!(snapshot.apply(&first, true), "a first batch is due at once");
+        assert_eq!(rows(&snapshot), [(1, 10), (2, 20), (3, 30)]);
+        snapshot.written();
+
+        // Later: an update, a removal, a removal of values not held, an
+        // addition.
+        let later = [change(1, 10, -1), change(1, 11, 1), change(2, 20, -1), change(3, 99, -1), change(5, 50, 1)];
+        assert!(!snapshot.apply(&later, true), "not due before the interval");
+        assert_eq!(rows(&snapshot), [(1, 11), (3, 30), (5, 50)]);
+        assert!(snapshot.due_at_end(true));
+
+        // Emptied, it takes the next batch whole again.
+        let gone = [change(1, 11, -1), change(3, 30, -1), change(5, 50, -1)];
+        snapshot.apply(&gone, false);
+        assert!(snapshot.rows.is_empty());
+        snapshot.apply(&[change(6, 60, 1)], false);
+        assert_eq!(rows(&snapshot), [(6, 60)]);
     }
 }
