@@ -123,8 +123,8 @@ pub struct Restored {
     /// them never counts (the first copy is in the snapshot), so the run
     /// drops such records as it reads them.
     /// (With foldhash, not SipHash: a restore of 1M events spent a fifth
-    /// of its time hashing them, and every record read after it is looked
-    /// up here.)
+    /// of its one-threaded part inserting them, and every record read
+    /// after it is looked up here.)
     pub event_ids: HashSet<EventId, RowHasher>,
     /// Their state rows, handed on to the next snapshot as they are.
     pub event_rows: Vec<(PackedRow, Row)>,

@@ -297,8 +297,8 @@ pub type RowsAndPositions = (Vec<(Row, Row)>, Option<String>);
 
 /// Like [`read_parquet`], the rows in file order. The file's row groups
 /// are read on [`READERS`] threads, each a run of them (a state snapshot
-/// of 1M events is about 1.4M rows in 22 groups, read before anything
-/// else runs).
+/// of 1M events holds over a million rows, in groups of [`ROW_GROUP`],
+/// read before anything else runs).
 pub fn read_rows(shape: &Shape, path: &Path) -> Result<RowsAndPositions, String> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
