@@ -100,6 +100,11 @@ pub struct OutputState {
     pub delivered: Mutex<BTreeMap<usize, u64>>,
     /// The threads that write to view sinks; the run waits for them.
     pub sink_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Rows, by view index, that the view's first batch adds besides what
+    /// the dataflow computes: the `event_id` rows of a restored state,
+    /// which go into the next snapshot as they are (sorted by key; no row
+    /// of the dataflow has one of their keys).
+    pub first_rows: Mutex<BTreeMap<usize, Vec<(Row, Row)>>>,
 }
 
 impl OutputState {
@@ -351,7 +356,13 @@ pub fn deliver_view<'scope>(
                 for cut in cuts {
                     let (ready, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, time, _)| *time < cut);
                     pending = later;
-                    let batch_changes = batch_changes(ready);
+                    let mut batch_changes = batch_changes(ready);
+                    if delivered_upper == 0 && owner {
+                        let first = state.first_rows.lock().ok().and_then(|mut rows| rows.remove(&view_index));
+                        if let Some(first) = first {
+                            batch_changes = with_rows(batch_changes, first);
+                        }
+                    }
                     rows.fetch_add(batch_changes.iter().map(|c| c.diff).sum::<i64>(), Ordering::Relaxed);
                     let batch_changes = Arc::new(batch_changes);
                     let (positions, newest) = state.progress_at(cut);
@@ -392,6 +403,25 @@ pub fn batch_changes(updates: Vec<((PackedRow, Row), u64, isize)>) -> Vec<ViewCh
         updates.into_iter().map(|((key, values), _, diff)| ((key.unpack(), values), diff)).collect();
     consolidate(&mut unpacked);
     unpacked.into_iter().map(|((key, values), diff)| ViewChange { key, values, diff: diff as i64 }).collect()
+}
+
+/// `changes` (sorted by key, then values) with `rows` added, keeping the
+/// order; `rows` (sorted by key when they come from a file the runner
+/// wrote, sorted here otherwise) share no key with `changes`.
+fn with_rows(changes: Vec<ViewChange>, mut rows: Vec<(Row, Row)>) -> Vec<ViewChange> {
+    if !rows.is_sorted_by(|a, b| a.0 <= b.0) {
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    let mut merged = Vec::with_capacity(changes.len() + rows.len());
+    let mut rows = rows.into_iter().peekable();
+    for change in changes {
+        while let Some((key, values)) = rows.next_if(|(key, _)| *key < change.key) {
+            merged.push(ViewChange { key, values, diff: 1 });
+        }
+        merged.push(change);
+    }
+    merged.extend(rows.map(|(key, values)| ViewChange { key, values, diff: 1 }));
+    merged
 }
 
 /// Applies a batch of changes to a view's rows: removals first, as an
@@ -505,6 +535,33 @@ mod tests {
         assert!(cut.is_sorted());
         let keys: Vec<String> = cut.iter().map(|c| format!("{}{}", c.key[0], c.diff)).collect();
         assert_eq!(keys, ["null-1", "71", "3001", "'ab'2", "'b'1"]);
+    }
+
+    #[test]
+    fn a_first_batch_takes_the_restored_rows_in_key_order() {
+        use projector_core::value::Value;
+        let row = |key: u64, value: i64| (Row::from(vec![Value::UInt(key)]), Row::from(vec![Value::Int(value)]));
+        let changes = vec![change(2, 20, -1), change(2, 21, 1), change(5, 50, 1)];
+        // In order, as a snapshot holds them, and out of order.
+        for rows in
+            [vec![row(1, 10), row(3, 30), row(4, 40), row(9, 90)], vec![row(9, 90), row(1, 10), row(4, 40), row(3, 30)]]
+        {
+            let merged = with_rows(changes.clone(), rows);
+            assert_eq!(
+                merged,
+                [
+                    change(1, 10, 1),
+                    change(2, 20, -1),
+                    change(2, 21, 1),
+                    change(3, 30, 1),
+                    change(4, 40, 1),
+                    change(5, 50, 1),
+                    change(9, 90, 1)
+                ]
+            );
+        }
+        assert_eq!(with_rows(Vec::new(), vec![row(1, 10)]), [change(1, 10, 1)]);
+        assert_eq!(with_rows(changes.clone(), Vec::new()), changes);
     }
 
     #[test]

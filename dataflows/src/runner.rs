@@ -365,7 +365,13 @@ pub fn run(
     let (restored, restored_from) = choose_snapshot(outputs.restore, barriers.first());
     let restored = restored.unwrap_or_default();
     let restored_ids = Arc::new(restored.event_ids);
-    let restored = Arc::new(Mutex::new(Some((restored.event_rows, restored.witnesses))));
+    if snapshots
+        && !restored.event_rows.is_empty()
+        && let Ok(mut first) = state.first_rows.lock()
+    {
+        first.insert(state_index, restored.event_rows);
+    }
+    let restored = Arc::new(Mutex::new(Some(restored.witnesses)));
     if let Some((_, at)) = &restored_from {
         for (_, source) in &sources {
             source.start_at(at);
@@ -405,7 +411,6 @@ pub fn run(
 
         let mut events_input: InputSession<u64, KeyedEvent, isize> = InputSession::new();
         let mut restored_input: InputSession<u64, (Arc<str>, OrderInput), isize> = InputSession::new();
-        let mut restored_rows_input: InputSession<u64, (PackedRow, Row), isize> = InputSession::new();
         let restored_ids = Arc::clone(&restored_ids);
         let mut dead_letters_input: InputHandleVec<u64, DeadLetter> = InputHandleVec::new();
         let probe = worker.dataflow::<u64, _, _>(|scope| {
@@ -417,7 +422,6 @@ pub fn run(
             if let (Some(first_copies), Some(witnesses)) = (graph.first_copies, graph.witnesses) {
                 let rows = crate::state::first_copy_rows(first_copies)
                     .concat(crate::state::witness_rows(witnesses))
-                    .concat(restored_rows_input.to_collection(scope))
                     .probe_with(&probe);
                 let sinks = view_sinks.get_mut(state_index).map(std::mem::take).unwrap_or_default();
                 deliver_view(rows, STATE_NAME, state_index, index == 0, sinks, phases, Arc::clone(&state));
@@ -447,18 +451,14 @@ pub fn run(
         // The snapshot's state, at the first batch (worker 0 feeds it; the
         // dataflow spreads it).
         if index == 0
-            && let Some((rows, witnesses)) = restored.lock().ok().and_then(|mut r| r.take())
+            && let Some(witnesses) = restored.lock().ok().and_then(|mut r| r.take())
         {
-            for row in rows {
-                restored_rows_input.update_at(row, 0, 1);
-            }
             for witness in witnesses {
                 restored_input.update_at(witness, 0, 1);
             }
         }
         // Nothing more comes in that way.
         drop(restored_input);
-        drop(restored_rows_input);
         // Per reader: its current batch, and whether it is finished.
         let mut epochs: Vec<Option<u64>> = vec![Some(0); readers.len()];
         // Per reader: the resume phase it is in (batch `i` holds the records

@@ -126,8 +126,10 @@ pub struct Restored {
     /// of its one-threaded part inserting them, and every record read
     /// after it is looked up here.)
     pub event_ids: HashSet<EventId, RowHasher>,
-    /// Their state rows, handed on to the next snapshot as they are.
-    pub event_rows: Vec<(PackedRow, Row)>,
+    /// Their state rows, in the snapshot's order, handed on to the next
+    /// snapshot as they are (straight into the state's first batch: they
+    /// take no part in the dataflow).
+    pub event_rows: Vec<(Row, Row)>,
     /// The order witnesses, for the fold.
     pub witnesses: Vec<(Arc<str>, OrderInput)>,
 }
@@ -158,7 +160,7 @@ pub fn restore(rows: impl IntoIterator<Item = (Row, Row)>) -> Result<Restored, S
         match record.as_ref() {
             "event" => {
                 restored.event_ids.insert(EventId::new(&id));
-                restored.event_rows.push((PackedRow::from(&key[..]), values));
+                restored.event_rows.push((key, values));
             }
             "order" => {
                 let text = |index: usize| match values.get(index) {
