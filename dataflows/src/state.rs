@@ -134,13 +134,30 @@ pub struct Restored {
     pub witnesses: Vec<(Arc<str>, OrderInput)>,
 }
 
-/// Reads state rows back (see [`state_fields`]).
-pub fn restore(rows: impl IntoIterator<Item = (Row, Row)>) -> Result<Restored, String> {
-    let rows = rows.into_iter();
+/// Reads state rows back (see [`state_fields`]), in the rows' order: each
+/// half on a thread of its own (a snapshot is restored before anything
+/// else runs; the line items of every witness are parsed here).
+pub fn restore(mut rows: Vec<(Row, Row)>) -> Result<Restored, String> {
+    let total = rows.len();
+    let second = rows.split_off(total / 2);
+    let (first, second) = std::thread::scope(|scope| {
+        let other = scope.spawn(move || restore_part(second, 0));
+        let first = restore_part(rows, total);
+        (first, other.join().unwrap_or_else(|_| Err("a thread restoring the state panicked".to_string())))
+    });
+    let (mut restored, second) = (first?, second?);
+    restored.event_ids.extend(second.event_ids);
+    restored.event_rows.extend(second.event_rows);
+    restored.witnesses.extend(second.witnesses);
+    Ok(restored)
+}
+
+/// Reads `rows` back; `ids`: how many `event_id`s to make room for.
+fn restore_part(rows: Vec<(Row, Row)>, ids: usize) -> Result<Restored, String> {
     let mut restored = Restored::default();
     // Nearly every row is an `event_id`'s.
-    restored.event_ids.reserve(rows.size_hint().0);
-    restored.event_rows.reserve(rows.size_hint().0);
+    restored.event_ids.reserve(ids.max(rows.len()));
+    restored.event_rows.reserve(rows.len());
     for (key, values) in rows {
         let bad = || format!("a state row that is not one: {key:?} {values:?}");
         let (record, id, position) = match &key[..] {
