@@ -448,8 +448,9 @@ pub fn run(
             probe
         });
 
-        // The snapshot's state, at the first batch (worker 0 feeds it; the
-        // dataflow spreads it).
+        // The snapshot's order witnesses, at the first batch (worker 0 feeds
+        // them; the dataflow spreads them). Its `event_id` rows wait in
+        // `first_rows` for the state's first batch.
         if index == 0
             && let Some(witnesses) = restored.lock().ok().and_then(|mut r| r.take())
         {
