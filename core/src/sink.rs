@@ -315,24 +315,18 @@ impl SnapshotRows {
             // which the build takes in one pass). With no rows yet, a
             // removal removes nothing.
             self.rows = changes.iter().filter(|c| c.diff > 0).map(|c| (c.key.clone(), c.values.clone())).collect();
-            self.dirty |= moved || !changes.is_empty();
-            return self.due();
-        }
-        // Removals first: an update is the old row out and the new one in.
-        for change in changes.iter().filter(|c| c.diff < 0) {
-            if self.rows.get(&change.key) == Some(&change.values) {
-                self.rows.remove(&change.key);
+        } else {
+            // Removals first: an update is the old row out and the new one in.
+            for change in changes.iter().filter(|c| c.diff < 0) {
+                if self.rows.get(&change.key) == Some(&change.values) {
+                    self.rows.remove(&change.key);
+                }
+            }
+            for change in changes.iter().filter(|c| c.diff > 0) {
+                self.rows.insert(change.key.clone(), change.values.clone());
             }
         }
-        for change in changes.iter().filter(|c| c.diff > 0) {
-            self.rows.insert(change.key.clone(), change.values.clone());
-        }
         self.dirty |= moved || !changes.is_empty();
-        self.due()
-    }
-
-    /// Whether the file is due for a rewrite.
-    fn due(&self) -> bool {
         self.write_every.is_some_and(|every| self.dirty && self.last_write.is_none_or(|at| at.elapsed() >= every))
     }
 
