@@ -1,21 +1,24 @@
 //! Delivering completed batches to sinks.
 //!
-//! Every view's changes and every dead letter are exchanged to worker 0,
-//! which owns the sinks. When the dataflow's frontier passes a batch, the
-//! batch is complete: its changes are consolidated, sorted by key and handed
-//! to each sink together with the source positions the view then reflects
-//! (from the [`ProgressTable`] the input side keeps).
+//! When the dataflow's frontier passes a batch, the batch is complete: its
+//! changes are consolidated, sorted by key and handed to each sink together
+//! with the source positions the view then reflects (from the
+//! [`ProgressTable`] the input side keeps). A view's changes stay on the
+//! workers that computed them: each worker sorts its own share of a batch,
+//! and the last one to pass the batch merges the shares ([`ViewCuts`]).
+//! Worker 0 owns the sinks: it starts their threads. Dead letters are
+//! exchanged to worker 0, which writes them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::consolidation::consolidate;
+use differential_dataflow::consolidation::{consolidate, consolidate_updates};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use tracing::warn;
 
@@ -105,6 +108,9 @@ pub struct OutputState {
     /// which go into the next snapshot as they are (sorted by key; no row
     /// of the dataflow has one of their keys).
     pub first_rows: Mutex<BTreeMap<usize, Vec<(Row, Row)>>>,
+    /// Where the workers' shares of each view's batches meet, by view
+    /// index.
+    pub(crate) cuts: Mutex<BTreeMap<usize, Arc<Mutex<ViewCuts>>>>,
 }
 
 impl OutputState {
@@ -121,6 +127,13 @@ impl OutputState {
     /// before `upper`.
     fn progress_at(&self, upper: u64) -> (SourcePositions, Option<Timestamp>) {
         self.progress.lock().map(|table| (table.positions_at(upper), table.newest_at(upper))).unwrap_or_default()
+    }
+
+    /// The meeting point of view `view`'s shares, made by the first worker
+    /// to ask (of `peers`).
+    fn view_cuts(&self, view: usize, peers: usize) -> Option<Arc<Mutex<ViewCuts>>> {
+        let mut cuts = self.cuts.lock().ok()?;
+        Some(Arc::clone(cuts.entry(view).or_insert_with(|| Arc::new(Mutex::new(ViewCuts::new(view, peers))))))
     }
 
     /// Notes that view `view` delivered everything before `upper`, and
@@ -308,9 +321,17 @@ fn spawn_sink(resumed: ResumedSink, state: Arc<OutputState>) -> Option<std::sync
     }
 }
 
-/// Hands each completed batch of a view's changes to its sinks (on worker
-/// 0, the `owner`; other workers pass `sinks` empty and receive no data).
-/// Each sink is written by a thread of its own, in batch order.
+/// Hands each completed batch of a view's changes to its sinks. Worker 0,
+/// the `owner`, starts a thread for each sink (other workers pass `sinks`
+/// empty); each sink is written in batch order.
+///
+/// A view's changes stay on the worker that computed them (each row's
+/// updates are on one worker: the view's reduction spreads its rows by
+/// key). When its frontier passes a batch, a worker unpacks and sorts its
+/// share of it; the worker that completes a batch (the last to pass it)
+/// merges the shares and hands the batch out ([`ViewCuts`]). So the
+/// sorting is spread over the workers, not all on worker 0 (a run with
+/// state snapshots on cuts a million rows of state besides the views).
 ///
 /// The first `phases` batches (uppers `1..=phases`) are delivered one by
 /// one even when the frontier passes several at once: they end at the
@@ -324,18 +345,24 @@ pub fn deliver_view<'scope>(
     phases: u64,
     state: Arc<OutputState>,
 ) {
-    let rows = Arc::new(AtomicI64::new(0));
+    let (worker, peers) = (changes.inner.scope().index(), changes.inner.scope().peers());
+    let Some(cuts) = state.view_cuts(view_index, peers) else { return };
     if owner {
+        let rows = Arc::new(AtomicI64::new(0));
         if let Ok(mut counts) = state.view_rows.lock() {
             counts.insert(view_index, Arc::clone(&rows));
         }
         if let Ok(mut delivered) = state.delivered.lock() {
             delivered.insert(view_index, 0);
         }
+        let senders = sinks.into_iter().filter_map(|sink| spawn_sink(sink, Arc::clone(&state))).collect();
+        if let Ok(mut cuts) = cuts.lock() {
+            cuts.senders = senders;
+            cuts.rows = rows;
+        }
     }
-    let senders: Vec<_> = sinks.into_iter().filter_map(|sink| spawn_sink(sink, Arc::clone(&state))).collect();
     changes.inner.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-        Exchange::new(|_| 0u64),
+        Pipeline,
         &format!("Sinks of {view_name}"),
         move |_capability, _info| {
             let mut pending: Vec<((PackedRow, Row), u64, isize)> = Vec::new();
@@ -347,44 +374,28 @@ pub fn deliver_view<'scope>(
                 if finished || upper <= delivered_upper && !frontier.is_empty() {
                     return;
                 }
-                // The batches to hand out now: one per resume phase passed,
-                // then one for the rest.
-                let mut cuts: Vec<u64> = (delivered_upper + 1..=phases.min(upper)).collect();
-                if cuts.last() != Some(&upper) && upper > delivered_upper {
-                    cuts.push(upper);
+                // The batches to cut now: one per resume phase passed, then
+                // one for the rest.
+                let mut uppers: Vec<u64> = (delivered_upper + 1..=phases.min(upper)).collect();
+                if uppers.last() != Some(&upper) && upper > delivered_upper {
+                    uppers.push(upper);
                 }
-                for cut in cuts {
+                for cut in uppers {
                     let (ready, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, time, _)| *time < cut);
                     pending = later;
-                    let mut batch_changes = batch_changes(ready);
-                    if delivered_upper == 0 && owner {
-                        let first = state.first_rows.lock().ok().and_then(|mut rows| rows.remove(&view_index));
-                        if let Some(first) = first {
-                            batch_changes = with_rows(batch_changes, first);
-                        }
-                    }
-                    rows.fetch_add(batch_changes.iter().map(|c| c.diff).sum::<i64>(), Ordering::Relaxed);
-                    let batch_changes = Arc::new(batch_changes);
-                    let (positions, newest) = state.progress_at(cut);
-                    let positions = Arc::new(positions);
-                    for sender in &senders {
-                        // A full queue holds the dataflow back (the sink is
-                        // slow or down); a closed one means the run failed.
-                        let delivery = Delivery::Batch(Arc::clone(&batch_changes), cut, Arc::clone(&positions), newest);
-                        let _ = sender.send(delivery);
+                    let share = sorted_share(ready);
+                    // A full sink queue holds the dataflow back here (the
+                    // sink is slow or down), and the other workers with it.
+                    match cuts.lock() {
+                        Ok(mut cuts) => cuts.cut(worker, cut, share, &state),
+                        Err(_) => state.fail(format!("view {view_index}: a worker panicked while cutting a batch")),
                     }
                     delivered_upper = cut;
-                    // Only worker 0 hands batches to the sinks: another
-                    // worker's cut may be ahead of them, and the positions
-                    // of theirs must not be forgotten yet.
-                    if owner {
-                        state.delivered(view_index, cut);
-                    }
                 }
                 if frontier.is_empty() {
                     finished = true;
-                    for sender in &senders {
-                        let _ = sender.send(Delivery::Finish);
+                    if let Ok(mut cuts) = cuts.lock() {
+                        cuts.finish();
                     }
                 }
             }
@@ -392,17 +403,180 @@ pub fn deliver_view<'scope>(
     );
 }
 
-/// A completed batch's updates of a view as its sinks take them: the net
-/// change of each row, sorted by key, then values.
+/// One update of a view's row, unpacked: `((key, values), batch, diff)`.
+type Update = ((Row, Row), u64, isize);
+
+/// A worker's share of a batch: its upper and its updates, sorted.
+type Share = (u64, Vec<Update>);
+
+/// Where the workers' shares of one view's batches meet.
 ///
-/// One sort, of the unpacked rows (consolidating them sorts by key, then
-/// values): the sinks want them in the order of the unpacked keys, which
-/// is not the packed keys' order.
+/// Each worker reports, batch by batch, its share of the updates before
+/// the batch's upper, sorted. Workers may cut at different uppers (one saw
+/// the frontier pass two batches at once, another one at a time); the
+/// view's batch goes out at the lowest upper every worker has passed,
+/// with every share's updates before it. The first `phases` uppers are
+/// cut by every worker, so each of them goes out as a batch of its own.
+pub(crate) struct ViewCuts {
+    view_index: usize,
+    /// Per worker: the upper it has cut up to, and its shares not
+    /// delivered yet, each with its upper, in order.
+    workers: Vec<(u64, VecDeque<Share>)>,
+    /// The upper of the last batch handed out.
+    delivered_upper: u64,
+    /// How many workers saw their input end.
+    finished: usize,
+    /// The sinks' threads (set by worker 0).
+    senders: Vec<std::sync::mpsc::SyncSender<Delivery>>,
+    /// The view's current row count (set by worker 0).
+    rows: Arc<AtomicI64>,
+}
+
+impl std::fmt::Debug for ViewCuts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewCuts")
+            .field("view_index", &self.view_index)
+            .field("uppers", &self.workers.iter().map(|(upper, _)| *upper).collect::<Vec<_>>())
+            .field("delivered_upper", &self.delivered_upper)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ViewCuts {
+    fn new(view_index: usize, peers: usize) -> ViewCuts {
+        ViewCuts {
+            view_index,
+            workers: (0..peers).map(|_| (0, VecDeque::new())).collect(),
+            delivered_upper: 0,
+            finished: 0,
+            senders: Vec::new(),
+            rows: Arc::default(),
+        }
+    }
+
+    /// Takes worker `worker`'s share of the updates before `upper` (after
+    /// its previous one), and hands out the batch that completes, if any.
+    fn cut(&mut self, worker: usize, upper: u64, share: Vec<Update>, state: &OutputState) {
+        let Some((cut, shares)) = self.workers.get_mut(worker) else { return };
+        *cut = upper;
+        if !share.is_empty() {
+            shares.push_back((upper, share));
+        }
+        let passed = self.workers.iter().map(|(cut, _)| *cut).min().unwrap_or(upper);
+        if passed > self.delivered_upper {
+            self.deliver(passed, state);
+        }
+    }
+
+    /// Hands the batch before `upper` to the sinks: the merge of every
+    /// share's updates before it.
+    fn deliver(&mut self, upper: u64, state: &OutputState) {
+        let mut ready = Vec::new();
+        for (_, shares) in &mut self.workers {
+            while let Some((cut, share)) = shares.front_mut() {
+                if *cut <= upper {
+                    ready.extend(shares.pop_front().map(|(_, share)| share));
+                } else {
+                    // This worker cut past `upper`: the part of its share
+                    // before `upper` goes now (a stable partition keeps
+                    // both parts sorted).
+                    let (now, later) = std::mem::take(share).into_iter().partition(|(_, time, _)| *time < upper);
+                    *share = later;
+                    ready.push(now);
+                    break;
+                }
+            }
+        }
+        let mut changes = merge_shares(ready);
+        if self.delivered_upper == 0 {
+            let first = state.first_rows.lock().ok().and_then(|mut rows| rows.remove(&self.view_index));
+            if let Some(first) = first {
+                changes = with_rows(changes, first);
+            }
+        }
+        self.rows.fetch_add(changes.iter().map(|c| c.diff).sum::<i64>(), Ordering::Relaxed);
+        let changes = Arc::new(changes);
+        let (positions, newest) = state.progress_at(upper);
+        let positions = Arc::new(positions);
+        for sender in &self.senders {
+            // A closed queue means the run failed.
+            let delivery = Delivery::Batch(Arc::clone(&changes), upper, Arc::clone(&positions), newest);
+            let _ = sender.send(delivery);
+        }
+        self.delivered_upper = upper;
+        state.delivered(self.view_index, upper);
+    }
+
+    /// Notes that a worker's input ended; when every worker's has, the
+    /// sinks flush.
+    fn finish(&mut self) {
+        self.finished += 1;
+        if self.finished == self.workers.len() {
+            for sender in &self.senders {
+                let _ = sender.send(Delivery::Finish);
+            }
+        }
+    }
+}
+
+/// A worker's share of a batch's updates, unpacked and sorted by row, then
+/// batch (equal ones added up).
+fn sorted_share(updates: Vec<((PackedRow, Row), u64, isize)>) -> Vec<Update> {
+    let mut unpacked: Vec<Update> =
+        updates.into_iter().map(|((key, values), time, diff)| ((key.unpack(), values), time, diff)).collect();
+    consolidate_updates(&mut unpacked);
+    unpacked
+}
+
+/// The net change of each row over `shares` (each sorted by row), sorted
+/// by key, then values; rows whose updates cancel are left out.
+fn merge_shares(shares: Vec<Vec<Update>>) -> Vec<ViewChange> {
+    let mut merged: Vec<((Row, Row), isize)> = Vec::new();
+    for share in shares {
+        // The share's updates of one row (at several batches) added up.
+        let mut net: Vec<((Row, Row), isize)> = Vec::with_capacity(share.len());
+        for (row, _, diff) in share {
+            match net.last_mut() {
+                Some((last, sum)) if *last == row => *sum += diff,
+                _ => net.push((row, diff)),
+            }
+        }
+        merged = if merged.is_empty() { net } else { merge_sorted(merged, net) };
+    }
+    merged
+        .into_iter()
+        .filter(|(_, diff)| *diff != 0)
+        .map(|((key, values), diff)| ViewChange { key, values, diff: diff as i64 })
+        .collect()
+}
+
+/// Two runs sorted by row merged into one, equal rows added up.
+fn merge_sorted(left: Vec<((Row, Row), isize)>, right: Vec<((Row, Row), isize)>) -> Vec<((Row, Row), isize)> {
+    let mut merged = Vec::with_capacity(left.len() + right.len());
+    let (mut left, mut right) = (left.into_iter().peekable(), right.into_iter().peekable());
+    loop {
+        let next = match (left.peek(), right.peek()) {
+            (Some((a, _)), Some((b, _))) => match a.cmp(b) {
+                std::cmp::Ordering::Less => left.next(),
+                std::cmp::Ordering::Greater => right.next(),
+                std::cmp::Ordering::Equal => {
+                    let ((row, a), (_, b)) = (left.next().unwrap_or_default(), right.next().unwrap_or_default());
+                    Some((row, a + b))
+                }
+            },
+            (Some(_), None) => left.next(),
+            (None, Some(_)) => right.next(),
+            (None, None) => return merged,
+        };
+        merged.extend(next);
+    }
+}
+
+/// A completed batch's updates of a view as its sinks take them: the net
+/// change of each row, sorted by key, then values (the sinks want them in
+/// the order of the unpacked keys, which is not the packed keys' order).
 pub fn batch_changes(updates: Vec<((PackedRow, Row), u64, isize)>) -> Vec<ViewChange> {
-    let mut unpacked: Vec<((Row, Row), isize)> =
-        updates.into_iter().map(|((key, values), _, diff)| ((key.unpack(), values), diff)).collect();
-    consolidate(&mut unpacked);
-    unpacked.into_iter().map(|((key, values), diff)| ViewChange { key, values, diff: diff as i64 }).collect()
+    merge_shares(vec![sorted_share(updates)])
 }
 
 /// `changes` (sorted by key, then values) with `rows` added, keeping the
@@ -533,6 +707,97 @@ mod tests {
         assert!(cut.is_sorted());
         let keys: Vec<String> = cut.iter().map(|c| format!("{}{}", c.key[0], c.diff)).collect();
         assert_eq!(keys, ["null-1", "71", "3001", "'ab'2", "'b'1"]);
+    }
+
+    /// Two workers' shares, cut at different uppers: each batch goes out
+    /// at the lowest upper both have passed, with every update before it
+    /// (part of a share that reaches further waits), merged in key order.
+    #[test]
+    fn shares_cut_at_different_uppers_meet_in_batches_both_have_passed() {
+        use projector_core::value::Value;
+        let update = |key: u64, value: i64, time: u64, diff: isize| {
+            ((Row::from(vec![Value::UInt(key)]), Row::from(vec![Value::Int(value)])), time, diff)
+        };
+        let state = OutputState::default();
+        {
+            let mut table = state.progress.lock().unwrap();
+            for upper in 0..=4 {
+                table.record(0, 0, upper, at(upper * 10), None);
+                table.record(1, 0, upper, at(upper * 10 + 1), None);
+            }
+        }
+        let (send, receive) = std::sync::mpsc::sync_channel(16);
+        let mut cuts = ViewCuts::new(0, 2);
+        cuts.senders = vec![send];
+        let batches = || {
+            let mut out = Vec::new();
+            while let Ok(delivery) = receive.try_recv() {
+                out.push(match delivery {
+                    Delivery::Batch(changes, upper, positions, _) => {
+                        Some((changes.to_vec(), upper, (*positions).clone()))
+                    }
+                    Delivery::Finish => None,
+                });
+            }
+            out
+        };
+        let mut both = at(10);
+        both.merge(&at(11));
+
+        cuts.cut(0, 1, vec![update(2, 20, 0, 1), update(4, 40, 0, 1)], &state);
+        assert_eq!(batches(), [], "worker 1 has not passed batch 1");
+        cuts.cut(1, 1, vec![update(1, 10, 0, 1), update(3, 30, 0, 1)], &state);
+        assert_eq!(
+            batches(),
+            [Some((vec![change(1, 10, 1), change(2, 20, 1), change(3, 30, 1), change(4, 40, 1)], 1, both))]
+        );
+
+        // Worker 0 passes batches 2 and 3 at once; worker 1 one at a time.
+        cuts.cut(
+            0,
+            3,
+            vec![update(2, 20, 1, -1), update(2, 21, 1, 1), update(4, 40, 2, -1), update(4, 41, 2, 1)],
+            &state,
+        );
+        cuts.cut(1, 2, vec![update(1, 10, 1, -1)], &state);
+        let mut at2 = at(20);
+        at2.merge(&at(21));
+        assert_eq!(batches(), [Some((vec![change(1, 10, -1), change(2, 20, -1), change(2, 21, 1)], 2, at2))]);
+        cuts.cut(1, 3, Vec::new(), &state);
+        let mut at3 = at(30);
+        at3.merge(&at(31));
+        assert_eq!(batches(), [Some((vec![change(4, 40, -1), change(4, 41, 1)], 3, at3))]);
+
+        // Updates of one row in both shares add up; rows that cancel are
+        // left out; the sinks flush once both inputs ended.
+        cuts.cut(0, u64::MAX, vec![update(5, 50, 3, 1), update(6, 60, 3, 1)], &state);
+        cuts.finish();
+        cuts.cut(1, u64::MAX, vec![update(5, 50, 3, 1), update(6, 60, 3, -1)], &state);
+        assert_eq!(batches().len(), 1);
+        cuts.finish();
+        assert_eq!(batches(), [None]);
+        assert_eq!(cuts.rows.load(Ordering::Relaxed), 4 - 1 + 2);
+    }
+
+    #[test]
+    fn merged_shares_equal_one_sorted_batch() {
+        use projector_core::value::Value;
+        let packed = |key: &str, value: i64, time: u64, diff: isize| {
+            let key: Row = vec![Value::Text(key.into())].into();
+            ((PackedRow::from(&key[..]), Row::from(vec![Value::Int(value)])), time, diff)
+        };
+        let updates: Vec<_> = (0..200)
+            .map(|i: i64| {
+                packed(&format!("k{}", i * 7919 % 61), i % 3, (i % 4) as u64, if i % 5 == 0 { -1 } else { 1 })
+            })
+            .collect();
+        let (odd, even): (Vec<_>, Vec<_>) = updates.iter().cloned().enumerate().partition(|(i, _)| i % 2 == 1);
+        let (odd, even): (Vec<_>, Vec<_>) =
+            (odd.into_iter().map(|(_, u)| u).collect(), even.into_iter().map(|(_, u)| u).collect());
+        let whole = batch_changes(updates);
+        assert!(whole.iter().all(|c| c.diff != 0));
+        assert_eq!(merge_shares(vec![sorted_share(odd.clone()), sorted_share(even.clone())]), whole);
+        assert_eq!(merge_shares(vec![sorted_share(even), sorted_share(odd)]), whole);
     }
 
     #[test]
