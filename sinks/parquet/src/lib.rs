@@ -27,6 +27,8 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, compute_leaves};
+use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
@@ -36,6 +38,9 @@ use projector_core::view::ViewPlan;
 
 /// Rows per row group (and per Arrow batch while writing).
 const ROW_GROUP: usize = 65_536;
+
+/// Threads that build and encode the row groups of a file being written.
+const ENCODERS: usize = 2;
 
 /// The columns of what a file holds: a view's output fields, or the
 /// pipeline's state snapshot.
@@ -198,15 +203,63 @@ pub fn write_parquet<'a>(
     }
     let temporary = path.with_extension("parquet.tmp");
     let file = File::create(&temporary).map_err(|e| fail("create", &e))?;
-    let mut writer =
-        ArrowWriter::try_new(file, Arc::clone(&schema), Some(properties)).map_err(|e| fail("write", &e))?;
+    let writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(properties)).map_err(|e| fail("write", &e))?;
+    let (mut file_writer, row_groups) = writer.into_serialized_writer().map_err(|e| fail("write", &e))?;
     let rows: Vec<(&Row, &Row)> = rows.into_iter().collect();
-    for chunk in rows.chunks(ROW_GROUP) {
-        let batch = RecordBatch::try_new(Arc::clone(&schema), columns(chunk, &types, key_len))
-            .map_err(|e| fail("write", &e))?;
-        writer.write(&batch).map_err(|e| fail("write", &e))?;
-    }
-    writer.close().map_err(|e| fail("write", &e))?;
+    let chunks: Vec<&[(&Row, &Row)]> = rows.chunks(ROW_GROUP).collect();
+    // Row groups are built and encoded on `ENCODERS` threads, each taking
+    // the next one not taken, and written in order as they come (a state
+    // snapshot of a million events is 21 row groups, and the run's end
+    // waits for it).
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let encode = |index: usize| -> parquet::errors::Result<Vec<ArrowColumnChunk>> {
+        let arrays = columns(chunks[index], &types, key_len);
+        let mut writers = row_groups.create_column_writers(index)?.into_iter();
+        let mut encoded = Vec::with_capacity(arrays.len());
+        for (field, array) in schema.fields().iter().zip(&arrays) {
+            // A flat schema: one leaf, so one writer, per column.
+            let mut writer = writers.next().ok_or_else(|| ParquetError::General("a column without a writer".into()))?;
+            for leaf in compute_leaves(field, array)? {
+                writer.write(&leaf)?;
+            }
+            encoded.push(writer.close()?);
+        }
+        Ok(encoded)
+    };
+    let written = std::thread::scope(|scope| {
+        let (send, receive) = std::sync::mpsc::channel();
+        for _ in 0..ENCODERS.min(chunks.len()) {
+            let (send, next, encode, count) = (send.clone(), &next, &encode, chunks.len());
+            scope.spawn(move || {
+                loop {
+                    let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if index >= count || send.send((index, encode(index))).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(send);
+        let mut waiting = BTreeMap::new();
+        for written in 0..chunks.len() {
+            while !waiting.contains_key(&written) {
+                let Ok((index, encoded)) = receive.recv() else {
+                    return Err(ParquetError::General("a thread encoding a row group stopped".into()));
+                };
+                waiting.insert(index, encoded);
+            }
+            let mut row_group = file_writer.next_row_group()?;
+            for chunk in waiting.remove(&written).unwrap_or_else(|| Ok(Vec::new()))? {
+                chunk.append_to_row_group(&mut row_group)?;
+            }
+            row_group.close()?;
+        }
+        Ok(())
+    });
+    // (On a failure the encoders stop at their next row group: the
+    // queue they send to is gone.)
+    written.map_err(|e| fail("write", &e))?;
+    file_writer.close().map_err(|e| fail("write", &e))?;
     std::fs::rename(&temporary, path).map_err(|e| fail("replace", &e))?;
     Ok(())
 }
