@@ -109,8 +109,10 @@ pub struct OutputState {
     /// of the dataflow has one of their keys).
     pub first_rows: Mutex<BTreeMap<usize, Vec<(Row, Row)>>>,
     /// Where the workers' shares of each view's batches meet, by view
-    /// index.
-    pub(crate) cuts: Mutex<BTreeMap<usize, Arc<Mutex<ViewCuts>>>>,
+    /// index. The workers' operators own it: when the dataflow goes (the
+    /// run ended or failed), so do the sinks' queues, and their threads
+    /// end.
+    pub(crate) cuts: Mutex<BTreeMap<usize, std::sync::Weak<Mutex<ViewCuts>>>>,
 }
 
 impl OutputState {
@@ -133,7 +135,12 @@ impl OutputState {
     /// to ask (of `peers`).
     fn view_cuts(&self, view: usize, peers: usize) -> Option<Arc<Mutex<ViewCuts>>> {
         let mut cuts = self.cuts.lock().ok()?;
-        Some(Arc::clone(cuts.entry(view).or_insert_with(|| Arc::new(Mutex::new(ViewCuts::new(view, peers))))))
+        if let Some(made) = cuts.get(&view).and_then(std::sync::Weak::upgrade) {
+            return Some(made);
+        }
+        let made = Arc::new(Mutex::new(ViewCuts::new(view, peers)));
+        cuts.insert(view, Arc::downgrade(&made));
+        Some(made)
     }
 
     /// Notes that view `view` delivered everything before `upper`, and
@@ -777,6 +784,42 @@ mod tests {
         cuts.finish();
         assert_eq!(batches(), [None]);
         assert_eq!(cuts.rows.load(Ordering::Relaxed), 4 - 1 + 2);
+    }
+
+    /// A dataflow dropped before its input ended (a worker panicked) takes
+    /// the sinks' queues with it: their threads end instead of waiting for
+    /// batches that never come (the run joins them).
+    #[test]
+    fn the_sinks_threads_end_when_the_dataflow_goes_unfinished() {
+        let state = Arc::new(OutputState::default());
+        let shared = Arc::clone(&state);
+        timely::execute(timely::Config::process(2), move |worker| {
+            let state = Arc::clone(&shared);
+            let owner = worker.index() == 0;
+            let sinks = if owner {
+                vec![ResumedSink { name: "noting".into(), sink: Box::new(Noting(Arc::default())), skip_until: 0 }]
+            } else {
+                Vec::new()
+            };
+            let mut input: differential_dataflow::input::InputSession<u64, (PackedRow, Row), isize> =
+                differential_dataflow::input::InputSession::new();
+            let dataflow = worker.next_dataflow_index();
+            worker.dataflow(|scope| deliver_view(input.to_collection(scope), "v", 0, owner, sinks, 0, state));
+            input.advance_to(1);
+            input.flush();
+            for _ in 0..10 {
+                worker.step();
+            }
+            worker.drop_dataflow(dataflow);
+        })
+        .expect("timely runs");
+        let threads = std::mem::take(&mut *state.sink_threads.lock().unwrap());
+        assert_eq!(threads.len(), 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !threads.iter().all(|thread| thread.is_finished()) {
+            assert!(std::time::Instant::now() < deadline, "a sink's thread still waits for batches");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
