@@ -1,6 +1,7 @@
 //! Writing and reading a pipeline state snapshot (Parquet through Arrow):
 //! what a run with `state:` does at every snapshot and at its end, and
-//! what a restart does before anything else runs.
+//! what a restart does before anything else runs, and freeing the rows
+//! the state sink kept, as at the end of a run.
 //!
 //! The rows are a real snapshot's: the shipped views over 1,000,000
 //! generated events (`BENCH_EVENTS`), run once with snapshots on in the
@@ -13,6 +14,7 @@ static ALLOCATOR: projector::Allocator = mimalloc::MiMalloc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
+use projector_core::sink::{SnapshotRows, ViewChange};
 use projector_dataflows::runner::RunOptions;
 use projector_dataflows::state::{STATE_KEY_LEN, STATE_NAME, state_fields};
 use projector_sink_parquet::{Shape, read_rows, write_parquet};
@@ -47,6 +49,25 @@ fn snapshot(c: &mut Criterion) {
     });
     group.bench_function(format!("read {} rows", rows.len()), |b| {
         b.iter(|| read_rows(&shape, &state).expect("read").0.len())
+    });
+    // What the state sink keeps (the rows as read, in a `SnapshotRows`),
+    // freed as at the end of a run.
+    group.bench_function(format!("free {} rows", rows.len()), |b| {
+        b.iter_batched(
+            || {
+                let changes: Vec<ViewChange> = read_rows(&shape, &state)
+                    .expect("read")
+                    .0
+                    .into_iter()
+                    .map(|(key, values)| ViewChange { key, values, diff: 1 })
+                    .collect();
+                let mut kept = SnapshotRows::new(None);
+                kept.apply(&changes, true);
+                kept
+            },
+            drop,
+            criterion::BatchSize::PerIteration,
+        )
     });
     group.finish();
 }
