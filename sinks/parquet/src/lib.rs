@@ -243,6 +243,8 @@ pub fn write_parquet<'a>(
         let mut waiting = BTreeMap::new();
         for written in 0..chunks.len() {
             while !waiting.contains_key(&written) {
+                // (Returning early drops the queue: the encoders stop
+                // at their next row group.)
                 let Ok((index, encoded)) = receive.recv() else {
                     return Err(ParquetError::General("a thread encoding a row group stopped".into()));
                 };
@@ -256,8 +258,6 @@ pub fn write_parquet<'a>(
         }
         Ok(())
     });
-    // (On a failure the encoders stop at their next row group: the
-    // queue they send to is gone.)
     written.map_err(|e| fail("write", &e))?;
     file_writer.close().map_err(|e| fail("write", &e))?;
     std::fs::rename(&temporary, path).map_err(|e| fail("replace", &e))?;
