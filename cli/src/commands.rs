@@ -102,6 +102,14 @@ pub fn export(plan: PipelinePlan, view: &str, out: &Path, options: RunOptions) -
     if plan.config.sources.is_empty() {
         return Err(CommandError::Io(format!("{}: no sources are declared to export from", plan.config.file)));
     }
+    // A file named otherwise (`view.csv`) would hold Parquet under a name
+    // that says something else.
+    if !out.extension().is_some_and(|extension| extension.eq_ignore_ascii_case("parquet")) {
+        return Err(CommandError::Io(format!(
+            "--out {}: export writes Parquet; name a file ending in .parquet",
+            out.display()
+        )));
+    }
     let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
     let mut view_sinks: Vec<Vec<(String, Box<dyn projector_core::sink::ViewSink>)>> =
         plan.views.iter().map(|_| Vec::new()).collect();

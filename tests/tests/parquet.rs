@@ -108,6 +108,19 @@ fn export_writes_the_view_with_its_schema_and_positions() {
     let error = commands::export(plan(&text, dir.path()), "nope", &dir.path().join("x.parquet"), RunOptions::default())
         .unwrap_err();
     assert!(error.to_string().contains("no view \"nope\"; this config declares"), "{error}");
+
+    // A file that is not named as Parquet: refused, and nothing written.
+    for name in ["order_summary.csv", "order_summary"] {
+        let out = dir.path().join(name);
+        let error =
+            commands::export(plan(&text, dir.path()), "order_summary", &out, RunOptions::default()).unwrap_err();
+        let expected = format!("--out {}: export writes Parquet; name a file ending in .parquet", out.display());
+        assert_eq!(error.to_string(), expected);
+        assert!(!out.exists());
+    }
+    let upper = dir.path().join("upper.PARQUET");
+    commands::export(plan(&text, dir.path()), "order_summary", &upper, RunOptions::default()).unwrap();
+    assert!(upper.exists());
 }
 
 #[test]
