@@ -3,11 +3,11 @@
 //! When the dataflow's frontier passes a batch, the batch is complete: its
 //! changes are consolidated, sorted by key and handed to each sink together
 //! with the source positions the view then reflects (from the
-//! [`ProgressTable`] the input side keeps). A view's changes stay on the
-//! workers that computed them: each worker sorts its own share of a batch,
-//! and the last one to pass the batch merges the shares ([`ViewCuts`]).
-//! Worker 0 owns the sinks: it starts their threads. Dead letters are
-//! exchanged to worker 0, which writes them.
+//! [`ProgressTable`] the input side keeps). A view's changes are cut on
+//! worker 0; the state's, which are many, each worker cuts its own share
+//! of ([`Cutting`], [`ViewCuts`]). Worker 0 owns the sinks: it starts
+//! their threads. Dead letters are exchanged to worker 0, which writes
+//! them.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -18,7 +18,7 @@ use differential_dataflow::VecCollection;
 use differential_dataflow::consolidation::{consolidate, consolidate_updates};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use tracing::warn;
 
@@ -328,21 +328,33 @@ fn spawn_sink(resumed: ResumedSink, state: Arc<OutputState>) -> Option<std::sync
     }
 }
 
-/// Hands each completed batch of a view's changes to its sinks. Worker 0,
-/// the `owner`, starts a thread for each sink (other workers pass `sinks`
-/// empty); each sink is written in batch order.
-///
-/// A view's changes stay on the worker that computed them (each row's
-/// updates are on one worker: the view's reduction spreads its rows by
-/// key). When its frontier passes a batch, a worker unpacks and sorts its
-/// share of it; the worker that completes a batch (the last to pass it)
-/// merges the shares and hands the batch out ([`ViewCuts`]). So the
-/// sorting is spread over the workers, not all on worker 0 (a run with
-/// state snapshots on cuts a million rows of state besides the views).
+/// Which workers cut a view's completed batches (unpack, consolidate and
+/// sort their changes) before the sinks get them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cutting {
+    /// Worker 0, which every change is sent to: a batch goes out as soon as
+    /// worker 0 has passed it. For the views: once a run has caught up,
+    /// their batches are small and readers wait for them.
+    ByWorkerZero,
+    /// Each worker its own share (the changes it computed; each row's are
+    /// on one worker, since the reductions spread rows by key), merged by
+    /// the last worker to pass the batch: the sorting is spread over the
+    /// workers, but a batch waits for all of them. For the state of a run
+    /// with snapshots on, a million rows and more that no reader waits for
+    /// (on worker 0 alone, cutting them was 17% of its time while worker 1
+    /// idled half the run).
+    ByEveryWorker,
+}
+
+/// Hands each completed batch of a view's changes to its sinks, cut as
+/// `cutting` says ([`ViewCuts`] meets the shares). Worker 0, the `owner`,
+/// starts a thread for each sink (other workers pass `sinks` empty); each
+/// sink is written in batch order.
 ///
 /// The first `phases` batches (uppers `1..=phases`) are delivered one by
 /// one even when the frontier passes several at once: they end at the
 /// positions sinks resumed from (see the runner's barriers).
+#[allow(clippy::too_many_arguments)]
 pub fn deliver_view<'scope>(
     changes: VecCollection<'scope, u64, (PackedRow, Row)>,
     view_name: &str,
@@ -350,10 +362,17 @@ pub fn deliver_view<'scope>(
     owner: bool,
     sinks: Vec<ResumedSink>,
     phases: u64,
+    cutting: Cutting,
     state: Arc<OutputState>,
 ) {
     let (worker, peers) = (changes.inner.scope().index(), changes.inner.scope().peers());
-    let Some(cuts) = state.view_cuts(view_index, peers) else { return };
+    // Where this worker's changes go, whether it cuts, and as which of the
+    // cutters.
+    let (target, cuts_here, cutter, cutters) = match cutting {
+        Cutting::ByWorkerZero => (0, worker == 0, 0, 1),
+        Cutting::ByEveryWorker => (worker, true, worker, peers),
+    };
+    let Some(cuts) = state.view_cuts(view_index, cutters) else { return };
     if owner {
         let rows = Arc::new(AtomicI64::new(0));
         if let Ok(mut counts) = state.view_rows.lock() {
@@ -369,7 +388,7 @@ pub fn deliver_view<'scope>(
         }
     }
     changes.inner.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-        Pipeline,
+        Exchange::new(move |_| target as u64),
         &format!("Sinks of {view_name}"),
         move |_capability, _info| {
             let mut pending: Vec<((PackedRow, Row), u64, isize)> = Vec::new();
@@ -378,7 +397,7 @@ pub fn deliver_view<'scope>(
             move |(input, frontier), _output| {
                 input.for_each(|_time, data| pending.append(data));
                 let upper = frontier.frontier().first().copied().unwrap_or(u64::MAX);
-                if finished || upper <= delivered_upper && !frontier.is_empty() {
+                if !cuts_here || finished || upper <= delivered_upper && !frontier.is_empty() {
                     return;
                 }
                 // The batches to cut now: one per resume phase passed, then
@@ -394,7 +413,7 @@ pub fn deliver_view<'scope>(
                     // A full sink queue holds the dataflow back here (the
                     // sink is slow or down), and the other workers with it.
                     match cuts.lock() {
-                        Ok(mut cuts) => cuts.cut(worker, cut, share, &state),
+                        Ok(mut cuts) => cuts.cut(cutter, cut, share, &state),
                         Err(_) => state.fail(format!("view {view_index}: a worker panicked while cutting a batch")),
                     }
                     delivered_upper = cut;
@@ -416,9 +435,10 @@ type Update = ((Row, Row), u64, isize);
 /// A worker's share of a batch: its upper and its updates, sorted.
 type Share = (u64, Vec<Update>);
 
-/// Where the workers' shares of one view's batches meet.
+/// Where the cutters' shares of one view's batches meet (one cutter,
+/// worker 0, or every worker: [`Cutting`]).
 ///
-/// Each worker reports, batch by batch, its share of the updates before
+/// Each cutter reports, batch by batch, its share of the updates before
 /// the batch's upper, sorted. Workers may cut at different uppers (one saw
 /// the frontier pass two batches at once, another one at a time); the
 /// view's batch goes out at the lowest upper every worker has passed,
@@ -791,6 +811,12 @@ mod tests {
     /// batches that never come (the run joins them).
     #[test]
     fn the_sinks_threads_end_when_the_dataflow_goes_unfinished() {
+        for cutting in [Cutting::ByWorkerZero, Cutting::ByEveryWorker] {
+            sinks_end_with_an_unfinished_dataflow(cutting);
+        }
+    }
+
+    fn sinks_end_with_an_unfinished_dataflow(cutting: Cutting) {
         let state = Arc::new(OutputState::default());
         let shared = Arc::clone(&state);
         timely::execute(timely::Config::process(2), move |worker| {
@@ -804,7 +830,7 @@ mod tests {
             let mut input: differential_dataflow::input::InputSession<u64, (PackedRow, Row), isize> =
                 differential_dataflow::input::InputSession::new();
             let dataflow = worker.next_dataflow_index();
-            worker.dataflow(|scope| deliver_view(input.to_collection(scope), "v", 0, owner, sinks, 0, state));
+            worker.dataflow(|scope| deliver_view(input.to_collection(scope), "v", 0, owner, sinks, 0, cutting, state));
             input.advance_to(1);
             input.flush();
             for _ in 0..10 {
@@ -817,7 +843,7 @@ mod tests {
         assert_eq!(threads.len(), 1);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !threads.iter().all(|thread| thread.is_finished()) {
-            assert!(std::time::Instant::now() < deadline, "a sink's thread still waits for batches");
+            assert!(std::time::Instant::now() < deadline, "{cutting:?}: a sink's thread still waits for batches");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -909,6 +935,12 @@ mod tests {
     /// fix, it went out with no positions at all.)
     #[test]
     fn a_batch_keeps_its_positions_when_a_worker_without_sinks_runs_ahead() {
+        for cutting in [Cutting::ByWorkerZero, Cutting::ByEveryWorker] {
+            positions_kept_while_worker_1_runs_ahead(cutting);
+        }
+    }
+
+    fn positions_kept_while_worker_1_runs_ahead(cutting: Cutting) {
         use std::sync::atomic::AtomicBool;
         use timely::dataflow::channels::pact::Pipeline;
         use timely::dataflow::operators::Probe;
@@ -952,7 +984,7 @@ mod tests {
                     }
                 });
                 let (probe, _) = changes.inner.clone().probe();
-                deliver_view(changes, "v", 0, owner, sinks, 0, state);
+                deliver_view(changes, "v", 0, owner, sinks, 0, cutting, state);
                 probe
             });
             if owner {
@@ -985,7 +1017,7 @@ mod tests {
             thread.join().expect("sink thread");
         }
         let noted = noted.lock().unwrap().clone();
-        assert_eq!(noted, vec![(1, at(100)), (u64::MAX, at(300))]);
+        assert_eq!(noted, vec![(1, at(100)), (u64::MAX, at(300))], "{cutting:?}");
     }
 
     #[test]
