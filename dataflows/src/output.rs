@@ -347,33 +347,31 @@ pub enum Cutting {
 }
 
 /// Hands each completed batch of a view's changes to its sinks, cut as
-/// `cutting` says ([`ViewCuts`] meets the shares). Worker 0, the `owner`,
-/// starts a thread for each sink (other workers pass `sinks` empty); each
-/// sink is written in batch order.
+/// `cutting` says ([`ViewCuts`] meets the shares). Worker 0 owns the
+/// sinks: it starts a thread for each (other workers pass `sinks` empty);
+/// each sink is written in batch order.
 ///
 /// The first `phases` batches (uppers `1..=phases`) are delivered one by
 /// one even when the frontier passes several at once: they end at the
 /// positions sinks resumed from (see the runner's barriers).
-#[allow(clippy::too_many_arguments)]
 pub fn deliver_view<'scope>(
     changes: VecCollection<'scope, u64, (PackedRow, Row)>,
     view_name: &str,
     view_index: usize,
-    owner: bool,
     sinks: Vec<ResumedSink>,
     phases: u64,
     cutting: Cutting,
     state: Arc<OutputState>,
 ) {
     let (worker, peers) = (changes.inner.scope().index(), changes.inner.scope().peers());
-    // Where this worker's changes go, whether it cuts, and as which of the
-    // cutters.
-    let (target, cuts_here, cutter, cutters) = match cutting {
-        Cutting::ByWorkerZero => (0, worker == 0, 0, 1),
-        Cutting::ByEveryWorker => (worker, true, worker, peers),
+    // The worker that cuts this worker's changes (it reports as that
+    // cutter), and how many cutters there are.
+    let (cutter, cutters) = match cutting {
+        Cutting::ByWorkerZero => (0, 1),
+        Cutting::ByEveryWorker => (worker, peers),
     };
     let Some(cuts) = state.view_cuts(view_index, cutters) else { return };
-    if owner {
+    if worker == 0 {
         let rows = Arc::new(AtomicI64::new(0));
         if let Ok(mut counts) = state.view_rows.lock() {
             counts.insert(view_index, Arc::clone(&rows));
@@ -388,7 +386,7 @@ pub fn deliver_view<'scope>(
         }
     }
     changes.inner.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-        Exchange::new(move |_| target as u64),
+        Exchange::new(move |_| cutter as u64),
         &format!("Sinks of {view_name}"),
         move |_capability, _info| {
             let mut pending: Vec<((PackedRow, Row), u64, isize)> = Vec::new();
@@ -397,7 +395,7 @@ pub fn deliver_view<'scope>(
             move |(input, frontier), _output| {
                 input.for_each(|_time, data| pending.append(data));
                 let upper = frontier.frontier().first().copied().unwrap_or(u64::MAX);
-                if !cuts_here || finished || upper <= delivered_upper && !frontier.is_empty() {
+                if worker != cutter || finished || upper <= delivered_upper && !frontier.is_empty() {
                     return;
                 }
                 // The batches to cut now: one per resume phase passed, then
@@ -439,19 +437,19 @@ type Share = (u64, Vec<Update>);
 /// worker 0, or every worker: [`Cutting`]).
 ///
 /// Each cutter reports, batch by batch, its share of the updates before
-/// the batch's upper, sorted. Workers may cut at different uppers (one saw
+/// the batch's upper, sorted. Cutters may cut at different uppers (one saw
 /// the frontier pass two batches at once, another one at a time); the
-/// view's batch goes out at the lowest upper every worker has passed,
+/// view's batch goes out at the lowest upper every cutter has passed,
 /// with every share's updates before it. The first `phases` uppers are
-/// cut by every worker, so each of them goes out as a batch of its own.
+/// cut by every cutter, so each of them goes out as a batch of its own.
 pub(crate) struct ViewCuts {
     view_index: usize,
-    /// Per worker: the upper it has cut up to, and its shares not
+    /// Per cutter: the upper it has cut up to, and its shares not
     /// delivered yet, each with its upper, in order.
     workers: Vec<(u64, VecDeque<Share>)>,
     /// The upper of the last batch handed out.
     delivered_upper: u64,
-    /// How many workers saw their input end.
+    /// How many cutters saw their input end.
     finished: usize,
     /// The sinks' threads (set by worker 0).
     senders: Vec<std::sync::mpsc::SyncSender<Delivery>>,
@@ -830,7 +828,7 @@ mod tests {
             let mut input: differential_dataflow::input::InputSession<u64, (PackedRow, Row), isize> =
                 differential_dataflow::input::InputSession::new();
             let dataflow = worker.next_dataflow_index();
-            worker.dataflow(|scope| deliver_view(input.to_collection(scope), "v", 0, owner, sinks, 0, cutting, state));
+            worker.dataflow(|scope| deliver_view(input.to_collection(scope), "v", 0, sinks, 0, cutting, state));
             input.advance_to(1);
             input.flush();
             for _ in 0..10 {
@@ -984,7 +982,7 @@ mod tests {
                     }
                 });
                 let (probe, _) = changes.inner.clone().probe();
-                deliver_view(changes, "v", 0, owner, sinks, 0, cutting, state);
+                deliver_view(changes, "v", 0, sinks, 0, cutting, state);
                 probe
             });
             if owner {

@@ -425,14 +425,14 @@ pub fn run(
                     .probe_with(&probe);
                 let sinks = view_sinks.get_mut(state_index).map(std::mem::take).unwrap_or_default();
                 let cutting = Cutting::ByEveryWorker;
-                deliver_view(rows, STATE_NAME, state_index, index == 0, sinks, phases, cutting, Arc::clone(&state));
+                deliver_view(rows, STATE_NAME, state_index, sinks, phases, cutting, Arc::clone(&state));
             }
             for (view_index, view_plan) in plan.views.iter().enumerate() {
                 let rows = views::view(Arc::clone(view_plan), states.clone());
                 let rows = rows.probe_with(&probe);
                 let sinks = view_sinks.get_mut(view_index).map(std::mem::take).unwrap_or_default();
                 let cutting = Cutting::ByWorkerZero;
-                deliver_view(rows, &view_plan.name, view_index, index == 0, sinks, phases, cutting, Arc::clone(&state));
+                deliver_view(rows, &view_plan.name, view_index, sinks, phases, cutting, Arc::clone(&state));
             }
             if serve_orders {
                 let rows = states
@@ -444,7 +444,7 @@ pub fn run(
                 let view_index = plan.views.len();
                 let sinks = view_sinks.get_mut(view_index).map(std::mem::take).unwrap_or_default();
                 let cutting = Cutting::ByWorkerZero;
-                deliver_view(rows, ORDERS_OUTPUT, view_index, index == 0, sinks, phases, cutting, Arc::clone(&state));
+                deliver_view(rows, ORDERS_OUTPUT, view_index, sinks, phases, cutting, Arc::clone(&state));
             }
             let dead_letters = dead_letters.probe_with(&probe);
             deliver_dead_letters(dead_letters, std::mem::take(&mut dead_letter_sinks), Arc::clone(&state));

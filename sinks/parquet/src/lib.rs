@@ -242,16 +242,19 @@ pub fn write_parquet<'a>(
         drop(send);
         let mut waiting = BTreeMap::new();
         for written in 0..chunks.len() {
-            while !waiting.contains_key(&written) {
+            let encoded = loop {
+                if let Some(encoded) = waiting.remove(&written) {
+                    break encoded;
+                }
                 // (Returning early drops the queue: the encoders stop
                 // at their next row group.)
                 let Ok((index, encoded)) = receive.recv() else {
                     return Err(ParquetError::General("a thread encoding a row group stopped".into()));
                 };
                 waiting.insert(index, encoded);
-            }
+            };
             let mut row_group = file_writer.next_row_group()?;
-            for chunk in waiting.remove(&written).unwrap_or_else(|| Ok(Vec::new()))? {
+            for chunk in encoded? {
                 chunk.append_to_row_group(&mut row_group)?;
             }
             row_group.close()?;
