@@ -111,8 +111,8 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Rebuild a view from the log into its sinks, or only the rows of a
-    /// date window. The view is built into a shadow of each Redis and
+    /// Rebuild a view (or several, in one pass over the log) into its sinks,
+    /// or only the rows of a date window. The view is built into a shadow of each Redis and
     /// ClickHouse sink while the running pipeline goes on, then swapped in
     /// atomically at the position the live sink stands at (its writes wait
     /// for the moment of the swap), so readers never see a half-built view.
@@ -122,9 +122,10 @@ enum Command {
         /// The config file.
         #[arg(short, long, value_name = "FILE", default_value = "pipelines.yaml")]
         config: PathBuf,
-        /// The view to rebuild.
-        #[arg(long)]
-        view: String,
+        /// The view to rebuild. Name it more than once (or several, comma
+        /// separated) to rebuild several views in one pass over the log.
+        #[arg(long = "view", value_name = "NAME", required = true, value_delimiter = ',')]
+        views: Vec<String>,
         /// Only rows whose date key is on or after this day (YYYY-MM-DD).
         #[arg(long, value_name = "DATE", value_parser = parse_day)]
         from: Option<i32>,
@@ -355,11 +356,11 @@ fn execute(command: Command) -> Result<(), CommandError> {
                 )));
             }
         }
-        Command::Replay { config, view, from, to, workers, ack_wait, checkpoint_ms } => {
+        Command::Replay { config, views, from, to, workers, ack_wait, checkpoint_ms } => {
             let plan = commands::load(&config)?;
             stop_on_signal(Arc::clone(&stop));
             let options = projector::replay::ReplayOptions {
-                view: view.clone(),
+                views: views.clone(),
                 from,
                 to,
                 ack_wait: Duration::from_secs(ack_wait),
@@ -368,7 +369,7 @@ fn execute(command: Command) -> Result<(), CommandError> {
             };
             let run_options = RunOptions { workers, stop, ..RunOptions::default() };
             let summary = projector::replay::replay(&plan, &options, run_options)?;
-            print!("{}", summary.report(&view));
+            print!("{}", summary.report(&views));
         }
         Command::Drop { config, sink } => {
             let plan = commands::load(&config)?;

@@ -1,6 +1,6 @@
-//! `projector replay`: rebuilds a view from the log into its sinks through
-//! a shadow that is swapped in only when complete, while the live pipeline
-//! keeps running.
+//! `projector replay`: rebuilds a view (or several, in one pass over the
+//! log) into its sinks through a shadow that is swapped in only when
+//! complete, while the live pipeline keeps running.
 //!
 //! The view is computed by a dataflow of its own, reading the sources from
 //! the start up to a [`Bound`] and writing into a shadow of each Redis and
@@ -56,8 +56,8 @@ const LAST_DAY: i32 = 49_710; // 2106-02-07, ClickHouse's last Date
 /// What to replay.
 #[derive(Clone, Debug)]
 pub struct ReplayOptions {
-    /// The view.
-    pub view: String,
+    /// The views, rebuilt together: the log is read once for all of them.
+    pub views: Vec<String>,
     /// Only rows whose date key is on or after this day (days since
     /// 1970-01-01).
     pub from: Option<i32>,
@@ -76,11 +76,12 @@ pub struct ReplayOptions {
 }
 
 /// Where a replay keeps the snapshots of its dataflow's state: next to the
-/// config, `.projector-replay/<view>-<window>.parquet`.
-pub fn checkpoint_path(plan: &PipelinePlan, view: &str, window: &str) -> std::path::PathBuf {
+/// config, `.projector-replay/<views>-<window>.parquet`, the views' names
+/// joined by `+` in the order given.
+pub fn checkpoint_path(plan: &PipelinePlan, views: &[&str], window: &str) -> std::path::PathBuf {
     let config = std::path::Path::new(&plan.config.file);
     let dir = config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    dir.join(".projector-replay").join(format!("{view}-{window}.parquet"))
+    dir.join(".projector-replay").join(format!("{}-{window}.parquet", views.join("+")))
 }
 
 /// What one sink's swap did.
@@ -122,10 +123,12 @@ pub struct ReplaySummary {
 
 impl ReplaySummary {
     /// The summary printed at the end.
-    pub fn report(&self, view: &str) -> String {
+    pub fn report(&self, views: &[String]) -> String {
         let seconds = self.run.elapsed.as_secs_f64();
+        let names = views.iter().map(|view| format!("{view:?}")).collect::<Vec<_>>().join(", ");
         let mut out = format!(
-            "replayed view {view:?}: {} events in {seconds:.2} s ({:.0} events/s)\n",
+            "replayed view{} {names}: {} events in {seconds:.2} s ({:.0} events/s)\n",
+            if views.len() == 1 { "" } else { "s" },
             self.run.records,
             self.run.records as f64 / seconds.max(1e-9)
         );
@@ -488,6 +491,26 @@ fn failed(sink: &str) -> impl Fn(SinkError) -> CommandError + '_ {
     move |error| CommandError::Io(format!("sink {sink:?}: {error}"))
 }
 
+/// The views a replay names, in the order named: each must be declared,
+/// and named once.
+fn chosen_views(plan: &PipelinePlan, names: &[String]) -> Result<Vec<Arc<ViewPlan>>, CommandError> {
+    if names.is_empty() {
+        return Err(CommandError::Io("name the view to replay (--view NAME)".into()));
+    }
+    let mut views: Vec<Arc<ViewPlan>> = Vec::new();
+    for name in names {
+        let Some(view) = plan.view(name) else {
+            let declared: Vec<&str> = plan.views.iter().map(|v| v.name.as_str()).collect();
+            return Err(CommandError::Io(format!("no view {name:?}; this config declares: {}", declared.join(", "))));
+        };
+        if views.iter().any(|chosen| chosen.name == view.name) {
+            return Err(CommandError::Io(format!("view {name:?} is named twice; name each view once")));
+        }
+        views.push(Arc::clone(view));
+    }
+    Ok(views)
+}
+
 /// The window as a selection of the view's rows, and its name.
 fn window(view: &ViewPlan, options: &ReplayOptions) -> Result<(Selection, String), CommandError> {
     if options.from.is_none() && options.to.is_none() {
@@ -567,88 +590,96 @@ fn lowest(positions: impl Iterator<Item = SourcePositions>) -> Option<SourcePosi
     })
 }
 
-/// Replays `options.view` of `plan` into its sinks.
+/// Replays `options.views` of `plan` into their sinks, in one run of the
+/// dataflow.
 pub fn replay(
     plan: &PipelinePlan,
     options: &ReplayOptions,
     run_options: RunOptions,
 ) -> Result<ReplaySummary, CommandError> {
-    let Some(view) = plan.view(&options.view).cloned() else {
-        let names: Vec<&str> = plan.views.iter().map(|v| v.name.as_str()).collect();
-        return Err(CommandError::Io(format!(
-            "no view {:?}; this config declares: {}",
-            options.view,
-            names.join(", ")
-        )));
-    };
+    let views = chosen_views(plan, &options.views)?;
     if plan.config.sources.is_empty() {
         return Err(CommandError::Io(format!("{}: no sources are declared to replay from", plan.config.file)));
     }
-    let (selection, window_name) = window(&view, options)?;
     let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
     let every = options.checkpoint_every.unwrap_or(WRITE_SHADOW_EVERY);
 
-    // The live sinks with shadows, the shadows as the run's sinks, and the
-    // file sinks rewritten whole.
+    // The live sinks with shadows (and the window of each, which names the
+    // date key of its view), the shadows as the run's sinks (per view),
+    // and the file sinks rewritten whole.
     let mut targets: Vec<(String, Target)> = Vec::new();
-    let mut shadows: Vec<(String, Box<dyn ViewSink>)> = Vec::new();
+    let mut windows: Vec<Selection> = Vec::new();
+    let mut view_sinks = Vec::new();
     let mut rewritten_files = Vec::new();
     let mut skipped_files = Vec::new();
-    for sink in plan.config.sinks.iter().filter(|s| s.view.value == view.name) {
-        let name = sink.name.clone();
-        let wrap =
-            |inner: Box<dyn ViewSink>| Box::new(Windowed { inner, window: selection.clone() }) as Box<dyn ViewSink>;
-        match &sink.kind {
-            SinkKind::Redis(config) => {
-                let swap = RedisSwap::new(&name, Arc::clone(&view), config, source_names.clone(), &window_name)
-                    .map_err(failed(&name))?;
-                let shadow = RedisViewSink::new(&name, Arc::clone(&view), swap.shadow_config(), source_names.clone())
-                    .map_err(failed(&name))?;
-                let built = Arc::new(Mutex::new(Built::default()));
-                let keeping = Keeping {
-                    inner: shadow,
-                    untouched: false,
-                    built: Arc::clone(&built),
-                    every,
-                    written_at: Instant::now(),
-                    stop: Arc::clone(&run_options.stop),
-                };
-                shadows.push((format!("shadow of sink {name:?}"), wrap(Box::new(keeping))));
-                targets.push((name, Target::Redis(Box::new(swap), built)));
-            }
-            SinkKind::ClickHouse(config) => {
-                let swap = ClickHouseSwap::new(&name, Arc::clone(&view), config, source_names.clone(), &window_name)
-                    .map_err(failed(&name))?;
-                let shadow = swap.shadow_sink().map_err(failed(&name))?;
-                shadows.push((format!("shadow of sink {name:?}"), wrap(Box::new(shadow))));
-                targets.push((name, Target::ClickHouse(Box::new(swap))));
-            }
-            SinkKind::File(_) | SinkKind::Parquet(_) if options.from.is_some() || options.to.is_some() => {
-                skipped_files.push(name);
-            }
-            SinkKind::File(file) => {
-                shadows
-                    .push((format!("sink {name:?}"), Box::new(FileViewSink::new(Arc::clone(&view), &file.path, None))));
-                rewritten_files.push(name);
-            }
-            SinkKind::Parquet(parquet) => {
-                let sink = ParquetViewSink::new(Arc::clone(&view), &parquet.path, None, source_names.clone());
-                shadows.push((format!("sink {name:?}"), Box::new(sink)));
-                rewritten_files.push(name);
+    let mut window_name = String::new();
+    for view in &views {
+        let (selection, name) = window(view, options)?;
+        window_name = name;
+        let rebuilt = targets.len() + rewritten_files.len();
+        let skipped = skipped_files.len();
+        let mut shadows: Vec<(String, Box<dyn ViewSink>)> = Vec::new();
+        for sink in plan.config.sinks.iter().filter(|s| s.view.value == view.name) {
+            let name = sink.name.clone();
+            let wrap =
+                |inner: Box<dyn ViewSink>| Box::new(Windowed { inner, window: selection.clone() }) as Box<dyn ViewSink>;
+            match &sink.kind {
+                SinkKind::Redis(config) => {
+                    let swap = RedisSwap::new(&name, Arc::clone(view), config, source_names.clone(), &window_name)
+                        .map_err(failed(&name))?;
+                    let shadow =
+                        RedisViewSink::new(&name, Arc::clone(view), swap.shadow_config(), source_names.clone())
+                            .map_err(failed(&name))?;
+                    let built = Arc::new(Mutex::new(Built::default()));
+                    let keeping = Keeping {
+                        inner: shadow,
+                        untouched: false,
+                        built: Arc::clone(&built),
+                        every,
+                        written_at: Instant::now(),
+                        stop: Arc::clone(&run_options.stop),
+                    };
+                    shadows.push((format!("shadow of sink {name:?}"), wrap(Box::new(keeping))));
+                    targets.push((name, Target::Redis(Box::new(swap), built)));
+                    windows.push(selection.clone());
+                }
+                SinkKind::ClickHouse(config) => {
+                    let swap = ClickHouseSwap::new(&name, Arc::clone(view), config, source_names.clone(), &window_name)
+                        .map_err(failed(&name))?;
+                    let shadow = swap.shadow_sink().map_err(failed(&name))?;
+                    shadows.push((format!("shadow of sink {name:?}"), wrap(Box::new(shadow))));
+                    targets.push((name, Target::ClickHouse(Box::new(swap))));
+                    windows.push(selection.clone());
+                }
+                SinkKind::File(_) | SinkKind::Parquet(_) if options.from.is_some() || options.to.is_some() => {
+                    skipped_files.push(name);
+                }
+                SinkKind::File(file) => {
+                    let sink = FileViewSink::new(Arc::clone(view), &file.path, None);
+                    shadows.push((format!("sink {name:?}"), Box::new(sink)));
+                    rewritten_files.push(name);
+                }
+                SinkKind::Parquet(parquet) => {
+                    let sink = ParquetViewSink::new(Arc::clone(view), &parquet.path, None, source_names.clone());
+                    shadows.push((format!("sink {name:?}"), Box::new(sink)));
+                    rewritten_files.push(name);
+                }
             }
         }
-    }
-    if targets.is_empty() && rewritten_files.is_empty() {
-        if !skipped_files.is_empty() {
-            return Err(CommandError::Io(format!(
-                "view {:?} has no sinks a window replay can rebuild: {} hold{} the whole view in one file, which \
-                 a window replay does not touch; replay the whole view (without --from and --to)",
-                view.name,
-                skipped_files.iter().map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", "),
-                if skipped_files.len() == 1 { "s" } else { "" },
-            )));
+        if targets.len() + rewritten_files.len() == rebuilt {
+            if skipped_files.len() > skipped {
+                let files = &skipped_files[skipped..];
+                return Err(CommandError::Io(format!(
+                    "view {:?} has no sinks a window replay can rebuild: {} hold{} the whole view in one file, \
+                     which a window replay does not touch; replay the whole view (without --from and --to)",
+                    view.name,
+                    files.iter().map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", "),
+                    if files.len() == 1 { "s" } else { "" },
+                )));
+            }
+            return Err(CommandError::Io(format!("view {:?} has no sinks to replay into", view.name)));
         }
-        return Err(CommandError::Io(format!("view {:?} has no sinks to replay into", view.name)));
+        view_sinks.push(shadows);
     }
 
     let mut resumed_from = Vec::new();
@@ -664,7 +695,7 @@ pub fn replay(
     let bound = Arc::new(Bound::new(lowest(live_at.iter().flatten().cloned())));
     let token = format!("replay-{}-{}", std::process::id(), now_nanos());
 
-    let replay_plan = replay_plan(plan, &view, every);
+    let replay_plan = replay_plan(plan, &views, every);
     let sources: Vec<(String, Arc<dyn Source>)> = components::sources(&replay_plan)
         .into_iter()
         .enumerate()
@@ -672,12 +703,13 @@ pub fn replay(
             (name, Arc::new(BoundedSource::new(source, index as u16, Arc::clone(&bound))) as Arc<dyn Source>)
         })
         .collect();
-    let checkpoint = options.checkpoint_every.map(|every| (checkpoint_path(plan, &view.name, &window_name), every));
+    let names: Vec<&str> = views.iter().map(|view| view.name.as_str()).collect();
+    let checkpoint = options.checkpoint_every.map(|every| (checkpoint_path(plan, &names, &window_name), every));
     let (state_sinks, restore) = match &checkpoint {
         Some((path, every)) => components::state_snapshots_at(path, *every, &source_names),
         None => (Vec::new(), Vec::new()),
     };
-    let outputs = Outputs { view_sinks: vec![shadows], state_sinks, restore, ..Outputs::default() };
+    let outputs = Outputs { view_sinks, state_sinks, restore, ..Outputs::default() };
     let progress = Arc::clone(&run_options.progress);
     let stop = Arc::clone(&run_options.stop);
     let run_options = RunOptions { until_idle: true, until_caught_up: !following, ..run_options };
@@ -692,7 +724,7 @@ pub fn replay(
         follow_and_swap(
             &mut targets,
             &bound,
-            &selection,
+            &windows,
             &token,
             options,
             &watch,
@@ -724,8 +756,7 @@ pub fn replay(
         for (index, (name, target)) in targets.iter_mut().enumerate() {
             picks.push((index, target.shadow_position().map_err(failed(name))?.unwrap_or_default()));
         }
-        let swap =
-            SwapIn { token: &token, window: &selection, source_names: &source_names, held_since: Instant::now() };
+        let swap = SwapIn { token: &token, windows: &windows, source_names: &source_names, held_since: Instant::now() };
         swaps.extend(swap.each(&mut targets, &picks, &resumed_from)?);
     }
     for (name, target) in &mut targets {
@@ -739,7 +770,7 @@ pub fn replay(
     Ok(ReplaySummary { run: summary, swaps, rewritten_files, skipped_files })
 }
 
-/// The pipeline a replay runs: `view` alone, its Kafka sources catching
+/// The pipeline a replay runs: `views` alone, its Kafka sources catching
 /// up in batches as long as the replay's checkpoint interval, `every`.
 ///
 /// No reader sees a replay's batches before the swap, so their length only
@@ -751,9 +782,9 @@ pub fn replay(
 /// The extra memory is bounded by the state itself: the fold's arrangement
 /// holds every event of the replay anyway, and a batch's events wait
 /// beside it.
-fn replay_plan(plan: &PipelinePlan, view: &Arc<ViewPlan>, every: Duration) -> PipelinePlan {
+fn replay_plan(plan: &PipelinePlan, views: &[Arc<ViewPlan>], every: Duration) -> PipelinePlan {
     let mut replay_plan = plan.clone();
-    replay_plan.views = vec![Arc::clone(view)];
+    replay_plan.views = views.to_vec();
     for source in &mut replay_plan.config.sources {
         if let SourceKind::Kafka(kafka) = &mut source.kind {
             kafka.catch_up_batch_ms = (every.as_millis() as u64).max(kafka.batch_ms);
@@ -819,7 +850,7 @@ impl Watch<'_> {
 fn follow_and_swap(
     targets: &mut [(String, Target)],
     bound: &Bound,
-    window: &Selection,
+    windows: &[Selection],
     token: &str,
     options: &ReplayOptions,
     watch: &Watch<'_>,
@@ -862,14 +893,14 @@ fn follow_and_swap(
     }
     stands.sort_by_key(|(_, at)| at.total());
     // The sinks that stand at the same position swap together.
-    let swap = SwapIn { token, window, source_names, held_since };
+    let swap = SwapIn { token, windows, source_names, held_since };
     for group in stands.chunk_by(|(_, a), (_, b)| a == b) {
         let at = &group[0].1;
         let current = bound.limit().unwrap_or_default();
         if !current.le(at) {
             return Err(CommandError::Io(format!(
-                "sink {:?} stands at {:?}, behind the other sinks of the view at {:?}; replay its sinks one \
-                 by one once they agree (`projector status` shows where each stands)",
+                "sink {:?} stands at {:?}, behind the other sinks of the replay at {:?}; replay its sinks \
+                 one by one once they agree (`projector status` shows where each stands)",
                 targets[group[0].0].0, at.0, current.0
             )));
         }
@@ -885,7 +916,8 @@ fn follow_and_swap(
 /// What a swap of one sink needs besides the sink.
 struct SwapIn<'a> {
     token: &'a str,
-    window: &'a Selection,
+    /// Each target's window, by the target's index.
+    windows: &'a [Selection],
     source_names: &'a [String],
     /// Since when the live sink has been held (for the report).
     held_since: Instant,
@@ -909,7 +941,8 @@ impl SwapIn<'_> {
                 .filter_map(|(index, (name, target))| {
                     let (_, at) = picks.iter().find(|(pick, _)| *pick == index)?;
                     let resumed = resumed_from.get(index).cloned().flatten();
-                    Some(scope.spawn(move || self.run(name, target, at.clone(), resumed)))
+                    let window = &self.windows[index];
+                    Some(scope.spawn(move || self.run(name, target, at.clone(), window, resumed)))
                 })
                 .collect();
             running
@@ -927,10 +960,11 @@ impl SwapIn<'_> {
         name: &str,
         target: &mut Target,
         at: SourcePositions,
+        window: &Selection,
         resumed_from: Option<SourcePositions>,
     ) -> Result<SwapReport, CommandError> {
         target.pause(self.token).map_err(failed(name))?;
-        let swapped = target.swap(self.token, &at, self.window);
+        let swapped = target.swap(self.token, &at, window);
         let released = target.release(self.token);
         let (rows, rewritten, deleted, ranking_entries) = swapped.map_err(failed(name))?;
         released.map_err(failed(name))?;
@@ -1040,17 +1074,21 @@ mod tests {
              more:\n    type: file\n    path: events.jsonl\n{views}\n"
         );
         let plan = projector_core::config::check_text(&text, "test.yaml", std::path::Path::new(".")).unwrap();
-        let view = Arc::clone(plan.view("product_sales").unwrap());
+        let views = [Arc::clone(plan.view("product_sales").unwrap()), Arc::clone(plan.view("order_summary").unwrap())];
         let catch_up = |plan: &PipelinePlan| match &plan.config.sources[0].kind {
             SourceKind::Kafka(kafka) => kafka.catch_up_batch_ms,
             SourceKind::File(_) => panic!("the first source is Kafka"),
         };
         assert_eq!(catch_up(&plan), projector_core::config::DEFAULT_CATCH_UP_BATCH_MS);
-        let replayed = replay_plan(&plan, &view, WRITE_SHADOW_EVERY);
+        let replayed = replay_plan(&plan, &views[..1], WRITE_SHADOW_EVERY);
         assert_eq!(catch_up(&replayed), 10_000);
         assert_eq!(replayed.views.len(), 1);
         assert_eq!(replayed.views[0].name, "product_sales");
+        // Several views run together, in the order named.
+        let both = replay_plan(&plan, &views, WRITE_SHADOW_EVERY);
+        let names: Vec<&str> = both.views.iter().map(|view| view.name.as_str()).collect();
+        assert_eq!(names, ["product_sales", "order_summary"]);
         assert_eq!(replayed.config.sources[1], plan.config.sources[1]);
-        assert_eq!(catch_up(&replay_plan(&plan, &view, Duration::from_millis(10))), 50);
+        assert_eq!(catch_up(&replay_plan(&plan, &views, Duration::from_millis(10))), 50);
     }
 }
