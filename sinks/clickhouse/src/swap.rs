@@ -180,14 +180,15 @@ impl ClickHouseSwap {
         Ok(counts)
     }
 
-    /// Drops the shadow's tables and leaves it holding nothing.
+    /// Drops the shadow's tables and leaves it holding nothing: its empty
+    /// checkpoint first, of a generation newer than the replay's (the
+    /// replay's shadow sink took one of its own), so that the next replay
+    /// builds its shadow from the start. An empty checkpoint of an older
+    /// generation once left the replay's last one the newest: the next
+    /// replay "resumed" a shadow whose tables were gone and deleted every
+    /// live row.
     pub fn drop_shadow(&mut self) -> Result<(), SinkError> {
-        use projector_core::sink::ViewSink;
-        self.shadow.create_tables()?;
-        self.shadow.reset()?;
-        let table = format!("{}.{}", self.shadow_config.database, self.shadow_config.table);
-        self.shadow.execute("cannot drop the shadow", &format!("DROP TABLE IF EXISTS {table}"))?;
-        self.shadow.execute("cannot drop the shadow", &format!("DROP TABLE IF EXISTS {table}_rows"))
+        self.shadow.drop_all()
     }
 }
 
