@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::BufRead;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use projector_core::config::{PipelinePlan, SinkKind, SourceKind};
@@ -47,20 +46,6 @@ fn sink_reports(plan: &PipelinePlan) -> Vec<SinkReport> {
         .collect()
 }
 
-/// The next line number after the last line of a file (its end, in the
-/// file source's positions).
-fn file_end(path: &std::path::Path) -> Result<u64, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let mut lines = 0u64;
-    let mut reader = std::io::BufReader::new(file);
-    let mut buffer = Vec::new();
-    while reader.read_until(b'\n', &mut buffer).map_err(|e| e.to_string())? > 0 {
-        lines += 1;
-        buffer.clear();
-    }
-    Ok(lines + 1)
-}
-
 fn age(written_at_ms: i64) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let seconds = (now - written_at_ms).max(0) as f64 / 1000.0;
@@ -81,12 +66,12 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
         let ends: Result<BTreeMap<u32, u64>, String> = match &source.kind {
             SourceKind::Kafka(kafka) => {
                 let _ = writeln!(out, "source {} (kafka topic {} at {})", source.name, kafka.topic, kafka.brokers);
-                projector_source_kafka::source::end_offsets(&kafka.brokers, &kafka.properties, &kafka.topic)
+                projector_source_kafka::source::end_offsets(&kafka.brokers, &kafka.properties, &kafka.topic, None)
                     .map_err(|e| e.to_string())
             }
             SourceKind::File(file) => {
                 let _ = writeln!(out, "source {} (file {})", source.name, file.path.display());
-                file_end(&file.path).map(|end| [(0, end)].into_iter().collect())
+                projector_source_file::end(&file.path).map(|end| [(0, end)].into_iter().collect())
             }
         };
         let ends = match ends {

@@ -68,6 +68,15 @@ pub trait Source: Send + Sync {
     /// (a run that starts from a state snapshot); the runner drops such
     /// records anyway, so a source that cannot seek ignores this.
     fn start_at(&self, _positions: &SourcePositions) {}
+
+    /// Where the log ends now: per partition, the position after its last
+    /// record (a Kafka partition's high watermark, a file's next line
+    /// number). `None` when the source cannot tell now (the broker does not
+    /// answer). A position past the end means the log was truncated, or its
+    /// topic deleted and created anew, since that position was read.
+    fn ends(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
+        None
+    }
 }
 
 /// How far a [`BoundedSource`] may read, shared with whoever moves it.
@@ -145,6 +154,10 @@ impl Source for BoundedSource {
 
     fn start_at(&self, positions: &SourcePositions) {
         self.inner.start_at(positions);
+    }
+
+    fn ends(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
+        self.inner.ends()
     }
 }
 

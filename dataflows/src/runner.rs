@@ -362,7 +362,17 @@ pub fn run(
         all_sinks.push(outputs.state_sinks);
     }
     let (view_sinks, barriers) = resume_sinks(all_sinks, &state)?;
-    let (restored, restored_from) = choose_snapshot(outputs.restore, barriers.first());
+    // Where the log ends, when a sink or a snapshot holds a position that
+    // could be past it (a fresh pipeline asks nothing of its brokers).
+    let ends: Vec<Option<LogEnds>> = if barriers.is_empty() && outputs.restore.is_empty() {
+        Vec::new()
+    } else {
+        sources.iter().map(|(_, source)| source.ends()).collect()
+    };
+    if let Some(error) = sink_past_the_end(&view_sinks, &barriers, &sources, &ends, &plan.config.file) {
+        return Err(RunError::Failed(error));
+    }
+    let (restored, restored_from) = choose_snapshot(outputs.restore, barriers.first(), &ends);
     let restored = restored.unwrap_or_default();
     let restored_ids = Arc::new(restored.event_ids);
     if snapshots
@@ -680,16 +690,70 @@ pub fn run(
     })
 }
 
+/// Per partition, where a source's log ends ([`Source::ends`]).
+type LogEnds = std::collections::BTreeMap<u32, u64>;
+
+/// The first position of `at` past the end of its source's log, with that
+/// end: `((source index, partition), offset, end)`. A partition the source
+/// no longer has ends at 0; a source that cannot tell where it ends is not
+/// judged.
+fn past_the_end(at: &SourcePositions, ends: &[Option<LogEnds>]) -> Option<((u16, u32), u64, u64)> {
+    at.0.iter().find_map(|(&(source, partition), &offset)| {
+        let ends = ends.get(usize::from(source))?.as_ref()?;
+        let end = ends.get(&partition).copied().unwrap_or(0);
+        (offset > end).then_some(((source, partition), offset, end))
+    })
+}
+
+/// Why the run cannot go on, if a sink stands past the end of the log: the
+/// log was truncated, or its topic deleted and created anew, and offsets
+/// start over. Resumed there, the sink would take the new log's first
+/// records as counted already, and its rows come from records that are
+/// gone; the operator decides (drop the sink to rebuild it, or point the
+/// config at the right log).
+fn sink_past_the_end(
+    sinks: &[Vec<ResumedSink>],
+    barriers: &[SourcePositions],
+    sources: &[(String, Arc<dyn Source>)],
+    ends: &[Option<LogEnds>],
+    config: &str,
+) -> Option<String> {
+    sinks.iter().flatten().find_map(|sink| {
+        let at = barriers.get((sink.skip_until as usize).checked_sub(1)?)?;
+        let ((source, partition), offset, end) = past_the_end(at, ends)?;
+        let source = sources.get(usize::from(source)).map_or("?", |(name, _)| name.as_str());
+        Some(format!(
+            "{} stands at offset {offset} of partition {partition} of source {source:?}, past the end of the log \
+             there ({end}): the log was truncated, or its topic deleted and created anew, so the sink's rows come \
+             from records that are gone. To rebuild the sink from the log as it is now, delete what it holds \
+             (`projector drop -c {config} --sink NAME`) and start again; if the config names the wrong log, \
+             correct it",
+            sink.name
+        ))
+    })
+}
+
 /// The first snapshot at or before `first_barrier` (where the sink that
-/// stands furthest back resumes), loaded; a snapshot that cannot be read is
-/// passed over.
+/// stands furthest back resumes) and within the log (`ends`), loaded; a
+/// snapshot that cannot be read is passed over.
 fn choose_snapshot(
     candidates: Vec<Restore>,
     first_barrier: Option<&SourcePositions>,
+    ends: &[Option<LogEnds>],
 ) -> (Option<crate::state::Restored>, Option<(String, SourcePositions)>) {
     for candidate in candidates {
         if first_barrier.is_some_and(|barrier| !candidate.positions.le(barrier)) {
             info!(snapshot = %candidate.name, "the snapshot is ahead of a sink's checkpoint; not starting from it");
+            continue;
+        }
+        if let Some(((_, partition), offset, end)) = past_the_end(&candidate.positions, ends) {
+            tracing::warn!(
+                snapshot = %candidate.name,
+                partition,
+                offset,
+                end,
+                "the snapshot is past the end of the log (truncated, or its topic created anew); not starting from it"
+            );
             continue;
         }
         let started = Instant::now();
@@ -708,4 +772,28 @@ fn choose_snapshot(
         }
     }
     (None, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offsets: &[((u16, u32), u64)]) -> SourcePositions {
+        SourcePositions(offsets.iter().copied().collect())
+    }
+
+    #[test]
+    fn positions_past_the_end_of_a_log_are_found() {
+        let ends = vec![Some([(0, 10), (1, 5)].into_iter().collect()), None];
+        // At the end, or before it: within the log.
+        assert_eq!(past_the_end(&at(&[((0, 0), 10), ((0, 1), 5)]), &ends), None);
+        assert_eq!(past_the_end(&at(&[((0, 0), 3)]), &ends), None);
+        // Past it, and in a partition the source no longer has.
+        assert_eq!(past_the_end(&at(&[((0, 0), 10), ((0, 1), 6)]), &ends), Some(((0, 1), 6, 5)));
+        assert_eq!(past_the_end(&at(&[((0, 7), 1)]), &ends), Some(((0, 7), 1, 0)));
+        assert_eq!(past_the_end(&at(&[((0, 7), 0)]), &ends), None);
+        // A source that cannot tell where it ends is not judged.
+        assert_eq!(past_the_end(&at(&[((1, 0), 99)]), &ends), None);
+        assert_eq!(past_the_end(&at(&[((2, 0), 99)]), &ends), None);
+    }
 }

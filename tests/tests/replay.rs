@@ -566,6 +566,58 @@ fn a_replay_stopped_by_a_signal_writes_its_shadow_first() {
     assert_eq!(found, 0, "{report}");
 }
 
+/// A log that ends before the positions its sinks stand at (a file
+/// replaced by a shorter one, a topic deleted and created anew) is refused
+/// with what to do, and nothing is written; once the sinks are dropped, a
+/// run rebuilds them from the log as it is, and does not start from the
+/// state snapshot of the old log either.
+#[test]
+fn a_run_refuses_sinks_past_the_end_of_the_log_until_they_are_dropped() {
+    if !available("redis-server") {
+        return;
+    }
+    let redis = RedisServer::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = keyed(3000, 8).into_iter().map(|(_, line)| line).collect();
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let state = dir.path().join("state.parquet");
+    let text = format!(
+        "{}state:\n  path: {}\n  every_ms: 600000\n",
+        file_config(&file, &redis.url(), "t:", 1000),
+        state.display()
+    );
+    let config = dir.path().join("truncated.yaml");
+    std::fs::write(&config, &text).unwrap();
+    let run = || commands::run_config(plan(&text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() });
+    run().unwrap();
+    assert!(state.exists());
+
+    std::fs::write(&file, lines[..100].join("\n") + "\n").unwrap();
+    let error = run().unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "sink \"order_summary_redis\" stands at offset {} of partition 0 of source \"events\", past the end of \
+             the log there (101)",
+            lines.len() + 1
+        )),
+        "{error}"
+    );
+    assert!(error.contains("projector drop -c"), "{error}");
+    assert_redis_holds(&redis, &lines, "t:");
+
+    for sink in ["order_summary_redis", "product_sales_redis", "customer_ltv_redis"] {
+        let dropped = Command::new(projector_binary())
+            .args(["drop", "-c", config.to_str().unwrap(), "--sink", sink])
+            .output()
+            .unwrap();
+        assert!(dropped.status.success(), "{}", String::from_utf8_lossy(&dropped.stderr));
+    }
+    let summary = run().unwrap();
+    assert_eq!(summary.restored_from, None, "the snapshot of the old log is past the end of this one");
+    assert_redis_holds(&redis, &lines[..100], "t:");
+}
+
 #[test]
 fn drop_deletes_what_one_sink_holds_and_a_later_run_rebuilds_it() {
     if !available("redis-server") || !available("clickhouse-server") {

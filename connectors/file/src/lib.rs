@@ -32,7 +32,31 @@ impl FileSource {
     }
 }
 
+/// The next line number after the last line of the file at `path`: where
+/// it ends, in the file source's positions.
+pub fn end(path: &Path) -> Result<u64, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut lines = 0u64;
+    let mut ends_with_newline = true;
+    loop {
+        let buffer = reader.fill_buf().map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if buffer.is_empty() {
+            break;
+        }
+        lines += memchr::memchr_iter(b'\n', buffer).count() as u64;
+        ends_with_newline = buffer.last() == Some(&b'\n');
+        let read = buffer.len();
+        reader.consume(read);
+    }
+    Ok(lines + u64::from(!ends_with_newline) + 1)
+}
+
 impl Source for FileSource {
+    fn ends(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
+        end(&self.path).ok().map(|end| [(0, end)].into_iter().collect())
+    }
+
     fn reader(&self, index: usize, peers: usize) -> Result<Box<dyn SourceReader>, SourceError> {
         let file = File::open(&self.path)
             .map_err(|error| SourceError::Fatal(format!("cannot open {}: {error}", self.path.display())))?;

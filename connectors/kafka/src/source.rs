@@ -41,7 +41,23 @@ fn fatal(what: &str, error: impl std::fmt::Display) -> SourceError {
     SourceError::Fatal(format!("{what}: {error}"))
 }
 
+/// How long [`Source::ends`] waits for the broker before it says it cannot
+/// tell: a run whose broker is down at the start waits for it in its
+/// readers anyway.
+const ENDS_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Source for KafkaSource {
+    fn ends(&self) -> Option<BTreeMap<u32, u64>> {
+        let config = &self.config;
+        match end_offsets(&config.brokers, &config.properties, &config.topic, Some(ENDS_TIMEOUT)) {
+            Ok(ends) => Some(ends),
+            Err(error) => {
+                tracing::debug!(topic = %config.topic, %error, "cannot tell where the log ends");
+                None
+            }
+        }
+    }
+
     fn start_at(&self, positions: &SourcePositions) {
         if let Ok(mut skip_to) = self.skip_to.lock() {
             *skip_to = Some(positions.clone());
@@ -125,9 +141,14 @@ impl Source for KafkaSource {
 
 /// The partition numbers of `topic`, waiting a while for it to appear.
 fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, SourceError> {
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    partitions_within(consumer, topic, REQUEST_TIMEOUT)
+}
+
+/// [`partitions`], giving up after `timeout`.
+fn partitions_within(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Result<Vec<i32>, SourceError> {
+    let deadline = Instant::now() + timeout;
     loop {
-        let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT);
+        let metadata = consumer.fetch_metadata(Some(topic), timeout);
         let found = match &metadata {
             Ok(metadata) => metadata
                 .topics()
@@ -280,18 +301,21 @@ impl SourceReader for KafkaReader {
 }
 
 /// The end offset (high watermark) of every partition of `topic`, for
-/// `projector status`.
+/// `projector status` and [`Source::ends`]; each request may take
+/// `timeout` (`None`: the source's usual 15 s).
 pub fn end_offsets(
     brokers: &str,
     properties: &[(String, String)],
     topic: &str,
+    timeout: Option<Duration>,
 ) -> Result<BTreeMap<u32, u64>, SourceError> {
+    let timeout = timeout.unwrap_or(REQUEST_TIMEOUT);
     let consumer: BaseConsumer =
         client_config(brokers, properties).create().map_err(|e| fatal("cannot create a Kafka consumer", e))?;
     let mut ends = BTreeMap::new();
-    for partition in partitions(&consumer, topic)? {
+    for partition in partitions_within(&consumer, topic, timeout)? {
         let (_, high) = consumer
-            .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+            .fetch_watermarks(topic, partition, timeout)
             .map_err(|e| fatal(&format!("cannot read the offsets of {topic}/{partition}"), e))?;
         ends.insert(partition as u32, high.max(0) as u64);
     }
