@@ -349,6 +349,11 @@ fn from_json(json: &serde_json::Value, ty: FieldType) -> Option<Value> {
 
 /// The log read from each source's configured start up to `target` (every
 /// record before its offset per partition), or to where it ends now.
+/// The names of the config's sources, in order.
+fn plan_sources(plan: &PipelinePlan) -> Vec<String> {
+    plan.config.sources.iter().map(|s| s.name.clone()).collect()
+}
+
 fn read_log(plan: &PipelinePlan, target: Option<&SourcePositions>) -> Result<Recomputation, CommandError> {
     let mut log = Recomputation::new();
     for (index, (name, source)) in components::sources(plan).into_iter().enumerate() {
@@ -367,27 +372,33 @@ fn read_log(plan: &PipelinePlan, target: Option<&SourcePositions>) -> Result<Rec
                     }
                 })
                 .map_err(|e| failed(e.to_string()))?;
-            match poll {
-                Poll::Finished => break,
-                Poll::Records { .. } => heard = Instant::now(),
-                Poll::Idle { .. } => {}
-            }
             let positions = reader.positions();
-            let done = match target {
-                Some(target) => target
+            let reached = |target: &SourcePositions| {
+                target
                     .0
                     .iter()
                     .filter(|((source, _), _)| *source == source_index)
-                    .all(|((_, partition), offset)| positions.get(source_index, *partition) >= *offset),
-                None => reader.caught_up(),
+                    .all(|((_, partition), offset)| positions.get(source_index, *partition) >= *offset)
+            };
+            let done = match (poll, target) {
+                (Poll::Records { .. }, _) => {
+                    heard = Instant::now();
+                    target.map_or_else(|| reader.caught_up(), reached)
+                }
+                (_, Some(target)) => reached(target),
+                (Poll::Finished, None) => true,
+                (Poll::Idle { .. }, None) => reader.caught_up(),
             };
             if done {
                 break;
             }
-            if heard.elapsed() > SILENT_LOG {
+            // A bounded log (a file) that ended short of a sink's position
+            // will not reach it; an unbounded one is given a while.
+            if poll == Poll::Finished || heard.elapsed() > SILENT_LOG {
                 return Err(failed(format!(
-                    "the log ends before the position to check ({}); was the topic truncated or recreated?",
-                    target.map_or_else(|| "its end".to_string(), |t| format!("{:?}", t.0))
+                    "the log ends before the position a sink claims ({}): was it truncated, or its topic deleted \
+                     and created anew? The sink's rows then come from records that are gone",
+                    target.map_or_else(|| "its end".to_string(), |t| positions_to_json(t, &plan_sources(plan)))
                 )));
             }
         }

@@ -605,6 +605,16 @@ fn a_run_refuses_sinks_past_the_end_of_the_log_until_they_are_dropped() {
     );
     assert!(error.contains("projector drop -c"), "{error}");
     assert_redis_holds(&redis, &lines, "t:");
+    // validate says so too, rather than listing every row as wrong.
+    let options = ValidateOptions { view: "customer_ltv".to_string(), sample_size: None, seed: 1 };
+    let error = validate(&plan(&text, dir.path()), &options).unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "source \"events\": the log ends before the position a sink claims ({{\"events\":{{\"0\":{}}}}})",
+            lines.len() + 1
+        )),
+        "{error}"
+    );
 
     for sink in ["order_summary_redis", "product_sales_redis", "customer_ltv_redis"] {
         let dropped = Command::new(projector_binary())
