@@ -685,8 +685,10 @@ pub fn replay(
     let mut resumed_from = Vec::new();
     let mut live_at = Vec::new();
     for (name, target) in &mut targets {
-        resumed_from.push(target.shadow_position().map_err(failed(name))?);
+        // The live position first: reading it creates the live sink's
+        // database and tables, where the shadow's checkpoint is kept.
         live_at.push(target.live_position().map_err(failed(name))?);
+        resumed_from.push(target.shadow_position().map_err(failed(name))?);
     }
     // With no live checkpoint at all, nothing runs into these sinks: build
     // up to where the log ends now and swap at the end. Otherwise trail the

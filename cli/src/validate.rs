@@ -112,7 +112,11 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
             SinkKind::Redis(_) => "redis",
             SinkKind::ClickHouse(_) => "clickhouse",
         };
-        let at = claimed.as_deref().unwrap_or("the end of the log (a file sink keeps no checkpoint)");
+        let at = match &held.positions {
+            None => "the end of the log (a file sink keeps no checkpoint)",
+            Some(positions) if positions.0.is_empty() => "no checkpoint (nothing written yet)",
+            Some(_) => claimed.as_deref().unwrap_or_default(),
+        };
         let _ = writeln!(
             report,
             "sink {:?} ({kind}): {} rows at {at}; the log up to there ({records} records) gives {} rows",
@@ -292,6 +296,10 @@ fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -
         }
         SinkKind::File(file) => {
             Ok(Held { rows: read_file_sink(view, &file.path).map_err(failed)?, positions: None, rankings: None })
+        }
+        // Not written yet: it holds nothing and claims no position.
+        SinkKind::Parquet(parquet) if !parquet.path.exists() => {
+            Ok(Held { rows: BTreeMap::new(), positions: Some(SourcePositions::default()), rankings: None })
         }
         SinkKind::Parquet(parquet) => {
             let (rows, positions) =

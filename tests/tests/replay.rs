@@ -410,7 +410,8 @@ fn a_window_replay_changes_only_the_rows_of_its_window() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("\"2024-13-01\" is not a date"));
 }
 
-/// A finished replay leaves nothing a later one would resume: a second
+/// Before any run the sinks hold nothing (status and validate say so); a
+/// finished replay leaves nothing a later one would resume: a second
 /// replay of the same view builds its shadows from the start again and
 /// finds nothing to change. (The ClickHouse shadow's emptied checkpoint was
 /// once older than the one its build wrote, so the second replay resumed a
@@ -432,6 +433,21 @@ fn a_second_replay_of_a_view_builds_it_again_and_changes_nothing() {
     );
     let config = dir.path().join("again.yaml");
     std::fs::write(&config, &text).unwrap();
+    // Before any run, no ClickHouse database or table exists: the sinks
+    // hold nothing, to status and to validate, as a Redis sink with no keys.
+    let status = Command::new(projector_binary()).args(["status", "-c", config.to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        stdout.contains("sink order_summary_ch (clickhouse, view order_summary)\n  generation -, checkpoint none (holds nothing yet)"),
+        "{stdout}"
+    );
+    let (found, report) = differences(&text, dir.path(), "order_summary");
+    assert_eq!(found, 0, "{report}");
+    assert!(
+        report.contains("sink \"order_summary_ch\" (clickhouse): 0 rows at no checkpoint (nothing written yet)"),
+        "{report}"
+    );
     commands::run_config(plan(&text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
     let live_rows = || clickhouse.query("SELECT count() FROM again.order_summary").unwrap().trim().to_string();
     let rows = live_rows();

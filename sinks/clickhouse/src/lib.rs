@@ -616,6 +616,13 @@ impl ClickHouseViewSink {
     }
 }
 
+/// Whether a ClickHouse error says the database or table does not exist
+/// (`UNKNOWN_DATABASE`, 81; `UNKNOWN_TABLE`, 60), as in 18.16's
+/// `Code: 81, e.displayText() = …` and newer servers' `Code: 81. DB::…`.
+pub(crate) fn never_created(message: &str) -> bool {
+    ["Code: 81,", "Code: 81.", "Code: 60,", "Code: 60."].iter().any(|code| message.contains(code))
+}
+
 fn classify<T>(
     what: &str,
     result: Result<Result<T, clickhouse::error::Error>, tokio::time::error::Elapsed>,
@@ -720,12 +727,16 @@ pub fn status(config: &ClickHouseSinkConfig, sink_name: &str) -> Result<SinkStat
         config.database,
         quote(sink_name)
     );
-    let text = runtime
-        .block_on(async {
-            let mut cursor = client.query(&sql).fetch_bytes("TabSeparated")?;
-            cursor.collect().await
-        })
-        .map_err(|e| format!("ClickHouse: {e}"))?;
+    let text = match runtime.block_on(async {
+        let mut cursor = client.query(&sql).fetch_bytes("TabSeparated")?;
+        cursor.collect().await
+    }) {
+        Ok(text) => text,
+        // No run created the sink's database or tables yet: it holds
+        // nothing, as a Redis sink with no keys.
+        Err(clickhouse::error::Error::BadResponse(message)) if never_created(&message) => Default::default(),
+        Err(error) => return Err(format!("ClickHouse: {error}")),
+    };
     let text = String::from_utf8_lossy(&text);
     let Some(line) = text.lines().next() else { return Ok(SinkStatus::default()) };
     let mut fields = line.split('\t');

@@ -89,6 +89,11 @@ impl ClickHouseViewReader {
         };
         match result {
             Ok(Ok(bytes)) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            // No run created the sink's database or tables yet: it holds
+            // nothing (no rows, no checkpoint), as a Redis sink with no keys.
+            Ok(Err(clickhouse::error::Error::BadResponse(message))) if crate::never_created(&message) => {
+                Ok(String::new())
+            }
             Ok(Err(error)) => Err(ReadError::Unavailable(format!("ClickHouse: {error}"))),
             Err(_) => Err(ReadError::Unavailable(format!("ClickHouse did not answer within {TIMEOUT:?}"))),
         }
