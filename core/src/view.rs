@@ -98,6 +98,20 @@ pub struct LabelPlan {
 }
 
 impl ViewPlan {
+    /// A fingerprint of what the view computes: its relation, filter, keys,
+    /// measures, labels and `having`, compiled (not its name, description
+    /// or `buckets`, which do not change its rows). Sinks keep it with
+    /// their checkpoint; a sink that finds another one there holds rows of
+    /// an older definition and is rebuilt. Stable for a given build; a
+    /// build that compiles the same YAML otherwise rebuilds once.
+    pub fn definition(&self) -> String {
+        let text = format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            self.relation, self.filter, self.keys, self.measures, self.labels, self.having
+        );
+        format!("{:016x}", twox_hash::XxHash64::oneshot(0, text.as_bytes()))
+    }
+
     /// Gives each measure its input slot, sharing slots between measures
     /// that read the same thing. A `count` shares the slot of any measure
     /// with the same `where` whose input is a relation field (fields are
@@ -534,6 +548,30 @@ impl PartialMeasure {
 #[cfg(test)]
 mod tests {
     use crate::config::check_text;
+
+    /// The definition a sink keeps changes with what the view computes,
+    /// not with its description or `buckets`, and not from one compile of
+    /// the same YAML to the next.
+    #[test]
+    fn a_views_definition_follows_what_it_computes() {
+        let shipped = include_str!("../../pipelines.yaml");
+        let definition = |text: &str, view: &str| {
+            check_text(text, "pipelines.yaml", std::path::Path::new(".")).unwrap().view(view).unwrap().definition()
+        };
+        let summary = definition(shipped, "order_summary");
+        assert_eq!(summary, definition(shipped, "order_summary"));
+        assert_ne!(summary, definition(shipped, "product_sales"));
+        let described = shipped.replace(
+            "description: Orders, revenue and cancellations per store and UTC day.",
+            "description: Something else.\n    buckets: 4",
+        );
+        assert_ne!(described, shipped);
+        assert_eq!(definition(&described, "order_summary"), summary);
+        let filtered = shipped.replace("{ sum: total_cents,  where: \"status = 'placed'\" }", "{ sum: total_cents }");
+        assert_ne!(filtered, shipped);
+        assert_ne!(definition(&filtered, "order_summary"), summary);
+        assert_eq!(definition(&filtered, "product_sales"), definition(shipped, "product_sales"));
+    }
 
     #[test]
     fn measures_reading_the_same_input_share_a_slot() {

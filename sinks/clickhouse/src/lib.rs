@@ -102,6 +102,8 @@ pub struct ClickHouseViewSink {
     idle_checkpoint: Duration,
     /// When the sink last looked whether a replay holds it.
     pause_checked: Instant,
+    /// [`ViewPlan::definition`] of the view it writes.
+    pub(crate) definition: String,
 }
 
 /// A client of the sink's server. Validation is off: ClickHouse 18.16 has
@@ -218,6 +220,7 @@ impl ClickHouseViewSink {
             checkpoint_positions: None,
             idle_checkpoint: IDLE_CHECKPOINT,
             pause_checked: Instant::now(),
+            definition: plan.definition(),
         })
     }
 
@@ -297,6 +300,89 @@ impl ClickHouseViewSink {
         self.keys.iter().chain(self.values.iter()).collect()
     }
 
+    fn definitions_table(&self) -> String {
+        format!("{}.projector_definitions", self.database)
+    }
+
+    /// Keeps the sink's rows only if they were computed by this definition
+    /// of the view ([`ViewPlan::definition`]), which it then records. If
+    /// another definition is recorded, the sink first claims nothing (an
+    /// empty checkpoint of a new generation), then drops its rows table and
+    /// reader view (their columns may differ too): the run rebuilds it from
+    /// the log. Should it die in between, the next run finds the other
+    /// definition still recorded and does the same.
+    fn keep_only_this_definition(&mut self) -> Result<(), SinkError> {
+        self.execute("cannot create the database", &format!("CREATE DATABASE IF NOT EXISTS {}", self.database))?;
+        self.create_bookkeeping_tables()?;
+        let stored = self.select(
+            "cannot read the view's definition",
+            &format!(
+                "SELECT definition FROM {} WHERE sink = {} ORDER BY at DESC LIMIT 1",
+                self.definitions_table(),
+                quote(&self.name)
+            ),
+        )?;
+        match stored.lines().next() {
+            Some(stored) if stored == self.definition => return Ok(()),
+            Some(_) => {
+                warn!(
+                    sink = %self.name,
+                    "the view's definition changed since the sink was written; it is rebuilt from the log"
+                );
+                self.generation = self.newest_generation()? + 1;
+                self.write_checkpoint(0, 0, "", 0)?;
+                let view = format!("{}.{}", self.database, self.table);
+                self.execute("cannot drop the reader view", &format!("DROP TABLE IF EXISTS {view}"))?;
+                self.execute("cannot drop the rows table", &format!("DROP TABLE IF EXISTS {}", self.rows_table()))?;
+            }
+            None => {}
+        }
+        self.record_definition()
+    }
+
+    /// Records that the sink's rows are of this definition of the view.
+    fn record_definition(&self) -> Result<(), SinkError> {
+        self.execute(
+            "cannot record the view's definition",
+            &format!(
+                "INSERT INTO {} (sink, definition, at) VALUES ({}, {}, {})",
+                self.definitions_table(),
+                quote(&self.name),
+                quote(&self.definition),
+                now_millis()
+            ),
+        )
+    }
+
+    /// The tables of checkpoints, holds and definitions, when missing.
+    fn create_bookkeeping_tables(&self) -> Result<(), SinkError> {
+        self.execute(
+            "cannot create the checkpoints table",
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {} (sink String, generation UInt64, seq UInt64, committed UInt64, \
+                 positions String, written_at DateTime('UTC'), rows UInt64) \
+                 ENGINE = MergeTree ORDER BY (sink, generation, seq)",
+                self.checkpoints_table()
+            ),
+        )?;
+        self.execute(
+            "cannot create the holds table",
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {} (sink String, token String, kind String, at UInt64, until UInt64) \
+                 ENGINE = MergeTree ORDER BY (sink, at)",
+                self.pauses_table()
+            ),
+        )?;
+        self.execute(
+            "cannot create the definitions table",
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {} (sink String, definition String, at UInt64) \
+                 ENGINE = MergeTree ORDER BY (sink, at)",
+                self.definitions_table()
+            ),
+        )
+    }
+
     /// Creates the database, tables and reader view when missing, and
     /// checks that an existing rows table has this view's columns.
     fn create_tables(&self) -> Result<(), SinkError> {
@@ -341,23 +427,7 @@ impl ClickHouseViewSink {
                 self.rows_table()
             ),
         )?;
-        self.execute(
-            "cannot create the checkpoints table",
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {} (sink String, generation UInt64, seq UInt64, committed UInt64, \
-                 positions String, written_at DateTime('UTC'), rows UInt64) \
-                 ENGINE = MergeTree ORDER BY (sink, generation, seq)",
-                self.checkpoints_table()
-            ),
-        )?;
-        self.execute(
-            "cannot create the holds table",
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {} (sink String, token String, kind String, at UInt64, until UInt64) \
-                 ENGINE = MergeTree ORDER BY (sink, at)",
-                self.pauses_table()
-            ),
-        )
+        self.create_bookkeeping_tables()
     }
 
     fn pauses_table(&self) -> String {
@@ -646,6 +716,7 @@ fn classify<T>(
 
 impl ViewSink for ClickHouseViewSink {
     fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
+        self.keep_only_this_definition()?;
         self.create_tables()?;
         let last = self.last_checkpoint()?;
         self.generation = self.newest_generation()? + 1;

@@ -177,6 +177,11 @@ impl ClickHouseSwap {
         }
         let committed = if counts.rewritten + counts.deleted > 0 { version } else { committed };
         self.live.write_checkpoint(seq, committed, &positions_to_json(at, &self.source_names), counts.rewritten)?;
+        if *window == Selection::default() {
+            // All rows are now the rebuilt view's, of the definition the
+            // replay ran with (a window's rows alone do not make it so).
+            self.live.record_definition()?;
+        }
         Ok(counts)
     }
 

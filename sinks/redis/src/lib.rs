@@ -51,11 +51,22 @@ const PAUSE_POLL: Duration = Duration::from_millis(10);
 const SCAN_COUNT: usize = 10_000;
 
 /// Takes the next generation, starts the run's batch count over, and
-/// answers the stored positions (nil when the sink holds nothing).
+/// answers the stored positions (nil when the sink holds nothing) and
+/// whether the view's definition (`ARGV[1]`) differs from the one stored.
+/// If it does, the positions go in the same step: the rows were computed
+/// by another definition, and from now on the sink claims nothing, so
+/// this run (or any later one, should this one die first) rebuilds it.
 const OPEN_SCRIPT: &str = r"
 local generation = redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('HSET', KEYS[1], 'upper', 0)
-return {generation, redis.call('HGET', KEYS[1], 'positions')}
+local stored = redis.call('HGET', KEYS[1], 'definition')
+local changed = 0
+if stored and stored ~= ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'positions')
+  changed = 1
+end
+redis.call('HSET', KEYS[1], 'definition', ARGV[1])
+return {generation, changed, redis.call('HGET', KEYS[1], 'positions')}
 ";
 
 /// Where a ranking's score comes from.
@@ -90,6 +101,8 @@ pub struct RedisViewSink {
     pause_key: String,
     source_names: Vec<String>,
     generation: Option<u64>,
+    /// [`ViewPlan::definition`] of the view it writes.
+    definition: String,
 }
 
 fn retryable(what: &str, error: RedisError) -> SinkError {
@@ -157,6 +170,7 @@ impl RedisViewSink {
             pause_key: pause_key(&config.prefix, name),
             source_names,
             generation: None,
+            definition: plan.definition(),
         })
     }
 
@@ -197,9 +211,17 @@ impl RedisViewSink {
 
     /// Takes a new generation; answers the stored positions, if any.
     fn open(&mut self) -> Result<Option<String>, SinkError> {
-        let state_key = self.state_key.clone();
-        let (generation, positions): (u64, Option<String>) = self
-            .with_connection("cannot open the sink", |c| redis::Script::new(OPEN_SCRIPT).key(&state_key).invoke(c))?;
+        let (state_key, definition) = (self.state_key.clone(), self.definition.clone());
+        let (generation, changed, positions): (u64, u8, Option<String>) = self
+            .with_connection("cannot open the sink", |c| {
+                redis::Script::new(OPEN_SCRIPT).key(&state_key).arg(&definition).invoke(c)
+            })?;
+        if changed == 1 {
+            warn!(
+                sink = %self.name,
+                "the view's definition changed since the sink was written; it is rebuilt from the log"
+            );
+        }
         info!(sink = %self.name, generation, "took a new generation of the Redis sink");
         self.generation = Some(generation);
         Ok(positions)

@@ -300,6 +300,11 @@ impl RedisSwap {
         ranks.queue(&mut pipe);
         let mut checkpoint =
             vec![("positions", positions_to_json(at, &self.source_names)), ("written_at_ms", now_ms().to_string())];
+        if *window == Selection::default() {
+            // All rows are now the rebuilt view's, of the definition the
+            // replay ran with (a window's rows alone do not make it so).
+            checkpoint.push(("definition", self.live.definition.clone()));
+        }
         if let Some(newest) = shadow.newest_event_at.max(live_newest) {
             checkpoint.push(("newest_event_at", newest.to_rfc3339()));
         }
