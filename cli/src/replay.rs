@@ -590,6 +590,101 @@ fn lowest(positions: impl Iterator<Item = SourcePositions>) -> Option<SourcePosi
     })
 }
 
+/// What a replay rebuilds: the live sinks with shadows, and the window of
+/// each (it names the date key of the sink's view); the shadows and
+/// rewritten files as the run's sinks, per view; the file sinks rewritten
+/// whole, and those a window replay leaves alone.
+#[derive(Default)]
+struct Rebuilt {
+    targets: Vec<(String, Target)>,
+    windows: Vec<Selection>,
+    view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>>,
+    rewritten_files: Vec<String>,
+    skipped_files: Vec<String>,
+}
+
+impl Rebuilt {
+    /// Adds the sinks of `view`; answers the window's name. A view with no
+    /// sink the replay can rebuild is an error that says why.
+    fn add_view(
+        &mut self,
+        plan: &PipelinePlan,
+        view: &Arc<ViewPlan>,
+        options: &ReplayOptions,
+        source_names: &[String],
+        every: Duration,
+        stop: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<String, CommandError> {
+        let (selection, window_name) = window(view, options)?;
+        let rebuilt = self.targets.len() + self.rewritten_files.len();
+        let skipped = self.skipped_files.len();
+        let mut shadows: Vec<(String, Box<dyn ViewSink>)> = Vec::new();
+        for sink in plan.config.sinks.iter().filter(|s| s.view.value == view.name) {
+            let name = sink.name.clone();
+            let wrap =
+                |inner: Box<dyn ViewSink>| Box::new(Windowed { inner, window: selection.clone() }) as Box<dyn ViewSink>;
+            match &sink.kind {
+                SinkKind::Redis(config) => {
+                    let swap = RedisSwap::new(&name, Arc::clone(view), config, source_names.to_vec(), &window_name)
+                        .map_err(failed(&name))?;
+                    let shadow =
+                        RedisViewSink::new(&name, Arc::clone(view), swap.shadow_config(), source_names.to_vec())
+                            .map_err(failed(&name))?;
+                    let built = Arc::new(Mutex::new(Built::default()));
+                    let keeping = Keeping {
+                        inner: shadow,
+                        untouched: false,
+                        built: Arc::clone(&built),
+                        every,
+                        written_at: Instant::now(),
+                        stop: Arc::clone(stop),
+                    };
+                    shadows.push((format!("shadow of sink {name:?}"), wrap(Box::new(keeping))));
+                    self.targets.push((name, Target::Redis(Box::new(swap), built)));
+                    self.windows.push(selection.clone());
+                }
+                SinkKind::ClickHouse(config) => {
+                    let swap =
+                        ClickHouseSwap::new(&name, Arc::clone(view), config, source_names.to_vec(), &window_name)
+                            .map_err(failed(&name))?;
+                    let shadow = swap.shadow_sink().map_err(failed(&name))?;
+                    shadows.push((format!("shadow of sink {name:?}"), wrap(Box::new(shadow))));
+                    self.targets.push((name, Target::ClickHouse(Box::new(swap))));
+                    self.windows.push(selection.clone());
+                }
+                SinkKind::File(_) | SinkKind::Parquet(_) if options.from.is_some() || options.to.is_some() => {
+                    self.skipped_files.push(name);
+                }
+                SinkKind::File(file) => {
+                    let sink = FileViewSink::new(Arc::clone(view), &file.path, None);
+                    shadows.push((format!("sink {name:?}"), Box::new(sink)));
+                    self.rewritten_files.push(name);
+                }
+                SinkKind::Parquet(parquet) => {
+                    let sink = ParquetViewSink::new(Arc::clone(view), &parquet.path, None, source_names.to_vec());
+                    shadows.push((format!("sink {name:?}"), Box::new(sink)));
+                    self.rewritten_files.push(name);
+                }
+            }
+        }
+        if self.targets.len() + self.rewritten_files.len() == rebuilt {
+            if self.skipped_files.len() > skipped {
+                let files = &self.skipped_files[skipped..];
+                return Err(CommandError::Io(format!(
+                    "view {:?} has no sinks a window replay can rebuild: {} hold{} the whole view in one file, \
+                     which a window replay does not touch; replay the whole view (without --from and --to)",
+                    view.name,
+                    files.iter().map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", "),
+                    if files.len() == 1 { "s" } else { "" },
+                )));
+            }
+            return Err(CommandError::Io(format!("view {:?} has no sinks to replay into", view.name)));
+        }
+        self.view_sinks.push(shadows);
+        Ok(window_name)
+    }
+}
+
 /// Replays `options.views` of `plan` into their sinks, in one run of the
 /// dataflow.
 pub fn replay(
@@ -604,83 +699,12 @@ pub fn replay(
     let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
     let every = options.checkpoint_every.unwrap_or(WRITE_SHADOW_EVERY);
 
-    // The live sinks with shadows (and the window of each, which names the
-    // date key of its view), the shadows as the run's sinks (per view),
-    // and the file sinks rewritten whole.
-    let mut targets: Vec<(String, Target)> = Vec::new();
-    let mut windows: Vec<Selection> = Vec::new();
-    let mut view_sinks = Vec::new();
-    let mut rewritten_files = Vec::new();
-    let mut skipped_files = Vec::new();
+    let mut rebuilt = Rebuilt::default();
     let mut window_name = String::new();
     for view in &views {
-        let (selection, name) = window(view, options)?;
-        window_name = name;
-        let rebuilt = targets.len() + rewritten_files.len();
-        let skipped = skipped_files.len();
-        let mut shadows: Vec<(String, Box<dyn ViewSink>)> = Vec::new();
-        for sink in plan.config.sinks.iter().filter(|s| s.view.value == view.name) {
-            let name = sink.name.clone();
-            let wrap =
-                |inner: Box<dyn ViewSink>| Box::new(Windowed { inner, window: selection.clone() }) as Box<dyn ViewSink>;
-            match &sink.kind {
-                SinkKind::Redis(config) => {
-                    let swap = RedisSwap::new(&name, Arc::clone(view), config, source_names.clone(), &window_name)
-                        .map_err(failed(&name))?;
-                    let shadow =
-                        RedisViewSink::new(&name, Arc::clone(view), swap.shadow_config(), source_names.clone())
-                            .map_err(failed(&name))?;
-                    let built = Arc::new(Mutex::new(Built::default()));
-                    let keeping = Keeping {
-                        inner: shadow,
-                        untouched: false,
-                        built: Arc::clone(&built),
-                        every,
-                        written_at: Instant::now(),
-                        stop: Arc::clone(&run_options.stop),
-                    };
-                    shadows.push((format!("shadow of sink {name:?}"), wrap(Box::new(keeping))));
-                    targets.push((name, Target::Redis(Box::new(swap), built)));
-                    windows.push(selection.clone());
-                }
-                SinkKind::ClickHouse(config) => {
-                    let swap = ClickHouseSwap::new(&name, Arc::clone(view), config, source_names.clone(), &window_name)
-                        .map_err(failed(&name))?;
-                    let shadow = swap.shadow_sink().map_err(failed(&name))?;
-                    shadows.push((format!("shadow of sink {name:?}"), wrap(Box::new(shadow))));
-                    targets.push((name, Target::ClickHouse(Box::new(swap))));
-                    windows.push(selection.clone());
-                }
-                SinkKind::File(_) | SinkKind::Parquet(_) if options.from.is_some() || options.to.is_some() => {
-                    skipped_files.push(name);
-                }
-                SinkKind::File(file) => {
-                    let sink = FileViewSink::new(Arc::clone(view), &file.path, None);
-                    shadows.push((format!("sink {name:?}"), Box::new(sink)));
-                    rewritten_files.push(name);
-                }
-                SinkKind::Parquet(parquet) => {
-                    let sink = ParquetViewSink::new(Arc::clone(view), &parquet.path, None, source_names.clone());
-                    shadows.push((format!("sink {name:?}"), Box::new(sink)));
-                    rewritten_files.push(name);
-                }
-            }
-        }
-        if targets.len() + rewritten_files.len() == rebuilt {
-            if skipped_files.len() > skipped {
-                let files = &skipped_files[skipped..];
-                return Err(CommandError::Io(format!(
-                    "view {:?} has no sinks a window replay can rebuild: {} hold{} the whole view in one file, \
-                     which a window replay does not touch; replay the whole view (without --from and --to)",
-                    view.name,
-                    files.iter().map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", "),
-                    if files.len() == 1 { "s" } else { "" },
-                )));
-            }
-            return Err(CommandError::Io(format!("view {:?} has no sinks to replay into", view.name)));
-        }
-        view_sinks.push(shadows);
+        window_name = rebuilt.add_view(plan, view, options, &source_names, every, &run_options.stop)?;
     }
+    let Rebuilt { mut targets, windows, view_sinks, rewritten_files, skipped_files } = rebuilt;
 
     let mut resumed_from = Vec::new();
     let mut live_at = Vec::new();
