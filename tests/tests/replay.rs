@@ -308,6 +308,26 @@ fn ran_on_file(redis: &RedisServer, dir: &Path, events: u64, seed: u64, prefix: 
     (lines, text, config)
 }
 
+/// `lines` written to `events.jsonl` in `dir`, and a config of the
+/// shipped views over it into Redis (the server and a key prefix) and
+/// ClickHouse (the server, a database and `batch_ms`): the file and the
+/// config's text.
+fn both_sinks_on_file(
+    dir: &Path,
+    lines: &[String],
+    (redis, prefix): (&RedisServer, &str),
+    (clickhouse, database, batch_ms): (&ClickHouseServer, &str, u64),
+) -> (std::path::PathBuf, String) {
+    let file = dir.join("events.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let text = format!(
+        "{}{}",
+        file_config(&file, &redis.url(), prefix, 1000),
+        clickhouse_sinks_yaml(&clickhouse.url(), database, batch_ms)
+    );
+    (file, text)
+}
+
 /// What [`ran_on_file`] answers.
 type Ran = (Vec<String>, String, std::path::PathBuf);
 
@@ -424,13 +444,7 @@ fn a_second_replay_of_a_view_builds_it_again_and_changes_nothing() {
     let (redis, clickhouse) = (RedisServer::start(false), ClickHouseServer::start());
     let dir = tempfile::tempdir().unwrap();
     let lines: Vec<String> = keyed(5000, 9).into_iter().map(|(_, line)| line).collect();
-    let file = dir.path().join("events.jsonl");
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let text = format!(
-        "{}{}",
-        file_config(&file, &redis.url(), "again:", 1000),
-        clickhouse_sinks_yaml(&clickhouse.url(), "again", 200)
-    );
+    let (_, text) = both_sinks_on_file(dir.path(), &lines, (&redis, "again:"), (&clickhouse, "again", 200));
     let config = dir.path().join("again.yaml");
     std::fs::write(&config, &text).unwrap();
     // Before any run, no ClickHouse database or table exists: the sinks
@@ -658,13 +672,7 @@ fn a_view_whose_definition_changed_is_rebuilt_and_the_others_resume() {
     let (redis, clickhouse) = (RedisServer::start(false), ClickHouseServer::start());
     let dir = tempfile::tempdir().unwrap();
     let lines: Vec<String> = keyed(4000, 12).into_iter().map(|(_, line)| line).collect();
-    let file = dir.path().join("events.jsonl");
-    std::fs::write(&file, lines[..3000].join("\n") + "\n").unwrap();
-    let text = format!(
-        "{}{}",
-        file_config(&file, &redis.url(), "def:", 1000),
-        clickhouse_sinks_yaml(&clickhouse.url(), "def", 200)
-    );
+    let (file, text) = both_sinks_on_file(dir.path(), &lines[..3000], (&redis, "def:"), (&clickhouse, "def", 200));
     let run = |text: &str| {
         commands::run_config(plan(text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap()
     };
@@ -714,13 +722,7 @@ fn drop_deletes_what_one_sink_holds_and_a_later_run_rebuilds_it() {
     let clickhouse = ClickHouseServer::start();
     let dir = tempfile::tempdir().unwrap();
     let lines: Vec<String> = keyed(3000, 6).into_iter().map(|(_, line)| line).collect();
-    let events = dir.path().join("events.jsonl");
-    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
-    let text = format!(
-        "{}{}",
-        file_config(&events, &redis.url(), "d:", 1000),
-        clickhouse_sinks_yaml(&clickhouse.url(), "dropped", 100)
-    );
+    let (_, text) = both_sinks_on_file(dir.path(), &lines, (&redis, "d:"), (&clickhouse, "dropped", 100));
     let config = dir.path().join("replay.yaml");
     std::fs::write(&config, &text).unwrap();
     commands::run_config(plan(&text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
