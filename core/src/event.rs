@@ -676,6 +676,7 @@ fn check_rules(envelope: &WireEnvelope<'_>, payload: &WirePayload<'_>) -> Result
         WirePayload::Created(created) => {
             check_items(&created.line_items)?;
             non_negative("payload.total_cents", created.total_cents)?;
+            storable("payload.created_at", created.created_at)?;
             Some(&created.order_id)
         }
         WirePayload::Updated(updated) => {
@@ -788,6 +789,25 @@ impl<'a> From<&'a Event> for WireOut<'a> {
 fn non_empty(field: &str, value: &str) -> Result<(), BadRecord> {
     if value.is_empty() {
         return Err(BadRecord::rule(format!("{field} must not be empty")));
+    }
+    Ok(())
+}
+
+/// The instants a view's dates and timestamps can be kept at in every
+/// sink: ClickHouse's `Date` and `DateTime` hold 1970-01-01 to
+/// 2106-02-07T06:28:15Z (an unsigned 32-bit count of seconds), and an
+/// order created outside it would be written there as another day.
+const STORABLE: (Timestamp, Timestamp) = (Timestamp(0), Timestamp(4_294_967_295 * 1_000_000_000));
+
+fn storable(field: &str, at: Timestamp) -> Result<(), BadRecord> {
+    if at < STORABLE.0 || at > STORABLE.1 {
+        return Err(BadRecord::rule(format!(
+            "{field} {} is outside {} to {}, the instants a view's dates and times are kept at in every sink \
+             (ClickHouse's Date and DateTime)",
+            at.to_rfc3339(),
+            STORABLE.0.to_rfc3339(),
+            STORABLE.1.to_rfc3339()
+        )));
     }
     Ok(())
 }
@@ -1025,6 +1045,23 @@ mod tests {
             bad(&CREATED.replace(r#""order_id":"o-1""#, r#""order_id":"o-2""#)).kind,
             BadRecordKind::RuleViolation
         );
+        // An order created where ClickHouse's Date and DateTime cannot
+        // keep it; the ends of that range are kept.
+        let created =
+            |at: &str| CREATED.replace(r#""created_at":"2024-03-01T12:00:00Z""#, &format!(r#""created_at":"{at}""#));
+        let early = bad(&created("1969-12-31T23:59:59Z"));
+        assert_eq!(early.kind, BadRecordKind::RuleViolation);
+        assert!(
+            early.reason.starts_with(
+                "payload.created_at 1969-12-31T23:59:59Z is outside 1970-01-01T00:00:00Z to 2106-02-07T06:28:15Z"
+            ),
+            "{}",
+            early.reason
+        );
+        assert_eq!(bad(&created("2106-02-07T06:28:16Z")).kind, BadRecordKind::RuleViolation);
+        for at in ["1970-01-01T00:00:00Z", "2106-02-07T06:28:15Z", "2106-02-07T08:28:15+02:00"] {
+            assert!(decode_event(created(at).as_bytes()).is_ok(), "{at}");
+        }
     }
 
     #[test]

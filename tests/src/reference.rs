@@ -128,11 +128,16 @@ fn check(line: &str) -> Result<(String, String, i64, Effect), String> {
             if total < 0 {
                 return Err("negative".into());
             }
+            let created_at = instant(payload, "created_at")?;
+            // What every sink can keep (ClickHouse's DateTime): README.
+            if created_at.timestamp() < 0 || created_at.timestamp() > i64::from(u32::MAX) {
+                return Err("created_at outside 1970 to 2106".into());
+            }
             Effect::Create {
                 store_id,
                 customer_id: unsigned(payload, "customer_id")?,
                 currency: text(payload, "currency")?,
-                created_at: instant(payload, "created_at")?,
+                created_at,
                 items,
                 total,
             }
