@@ -373,6 +373,12 @@ pub fn run(
         return Err(RunError::Failed(error));
     }
     let (restored, restored_from) = choose_snapshot(outputs.restore, barriers.first(), &ends);
+    if restored_from.is_none()
+        && !barriers.is_empty()
+        && let Some(error) = latest_cannot_resume(&plan)
+    {
+        return Err(RunError::Failed(error));
+    }
     let restored = restored.unwrap_or_default();
     let restored_ids = Arc::new(restored.event_ids);
     if snapshots
@@ -688,6 +694,31 @@ pub fn run(
         elapsed: started.elapsed(),
         restored_from,
     })
+}
+
+/// Why a run cannot resume its sinks, if a Kafka source starts at `latest`
+/// and no state snapshot is there to start from. The sinks' rows come from
+/// every event since the first run's start, and the state they rest on
+/// (each order) must be rebuilt from there; `latest` names a later place
+/// at each start. Read from there, a restart would fold only the newest
+/// orders, skip the events since the sinks' positions, and move the
+/// checkpoints past them: events lost, rows rewritten from part of their
+/// orders.
+fn latest_cannot_resume(plan: &PipelinePlan) -> Option<String> {
+    use projector_core::config::{SourceKind, StartPosition};
+    let source = plan
+        .config
+        .sources
+        .iter()
+        .find(|source| matches!(&source.kind, SourceKind::Kafka(kafka) if kafka.start == StartPosition::Latest))?;
+    Some(format!(
+        "source {:?} starts at `latest`, and its sinks hold the views of every event since the first run \
+         started: a restart cannot rebuild the state they rest on from `latest`, which is later now. Keep a \
+         state snapshot (`state:` in the config; a restart then starts from it), or set `start:` to the \
+         offsets the first run started at, or drop the sinks (`projector drop -c {} --sink NAME`) to start \
+         afresh from the end of the topic",
+        source.name, plan.config.file
+    ))
 }
 
 /// Per partition, where a source's log ends ([`Source::ends`]).

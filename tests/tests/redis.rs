@@ -367,3 +367,64 @@ fn a_view_added_to_the_yaml_fills_its_sinks_and_the_others_are_not_rewritten() {
     assert_eq!(checkpoint(&server, "added:", "order_summary_redis")["generation"], "2");
     assert_eq!(checkpoint(&server, "added:", "customer_ltv_redis")["generation"], "1");
 }
+
+/// A Kafka source that starts at `latest` resumes from its state snapshot:
+/// the events appended while it was stopped count, and the views stay
+/// those of every event since the first run started. Without a snapshot a
+/// restart is refused with what to do. (Before, a restart read from the
+/// end of the topic again: it skipped those events, moved the checkpoints
+/// past them, and folded only the orders it saw.)
+#[test]
+fn a_latest_start_resumes_from_its_snapshot_and_is_refused_without_one() {
+    if !available("redis-server") {
+        return;
+    }
+    let server = RedisServer::start(false);
+    let topic = kafka::create_topic("latest", 4);
+    let generated_keyed = |events: u64, seed: u64| -> Vec<(String, String)> {
+        let config = GeneratorConfig { events, seed, customers_per_store: 300, ..GeneratorConfig::default() };
+        Generator::new(config).map(|record| (record.key, record.line)).collect()
+    };
+    let (before, during, stopped) = (generated_keyed(1000, 81), generated_keyed(1000, 82), generated_keyed(1000, 83));
+    kafka::append(&topic, before);
+    let dir = tempfile::tempdir().unwrap();
+    let source = format!(
+        "  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n    start: latest\n    batch_ms: 20\n",
+        kafka::brokers()
+    );
+    let with_state = format!(
+        "{}state:\n  path: {}\n  every_ms: 100\n",
+        config(&source, &server.url(), "latest:"),
+        dir.path().join("state.parquet").display()
+    );
+    let start = |text: &str| {
+        let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
+        let stop = Arc::clone(&options.stop);
+        let plan = plan(text, dir.path());
+        (stop, std::thread::spawn(move || commands::run_config(plan, options)))
+    };
+    let (stop, run) = start(&with_state);
+    // Once the run has read where the topic ended, new events count.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.connection().unwrap().exists::<_, bool>("latest:projector:sink:order_summary_redis").unwrap() {
+        assert!(Instant::now() < deadline, "the run did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    kafka::append(&topic, during.clone());
+    wait_for(&server, "latest:", 2000, Duration::from_secs(30));
+    stop.store(true, Ordering::Relaxed);
+    run.join().unwrap().unwrap();
+
+    kafka::append(&topic, stopped.clone());
+    let without_state = config(&source, &server.url(), "latest:");
+    let refused = commands::run_config(plan(&without_state, dir.path()), RunOptions::default()).unwrap_err();
+    assert!(refused.to_string().contains("source \"events\" starts at `latest`"), "{refused}");
+    let (stop, run) = start(&with_state);
+    wait_for(&server, "latest:", 3000, Duration::from_secs(30));
+    stop.store(true, Ordering::Relaxed);
+    let summary = run.join().unwrap().unwrap();
+    assert!(summary.restored_from.is_some());
+    let since_start: Vec<String> = during.into_iter().chain(stopped).map(|(_, line)| line).collect();
+    assert_redis_holds(&server, &since_start, "latest:");
+}

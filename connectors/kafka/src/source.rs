@@ -111,9 +111,16 @@ impl Source for KafkaSource {
                     by_time.as_ref().and_then(|o| o.get(&partition).copied()).unwrap_or(high).clamp(low, high)
                 }
             };
-            // A run from a state snapshot has what came before in it.
-            let snapshot = skip_to.as_ref().map_or(0, |at| at.get(self.source_index, partition as u32) as i64);
-            let start = configured.max(snapshot.min(high));
+            // A run from a state snapshot has what came before in it. From
+            // `latest`, it starts at the snapshot: the end of the topic now
+            // is past what the snapshot reflects, and the events between
+            // must be read (a partition the snapshot does not know is new
+            // since, and read from its start).
+            let snapshot = skip_to.as_ref().map(|at| at.get(self.source_index, partition as u32) as i64);
+            let start = match (&config.start, snapshot) {
+                (StartPosition::Latest, Some(snapshot)) => snapshot.clamp(low, high),
+                (_, snapshot) => configured.max(snapshot.unwrap_or(0).min(high)),
+            };
             assignment
                 .add_partition_offset(&config.topic, partition, Offset::Offset(start))
                 .map_err(|e| fatal("cannot assign a partition", e))?;
