@@ -420,6 +420,9 @@ fn a_latest_start_resumes_from_its_snapshot_and_is_refused_without_one() {
     let without_state = config(&source, &server.url(), "latest:");
     let refused = commands::run_config(plan(&without_state, dir.path()), RunOptions::default()).unwrap_err();
     assert!(refused.to_string().contains("source \"events\" starts at `latest`"), "{refused}");
+    let options = projector::validate::ValidateOptions { view: "order_summary".into(), sample_size: None, seed: 1 };
+    let refused = projector::validate::validate(&plan(&with_state, dir.path()), &options).unwrap_err();
+    assert!(refused.to_string().contains("give `start:` the offsets the first run started at"), "{refused}");
     let (stop, run) = start(&with_state);
     wait_for(&server, "latest:", 3000, Duration::from_secs(30));
     stop.store(true, Ordering::Relaxed);
