@@ -82,9 +82,7 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
             options.view
         )));
     }
-    if let Some(source) = plan.config.sources.iter().find(|source| {
-        matches!(&source.kind, projector_core::config::SourceKind::Kafka(kafka) if kafka.start == projector_core::config::StartPosition::Latest)
-    }) {
+    if let Some(source) = plan.source_starting_at_latest() {
         return Err(CommandError::Io(format!(
             "source {:?} starts at `latest`, which names the end of the topic now, not where the pipeline's \
              first run started; validate recomputes the views from the start of the log, so give `start:` the \
@@ -104,7 +102,7 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
         }
         Some(furthest)
     });
-    let log = read_log(plan, furthest.as_ref())?;
+    let log = read_log(plan, furthest.as_ref(), &source_names)?;
     let fields = view.output_fields();
     // Recomputations by the position they reach (`None`: the whole log).
     let mut expected: BTreeMap<Option<String>, (BTreeMap<Row, Row>, u64)> = BTreeMap::new();
@@ -366,13 +364,13 @@ fn from_json(json: &serde_json::Value, ty: FieldType) -> Option<Value> {
 }
 
 /// The log read from each source's configured start up to `target` (every
-/// record before its offset per partition), or to where it ends now.
-/// The names of the config's sources, in order.
-fn plan_sources(plan: &PipelinePlan) -> Vec<String> {
-    plan.config.sources.iter().map(|s| s.name.clone()).collect()
-}
-
-fn read_log(plan: &PipelinePlan, target: Option<&SourcePositions>) -> Result<Recomputation, CommandError> {
+/// record before its offset per partition), or to where it ends now;
+/// `source_names` name the sources in messages.
+fn read_log(
+    plan: &PipelinePlan,
+    target: Option<&SourcePositions>,
+    source_names: &[String],
+) -> Result<Recomputation, CommandError> {
     let mut log = Recomputation::new();
     for (index, (name, source)) in components::sources(plan).into_iter().enumerate() {
         let source_index = index as u16;
@@ -416,7 +414,7 @@ fn read_log(plan: &PipelinePlan, target: Option<&SourcePositions>) -> Result<Rec
                 return Err(failed(format!(
                     "the log ends before the position a sink claims ({}): was it truncated, or its topic deleted \
                      and created anew? The sink's rows then come from records that are gone",
-                    target.map_or_else(|| "its end".to_string(), |t| positions_to_json(t, &plan_sources(plan)))
+                    target.map_or_else(|| "its end".to_string(), |t| positions_to_json(t, source_names))
                 )));
             }
         }

@@ -705,12 +705,7 @@ pub fn run(
 /// checkpoints past them: events lost, rows rewritten from part of their
 /// orders.
 fn latest_cannot_resume(plan: &PipelinePlan) -> Option<String> {
-    use projector_core::config::{SourceKind, StartPosition};
-    let source = plan
-        .config
-        .sources
-        .iter()
-        .find(|source| matches!(&source.kind, SourceKind::Kafka(kafka) if kafka.start == StartPosition::Latest))?;
+    let source = plan.source_starting_at_latest()?;
     Some(format!(
         "source {:?} starts at `latest`, and its sinks hold the views of every event since the first run \
          started: a restart cannot rebuild the state they rest on from `latest`, which is later now. Keep a \

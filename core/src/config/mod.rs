@@ -34,6 +34,16 @@ impl PipelinePlan {
     pub fn view(&self, name: &str) -> Option<&Arc<ViewPlan>> {
         self.views.iter().find(|v| v.name == name)
     }
+
+    /// The first Kafka source that starts at `latest`, which names another
+    /// place (the end of the topic then) at every start: neither a restart
+    /// nor `validate` can rebuild from it what the first run started from.
+    pub fn source_starting_at_latest(&self) -> Option<&SourceConfig> {
+        self.config
+            .sources
+            .iter()
+            .find(|source| matches!(&source.kind, SourceKind::Kafka(kafka) if kafka.start == StartPosition::Latest))
+    }
 }
 
 /// One problem in a config.

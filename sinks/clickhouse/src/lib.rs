@@ -235,7 +235,9 @@ impl ClickHouseViewSink {
     /// of the same name later starts from nothing. For a sink taken out of
     /// the config (`projector drop`).
     pub fn drop_all(&mut self) -> Result<(), SinkError> {
-        self.create_tables()?;
+        // Not `create_tables`: a rows table with other columns must go too,
+        // not stop the drop.
+        self.create_bookkeeping_tables()?;
         self.generation = self.newest_generation()? + 1;
         self.write_checkpoint(0, 0, "", 0)?;
         let table = format!("{}.{}", self.database, self.table);
@@ -306,13 +308,13 @@ impl ClickHouseViewSink {
 
     /// Keeps the sink's rows only if they were computed by this definition
     /// of the view ([`ViewPlan::definition`]), which it then records. If
-    /// another definition is recorded, the sink first claims nothing (an
-    /// empty checkpoint of a new generation), then drops its rows table and
-    /// reader view (their columns may differ too): the run rebuilds it from
-    /// the log. Should it die in between, the next run finds the other
-    /// definition still recorded and does the same.
+    /// another definition is recorded, the sink is dropped as by
+    /// [`Self::drop_all`]: first it claims nothing (an empty checkpoint of a
+    /// new generation), then its rows table and reader view go (their
+    /// columns may differ too), and the run rebuilds it from the log.
+    /// Should it die in between, the next run finds the other definition
+    /// still recorded and does the same.
     fn keep_only_this_definition(&mut self) -> Result<(), SinkError> {
-        self.execute("cannot create the database", &format!("CREATE DATABASE IF NOT EXISTS {}", self.database))?;
         self.create_bookkeeping_tables()?;
         let stored = self.select(
             "cannot read the view's definition",
@@ -329,11 +331,7 @@ impl ClickHouseViewSink {
                     sink = %self.name,
                     "the view's definition changed since the sink was written; it is rebuilt from the log"
                 );
-                self.generation = self.newest_generation()? + 1;
-                self.write_checkpoint(0, 0, "", 0)?;
-                let view = format!("{}.{}", self.database, self.table);
-                self.execute("cannot drop the reader view", &format!("DROP TABLE IF EXISTS {view}"))?;
-                self.execute("cannot drop the rows table", &format!("DROP TABLE IF EXISTS {}", self.rows_table()))?;
+                self.drop_all()?;
             }
             None => {}
         }
@@ -354,8 +352,10 @@ impl ClickHouseViewSink {
         )
     }
 
-    /// The tables of checkpoints, holds and definitions, when missing.
+    /// The database and its tables of checkpoints, holds and definitions,
+    /// when missing.
     fn create_bookkeeping_tables(&self) -> Result<(), SinkError> {
+        self.execute("cannot create the database", &format!("CREATE DATABASE IF NOT EXISTS {}", self.database))?;
         self.execute(
             "cannot create the checkpoints table",
             &format!(
@@ -386,7 +386,13 @@ impl ClickHouseViewSink {
     /// Creates the database, tables and reader view when missing, and
     /// checks that an existing rows table has this view's columns.
     fn create_tables(&self) -> Result<(), SinkError> {
-        self.execute("cannot create the database", &format!("CREATE DATABASE IF NOT EXISTS {}", self.database))?;
+        self.create_bookkeeping_tables()?;
+        self.create_rows_tables()
+    }
+
+    /// Creates the rows table and reader view when missing, and checks that
+    /// an existing rows table has this view's columns.
+    fn create_rows_tables(&self) -> Result<(), SinkError> {
         let columns: Vec<String> = self.column_list().iter().map(|c| format!("{} {}", c.name, c.sql_type())).collect();
         let order: Vec<&str> = self.keys.iter().map(|c| c.name.as_str()).collect();
         self.execute(
@@ -426,8 +432,7 @@ impl ClickHouseViewSink {
                 names.join(", "),
                 self.rows_table()
             ),
-        )?;
-        self.create_bookkeeping_tables()
+        )
     }
 
     fn pauses_table(&self) -> String {
@@ -717,7 +722,7 @@ fn classify<T>(
 impl ViewSink for ClickHouseViewSink {
     fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
         self.keep_only_this_definition()?;
-        self.create_tables()?;
+        self.create_rows_tables()?;
         let last = self.last_checkpoint()?;
         self.generation = self.newest_generation()? + 1;
         self.seq = 0;
