@@ -89,6 +89,22 @@ pub fn run_config(plan: PipelinePlan, options: RunOptions) -> Result<RunSummary,
     Ok(result?)
 }
 
+/// Refuses a config with a Kafka source that starts at `latest` for a
+/// command (`what`) that computes the views from the start of the log:
+/// `latest` names the end of the topic now, not where the pipeline's first
+/// run started, so that command would see none of the events before it.
+pub fn refuse_a_latest_start(plan: &PipelinePlan, what: &str) -> Result<(), CommandError> {
+    match plan.source_starting_at_latest() {
+        Some(source) => Err(CommandError::Io(format!(
+            "source {:?} starts at `latest`, which names the end of the topic now, not where the pipeline's \
+             first run started; {what} computes the views from the start of the log, so give `start:` the \
+             offsets the first run started at (or `earliest`) in the config you {what} with",
+            source.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// `projector export --view NAME --out FILE.parquet`: computes the view
 /// from the config's sources as they stand (each read from its configured
 /// start to where it ends when the export starts) and writes its rows to
@@ -102,6 +118,7 @@ pub fn export(plan: PipelinePlan, view: &str, out: &Path, options: RunOptions) -
     if plan.config.sources.is_empty() {
         return Err(CommandError::Io(format!("{}: no sources are declared to export from", plan.config.file)));
     }
+    refuse_a_latest_start(&plan, "export")?;
     // A file named otherwise (`view.csv`) would hold Parquet under a name
     // that says something else.
     if !out.extension().is_some_and(|extension| extension.eq_ignore_ascii_case("parquet")) {

@@ -499,6 +499,12 @@ fn chosen_views(plan: &PipelinePlan, names: &[String]) -> Result<Vec<Arc<ViewPla
     }
     let mut views: Vec<Arc<ViewPlan>> = Vec::new();
     for name in names {
+        if name.trim().is_empty() {
+            return Err(CommandError::Io(format!(
+                "--view {:?}: a view name is empty; separate names with single commas, nothing before or after",
+                names.join(",")
+            )));
+        }
         let Some(view) = plan.view(name) else {
             let declared: Vec<&str> = plan.views.iter().map(|v| v.name.as_str()).collect();
             return Err(CommandError::Io(format!("no view {name:?}; this config declares: {}", declared.join(", "))));
@@ -696,6 +702,9 @@ pub fn replay(
     if plan.config.sources.is_empty() {
         return Err(CommandError::Io(format!("{}: no sources are declared to replay from", plan.config.file)));
     }
+    // Rebuilt from the end of the topic, the view would hold nothing, and
+    // the swap would delete every live row.
+    crate::commands::refuse_a_latest_start(plan, "replay")?;
     let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
     let every = options.checkpoint_every.unwrap_or(WRITE_SHADOW_EVERY);
 

@@ -82,14 +82,7 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
             options.view
         )));
     }
-    if let Some(source) = plan.source_starting_at_latest() {
-        return Err(CommandError::Io(format!(
-            "source {:?} starts at `latest`, which names the end of the topic now, not where the pipeline's \
-             first run started; validate recomputes the views from the start of the log, so give `start:` the \
-             offsets the first run started at (or `earliest`) in the config you validate with",
-            source.name
-        )));
-    }
+    crate::commands::refuse_a_latest_start(&plan, "validate")?;
     let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
     let held: Vec<Held> = sinks.iter().map(|sink| read_sink(view, sink, &source_names)).collect::<Result<_, _>>()?;
     // The log is read once, as far as the furthest sink (to its end when a

@@ -423,6 +423,24 @@ fn a_latest_start_resumes_from_its_snapshot_and_is_refused_without_one() {
     let options = projector::validate::ValidateOptions { view: "order_summary".into(), sample_size: None, seed: 1 };
     let refused = projector::validate::validate(&plan(&with_state, dir.path()), &options).unwrap_err();
     assert!(refused.to_string().contains("give `start:` the offsets the first run started at"), "{refused}");
+    // A replay would rebuild the view from the end of the topic (nothing)
+    // and swap that in; an export would write it.
+    let options = projector::replay::ReplayOptions {
+        views: vec!["order_summary".into()],
+        from: None,
+        to: None,
+        ack_wait: Duration::ZERO,
+        progress_bar: false,
+        checkpoint_every: None,
+    };
+    let refused = projector::replay::replay(&plan(&with_state, dir.path()), &options, RunOptions::default());
+    let refused = refused.map(|_| ()).unwrap_err();
+    assert!(refused.to_string().contains("replay computes the views from the start of the log"), "{refused}");
+    let out = dir.path().join("order_summary.parquet");
+    let refused = commands::export(plan(&with_state, dir.path()), "order_summary", &out, RunOptions::default());
+    let refused = refused.map(|_| ()).unwrap_err();
+    assert!(refused.to_string().contains("export computes the views from the start of the log"), "{refused}");
+    assert!(!out.exists());
     let (stop, run) = start(&with_state);
     wait_for(&server, "latest:", 3000, Duration::from_secs(30));
     stop.store(true, Ordering::Relaxed);

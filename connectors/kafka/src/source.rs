@@ -128,7 +128,7 @@ impl Source for KafkaSource {
             ends.insert(partition, high);
         }
         consumer.assign(&assignment).map_err(|e| fatal("cannot assign partitions", e))?;
-        info!(topic = %config.topic, worker = index, partitions = ?mine, "reading");
+        info!(topic = %config.topic, worker = index, partitions = ?mine, from = ?next, "reading");
         Ok(Box::new(KafkaReader {
             source_index: self.source_index,
             consumer,
