@@ -82,7 +82,7 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
             options.view
         )));
     }
-    crate::commands::refuse_a_latest_start(&plan, "validate")?;
+    crate::commands::refuse_a_latest_start(plan, "validate")?;
     let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
     let held: Vec<Held> = sinks.iter().map(|sink| read_sink(view, sink, &source_names)).collect::<Result<_, _>>()?;
     // The log is read once, as far as the furthest sink (to its end when a
