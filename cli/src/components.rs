@@ -52,18 +52,20 @@ pub fn outputs(plan: &PipelinePlan) -> Result<Outputs, SinkError> {
             SinkKind::File(file) => {
                 Box::new(FileViewSink::new(Arc::clone(&plan.views[view_index]), &file.path, Some(FILE_SINK_INTERVAL)))
             }
-            SinkKind::Redis(redis) => Box::new(RedisViewSink::new(
-                &sink.name,
-                Arc::clone(&plan.views[view_index]),
-                redis,
-                source_names.clone(),
-            )?),
-            SinkKind::ClickHouse(clickhouse) => Box::new(ClickHouseViewSink::new(
-                &sink.name,
-                Arc::clone(&plan.views[view_index]),
-                clickhouse,
-                source_names.clone(),
-            )?),
+            // Readers read these: a rebuild replaces their rows in one write.
+            SinkKind::Redis(redis) => Box::new(
+                RedisViewSink::new(&sink.name, Arc::clone(&plan.views[view_index]), redis, source_names.clone())?
+                    .keeping_rows_until_rebuilt(),
+            ),
+            SinkKind::ClickHouse(clickhouse) => Box::new(
+                ClickHouseViewSink::new(
+                    &sink.name,
+                    Arc::clone(&plan.views[view_index]),
+                    clickhouse,
+                    source_names.clone(),
+                )?
+                .keeping_rows_until_rebuilt(),
+            ),
             SinkKind::Parquet(parquet) => Box::new(ParquetViewSink::new(
                 Arc::clone(&plan.views[view_index]),
                 &parquet.path,

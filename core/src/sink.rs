@@ -123,7 +123,9 @@ pub trait ViewSink: Send {
         false
     }
     /// Drops what the sink holds: the runner cannot start from the position
-    /// it reported and will hand it the whole view from the start.
+    /// it reported and will hand it the whole view from the start. A sink
+    /// that readers read may keep its rows until its next write and replace
+    /// them there, in the same transaction.
     fn reset(&mut self) -> Result<(), SinkError> {
         Ok(())
     }

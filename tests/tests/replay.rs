@@ -713,6 +713,81 @@ fn a_view_whose_definition_changed_is_rebuilt_and_the_others_resume() {
     assert_eq!(summary.differences, 1, "{}", summary.report);
 }
 
+/// A sink rebuilt because its view's definition changed keeps its rows
+/// until the rebuilt view replaces them in one write: readers polling
+/// Redis and ClickHouse all through the restart never find fewer rows than
+/// the old view had (a changed `where` keeps the columns; every store's day
+/// keeps its row). Before, both sinks were emptied when the run started,
+/// and their readers found nothing (in ClickHouse, no table) until the run
+/// had caught up.
+#[test]
+fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_replace_them() {
+    if !available("redis-server") || !available("clickhouse-server") {
+        return;
+    }
+    let (redis, clickhouse) = (RedisServer::start(false), ClickHouseServer::start());
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = keyed(8000, 12).into_iter().map(|(_, line)| line).collect();
+    let (file, text) = both_sinks_on_file(dir.path(), &lines[..6000], (&redis, "keep:"), (&clickhouse, "keep", 200));
+    let run = |text: &str| {
+        commands::run_config(plan(text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap()
+    };
+    run(&text);
+    let redis_rows =
+        |connection: &mut redis::Connection| connection.keys::<_, Vec<String>>("keep:order_summary:*").map(|k| k.len());
+    let count = "SELECT count() FROM keep.order_summary";
+    let clickhouse_rows = |port: u16| clickhouse_query(port, count).ok().and_then(|c| c.trim().parse::<usize>().ok());
+    let mut connection = redis.connection().unwrap();
+    let before = (redis_rows(&mut connection).unwrap(), clickhouse_rows(clickhouse.http_port).unwrap());
+    assert!(before.0 > 50 && before.0 == before.1, "{before:?}");
+
+    let revenue = "revenue_cents:             { sum: total_cents,  where: \"status = 'placed'\" }";
+    assert!(text.contains(revenue), "{text}");
+    let changed = text
+        .replace(revenue, "revenue_cents: { sum: total_cents, where: \"status = 'placed' and total_cents > 10000\" }");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each reader: how many reads, and the fewest rows one found (`None`:
+    // a read failed).
+    let redis_reader = {
+        let (stop, mut connection) = (Arc::clone(&stop), redis.connection().unwrap());
+        std::thread::spawn(move || {
+            let (mut reads, mut fewest) = (0usize, Some(usize::MAX));
+            while !stop.load(Ordering::Relaxed) {
+                fewest = fewest.min(redis_rows(&mut connection).ok());
+                reads += 1;
+            }
+            (reads, fewest)
+        })
+    };
+    let clickhouse_reader = {
+        let (stop, port) = (Arc::clone(&stop), clickhouse.http_port);
+        std::thread::spawn(move || {
+            let (mut reads, mut fewest) = (0usize, Some(usize::MAX));
+            while !stop.load(Ordering::Relaxed) {
+                fewest = fewest.min(clickhouse_rows(port));
+                reads += 1;
+            }
+            (reads, fewest)
+        })
+    };
+    run(&changed);
+    stop.store(true, Ordering::Relaxed);
+    let (redis_reads, redis_fewest) = redis_reader.join().unwrap();
+    let (clickhouse_reads, clickhouse_fewest) = clickhouse_reader.join().unwrap();
+    assert!(redis_reads > 20 && clickhouse_reads > 5, "{redis_reads} and {clickhouse_reads} reads");
+    assert!(redis_fewest >= Some(before.0), "a Redis reader found {redis_fewest:?} rows, fewer than {}", before.0);
+    assert!(
+        clickhouse_fewest >= Some(before.1),
+        "a ClickHouse reader found {clickhouse_fewest:?} rows (None: no table), fewer than {}",
+        before.1
+    );
+    let options = ValidateOptions { view: "order_summary".into(), sample_size: None, seed: 1 };
+    let summary = validate(&plan(&changed, dir.path()), &options).unwrap();
+    assert_eq!(summary.differences, 0, "{}", summary.report);
+    assert!(summary.report.matches(": ok\n").count() >= 2, "{}", summary.report);
+}
+
 #[test]
 fn drop_deletes_what_one_sink_holds_and_a_later_run_rebuilds_it() {
     if !available("redis-server") || !available("clickhouse-server") {

@@ -104,6 +104,11 @@ pub struct ClickHouseViewSink {
     pause_checked: Instant,
     /// [`ViewPlan::definition`] of the view it writes.
     pub(crate) definition: String,
+    /// See [`ClickHouseViewSink::keeping_rows_until_rebuilt`].
+    keep_until_rebuilt: bool,
+    /// Whether the next write replaces every row the sink holds: it was
+    /// reset, and kept its rows until then.
+    replace_held: bool,
 }
 
 /// A client of the sink's server. Validation is off: ClickHouse 18.16 has
@@ -221,7 +226,23 @@ impl ClickHouseViewSink {
             idle_checkpoint: IDLE_CHECKPOINT,
             pause_checked: Instant::now(),
             definition: plan.definition(),
+            keep_until_rebuilt: false,
+            replace_held: false,
         })
+    }
+
+    /// A sink that readers read (a running pipeline's): when the runner
+    /// resets it (its view's definition changed, or its position is out of
+    /// line with the others'), it keeps its rows and checkpoint until its
+    /// next write, which is one `INSERT` of a tombstone for every row it
+    /// held and the rebuilt view at a higher version: readers see the old
+    /// view and then the new one, no empty table between. Only a changed
+    /// definition that changes the columns still drops the tables at the
+    /// start. Without this (a replay's shadow), a reset empties the table
+    /// at once.
+    pub fn keeping_rows_until_rebuilt(mut self) -> ClickHouseViewSink {
+        self.keep_until_rebuilt = true;
+        self
     }
 
     /// Writes the checkpoint at least this often while there is no data
@@ -331,7 +352,17 @@ impl ClickHouseViewSink {
                     sink = %self.name,
                     "the view's definition changed since the sink was written; it is rebuilt from the log"
                 );
-                self.drop_all()?;
+                if self.keep_until_rebuilt
+                    && self.rows_table_columns()?.is_none_or(|found| found == self.wanted_columns())
+                {
+                    // Its rows stay until the rebuilt view replaces them,
+                    // but from now on it claims no position.
+                    let (committed, _) = self.last_checkpoint()?.unwrap_or_default();
+                    self.generation = self.newest_generation()? + 1;
+                    self.write_checkpoint(0, committed, "", 0)?;
+                } else {
+                    self.drop_all()?;
+                }
             }
             None => {}
         }
@@ -405,14 +436,8 @@ impl ClickHouseViewSink {
                 order.join(", ")
             ),
         )?;
-        let found = self.select(
-            "cannot read the rows table's columns",
-            &format!("SELECT name, type FROM system.columns WHERE {}", self.rows_table_filter()),
-        )?;
-        let found: Vec<String> = found.lines().map(|l| l.replace("\\'", "'").replace('\t', " ")).collect();
-        let mut wanted = columns;
-        wanted.push("_deleted UInt8".into());
-        wanted.push("_version UInt64".into());
+        let found = self.rows_table_columns()?.unwrap_or_default();
+        let wanted = self.wanted_columns();
         if found != wanted {
             return Err(SinkError::Fatal(format!(
                 "table {} has columns [{}] but view needs [{}]; drop the table (or name another `table:`) \
@@ -433,6 +458,50 @@ impl ClickHouseViewSink {
                 self.rows_table()
             ),
         )
+    }
+
+    /// The rows table's columns as `name type` (`None`: there is no
+    /// such table).
+    fn rows_table_columns(&self) -> Result<Option<Vec<String>>, SinkError> {
+        let found = self.select(
+            "cannot read the rows table's columns",
+            &format!("SELECT name, type FROM system.columns WHERE {}", self.rows_table_filter()),
+        )?;
+        let found: Vec<String> = found.lines().map(|l| l.replace("\\'", "'").replace('\t', " ")).collect();
+        Ok((!found.is_empty()).then_some(found))
+    }
+
+    /// The columns the rows table must have for this view, as `name type`.
+    fn wanted_columns(&self) -> Vec<String> {
+        let mut wanted: Vec<String> =
+            self.column_list().iter().map(|c| format!("{} {}", c.name, c.sql_type())).collect();
+        wanted.push("_deleted UInt8".into());
+        wanted.push("_version UInt64".into());
+        wanted
+    }
+
+    /// The keys of every row the sink holds now, as the TabSeparated lines
+    /// ClickHouse writes them (and reads them back).
+    fn held_keys(&self) -> Result<String, SinkError> {
+        let keys: Vec<&str> = self.keys.iter().map(|c| c.name.as_str()).collect();
+        self.select(
+            "cannot read the keys the sink holds",
+            &format!("SELECT {} FROM {} FINAL WHERE _deleted = 0", keys.join(", "), self.rows_table()),
+        )
+    }
+
+    /// Tombstones at `version` for the keys in `held` ([`Self::held_keys`]).
+    fn tombstones_body(&self, held: &str, version: u64, body: &mut String) {
+        for key in held.lines() {
+            body.push_str(key);
+            for column in &self.values {
+                body.push('\t');
+                write_default(column, body);
+            }
+            body.push_str("\t1\t");
+            body.push_str(itoa::Buffer::new().format(version));
+            body.push('\n');
+        }
     }
 
     fn pauses_table(&self) -> String {
@@ -667,15 +736,25 @@ impl ClickHouseViewSink {
         }
         self.wait_if_paused()?;
         self.fenced()?;
-        let seq = self.seq + 1;
+        // Replacing what it holds: a tombstone for every row at one
+        // version, the rebuilt rows at the next, in the same `INSERT`.
+        let mut seq = self.seq + 1;
+        let mut body = String::new();
+        let mut replaced = 0;
+        if self.replace_held {
+            let held = self.held_keys()?;
+            replaced = held.lines().count();
+            self.tombstones_body(&held, (self.generation << 32) | seq, &mut body);
+            seq += 1;
+        }
         let version = (self.generation << 32) | seq;
-        let rows = self.pending.len();
+        let rows = self.pending.len() + replaced;
         if rows > 0 {
-            let body = self.rows_body(self.pending.iter().map(|(key, values)| (key, values.as_ref())), version);
+            body.push_str(&self.rows_body(self.pending.iter().map(|(key, values)| (key, values.as_ref())), version));
             self.insert_rows(body)?;
             if let Err(error) = self.fenced() {
                 // A newer run took over while this one wrote: take it back.
-                let _ = self.delete_versions(version - 1, version + 1);
+                let _ = self.delete_versions((self.generation << 32) | self.seq, version + 1);
                 return Err(error);
             }
         }
@@ -685,6 +764,9 @@ impl ClickHouseViewSink {
         self.committed = committed;
         self.pending.clear();
         self.pending_since = None;
+        if std::mem::take(&mut self.replace_held) {
+            info!(sink = %self.name, rows = replaced, "the rebuilt view replaced the rows the sink held");
+        }
         self.checkpoint_at = Instant::now();
         self.checkpoint_positions = Some(positions);
         Ok(())
@@ -743,6 +825,15 @@ impl ViewSink for ClickHouseViewSink {
     }
 
     fn reset(&mut self) -> Result<(), SinkError> {
+        if self.keep_until_rebuilt {
+            // The rows and the checkpoint stay as they are, and agree,
+            // until the next write replaces both.
+            info!(sink = %self.name, "the sink keeps its rows until the rebuilt view replaces them");
+            self.replace_held = true;
+            self.checkpoint_positions = None;
+            self.taken_positions = None;
+            return Ok(());
+        }
         self.execute("cannot empty the rows table", &format!("TRUNCATE TABLE {}", self.rows_table()))?;
         self.seq += 1;
         self.committed = 0;

@@ -103,6 +103,11 @@ pub struct RedisViewSink {
     generation: Option<u64>,
     /// [`ViewPlan::definition`] of the view it writes.
     definition: String,
+    /// See [`RedisViewSink::keeping_rows_until_rebuilt`].
+    keep_until_rebuilt: bool,
+    /// Whether the next write replaces everything the sink holds: it was
+    /// reset, and kept its rows until then.
+    replace_held: bool,
 }
 
 fn retryable(what: &str, error: RedisError) -> SinkError {
@@ -171,7 +176,21 @@ impl RedisViewSink {
             source_names,
             generation: None,
             definition: plan.definition(),
+            keep_until_rebuilt: false,
+            replace_held: false,
         })
+    }
+
+    /// A sink that readers read (a running pipeline's): when the runner
+    /// resets it (its view's definition changed, or its position is out of
+    /// line with the others'), it keeps its rows and checkpoint until its
+    /// next write, which deletes them in the same transaction as it writes
+    /// the rebuilt view; readers see the old view and then the new one, no
+    /// empty sink between. Without this (a replay's shadow), a reset
+    /// deletes at once.
+    pub fn keeping_rows_until_rebuilt(mut self) -> RedisViewSink {
+        self.keep_until_rebuilt = true;
+        self
     }
 
     fn connection(&mut self) -> Result<&mut Connection, SinkError> {
@@ -236,29 +255,35 @@ impl RedisViewSink {
         self.with_connection("cannot read the checkpoint", |c| c.exists::<_, bool>(&state_key)).map(|exists| !exists)
     }
 
-    /// Deletes every key of this sink's rows and rankings, and its
-    /// checkpoint (not its generation).
-    fn clear(&mut self) -> Result<(), SinkError> {
+    /// The keys of this sink's rows and rankings: a `SCAN` of the whole
+    /// keyspace per key pattern.
+    fn held_keys(&mut self) -> Result<Vec<String>, SinkError> {
         let mut patterns = vec![format!("{}{}", glob_escape(&self.prefix), self.key.glob())];
         for ranking in &self.rankings {
             patterns.push(format!("{}{}", glob_escape(&self.prefix), ranking.key.glob()));
         }
-        let state_key = self.state_key.clone();
-        let mut deleted = 0usize;
+        let mut held = Vec::new();
         for pattern in patterns {
-            let keys: Vec<String> = self.with_connection("cannot list keys", |c| {
+            held.extend(self.with_connection("cannot list keys", |c| {
                 let options = redis::ScanOptions::default().with_pattern(&pattern).with_count(SCAN_COUNT);
                 c.scan_options(options)?.collect::<Result<Vec<String>, RedisError>>()
-            })?;
-            for chunk in keys.chunks(1000) {
-                let chunk: Vec<&String> = chunk.iter().filter(|k| **k != state_key).collect();
-                if chunk.is_empty() {
-                    continue;
-                }
-                deleted += chunk.len();
-                self.with_connection("cannot delete keys", |c| c.unlink::<_, ()>(chunk))?;
-            }
+            })?);
         }
+        held.retain(|key| *key != self.state_key);
+        held.sort_unstable();
+        held.dedup();
+        Ok(held)
+    }
+
+    /// Deletes every key of this sink's rows and rankings, and its
+    /// checkpoint (not its generation).
+    fn clear(&mut self) -> Result<(), SinkError> {
+        let state_key = self.state_key.clone();
+        let keys = self.held_keys()?;
+        for chunk in keys.chunks(1000) {
+            self.with_connection("cannot delete keys", |c| c.unlink::<_, ()>(chunk))?;
+        }
+        let deleted = keys.len();
         self.with_connection("cannot clear the checkpoint", |c| {
             c.hdel::<_, _, ()>(&state_key, &["positions", "written_at_ms", "newest_event_at"])
         })?;
@@ -510,8 +535,18 @@ impl RedisViewSink {
             }
             Some(_) => {}
         }
+        // Listed under the watch: a replay's swap in between moves the
+        // checkpoint, and this transaction is then tried again.
+        let replaced = if self.replace_held { Some(self.held_keys()?) } else { None };
         let mut pipe = redis::pipe();
         pipe.atomic();
+        if let Some(replaced) = &replaced {
+            // The rebuilt view replaces the old one in this transaction.
+            for chunk in replaced.chunks(1000) {
+                pipe.unlink(chunk).ignore();
+            }
+            pipe.hdel(&state_key, "newest_event_at").ignore();
+        }
         self.queue_changes(&mut pipe, batch.changes);
         let positions = positions_to_json(batch.positions, &self.source_names);
         let mut checkpoint =
@@ -521,7 +556,14 @@ impl RedisViewSink {
         }
         pipe.hset_multiple(&state_key, &checkpoint).ignore();
         let done: Option<()> = self.with_connection("cannot write a batch", |c| pipe.query(c))?;
-        Ok(if done.is_some() { Commit::Done } else { Commit::Raced })
+        if done.is_none() {
+            return Ok(Commit::Raced);
+        }
+        if let Some(replaced) = replaced {
+            self.replace_held = false;
+            info!(sink = %self.name, keys = replaced.len(), "the rebuilt view replaced what the sink held");
+        }
+        Ok(Commit::Done)
     }
 }
 
@@ -641,7 +683,14 @@ impl ViewSink for RedisViewSink {
     }
 
     fn reset(&mut self) -> Result<(), SinkError> {
-        self.clear()
+        if !self.keep_until_rebuilt {
+            return self.clear();
+        }
+        // The rows and the checkpoint stay as they are, and agree, until
+        // the next write replaces both.
+        info!(sink = %self.name, "the sink keeps its rows until the rebuilt view replaces them");
+        self.replace_held = true;
+        Ok(())
     }
 
     fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
