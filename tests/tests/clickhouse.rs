@@ -125,6 +125,39 @@ fn a_fenced_older_generation_writes_nothing() {
     assert_eq!(server.query("SELECT store_id FROM fence.order_summary").unwrap(), "1\n");
 }
 
+/// A write of more rows than ClickHouse cuts an `INSERT` into by default
+/// (`max_insert_block_size`, 1,048,576) is still one part, so readers see
+/// all of it or none: the sink's whole-view writes (a new view, a rebuilt
+/// one) rely on it. Before, 1,100,000 rows landed as two parts.
+#[test]
+fn a_write_larger_than_the_default_insert_block_is_one_part() {
+    if !available("clickhouse-server") {
+        return;
+    }
+    let server = ClickHouseServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config("  events:\n    type: file\n    path: none.jsonl\n", &server.url(), "large");
+    let plan = plan(&text, dir.path());
+    let mut sink = components::outputs(&plan).unwrap().view_sinks.remove(0).remove(0).1;
+    assert_eq!(sink.resume().unwrap(), None);
+    let values: Row = vec![Value::Int(1), Value::Int(500), Value::Int(500), Value::Int(0)].into();
+    let changes: Vec<ViewChange> = (0..1_100_000u64)
+        .map(|i| ViewChange {
+            key: vec![Value::UInt(i / 1000), Value::Date((i % 1000) as i32)].into(),
+            values: values.clone(),
+            diff: 1,
+        })
+        .collect();
+    let positions = SourcePositions([((0, 0), 10)].into_iter().collect());
+    let rows = ViewRows::default();
+    sink.apply(ViewBatch { changes: &changes, upper: 1, positions: &positions, newest_event_at: None, rows: &rows })
+        .unwrap();
+    sink.finish().unwrap();
+    let parts = "SELECT count(), sum(rows) FROM system.parts \
+                 WHERE database = 'large' AND table = 'order_summary_rows' AND active";
+    assert_eq!(server.query(parts).unwrap(), "1\t1100000\n");
+}
+
 #[test]
 fn clickhouse_down_while_the_pipeline_runs() {
     if !available("clickhouse-server") {

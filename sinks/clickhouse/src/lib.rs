@@ -113,11 +113,16 @@ pub struct ClickHouseViewSink {
 
 /// A client of the sink's server. Validation is off: ClickHouse 18.16 has
 /// no `RowBinaryWithNamesAndTypes`, and the sink sends TabSeparated anyway.
+/// An `INSERT` is parsed into one block, however many rows it has: the
+/// server would otherwise cut it every `max_insert_block_size` rows
+/// (1,048,576), each block a part of its own that readers see before the
+/// next, and a view written whole (or replaced) must appear at once.
 fn client(config: &ClickHouseSinkConfig) -> clickhouse::Client {
     let mut client = clickhouse::Client::default()
         .with_url(&config.url)
         .with_validation(false)
-        .with_compression(clickhouse::Compression::None);
+        .with_compression(clickhouse::Compression::None)
+        .with_option("max_insert_block_size", "4294967295");
     if let Some(user) = &config.user {
         client = client.with_user(user);
     }
