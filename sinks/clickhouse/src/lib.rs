@@ -122,7 +122,7 @@ fn client(config: &ClickHouseSinkConfig) -> clickhouse::Client {
         .with_url(&config.url)
         .with_validation(false)
         .with_compression(clickhouse::Compression::None)
-        .with_option("max_insert_block_size", "4294967295");
+        .with_setting("max_insert_block_size", "4294967295");
     if let Some(user) = &config.user {
         client = client.with_user(user);
     }
