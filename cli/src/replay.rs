@@ -417,6 +417,13 @@ impl ViewSink for Keeping {
 }
 
 impl Target {
+    fn live_definition_differs(&mut self) -> Result<bool, SinkError> {
+        match self {
+            Target::Redis(swap, _) => swap.live_definition_differs(),
+            Target::ClickHouse(swap) => swap.live_definition_differs(),
+        }
+    }
+
     fn live_position(&mut self) -> Result<Option<SourcePositions>, SinkError> {
         match self {
             Target::Redis(swap, _) => swap.live_position(),
@@ -715,6 +722,20 @@ pub fn replay(
     }
     let Rebuilt { mut targets, windows, view_sinks, rewritten_files, skipped_files } = rebuilt;
 
+    // A sink whose rows another definition of its view computed: the
+    // rebuilt rows would be updated by that definition again by a pipeline
+    // still running it, and the sink would then claim this one.
+    for (name, target) in &mut targets {
+        if target.live_definition_differs().map_err(failed(name))? {
+            return Err(CommandError::Io(format!(
+                "sink {name:?} holds rows of another definition of its view than this config's (the view changed \
+                 since a run last opened the sink); a pipeline still running that definition would go on updating \
+                 the rebuilt rows by it. Restart the pipeline with this config instead: it rebuilds the view's sinks \
+                 by itself, and their readers keep the old rows until the rebuilt ones replace them. Or replay \
+                 with the config the pipeline runs"
+            )));
+        }
+    }
     let mut resumed_from = Vec::new();
     let mut live_at = Vec::new();
     for (name, target) in &mut targets {

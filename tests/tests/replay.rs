@@ -689,6 +689,17 @@ fn a_view_whose_definition_changed_is_rebuilt_and_the_others_resume() {
         .replace(revenue, "revenue_cents: { sum: total_cents, where: \"status = 'placed' and total_cents > 10000\" }")
         .replace(cancellations, &format!("{cancellations}\n      largest_order_cents: {{ max: total_cents }}"));
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    // A replay with the changed view is refused: a pipeline still running
+    // the old definition would go on updating the rebuilt rows by it.
+    let config = dir.path().join("changed.yaml");
+    std::fs::write(&config, &changed).unwrap();
+    for view in ["order_summary", "customer_ltv,order_summary"] {
+        let refused = replay(&config, &["--view", view]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("holds rows of another definition of its view than this config's"), "{stderr}");
+        assert!(stderr.contains("Restart the pipeline with this config instead"), "{stderr}");
+    }
     run(&changed);
     let validated = |text: &str, view: &str| {
         let options = ValidateOptions { view: view.to_string(), sample_size: None, seed: 1 };

@@ -342,15 +342,7 @@ impl ClickHouseViewSink {
     /// still recorded and does the same.
     fn keep_only_this_definition(&mut self) -> Result<(), SinkError> {
         self.create_bookkeeping_tables()?;
-        let stored = self.select(
-            "cannot read the view's definition",
-            &format!(
-                "SELECT definition FROM {} WHERE sink = {} ORDER BY at DESC LIMIT 1",
-                self.definitions_table(),
-                quote(&self.name)
-            ),
-        )?;
-        match stored.lines().next() {
+        match self.stored_definition()? {
             Some(stored) if stored == self.definition => return Ok(()),
             Some(_) => {
                 warn!(
@@ -372,6 +364,20 @@ impl ClickHouseViewSink {
             None => {}
         }
         self.record_definition()
+    }
+
+    /// The definition of the view the sink's rows were last recorded as
+    /// computed by (`None`: none recorded).
+    pub(crate) fn stored_definition(&self) -> Result<Option<String>, SinkError> {
+        let stored = self.select(
+            "cannot read the view's definition",
+            &format!(
+                "SELECT definition FROM {} WHERE sink = {} ORDER BY at DESC LIMIT 1",
+                self.definitions_table(),
+                quote(&self.name)
+            ),
+        )?;
+        Ok(stored.lines().next().map(str::to_string))
     }
 
     /// Records that the sink's rows are of this definition of the view.

@@ -108,6 +108,16 @@ impl RedisSwap {
         self.position(&state_key(&self.live_config.prefix, &self.name))
     }
 
+    /// Whether the live sink's rows were computed by another definition of
+    /// the view than the one the replay builds (the view changed in the
+    /// config since a run last opened the sink).
+    pub fn live_definition_differs(&mut self) -> Result<bool, SinkError> {
+        let key = state_key(&self.live_config.prefix, &self.name);
+        let stored: Option<String> =
+            self.live.with_connection("cannot read the view's definition", |c| c.hget(&key, "definition"))?;
+        Ok(stored.is_some_and(|stored| stored != self.live.definition))
+    }
+
     /// The shadow's checkpoint (`None`: nothing built yet).
     pub fn shadow_position(&mut self) -> Result<Option<SourcePositions>, SinkError> {
         self.position(&state_key(&self.shadow_config.prefix, &self.name))
