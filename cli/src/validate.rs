@@ -25,7 +25,7 @@ use projector_core::sink::{Selection, SourcePositions, ViewReader, positions_fro
 use projector_core::source::Poll;
 use projector_core::value::{FieldType, Row, Timestamp, Value, parse_date, split_key};
 use projector_core::view::ViewPlan;
-use projector_sink_clickhouse::ClickHouseViewReader;
+use projector_sink_clickhouse::{ClickHouseViewReader, ClickHouseViewSink};
 use projector_sink_redis::{HeldRankings, RedisViewReader, RedisViewSink};
 
 use crate::commands::CommandError;
@@ -67,6 +67,22 @@ struct Held {
     rows: BTreeMap<Row, Row>,
     positions: Option<SourcePositions>,
     rankings: Option<(HeldRankings, RedisViewSink)>,
+    /// Its rows were computed by another definition of the view (the YAML
+    /// changed since a run last opened it).
+    another_definition: bool,
+}
+
+impl Held {
+    /// A sink whose rows another definition of the view computed: not read
+    /// (its columns may not be this view's), and it claims no position.
+    fn of_another_definition() -> Held {
+        Held {
+            rows: BTreeMap::new(),
+            positions: Some(SourcePositions::default()),
+            rankings: None,
+            another_definition: true,
+        }
+    }
 }
 
 /// Checks every sink of `options.view` against the log.
@@ -102,6 +118,17 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
     let mut report = String::new();
     let mut differences = 0;
     for (sink, held) in sinks.into_iter().zip(held) {
+        if held.another_definition {
+            // Every row may differ, and its columns may not be this view's.
+            let _ = writeln!(
+                report,
+                "sink {:?}: its rows were computed by another definition of view {:?} than this config's (it \
+                 changed since a run last opened the sink); `projector run` with this config rebuilds the sink",
+                sink.name, options.view
+            );
+            differences += 1;
+            continue;
+        }
         let claimed = held.positions.as_ref().map(|p| positions_to_json(p, &source_names));
         let (want, records) = expected.entry(claimed.clone()).or_insert_with(|| {
             let target = held.positions.as_ref();
@@ -255,6 +282,9 @@ fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -
             let reader = RedisViewReader::new(&sink.name, view, redis, source_names.to_vec()).map_err(failed)?;
             let mut ranked = RedisViewSink::new(&sink.name, Arc::clone(view), redis, source_names.to_vec())
                 .map_err(|e| failed(e.to_string()))?;
+            if ranked.holds_another_definition().map_err(|e| failed(e.to_string()))? {
+                return Ok(Held::of_another_definition());
+            }
             for _ in 0..READ_ATTEMPTS {
                 let all = reader.all_rows(READ_ATTEMPTS).map_err(|e| failed(e.to_string()))?;
                 // The rankings, read after the rows: both at one checkpoint.
@@ -267,6 +297,7 @@ fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -
                         rows: all.rows.into_iter().collect(),
                         positions: Some(all.positions),
                         rankings: rankings.map(|rankings| (rankings, ranked)),
+                        another_definition: false,
                     });
                 }
             }
@@ -278,6 +309,13 @@ fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -
             let reader =
                 ClickHouseViewReader::new(&sink.name, view, clickhouse, source_names.to_vec()).map_err(failed)?;
             let reader: &dyn ViewReader = &reader;
+            let another_definition =
+                ClickHouseViewSink::new(&sink.name, Arc::clone(view), clickhouse, source_names.to_vec())
+                    .and_then(|sink| sink.holds_another_definition())
+                    .map_err(|e| failed(e.to_string()))?;
+            if another_definition {
+                return Ok(Held::of_another_definition());
+            }
             for _ in 0..READ_ATTEMPTS {
                 let all = reader.select(&Selection::default()).map_err(|e| failed(e.to_string()))?;
                 let after = reader
@@ -288,6 +326,7 @@ fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -
                         rows: all.rows.into_iter().collect(),
                         positions: Some(all.positions),
                         rankings: None,
+                        another_definition: false,
                     });
                 }
             }
@@ -295,13 +334,19 @@ fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -
                 "it kept moving while it was read ({READ_ATTEMPTS} tries); stop its pipeline and try again"
             )))
         }
-        SinkKind::File(file) => {
-            Ok(Held { rows: read_file_sink(view, &file.path).map_err(failed)?, positions: None, rankings: None })
-        }
+        SinkKind::File(file) => Ok(Held {
+            rows: read_file_sink(view, &file.path).map_err(failed)?,
+            positions: None,
+            rankings: None,
+            another_definition: false,
+        }),
         // Not written yet: it holds nothing and claims no position.
-        SinkKind::Parquet(parquet) if !parquet.path.exists() => {
-            Ok(Held { rows: BTreeMap::new(), positions: Some(SourcePositions::default()), rankings: None })
-        }
+        SinkKind::Parquet(parquet) if !parquet.path.exists() => Ok(Held {
+            rows: BTreeMap::new(),
+            positions: Some(SourcePositions::default()),
+            rankings: None,
+            another_definition: false,
+        }),
         SinkKind::Parquet(parquet) => {
             let (rows, positions) =
                 projector_sink_parquet::read_parquet(&projector_sink_parquet::Shape::of(view), &parquet.path)
@@ -310,7 +355,7 @@ fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -
                 Some(text) => Some(positions_from_json(&text, source_names).map_err(failed)?),
                 None => None,
             };
-            Ok(Held { rows, positions, rankings: None })
+            Ok(Held { rows, positions, rankings: None, another_definition: false })
         }
     }
 }

@@ -700,11 +700,16 @@ fn a_view_whose_definition_changed_is_rebuilt_and_the_others_resume() {
         assert!(stderr.contains("holds rows of another definition of its view than this config's"), "{stderr}");
         assert!(stderr.contains("Restart the pipeline with this config instead"), "{stderr}");
     }
-    run(&changed);
     let validated = |text: &str, view: &str| {
         let options = ValidateOptions { view: view.to_string(), sample_size: None, seed: 1 };
         validate(&plan(text, dir.path()), &options).unwrap()
     };
+    // `validate` says why the sinks differ from the changed view.
+    let before = validated(&changed, "order_summary");
+    assert_eq!(before.differences, 2, "{}", before.report);
+    let hint = "its rows were computed by another definition of view \"order_summary\" than this config's";
+    assert_eq!(before.report.matches(hint).count(), 2, "{}", before.report);
+    run(&changed);
     let summary = validated(&changed, "order_summary");
     assert_eq!(summary.differences, 0, "{}", summary.report);
     let mut summaries: Vec<String> = connection.keys("def:order_summary:*").unwrap();

@@ -366,9 +366,20 @@ impl ClickHouseViewSink {
         self.record_definition()
     }
 
+    /// Whether the sink's rows were computed by another definition of its
+    /// view than this one (the view changed in the config since a run last
+    /// opened the sink, and no run has rebuilt it yet).
+    pub fn holds_another_definition(&self) -> Result<bool, SinkError> {
+        match self.stored_definition() {
+            Ok(stored) => Ok(stored.is_some_and(|stored| stored != self.definition)),
+            Err(SinkError::Fatal(message)) if never_created(&message) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// The definition of the view the sink's rows were last recorded as
     /// computed by (`None`: none recorded).
-    pub(crate) fn stored_definition(&self) -> Result<Option<String>, SinkError> {
+    fn stored_definition(&self) -> Result<Option<String>, SinkError> {
         let stored = self.select(
             "cannot read the view's definition",
             &format!(

@@ -90,14 +90,9 @@ impl ClickHouseSwap {
     }
 
     /// Whether the live sink's rows were computed by another definition of
-    /// the view than the one the replay builds (the view changed in the
-    /// config since a run last opened the sink).
+    /// the view than the one the replay builds.
     pub fn live_definition_differs(&mut self) -> Result<bool, SinkError> {
-        match self.live.stored_definition() {
-            Ok(stored) => Ok(stored.is_some_and(|stored| stored != self.live.definition)),
-            Err(SinkError::Fatal(message)) if crate::never_created(&message) => Ok(false),
-            Err(error) => Err(error),
-        }
+        self.live.holds_another_definition()
     }
 
     /// The shadow's checkpoint (`None`: nothing built yet).

@@ -246,6 +246,16 @@ impl RedisViewSink {
         Ok(positions)
     }
 
+    /// Whether the sink's rows were computed by another definition of its
+    /// view than this one (the view changed in the config since a run last
+    /// opened the sink, and no run has rebuilt it yet).
+    pub fn holds_another_definition(&mut self) -> Result<bool, SinkError> {
+        let state_key = self.state_key.clone();
+        let stored: Option<String> =
+            self.with_connection("cannot read the view's definition", |c| c.hget(&state_key, "definition"))?;
+        Ok(stored.is_some_and(|stored| stored != self.definition))
+    }
+
     /// Whether Redis holds nothing of this sink: its checkpoint's key is not
     /// there. The sink creates that key (when it opens) before it writes
     /// anything, and a shadow's drop deletes it last, so a sink without it

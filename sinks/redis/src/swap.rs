@@ -109,13 +109,9 @@ impl RedisSwap {
     }
 
     /// Whether the live sink's rows were computed by another definition of
-    /// the view than the one the replay builds (the view changed in the
-    /// config since a run last opened the sink).
+    /// the view than the one the replay builds.
     pub fn live_definition_differs(&mut self) -> Result<bool, SinkError> {
-        let key = state_key(&self.live_config.prefix, &self.name);
-        let stored: Option<String> =
-            self.live.with_connection("cannot read the view's definition", |c| c.hget(&key, "definition"))?;
-        Ok(stored.is_some_and(|stored| stored != self.live.definition))
+        self.live.holds_another_definition()
     }
 
     /// The shadow's checkpoint (`None`: nothing built yet).
