@@ -729,6 +729,23 @@ fn a_view_whose_definition_changed_is_rebuilt_and_the_others_resume() {
     assert_eq!(summary.differences, 1, "{}", summary.report);
 }
 
+/// Reads with `read` on a thread of its own until `stop`: how many reads,
+/// and the fewest rows one found (`None`: a read failed).
+fn reading_until(
+    stop: &Arc<AtomicBool>,
+    mut read: impl FnMut() -> Option<usize> + Send + 'static,
+) -> std::thread::JoinHandle<(usize, Option<usize>)> {
+    let stop = Arc::clone(stop);
+    std::thread::spawn(move || {
+        let (mut reads, mut fewest) = (0usize, Some(usize::MAX));
+        while !stop.load(Ordering::Relaxed) {
+            fewest = fewest.min(read());
+            reads += 1;
+        }
+        (reads, fewest)
+    })
+}
+
 /// A sink rebuilt because its view's definition changed keeps its rows
 /// until the rebuilt view replaces them in one write: readers polling
 /// Redis and ClickHouse all through the restart never find fewer rows than
@@ -763,30 +780,10 @@ fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_rep
         .replace(revenue, "revenue_cents: { sum: total_cents, where: \"status = 'placed' and total_cents > 10000\" }");
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    // Each reader: how many reads, and the fewest rows one found (`None`:
-    // a read failed).
-    let redis_reader = {
-        let (stop, mut connection) = (Arc::clone(&stop), redis.connection().unwrap());
-        std::thread::spawn(move || {
-            let (mut reads, mut fewest) = (0usize, Some(usize::MAX));
-            while !stop.load(Ordering::Relaxed) {
-                fewest = fewest.min(redis_rows(&mut connection).ok());
-                reads += 1;
-            }
-            (reads, fewest)
-        })
-    };
-    let clickhouse_reader = {
-        let (stop, port) = (Arc::clone(&stop), clickhouse.http_port);
-        std::thread::spawn(move || {
-            let (mut reads, mut fewest) = (0usize, Some(usize::MAX));
-            while !stop.load(Ordering::Relaxed) {
-                fewest = fewest.min(clickhouse_rows(port));
-                reads += 1;
-            }
-            (reads, fewest)
-        })
-    };
+    let mut connection = redis.connection().unwrap();
+    let redis_reader = reading_until(&stop, move || redis_rows(&mut connection).ok());
+    let port = clickhouse.http_port;
+    let clickhouse_reader = reading_until(&stop, move || clickhouse_rows(port));
     run(&changed);
     stop.store(true, Ordering::Relaxed);
     let (redis_reads, redis_fewest) = redis_reader.join().unwrap();
