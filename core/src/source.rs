@@ -77,6 +77,15 @@ pub trait Source: Send + Sync {
     fn ends(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
         None
     }
+
+    /// Where the log starts now: per partition, its first position (a
+    /// Kafka partition's low watermark, which retention moves on). `None`
+    /// when the source cannot tell now, or never drops the front of its log
+    /// (a file). A position before the start means records were deleted
+    /// before they were read.
+    fn starts(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
+        None
+    }
 }
 
 /// How far a [`BoundedSource`] may read, shared with whoever moves it.
@@ -158,6 +167,10 @@ impl Source for BoundedSource {
 
     fn ends(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
         self.inner.ends()
+    }
+
+    fn starts(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
+        self.inner.starts()
     }
 }
 

@@ -364,15 +364,29 @@ pub fn run(
     let (view_sinks, barriers) = resume_sinks(all_sinks, &state)?;
     // Where the log ends, when a sink or a snapshot holds a position that
     // could be past it (a fresh pipeline asks nothing of its brokers).
-    let ends: Vec<Option<LogEnds>> = if barriers.is_empty() && outputs.restore.is_empty() {
-        Vec::new()
-    } else {
-        sources.iter().map(|(_, source)| source.ends()).collect()
-    };
+    // And where it starts: records before a position held were deleted
+    // unread.
+    let (ends, starts): (Vec<Option<LogEnds>>, Vec<Option<LogEnds>>) =
+        if barriers.is_empty() && outputs.restore.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            sources.iter().map(|(_, source)| (source.ends(), source.starts())).unzip()
+        };
     if let Some(error) = sink_past_the_end(&view_sinks, &barriers, &sources, &ends, &plan.config.file) {
         return Err(RunError::Failed(error));
     }
     let (restored, restored_from) = choose_snapshot(outputs.restore, barriers.first(), &ends);
+    let held = view_sinks.iter().flatten().filter_map(|sink| {
+        let at = barriers.get((sink.skip_until as usize).checked_sub(1)?)?;
+        Some((sink.name.as_str(), at))
+    });
+    let snapshot = restored_from.as_ref().map(|(name, at)| (name.as_str(), at));
+    if let Some(error) = records_gone_unread(held.chain(snapshot), &sources, &starts, &plan.config.file) {
+        return Err(RunError::Failed(error));
+    }
+    if restored_from.is_none() && !barriers.is_empty() {
+        warn_of_a_shortened_log(&sources, &starts);
+    }
     if restored_from.is_none()
         && !barriers.is_empty()
         && let Some(error) = latest_cannot_resume(&plan)
@@ -731,6 +745,66 @@ fn past_the_end(at: &SourcePositions, ends: &[Option<LogEnds>]) -> Option<((u16,
     })
 }
 
+/// The first position of `at` before the start of its source's log, with
+/// that start: `((source index, partition), offset, start)`. A partition
+/// `at` does not name stands at 0; a source that cannot tell where its log
+/// starts is not judged.
+fn before_the_start(at: &SourcePositions, starts: &[Option<LogEnds>]) -> Option<((u16, u32), u64, u64)> {
+    starts.iter().enumerate().find_map(|(source, starts)| {
+        let source = u16::try_from(source).ok()?;
+        starts.as_ref()?.iter().find_map(|(&partition, &start)| {
+            let offset = at.get(source, partition);
+            (offset < start).then_some(((source, partition), offset, start))
+        })
+    })
+}
+
+/// Why the run cannot go on, if a sink or the state snapshot it starts
+/// from (`held`: name and position) stands before the start of the log:
+/// the records between were deleted before anything read them (the
+/// topic's retention passed them while the pipeline was stopped), so the
+/// views would go on without them, and the orders they touch would be
+/// folded from part of their events.
+fn records_gone_unread<'a>(
+    mut held: impl Iterator<Item = (&'a str, &'a SourcePositions)>,
+    sources: &[(String, Arc<dyn Source>)],
+    starts: &[Option<LogEnds>],
+    config: &str,
+) -> Option<String> {
+    held.find_map(|(name, at)| {
+        let ((source, partition), offset, start) = before_the_start(at, starts)?;
+        let source = sources.get(usize::from(source)).map_or("?", |(name, _)| name.as_str());
+        Some(format!(
+            "{name} stands at offset {offset} of partition {partition} of source {source:?}, but the log there now \
+             starts at {start}: the records between were deleted before they were read (the topic's retention \
+             passed them while the pipeline was stopped), and the views would go on without them. Nothing can \
+             bring them back; to rebuild the views from what the log still holds, delete what the sinks hold \
+             (`projector drop -c {config} --sink NAME`) and the state snapshot, and start again. Keep the \
+             topic's retention longer than the pipeline is ever stopped"
+        ))
+    })
+}
+
+/// Warns when the state is rebuilt from a log whose front was deleted
+/// while sinks hold positions: if the first run read those records, the
+/// orders they belong to are folded from part of their events now.
+fn warn_of_a_shortened_log(sources: &[(String, Arc<dyn Source>)], starts: &[Option<LogEnds>]) {
+    for ((name, _), starts) in sources.iter().zip(starts) {
+        let shortened: Vec<(u32, u64)> =
+            starts.iter().flatten().filter(|(_, start)| **start > 0).map(|(p, s)| (*p, *s)).collect();
+        if !shortened.is_empty() {
+            tracing::warn!(
+                source = %name,
+                starts = ?shortened,
+                "the log no longer starts at offset 0 (retention deleted its first records), and no state \
+                 snapshot is there to start from: the state is rebuilt from what the log still holds. If the \
+                 pipeline's first run read the deleted records, the rows of the orders they belong to lose them; \
+                 keep a state snapshot (`state:`) so that a restart does not depend on the topic's retention"
+            );
+        }
+    }
+}
+
 /// Why the run cannot go on, if a sink stands past the end of the log: the
 /// log was truncated, or its topic deleted and created anew, and offsets
 /// start over. Resumed there, the sink would take the new log's first
@@ -821,5 +895,20 @@ mod tests {
         // A source that cannot tell where it ends is not judged.
         assert_eq!(past_the_end(&at(&[((1, 0), 99)]), &ends), None);
         assert_eq!(past_the_end(&at(&[((2, 0), 99)]), &ends), None);
+    }
+
+    #[test]
+    fn positions_before_the_start_of_a_log_are_found() {
+        let at = |offsets: &[((u16, u32), u64)]| SourcePositions(offsets.iter().copied().collect());
+        let starts = vec![Some([(0, 0), (1, 40)].into_iter().collect()), None];
+        assert_eq!(before_the_start(&at(&[((0, 0), 10), ((0, 1), 40)]), &starts), None);
+        assert_eq!(before_the_start(&at(&[((0, 0), 10), ((0, 1), 41)]), &starts), None);
+        assert_eq!(before_the_start(&at(&[((0, 0), 10), ((0, 1), 39)]), &starts), Some(((0, 1), 39, 40)));
+        // A partition the position does not name stands at 0.
+        assert_eq!(before_the_start(&at(&[((0, 0), 10)]), &starts), Some(((0, 1), 0, 40)));
+        // A source that cannot tell where its log starts is not judged.
+        assert_eq!(before_the_start(&at(&[((0, 1), 50), ((1, 0), 0)]), &starts), None);
+        let fresh = vec![Some([(0, 0), (1, 0)].into_iter().collect())];
+        assert_eq!(before_the_start(&SourcePositions::default(), &fresh), None);
     }
 }

@@ -146,3 +146,78 @@ fn sinks_resume_from_their_own_checkpoints() {
         assert_eq!(odd[view].lock().unwrap().resets, 2);
     }
 }
+
+/// A file source that reports its log to start at `start` (partition 0),
+/// as a Kafka topic's low watermark does once retention deleted records.
+struct Shortened {
+    inner: FileSource,
+    start: u64,
+}
+
+impl Source for Shortened {
+    fn reader(
+        &self,
+        index: usize,
+        peers: usize,
+    ) -> Result<Box<dyn projector_core::source::SourceReader>, projector_core::source::SourceError> {
+        self.inner.reader(index, peers)
+    }
+
+    fn ends(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
+        self.inner.ends()
+    }
+
+    fn starts(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
+        Some([(0, self.start)].into_iter().collect())
+    }
+}
+
+/// The front of the log was deleted while the pipeline was stopped (a
+/// Kafka topic's retention passed it): a sink that stands before the log's
+/// start now is refused, with what to do, since the records between were
+/// never read and the views would go on without them; nothing is written.
+/// A sink at the start resumes. (The mock broker cannot delete records, so
+/// the source here only reports a later start, as a low watermark would.)
+#[test]
+fn a_run_refuses_sinks_whose_records_were_deleted_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = GeneratorConfig { events: 2000, seed: 5, ..GeneratorConfig::default() };
+    let lines: Vec<String> = Generator::new(config).map(|r| r.line).collect();
+    let path = dir.path().join("events.jsonl");
+    write_lines(&path, &lines[..1000]);
+    let stores: Vec<Arc<Mutex<Store>>> = (0..3).map(|_| Arc::default()).collect();
+    let sinks = || -> Vec<Vec<(String, Box<dyn ViewSink>)>> {
+        stores
+            .iter()
+            .map(|store| vec![("sink \"memory\"".to_string(), Box::new(MemorySink { store: store.clone() }) as _)])
+            .collect()
+    };
+    run_file(&path, sinks(), 2, 300);
+    let held = stores[0].lock().unwrap().positions.clone().unwrap();
+    let at = held.get(0, 0);
+    assert!(at > 1000, "{held:?}");
+    write_lines(&path, &lines);
+
+    let plan = Arc::new(check_text(&shipped_config_text(), "pipelines.yaml", dir.path()).unwrap());
+    let run_from = |start: u64| {
+        let source: Arc<dyn Source> = Arc::new(Shortened { inner: FileSource::new(0, &path, 300), start });
+        run(
+            Arc::clone(&plan),
+            vec![("events".into(), source)],
+            Outputs { view_sinks: sinks(), ..Outputs::default() },
+            RunOptions { workers: 2, ..RunOptions::default() },
+        )
+    };
+    let refused = run_from(at + 5).map(|_| ()).unwrap_err().to_string();
+    let expected = format!(
+        "sink \"memory\" stands at offset {at} of partition 0 of source \"events\", but the log there now starts at {}",
+        at + 5
+    );
+    assert!(refused.contains(&expected), "{refused}");
+    assert!(refused.contains("projector drop -c"), "{refused}");
+    assert_eq!(stores[0].lock().unwrap().positions, Some(held.clone()), "nothing was written");
+
+    run_from(at).unwrap();
+    let resumed = stores[0].lock().unwrap().positions.clone().unwrap();
+    assert!(resumed.get(0, 0) > at, "{resumed:?}");
+}

@@ -35,6 +35,19 @@ impl KafkaSource {
     pub fn new(source_index: u16, config: KafkaSourceConfig, started: Instant) -> KafkaSource {
         KafkaSource { source_index, config, started, skip_to: std::sync::Mutex::new(None) }
     }
+
+    /// The topic's watermarks, within [`ENDS_TIMEOUT`] (`None`: the broker
+    /// did not answer in time).
+    fn watermarks(&self) -> Option<BTreeMap<u32, (u64, u64)>> {
+        let config = &self.config;
+        match watermarks(&config.brokers, &config.properties, &config.topic, Some(ENDS_TIMEOUT)) {
+            Ok(marks) => Some(marks),
+            Err(error) => {
+                tracing::debug!(topic = %config.topic, %error, "cannot tell where the log starts and ends");
+                None
+            }
+        }
+    }
 }
 
 fn fatal(what: &str, error: impl std::fmt::Display) -> SourceError {
@@ -48,14 +61,11 @@ const ENDS_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Source for KafkaSource {
     fn ends(&self) -> Option<BTreeMap<u32, u64>> {
-        let config = &self.config;
-        match end_offsets(&config.brokers, &config.properties, &config.topic, Some(ENDS_TIMEOUT)) {
-            Ok(ends) => Some(ends),
-            Err(error) => {
-                tracing::debug!(topic = %config.topic, %error, "cannot tell where the log ends");
-                None
-            }
-        }
+        self.watermarks().map(|marks| marks.into_iter().map(|(partition, (_, high))| (partition, high)).collect())
+    }
+
+    fn starts(&self) -> Option<BTreeMap<u32, u64>> {
+        self.watermarks().map(|marks| marks.into_iter().map(|(partition, (low, _))| (partition, low)).collect())
     }
 
     fn start_at(&self, positions: &SourcePositions) {
@@ -316,15 +326,27 @@ pub fn end_offsets(
     topic: &str,
     timeout: Option<Duration>,
 ) -> Result<BTreeMap<u32, u64>, SourceError> {
+    let marks = watermarks(brokers, properties, topic, timeout)?;
+    Ok(marks.into_iter().map(|(partition, (_, high))| (partition, high)).collect())
+}
+
+/// Per partition of `topic`: its low and high watermarks, the offset of
+/// its first record still kept and the offset after its last one.
+pub fn watermarks(
+    brokers: &str,
+    properties: &[(String, String)],
+    topic: &str,
+    timeout: Option<Duration>,
+) -> Result<BTreeMap<u32, (u64, u64)>, SourceError> {
     let timeout = timeout.unwrap_or(REQUEST_TIMEOUT);
     let consumer: BaseConsumer =
         client_config(brokers, properties).create().map_err(|e| fatal("cannot create a Kafka consumer", e))?;
-    let mut ends = BTreeMap::new();
+    let mut marks = BTreeMap::new();
     for partition in partitions_within(&consumer, topic, timeout)? {
-        let (_, high) = consumer
+        let (low, high) = consumer
             .fetch_watermarks(topic, partition, timeout)
             .map_err(|e| fatal(&format!("cannot read the offsets of {topic}/{partition}"), e))?;
-        ends.insert(partition as u32, high.max(0) as u64);
+        marks.insert(partition as u32, (low.max(0) as u64, high.max(0) as u64));
     }
-    Ok(ends)
+    Ok(marks)
 }
