@@ -750,9 +750,9 @@ fn reading_until(
 /// until the rebuilt view replaces them in one write: readers polling
 /// Redis and ClickHouse all through the restart never find fewer rows than
 /// the old view had (a changed `where` keeps the columns; every store's day
-/// keeps its row). Before, both sinks were emptied when the run started,
-/// and their readers found nothing (in ClickHouse, no table) until the run
-/// had caught up.
+/// keeps its row), and then with a new measure (new ClickHouse columns).
+/// Before, both sinks were emptied when the run started, and their readers
+/// found nothing (in ClickHouse, no table) until the run had caught up.
 #[test]
 fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_replace_them() {
     if !available("redis-server") || !available("clickhouse-server") {
@@ -779,26 +779,45 @@ fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_rep
     let changed = text
         .replace(revenue, "revenue_cents: { sum: total_cents, where: \"status = 'placed' and total_cents > 10000\" }");
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut connection = redis.connection().unwrap();
-    let redis_reader = reading_until(&stop, move || redis_rows(&mut connection).ok());
-    let port = clickhouse.http_port;
-    let clickhouse_reader = reading_until(&stop, move || clickhouse_rows(port));
-    run(&changed);
-    stop.store(true, Ordering::Relaxed);
-    let (redis_reads, redis_fewest) = redis_reader.join().unwrap();
-    let (clickhouse_reads, clickhouse_fewest) = clickhouse_reader.join().unwrap();
-    assert!(redis_reads > 20 && clickhouse_reads > 5, "{redis_reads} and {clickhouse_reads} reads");
-    assert!(redis_fewest >= Some(before.0), "a Redis reader found {redis_fewest:?} rows, fewer than {}", before.0);
-    assert!(
-        clickhouse_fewest >= Some(before.1),
-        "a ClickHouse reader found {clickhouse_fewest:?} rows (None: no table), fewer than {}",
-        before.1
-    );
-    let options = ValidateOptions { view: "order_summary".into(), sample_size: None, seed: 1 };
-    let summary = validate(&plan(&changed, dir.path()), &options).unwrap();
-    assert_eq!(summary.differences, 0, "{}", summary.report);
-    assert!(summary.report.matches(": ok\n").count() >= 2, "{}", summary.report);
+    // Runs `text` with readers polling both stores; each must always find
+    // at least `before` rows.
+    let run_while_read = |text: &str, before: (usize, usize)| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut connection = redis.connection().unwrap();
+        let redis_reader = reading_until(&stop, move || redis_rows(&mut connection).ok());
+        let port = clickhouse.http_port;
+        let clickhouse_reader = reading_until(&stop, move || clickhouse_rows(port));
+        run(text);
+        stop.store(true, Ordering::Relaxed);
+        let (redis_reads, redis_fewest) = redis_reader.join().unwrap();
+        let (clickhouse_reads, clickhouse_fewest) = clickhouse_reader.join().unwrap();
+        assert!(redis_reads > 20 && clickhouse_reads > 5, "{redis_reads} and {clickhouse_reads} reads");
+        assert!(redis_fewest >= Some(before.0), "a Redis reader found {redis_fewest:?} rows, fewer than {}", before.0);
+        assert!(
+            clickhouse_fewest >= Some(before.1),
+            "a ClickHouse reader found {clickhouse_fewest:?} rows (None: no table), fewer than {}",
+            before.1
+        );
+        let options = ValidateOptions { view: "order_summary".into(), sample_size: None, seed: 1 };
+        let summary = validate(&plan(text, dir.path()), &options).unwrap();
+        assert_eq!(summary.differences, 0, "{}", summary.report);
+        assert!(summary.report.matches(": ok\n").count() >= 2, "{}", summary.report);
+    };
+    run_while_read(&changed, before);
+
+    // A new measure: the ClickHouse sink's rows go into a rows table made
+    // with the new columns, which is then renamed in place with a new
+    // reader view.
+    let after = (redis_rows(&mut connection).unwrap(), clickhouse_rows(clickhouse.http_port).unwrap());
+    let cancellations = "cancellation_count:        { count: \"*\",        where: \"status = 'cancelled'\" }";
+    assert!(changed.contains(cancellations), "{changed}");
+    let widened =
+        changed.replace(cancellations, &format!("{cancellations}\n      largest_order_cents: {{ max: total_cents }}"));
+    run_while_read(&widened, after);
+    let largest = clickhouse.query("SELECT count() FROM keep.order_summary WHERE largest_order_cents > 0").unwrap();
+    assert_eq!(largest.trim().parse::<usize>().unwrap(), after.1, "every row has the new measure");
+    let tables = clickhouse.query("SELECT name FROM system.tables WHERE database = 'keep' ORDER BY name").unwrap();
+    assert!(!tables.contains("__old") && !tables.contains("__next"), "{tables}");
 }
 
 #[test]

@@ -109,6 +109,10 @@ pub struct ClickHouseViewSink {
     /// Whether the next write replaces every row the sink holds: it was
     /// reset, and kept its rows until then.
     replace_held: bool,
+    /// Whether the next write also makes the rows table and reader view
+    /// anew: the view's columns changed, and the old ones are kept for
+    /// readers until then.
+    new_tables: bool,
 }
 
 /// A client of the sink's server. Validation is off: ClickHouse 18.16 has
@@ -233,6 +237,7 @@ impl ClickHouseViewSink {
             definition: plan.definition(),
             keep_until_rebuilt: false,
             replace_held: false,
+            new_tables: false,
         })
     }
 
@@ -241,10 +246,10 @@ impl ClickHouseViewSink {
     /// line with the others'), it keeps its rows and checkpoint until its
     /// next write, which is one `INSERT` of a tombstone for every row it
     /// held and the rebuilt view at a higher version: readers see the old
-    /// view and then the new one, no empty table between. Only a changed
-    /// definition that changes the columns still drops the tables at the
-    /// start. Without this (a replay's shadow), a reset empties the table
-    /// at once.
+    /// view and then the new one, no empty table between. When the view's
+    /// columns changed, that write fills a rows table made anew and renames
+    /// it and a new reader view in place of the old ones. Without this (a
+    /// replay's shadow), a reset empties the table at once.
     pub fn keeping_rows_until_rebuilt(mut self) -> ClickHouseViewSink {
         self.keep_until_rebuilt = true;
         self
@@ -349,11 +354,11 @@ impl ClickHouseViewSink {
                     sink = %self.name,
                     "the view's definition changed since the sink was written; it is rebuilt from the log"
                 );
-                if self.keep_until_rebuilt
-                    && self.rows_table_columns()?.is_none_or(|found| found == self.wanted_columns())
-                {
-                    // Its rows stay until the rebuilt view replaces them,
-                    // but from now on it claims no position.
+                if self.keep_until_rebuilt {
+                    // Its rows stay until the rebuilt view replaces them
+                    // (in tables made anew if its columns changed), but
+                    // from now on it claims no position.
+                    self.new_tables = self.rows_table_columns()?.is_some_and(|found| found != self.wanted_columns());
                     let (committed, _) = self.last_checkpoint()?.unwrap_or_default();
                     self.generation = self.newest_generation()? + 1;
                     self.write_checkpoint(0, committed, "", 0)?;
@@ -444,20 +449,11 @@ impl ClickHouseViewSink {
     }
 
     /// Creates the rows table and reader view when missing, and checks that
-    /// an existing rows table has this view's columns.
+    /// an existing rows table has this view's columns; a reader view with
+    /// other columns (a run died while it made its tables anew) is made
+    /// again.
     fn create_rows_tables(&self) -> Result<(), SinkError> {
-        let columns: Vec<String> = self.column_list().iter().map(|c| format!("{} {}", c.name, c.sql_type())).collect();
-        let order: Vec<&str> = self.keys.iter().map(|c| c.name.as_str()).collect();
-        self.execute(
-            "cannot create the rows table",
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {} ({}, _deleted UInt8, _version UInt64) \
-                 ENGINE = ReplacingMergeTree(_version) ORDER BY ({})",
-                self.rows_table(),
-                columns.join(", "),
-                order.join(", ")
-            ),
-        )?;
+        self.create_rows_table(&self.rows_table())?;
         let found = self.rows_table_columns()?.unwrap_or_default();
         let wanted = self.wanted_columns();
         if found != wanted {
@@ -469,17 +465,85 @@ impl ClickHouseViewSink {
                 wanted.join(", ")
             )));
         }
+        let reader_view = format!("{}.{}", self.database, self.table);
+        let filter = format!("database = {} AND table = {}", quote(&self.database), quote(&self.table));
+        let found = self.select(
+            "cannot read the reader view's columns",
+            &format!("SELECT name FROM system.columns WHERE {filter}"),
+        )?;
+        let names: Vec<&str> = self.column_list().iter().map(|c| c.name.as_str()).collect();
+        if !found.is_empty() && found.lines().ne(names.iter().copied()) {
+            self.execute("cannot drop the reader view", &format!("DROP TABLE IF EXISTS {reader_view}"))?;
+        }
+        self.create_reader_view(&reader_view)
+    }
+
+    /// Creates a rows table named `name` with this view's columns, when
+    /// missing.
+    fn create_rows_table(&self, name: &str) -> Result<(), SinkError> {
+        let columns: Vec<String> = self.column_list().iter().map(|c| format!("{} {}", c.name, c.sql_type())).collect();
+        let order: Vec<&str> = self.keys.iter().map(|c| c.name.as_str()).collect();
+        self.execute(
+            "cannot create the rows table",
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {name} ({}, _deleted UInt8, _version UInt64) \
+                 ENGINE = ReplacingMergeTree(_version) ORDER BY ({})",
+                columns.join(", "),
+                order.join(", ")
+            ),
+        )
+    }
+
+    /// Creates a reader view named `name` over the rows table, when
+    /// missing.
+    fn create_reader_view(&self, name: &str) -> Result<(), SinkError> {
         let names: Vec<&str> = self.column_list().iter().map(|c| c.name.as_str()).collect();
         self.execute(
             "cannot create the reader view",
             &format!(
-                "CREATE VIEW IF NOT EXISTS {}.{} AS SELECT {} FROM {} FINAL WHERE _deleted = 0",
-                self.database,
-                self.table,
+                "CREATE VIEW IF NOT EXISTS {name} AS SELECT {} FROM {} FINAL WHERE _deleted = 0",
                 names.join(", "),
                 self.rows_table()
             ),
         )
+    }
+
+    /// Puts `rows` (a rows table with this view's columns, filled) in
+    /// place of the rows table, and a reader view over it in place of the
+    /// reader view: each by one `RENAME`, which ClickHouse does under its
+    /// global lock, so a query finds the old table or the new one. Between
+    /// the two, the old reader view reads the new table (a column the view
+    /// lost fails those queries for that moment; an added one is not seen
+    /// yet). Then the old ones are dropped.
+    fn rename_new_tables_in(&self, rows: &str) -> Result<(), SinkError> {
+        let (live_rows, old_rows) = (self.rows_table(), format!("{}__old", self.rows_table()));
+        let reader_view = format!("{}.{}", self.database, self.table);
+        let (next_view, old_view) = (format!("{reader_view}__next"), format!("{reader_view}__old"));
+        for name in [&old_rows, &next_view, &old_view] {
+            self.execute("cannot drop a leftover table", &format!("DROP TABLE IF EXISTS {name}"))?;
+        }
+        let rename = |what: &str, table: &str, old: &str, new: &str| {
+            let exists = self.select(
+                "cannot look for a table",
+                &format!(
+                    "SELECT count() FROM system.tables WHERE database = {} AND name = {}",
+                    quote(&self.database),
+                    quote(table.rsplit('.').next().unwrap_or(table))
+                ),
+            )?;
+            let sql = match exists.trim() {
+                "0" => format!("RENAME TABLE {new} TO {table}"),
+                _ => format!("RENAME TABLE {table} TO {old}, {new} TO {table}"),
+            };
+            self.execute(what, &sql)
+        };
+        rename("cannot put the new rows table in place", &live_rows, &old_rows, rows)?;
+        self.create_reader_view(&next_view)?;
+        rename("cannot put the new reader view in place", &reader_view, &old_view, &next_view)?;
+        for name in [&old_rows, &old_view] {
+            self.execute("cannot drop the old tables", &format!("DROP TABLE IF EXISTS {name}"))?;
+        }
+        Ok(())
     }
 
     /// The rows table's columns as `name type` (`None`: there is no
@@ -738,14 +802,15 @@ impl ClickHouseViewSink {
     /// Inserts rows made by [`Self::rows_body`], in one `INSERT` (one part:
     /// readers see all of it or none).
     fn insert_rows(&self, body: String) -> Result<(), SinkError> {
+        self.insert_rows_into(&self.rows_table(), body)
+    }
+
+    /// [`Self::insert_rows`] into the rows table named `table`.
+    fn insert_rows_into(&self, table: &str, body: String) -> Result<(), SinkError> {
         let names: Vec<&str> = self.column_list().iter().map(|c| c.name.as_str()).collect();
         self.insert(
             "cannot write rows",
-            &format!(
-                "INSERT INTO {} ({}, _deleted, _version) FORMAT TabSeparated",
-                self.rows_table(),
-                names.join(", ")
-            ),
+            &format!("INSERT INTO {table} ({}, _deleted, _version) FORMAT TabSeparated", names.join(", ")),
             body,
         )
     }
@@ -759,11 +824,17 @@ impl ClickHouseViewSink {
         self.wait_if_paused()?;
         self.fenced()?;
         // Replacing what it holds: a tombstone for every row at one
-        // version, the rebuilt rows at the next, in the same `INSERT`.
+        // version, the rebuilt rows at the next, in the same `INSERT`; or,
+        // when the view's columns changed, the rebuilt rows alone in a
+        // table made anew, which then takes the old one's place.
         let mut seq = self.seq + 1;
         let mut body = String::new();
         let mut replaced = 0;
-        if self.replace_held {
+        let new_rows = self.new_tables.then(|| format!("{}__next", self.rows_table()));
+        if let Some(new_rows) = &new_rows {
+            self.execute("cannot drop a leftover table", &format!("DROP TABLE IF EXISTS {new_rows}"))?;
+            self.create_rows_table(new_rows)?;
+        } else if self.replace_held {
             let held = self.held_keys()?;
             replaced = held.lines().count();
             self.tombstones_body(&held, (self.generation << 32) | seq, &mut body);
@@ -773,12 +844,20 @@ impl ClickHouseViewSink {
         let rows = self.pending.len() + replaced;
         if rows > 0 {
             body.push_str(&self.rows_body(self.pending.iter().map(|(key, values)| (key, values.as_ref())), version));
-            self.insert_rows(body)?;
+            self.insert_rows_into(new_rows.as_deref().unwrap_or(&self.rows_table()), body)?;
             if let Err(error) = self.fenced() {
                 // A newer run took over while this one wrote: take it back.
-                let _ = self.delete_versions((self.generation << 32) | self.seq, version + 1);
+                if new_rows.is_none() {
+                    let _ = self.delete_versions((self.generation << 32) | self.seq, version + 1);
+                }
                 return Err(error);
             }
+        }
+        if let Some(new_rows) = &new_rows {
+            self.fenced()?;
+            self.rename_new_tables_in(new_rows)?;
+            self.new_tables = false;
+            info!(sink = %self.name, rows, "the rebuilt view replaced the sink's tables (its columns changed)");
         }
         let committed = if rows > 0 { version } else { self.committed };
         self.write_checkpoint(seq, committed, &positions_to_json(&positions, &self.source_names), rows)?;
@@ -826,7 +905,9 @@ fn classify<T>(
 impl ViewSink for ClickHouseViewSink {
     fn resume(&mut self) -> Result<Option<SourcePositions>, SinkError> {
         self.keep_only_this_definition()?;
-        self.create_rows_tables()?;
+        if !self.new_tables {
+            self.create_rows_tables()?;
+        }
         let last = self.last_checkpoint()?;
         self.generation = self.newest_generation()? + 1;
         self.seq = 0;
