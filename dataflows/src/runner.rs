@@ -378,9 +378,9 @@ pub fn run(
     let (restored, restored_from) = choose_snapshot(outputs.restore, barriers.first(), &ends);
     let held = view_sinks.iter().flatten().filter_map(|sink| {
         let at = barriers.get((sink.skip_until as usize).checked_sub(1)?)?;
-        Some((sink.name.as_str(), at))
+        Some((sink.name.clone(), at))
     });
-    let snapshot = restored_from.as_ref().map(|(name, at)| (name.as_str(), at));
+    let snapshot = restored_from.as_ref().map(|(name, at)| (format!("the state snapshot {name}"), at));
     if let Some(error) = records_gone_unread(held.chain(snapshot), &sources, &starts, &plan.config.file) {
         return Err(RunError::Failed(error));
     }
@@ -766,7 +766,7 @@ fn before_the_start(at: &SourcePositions, starts: &[Option<LogEnds>]) -> Option<
 /// views would go on without them, and the orders they touch would be
 /// folded from part of their events.
 fn records_gone_unread<'a>(
-    mut held: impl Iterator<Item = (&'a str, &'a SourcePositions)>,
+    mut held: impl Iterator<Item = (String, &'a SourcePositions)>,
     sources: &[(String, Arc<dyn Source>)],
     starts: &[Option<LogEnds>],
     config: &str,

@@ -27,26 +27,49 @@ pub struct KafkaSource {
     started: Instant,
     /// Where a run from a state snapshot starts (see [`Source::start_at`]).
     skip_to: std::sync::Mutex<Option<SourcePositions>>,
+    /// The watermarks last asked for, and when: [`Source::ends`] and
+    /// [`Source::starts`], asked one after the other, share one request.
+    marks: std::sync::Mutex<Option<(Instant, Option<Watermarks>)>>,
 }
+
+/// Per partition: low and high watermark.
+type Watermarks = BTreeMap<u32, (u64, u64)>;
+
+/// How long asked watermarks are reused.
+const MARKS_REUSED: Duration = Duration::from_secs(1);
 
 impl KafkaSource {
     /// The topic of `config`, as source number `source_index`. Batches are
     /// counted from `started`, which all workers share.
     pub fn new(source_index: u16, config: KafkaSourceConfig, started: Instant) -> KafkaSource {
-        KafkaSource { source_index, config, started, skip_to: std::sync::Mutex::new(None) }
+        KafkaSource {
+            source_index,
+            config,
+            started,
+            skip_to: std::sync::Mutex::new(None),
+            marks: std::sync::Mutex::new(None),
+        }
     }
 
     /// The topic's watermarks, within [`ENDS_TIMEOUT`] (`None`: the broker
     /// did not answer in time).
-    fn watermarks(&self) -> Option<BTreeMap<u32, (u64, u64)>> {
+    fn watermarks(&self) -> Option<Watermarks> {
+        let mut asked = self.marks.lock().ok()?;
+        if let Some((at, marks)) = asked.as_ref()
+            && at.elapsed() < MARKS_REUSED
+        {
+            return marks.clone();
+        }
         let config = &self.config;
-        match watermarks(&config.brokers, &config.properties, &config.topic, Some(ENDS_TIMEOUT)) {
+        let marks = match watermarks(&config.brokers, &config.properties, &config.topic, Some(ENDS_TIMEOUT)) {
             Ok(marks) => Some(marks),
             Err(error) => {
                 tracing::debug!(topic = %config.topic, %error, "cannot tell where the log starts and ends");
                 None
             }
-        }
+        };
+        *asked = Some((Instant::now(), marks.clone()));
+        marks
     }
 }
 
@@ -337,7 +360,7 @@ pub fn watermarks(
     properties: &[(String, String)],
     topic: &str,
     timeout: Option<Duration>,
-) -> Result<BTreeMap<u32, (u64, u64)>, SourceError> {
+) -> Result<Watermarks, SourceError> {
     let timeout = timeout.unwrap_or(REQUEST_TIMEOUT);
     let consumer: BaseConsumer =
         client_config(brokers, properties).create().map_err(|e| fatal("cannot create a Kafka consumer", e))?;
