@@ -158,6 +158,53 @@ fn a_write_larger_than_the_default_insert_block_is_one_part() {
     assert_eq!(server.query(parts).unwrap(), "1\t1100000\n");
 }
 
+/// A run that finds the view's columns changed and dies before its first
+/// write leaves the old tables, which readers still read, and the old
+/// definition recorded: the next run finds the change again and rebuilds
+/// the sink into tables with the new columns. (Had the new definition been
+/// recorded first, the next run would have found a rows table with columns
+/// it cannot write, and stopped.)
+#[test]
+fn a_run_that_dies_before_it_rebuilt_a_view_with_new_columns_leaves_the_next_one_to_do_it() {
+    if !available("clickhouse-server") {
+        return;
+    }
+    let server = ClickHouseServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config("  events:\n    type: file\n    path: none.jsonl\n", &server.url(), "widen");
+    let sink_of = |text: &str| components::outputs(&plan(text, dir.path())).unwrap().view_sinks.remove(0).remove(0).1;
+    let mut sink = sink_of(&text);
+    assert_eq!(sink.resume().unwrap(), None);
+    let (changes, rows, positions) = one_summary_row();
+    sink.apply(ViewBatch { changes: &changes, upper: 1, positions: &positions, newest_event_at: None, rows: &rows })
+        .unwrap();
+    sink.finish().unwrap();
+
+    let cancellations = "cancellation_count:        { count: \"*\",        where: \"status = 'cancelled'\" }";
+    assert!(text.contains(cancellations), "{text}");
+    let widened =
+        text.replace(cancellations, &format!("{cancellations}\n      largest_order_cents: {{ max: total_cents }}"));
+    let mut dies = sink_of(&widened);
+    assert_eq!(dies.resume().unwrap(), None, "the sink claims nothing from now on");
+    dies.reset().unwrap();
+    drop(dies);
+    let row = "SELECT store_id, date, revenue_cents FROM widen.order_summary";
+    assert_eq!(server.query(row).unwrap(), "1\t2022-01-08\t500\n", "readers still read the old rows");
+
+    let mut next = sink_of(&widened);
+    assert_eq!(next.resume().unwrap(), None);
+    next.reset().unwrap();
+    let values: Row = vec![Value::Int(2), Value::Int(700), Value::Int(350), Value::Int(0), Value::Int(400)].into();
+    let changes = vec![ViewChange { key: changes[0].key.clone(), values, diff: 1 }];
+    let positions = SourcePositions([((0, 0), 12)].into_iter().collect());
+    next.apply(ViewBatch { changes: &changes, upper: 1, positions: &positions, newest_event_at: None, rows: &rows })
+        .unwrap();
+    next.finish().unwrap();
+    let row = "SELECT store_id, date, revenue_cents, largest_order_cents FROM widen.order_summary";
+    assert_eq!(server.query(row).unwrap(), "1\t2022-01-08\t700\t400\n");
+    assert_eq!(sink_of(&widened).resume().unwrap(), Some(positions), "and it resumes from there");
+}
+
 #[test]
 fn clickhouse_down_while_the_pipeline_runs() {
     if !available("clickhouse-server") {

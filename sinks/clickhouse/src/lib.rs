@@ -368,6 +368,13 @@ impl ClickHouseViewSink {
             }
             None => {}
         }
+        if self.new_tables {
+            // Recorded once the new tables are in place: a run that dies
+            // before then leaves the old definition recorded, and the next
+            // one finds the change again (not a rows table with columns it
+            // cannot write).
+            return Ok(());
+        }
         self.record_definition()
     }
 
@@ -856,6 +863,7 @@ impl ClickHouseViewSink {
         if let Some(new_rows) = &new_rows {
             self.fenced()?;
             self.rename_new_tables_in(new_rows)?;
+            self.record_definition()?;
             self.new_tables = false;
             info!(sink = %self.name, rows, "the rebuilt view replaced the sink's tables (its columns changed)");
         }
