@@ -8,6 +8,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use projector_core::config::check_text;
 use projector_core::sink::{SinkError, SourcePositions, ViewBatch, ViewRows, ViewSink};
@@ -220,4 +221,53 @@ fn a_run_refuses_sinks_whose_records_were_deleted_unread() {
     run_from(at).unwrap();
     let resumed = stores[0].lock().unwrap().positions.clone().unwrap();
     assert!(resumed.get(0, 0) > at, "{resumed:?}");
+}
+
+/// The same for the state snapshot a run would start from: the sinks stand
+/// after the log's start, but the snapshot before it, so the events between
+/// would be missing from the state the views go on from.
+#[test]
+fn a_run_refuses_a_state_snapshot_whose_records_were_deleted_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = GeneratorConfig { events: 3000, seed: 6, ..GeneratorConfig::default() };
+    let lines: Vec<String> = Generator::new(config).map(|r| r.line).collect();
+    let path = dir.path().join("events.jsonl");
+    let snapshot = dir.path().join("state.parquet");
+    let plan = Arc::new(check_text(&shipped_config_text(), "pipelines.yaml", dir.path()).unwrap());
+    let stores: Vec<Arc<Mutex<Store>>> = (0..3).map(|_| Arc::default()).collect();
+    let run_with = |start: u64, snapshots: bool| {
+        let view_sinks = stores
+            .iter()
+            .map(|store| vec![("sink \"memory\"".to_string(), Box::new(MemorySink { store: store.clone() }) as _)])
+            .collect();
+        let (state_sinks, restore) = match snapshots {
+            true => projector::components::state_snapshots_at(&snapshot, Duration::from_secs(60), &["events".into()]),
+            false => Default::default(),
+        };
+        let source: Arc<dyn Source> = Arc::new(Shortened { inner: FileSource::new(0, &path, 300), start });
+        run(
+            Arc::clone(&plan),
+            vec![("events".into(), source)],
+            Outputs { view_sinks, state_sinks, restore, ..Outputs::default() },
+            RunOptions { workers: 2, ..RunOptions::default() },
+        )
+    };
+    write_lines(&path, &lines[..1000]);
+    run_with(0, true).unwrap();
+    let at = stores[0].lock().unwrap().positions.clone().unwrap().get(0, 0);
+    // The sinks go on without snapshots; the snapshot stays at `at`.
+    write_lines(&path, &lines[..2000]);
+    run_with(0, false).unwrap();
+    write_lines(&path, &lines);
+
+    let refused = run_with(at + 5, true).map(|_| ()).unwrap_err().to_string();
+    let expected = format!(
+        "the state snapshot {} stands at offset {at} of partition 0 of source \"events\", but the log there now \
+         starts at {}",
+        snapshot.display(),
+        at + 5
+    );
+    assert!(refused.contains(&expected), "{refused}");
+    let summary = run_with(at, true).unwrap();
+    assert!(summary.restored_from.is_some(), "from the start of the log, the snapshot serves");
 }
