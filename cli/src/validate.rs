@@ -67,22 +67,6 @@ struct Held {
     rows: BTreeMap<Row, Row>,
     positions: Option<SourcePositions>,
     rankings: Option<(HeldRankings, RedisViewSink)>,
-    /// Its rows were computed by another definition of the view (the YAML
-    /// changed since a run last opened it).
-    another_definition: bool,
-}
-
-impl Held {
-    /// A sink whose rows another definition of the view computed: not read
-    /// (its columns may not be this view's), and it claims no position.
-    fn of_another_definition() -> Held {
-        Held {
-            rows: BTreeMap::new(),
-            positions: Some(SourcePositions::default()),
-            rankings: None,
-            another_definition: true,
-        }
-    }
 }
 
 /// Checks every sink of `options.view` against the log.
@@ -100,10 +84,11 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
     }
     crate::commands::refuse_a_latest_start(plan, "validate")?;
     let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
-    let held: Vec<Held> = sinks.iter().map(|sink| read_sink(view, sink, &source_names)).collect::<Result<_, _>>()?;
+    let held: Vec<Option<Held>> =
+        sinks.iter().map(|sink| read_sink(view, sink, &source_names)).collect::<Result<_, _>>()?;
     // The log is read once, as far as the furthest sink (to its end when a
     // sink claims no position).
-    let furthest = held.iter().try_fold(SourcePositions::default(), |mut furthest, held| {
+    let furthest = held.iter().flatten().try_fold(SourcePositions::default(), |mut furthest, held| {
         let positions = held.positions.as_ref()?;
         for (partition, offset) in &positions.0 {
             let at = furthest.0.entry(*partition).or_insert(0);
@@ -118,7 +103,7 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
     let mut report = String::new();
     let mut differences = 0;
     for (sink, held) in sinks.into_iter().zip(held) {
-        if held.another_definition {
+        let Some(held) = held else {
             // Every row may differ, and its columns may not be this view's.
             let _ = writeln!(
                 report,
@@ -128,7 +113,7 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
             );
             differences += 1;
             continue;
-        }
+        };
         let claimed = held.positions.as_ref().map(|p| positions_to_json(p, &source_names));
         let (want, records) = expected.entry(claimed.clone()).or_insert_with(|| {
             let target = held.positions.as_ref();
@@ -274,8 +259,11 @@ fn compare_rankings(
     }
 }
 
-/// Everything `sink` holds, and the position it claims.
-fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -> Result<Held, CommandError> {
+/// Everything `sink` holds, and the position it claims; `None` for a sink
+/// whose rows another definition of the view computed (the YAML changed
+/// since a run last opened it), which is not read: its columns may not be
+/// this view's.
+fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -> Result<Option<Held>, CommandError> {
     let failed = |error: String| CommandError::Io(format!("sink {:?}: {error}", sink.name));
     match &sink.kind {
         SinkKind::Redis(redis) => {
@@ -283,7 +271,7 @@ fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -
             let mut ranked = RedisViewSink::new(&sink.name, Arc::clone(view), redis, source_names.to_vec())
                 .map_err(|e| failed(e.to_string()))?;
             if ranked.holds_another_definition().map_err(|e| failed(e.to_string()))? {
-                return Ok(Held::of_another_definition());
+                return Ok(None);
             }
             for _ in 0..READ_ATTEMPTS {
                 let all = reader.all_rows(READ_ATTEMPTS).map_err(|e| failed(e.to_string()))?;
@@ -293,12 +281,11 @@ fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -
                     false => None,
                 };
                 if rankings.is_none() || reader.claimed().map_err(|e| failed(e.to_string()))? == all.positions {
-                    return Ok(Held {
+                    return Ok(Some(Held {
                         rows: all.rows.into_iter().collect(),
                         positions: Some(all.positions),
                         rankings: rankings.map(|rankings| (rankings, ranked)),
-                        another_definition: false,
-                    });
+                    }));
                 }
             }
             Err(failed(format!(
@@ -309,12 +296,11 @@ fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -
             let reader =
                 ClickHouseViewReader::new(&sink.name, view, clickhouse, source_names.to_vec()).map_err(failed)?;
             let reader: &dyn ViewReader = &reader;
-            let another_definition =
-                ClickHouseViewSink::new(&sink.name, Arc::clone(view), clickhouse, source_names.to_vec())
-                    .and_then(|sink| sink.holds_another_definition())
-                    .map_err(|e| failed(e.to_string()))?;
-            if another_definition {
-                return Ok(Held::of_another_definition());
+            if ClickHouseViewSink::new(&sink.name, Arc::clone(view), clickhouse, source_names.to_vec())
+                .and_then(|sink| sink.holds_another_definition())
+                .map_err(|e| failed(e.to_string()))?
+            {
+                return Ok(None);
             }
             for _ in 0..READ_ATTEMPTS {
                 let all = reader.select(&Selection::default()).map_err(|e| failed(e.to_string()))?;
@@ -322,31 +308,24 @@ fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -
                     .select(&Selection { limit: Some(0), ..Selection::default() })
                     .map_err(|e| failed(e.to_string()))?;
                 if after.positions == all.positions {
-                    return Ok(Held {
+                    return Ok(Some(Held {
                         rows: all.rows.into_iter().collect(),
                         positions: Some(all.positions),
                         rankings: None,
-                        another_definition: false,
-                    });
+                    }));
                 }
             }
             Err(failed(format!(
                 "it kept moving while it was read ({READ_ATTEMPTS} tries); stop its pipeline and try again"
             )))
         }
-        SinkKind::File(file) => Ok(Held {
-            rows: read_file_sink(view, &file.path).map_err(failed)?,
-            positions: None,
-            rankings: None,
-            another_definition: false,
-        }),
+        SinkKind::File(file) => {
+            Ok(Some(Held { rows: read_file_sink(view, &file.path).map_err(failed)?, positions: None, rankings: None }))
+        }
         // Not written yet: it holds nothing and claims no position.
-        SinkKind::Parquet(parquet) if !parquet.path.exists() => Ok(Held {
-            rows: BTreeMap::new(),
-            positions: Some(SourcePositions::default()),
-            rankings: None,
-            another_definition: false,
-        }),
+        SinkKind::Parquet(parquet) if !parquet.path.exists() => {
+            Ok(Some(Held { rows: BTreeMap::new(), positions: Some(SourcePositions::default()), rankings: None }))
+        }
         SinkKind::Parquet(parquet) => {
             let (rows, positions) =
                 projector_sink_parquet::read_parquet(&projector_sink_parquet::Shape::of(view), &parquet.path)
@@ -355,7 +334,7 @@ fn read_sink(view: &Arc<ViewPlan>, sink: &SinkConfig, source_names: &[String]) -
                 Some(text) => Some(positions_from_json(&text, source_names).map_err(failed)?),
                 None => None,
             };
-            Ok(Held { rows, positions, rankings: None, another_definition: false })
+            Ok(Some(Held { rows, positions, rankings: None }))
         }
     }
 }

@@ -59,6 +59,9 @@ pub trait SourceReader: Send {
     }
 }
 
+/// Per partition: where a log starts and where it ends ([`Source::bounds`]).
+pub type LogBounds = std::collections::BTreeMap<u32, (u64, u64)>;
+
 /// A source that can be split over workers.
 pub trait Source: Send + Sync {
     /// The reader for worker `index` of `peers`.
@@ -69,21 +72,15 @@ pub trait Source: Send + Sync {
     /// records anyway, so a source that cannot seek ignores this.
     fn start_at(&self, _positions: &SourcePositions) {}
 
-    /// Where the log ends now: per partition, the position after its last
-    /// record (a Kafka partition's high watermark, a file's next line
-    /// number). `None` when the source cannot tell now (the broker does not
-    /// answer). A position past the end means the log was truncated, or its
-    /// topic deleted and created anew, since that position was read.
-    fn ends(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
-        None
-    }
-
-    /// Where the log starts now: per partition, its first position (a
-    /// Kafka partition's low watermark, which retention moves on). `None`
-    /// when the source cannot tell now, or never drops the front of its log
-    /// (a file). A position before the start means records were deleted
-    /// before they were read.
-    fn starts(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
+    /// Where the log starts and ends now: per partition, its first
+    /// position (a Kafka partition's low watermark, which retention moves
+    /// on; 0 for a log that never drops its front) and the position after
+    /// its last record (the high watermark, a file's next line number).
+    /// `None` when the source cannot tell now (the broker does not answer).
+    /// A position past the end means the log was truncated, or its topic
+    /// deleted and created anew, since that position was read; one before
+    /// the start, that records were deleted before they were read.
+    fn bounds(&self) -> Option<LogBounds> {
         None
     }
 }
@@ -165,12 +162,8 @@ impl Source for BoundedSource {
         self.inner.start_at(positions);
     }
 
-    fn ends(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
-        self.inner.ends()
-    }
-
-    fn starts(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
-        self.inner.starts()
+    fn bounds(&self) -> Option<LogBounds> {
+        self.inner.bounds()
     }
 }
 

@@ -22,7 +22,7 @@ use projector_core::event::BadRecordKind;
 use projector_core::packed::PackedRow;
 use projector_core::record::{DeadLetter, LogPosition};
 use projector_core::sink::{DeadLetterSink, SourcePositions, ViewSink};
-use projector_core::source::{Poll, Source, SourceError};
+use projector_core::source::{LogBounds, Poll, Source, SourceError};
 use projector_core::value::{Row, Timestamp};
 
 use crate::decode::{KeyedEvent, decode_record};
@@ -362,30 +362,28 @@ pub fn run(
         all_sinks.push(outputs.state_sinks);
     }
     let (view_sinks, barriers) = resume_sinks(all_sinks, &state)?;
-    // Where the log ends, when a sink or a snapshot holds a position that
-    // could be past it (a fresh pipeline asks nothing of its brokers).
-    // And where it starts: records before a position held were deleted
-    // unread.
-    let (ends, starts): (Vec<Option<LogEnds>>, Vec<Option<LogEnds>>) =
-        if barriers.is_empty() && outputs.restore.is_empty() {
-            (Vec::new(), Vec::new())
-        } else {
-            sources.iter().map(|(_, source)| (source.ends(), source.starts())).unzip()
-        };
-    if let Some(error) = sink_past_the_end(&view_sinks, &barriers, &sources, &ends, &plan.config.file) {
+    // Where the log starts and ends, when a sink or a snapshot holds a
+    // position that could be past its end, or before its start (records
+    // deleted unread); a fresh pipeline asks nothing of its brokers.
+    let bounds: Vec<Option<LogBounds>> = if barriers.is_empty() && outputs.restore.is_empty() {
+        Vec::new()
+    } else {
+        sources.iter().map(|(_, source)| source.bounds()).collect()
+    };
+    if let Some(error) = sink_past_the_end(&view_sinks, &barriers, &sources, &bounds, &plan.config.file) {
         return Err(RunError::Failed(error));
     }
-    let (restored, restored_from) = choose_snapshot(outputs.restore, barriers.first(), &ends);
+    let (restored, restored_from) = choose_snapshot(outputs.restore, barriers.first(), &bounds);
     let held = view_sinks.iter().flatten().filter_map(|sink| {
         let at = barriers.get((sink.skip_until as usize).checked_sub(1)?)?;
         Some((sink.name.clone(), at))
     });
     let snapshot = restored_from.as_ref().map(|(name, at)| (format!("the state snapshot {name}"), at));
-    if let Some(error) = records_gone_unread(held.chain(snapshot), &sources, &starts, &plan.config.file) {
+    if let Some(error) = records_gone_unread(held.chain(snapshot), &sources, &bounds, &plan.config.file) {
         return Err(RunError::Failed(error));
     }
     if restored_from.is_none() && !barriers.is_empty() {
-        warn_of_a_shortened_log(&sources, &starts);
+        warn_of_a_shortened_log(&sources, &bounds);
     }
     if restored_from.is_none()
         && !barriers.is_empty()
@@ -730,17 +728,14 @@ fn latest_cannot_resume(plan: &PipelinePlan) -> Option<String> {
     ))
 }
 
-/// Per partition, where a source's log ends ([`Source::ends`]).
-type LogEnds = std::collections::BTreeMap<u32, u64>;
-
 /// The first position of `at` past the end of its source's log, with that
 /// end: `((source index, partition), offset, end)`. A partition the source
 /// no longer has ends at 0; a source that cannot tell where it ends is not
 /// judged.
-fn past_the_end(at: &SourcePositions, ends: &[Option<LogEnds>]) -> Option<((u16, u32), u64, u64)> {
+fn past_the_end(at: &SourcePositions, bounds: &[Option<LogBounds>]) -> Option<((u16, u32), u64, u64)> {
     at.0.iter().find_map(|(&(source, partition), &offset)| {
-        let ends = ends.get(usize::from(source))?.as_ref()?;
-        let end = ends.get(&partition).copied().unwrap_or(0);
+        let bounds = bounds.get(usize::from(source))?.as_ref()?;
+        let end = bounds.get(&partition).map_or(0, |(_, end)| *end);
         (offset > end).then_some(((source, partition), offset, end))
     })
 }
@@ -749,10 +744,10 @@ fn past_the_end(at: &SourcePositions, ends: &[Option<LogEnds>]) -> Option<((u16,
 /// that start: `((source index, partition), offset, start)`. A partition
 /// `at` does not name stands at 0; a source that cannot tell where its log
 /// starts is not judged.
-fn before_the_start(at: &SourcePositions, starts: &[Option<LogEnds>]) -> Option<((u16, u32), u64, u64)> {
-    starts.iter().enumerate().find_map(|(source, starts)| {
+fn before_the_start(at: &SourcePositions, bounds: &[Option<LogBounds>]) -> Option<((u16, u32), u64, u64)> {
+    bounds.iter().enumerate().find_map(|(source, bounds)| {
         let source = u16::try_from(source).ok()?;
-        starts.as_ref()?.iter().find_map(|(&partition, &start)| {
+        bounds.as_ref()?.iter().find_map(|(&partition, &(start, _))| {
             let offset = at.get(source, partition);
             (offset < start).then_some(((source, partition), offset, start))
         })
@@ -768,11 +763,11 @@ fn before_the_start(at: &SourcePositions, starts: &[Option<LogEnds>]) -> Option<
 fn records_gone_unread<'a>(
     mut held: impl Iterator<Item = (String, &'a SourcePositions)>,
     sources: &[(String, Arc<dyn Source>)],
-    starts: &[Option<LogEnds>],
+    bounds: &[Option<LogBounds>],
     config: &str,
 ) -> Option<String> {
     held.find_map(|(name, at)| {
-        let ((source, partition), offset, start) = before_the_start(at, starts)?;
+        let ((source, partition), offset, start) = before_the_start(at, bounds)?;
         let source = sources.get(usize::from(source)).map_or("?", |(name, _)| name.as_str());
         Some(format!(
             "{name} stands at offset {offset} of partition {partition} of source {source:?}, but the log there now \
@@ -788,10 +783,10 @@ fn records_gone_unread<'a>(
 /// Warns when the state is rebuilt from a log whose front was deleted
 /// while sinks hold positions: if the first run read those records, the
 /// orders they belong to are folded from part of their events now.
-fn warn_of_a_shortened_log(sources: &[(String, Arc<dyn Source>)], starts: &[Option<LogEnds>]) {
-    for ((name, _), starts) in sources.iter().zip(starts) {
+fn warn_of_a_shortened_log(sources: &[(String, Arc<dyn Source>)], bounds: &[Option<LogBounds>]) {
+    for ((name, _), bounds) in sources.iter().zip(bounds) {
         let shortened: Vec<(u32, u64)> =
-            starts.iter().flatten().filter(|(_, start)| **start > 0).map(|(p, s)| (*p, *s)).collect();
+            bounds.iter().flatten().filter(|(_, (start, _))| *start > 0).map(|(p, (start, _))| (*p, *start)).collect();
         if !shortened.is_empty() {
             tracing::warn!(
                 source = %name,
@@ -815,12 +810,12 @@ fn sink_past_the_end(
     sinks: &[Vec<ResumedSink>],
     barriers: &[SourcePositions],
     sources: &[(String, Arc<dyn Source>)],
-    ends: &[Option<LogEnds>],
+    bounds: &[Option<LogBounds>],
     config: &str,
 ) -> Option<String> {
     sinks.iter().flatten().find_map(|sink| {
         let at = barriers.get((sink.skip_until as usize).checked_sub(1)?)?;
-        let ((source, partition), offset, end) = past_the_end(at, ends)?;
+        let ((source, partition), offset, end) = past_the_end(at, bounds)?;
         let source = sources.get(usize::from(source)).map_or("?", |(name, _)| name.as_str());
         Some(format!(
             "{} stands at offset {offset} of partition {partition} of source {source:?}, past the end of the log \
@@ -834,19 +829,19 @@ fn sink_past_the_end(
 }
 
 /// The first snapshot at or before `first_barrier` (where the sink that
-/// stands furthest back resumes) and within the log (`ends`), loaded; a
+/// stands furthest back resumes) and within the log (`bounds`), loaded; a
 /// snapshot that cannot be read is passed over.
 fn choose_snapshot(
     candidates: Vec<Restore>,
     first_barrier: Option<&SourcePositions>,
-    ends: &[Option<LogEnds>],
+    bounds: &[Option<LogBounds>],
 ) -> (Option<crate::state::Restored>, Option<(String, SourcePositions)>) {
     for candidate in candidates {
         if first_barrier.is_some_and(|barrier| !candidate.positions.le(barrier)) {
             info!(snapshot = %candidate.name, "the snapshot is ahead of a sink's checkpoint; not starting from it");
             continue;
         }
-        if let Some(((_, partition), offset, end)) = past_the_end(&candidate.positions, ends) {
+        if let Some(((_, partition), offset, end)) = past_the_end(&candidate.positions, bounds) {
             tracing::warn!(
                 snapshot = %candidate.name,
                 partition,
@@ -884,7 +879,7 @@ mod tests {
 
     #[test]
     fn positions_past_the_end_of_a_log_are_found() {
-        let ends = vec![Some([(0, 10), (1, 5)].into_iter().collect()), None];
+        let ends = vec![Some([(0, (0, 10)), (1, (0, 5))].into_iter().collect()), None];
         // At the end, or before it: within the log.
         assert_eq!(past_the_end(&at(&[((0, 0), 10), ((0, 1), 5)]), &ends), None);
         assert_eq!(past_the_end(&at(&[((0, 0), 3)]), &ends), None);
@@ -900,7 +895,7 @@ mod tests {
     #[test]
     fn positions_before_the_start_of_a_log_are_found() {
         let at = |offsets: &[((u16, u32), u64)]| SourcePositions(offsets.iter().copied().collect());
-        let starts = vec![Some([(0, 0), (1, 40)].into_iter().collect()), None];
+        let starts = vec![Some([(0, (0, 99)), (1, (40, 99))].into_iter().collect()), None];
         assert_eq!(before_the_start(&at(&[((0, 0), 10), ((0, 1), 40)]), &starts), None);
         assert_eq!(before_the_start(&at(&[((0, 0), 10), ((0, 1), 41)]), &starts), None);
         assert_eq!(before_the_start(&at(&[((0, 0), 10), ((0, 1), 39)]), &starts), Some(((0, 1), 39, 40)));
@@ -908,7 +903,7 @@ mod tests {
         assert_eq!(before_the_start(&at(&[((0, 0), 10)]), &starts), Some(((0, 1), 0, 40)));
         // A source that cannot tell where its log starts is not judged.
         assert_eq!(before_the_start(&at(&[((0, 1), 50), ((1, 0), 0)]), &starts), None);
-        let fresh = vec![Some([(0, 0), (1, 0)].into_iter().collect())];
+        let fresh = vec![Some([(0, (0, 0)), (1, (0, 0))].into_iter().collect())];
         assert_eq!(before_the_start(&SourcePositions::default(), &fresh), None);
     }
 }

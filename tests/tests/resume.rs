@@ -148,6 +148,12 @@ fn sinks_resume_from_their_own_checkpoints() {
     }
 }
 
+/// One memory sink per view, named `sink "memory"`, over `stores`.
+fn memory_sinks(stores: &[Arc<Mutex<Store>>]) -> Vec<Vec<(String, Box<dyn ViewSink>)>> {
+    let sink = |store: &Arc<Mutex<Store>>| Box::new(MemorySink { store: Arc::clone(store) }) as Box<dyn ViewSink>;
+    stores.iter().map(|store| vec![("sink \"memory\"".to_string(), sink(store))]).collect()
+}
+
 /// A file source that reports its log to start at `start` (partition 0),
 /// as a Kafka topic's low watermark does once retention deleted records.
 struct Shortened {
@@ -164,12 +170,9 @@ impl Source for Shortened {
         self.inner.reader(index, peers)
     }
 
-    fn ends(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
-        self.inner.ends()
-    }
-
-    fn starts(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
-        Some([(0, self.start)].into_iter().collect())
+    fn bounds(&self) -> Option<projector_core::source::LogBounds> {
+        let end = self.inner.bounds()?[&0].1;
+        Some([(0, (self.start, end))].into_iter().collect())
     }
 }
 
@@ -187,13 +190,7 @@ fn a_run_refuses_sinks_whose_records_were_deleted_unread() {
     let path = dir.path().join("events.jsonl");
     write_lines(&path, &lines[..1000]);
     let stores: Vec<Arc<Mutex<Store>>> = (0..3).map(|_| Arc::default()).collect();
-    let sinks = || -> Vec<Vec<(String, Box<dyn ViewSink>)>> {
-        stores
-            .iter()
-            .map(|store| vec![("sink \"memory\"".to_string(), Box::new(MemorySink { store: store.clone() }) as _)])
-            .collect()
-    };
-    run_file(&path, sinks(), 2, 300);
+    run_file(&path, memory_sinks(&stores), 2, 300);
     let held = stores[0].lock().unwrap().positions.clone().unwrap();
     let at = held.get(0, 0);
     assert!(at > 1000, "{held:?}");
@@ -205,7 +202,7 @@ fn a_run_refuses_sinks_whose_records_were_deleted_unread() {
         run(
             Arc::clone(&plan),
             vec![("events".into(), source)],
-            Outputs { view_sinks: sinks(), ..Outputs::default() },
+            Outputs { view_sinks: memory_sinks(&stores), ..Outputs::default() },
             RunOptions { workers: 2, ..RunOptions::default() },
         )
     };
@@ -236,10 +233,7 @@ fn a_run_refuses_a_state_snapshot_whose_records_were_deleted_unread() {
     let plan = Arc::new(check_text(&shipped_config_text(), "pipelines.yaml", dir.path()).unwrap());
     let stores: Vec<Arc<Mutex<Store>>> = (0..3).map(|_| Arc::default()).collect();
     let run_with = |start: u64, snapshots: bool| {
-        let view_sinks = stores
-            .iter()
-            .map(|store| vec![("sink \"memory\"".to_string(), Box::new(MemorySink { store: store.clone() }) as _)])
-            .collect();
+        let view_sinks = memory_sinks(&stores);
         let (state_sinks, restore) = match snapshots {
             true => projector::components::state_snapshots_at(&snapshot, Duration::from_secs(60), &["events".into()]),
             false => Default::default(),

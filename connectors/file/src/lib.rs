@@ -53,8 +53,8 @@ pub fn end(path: &Path) -> Result<u64, String> {
 }
 
 impl Source for FileSource {
-    fn ends(&self) -> Option<std::collections::BTreeMap<u32, u64>> {
-        end(&self.path).ok().map(|end| [(0, end)].into_iter().collect())
+    fn bounds(&self) -> Option<projector_core::source::LogBounds> {
+        end(&self.path).ok().map(|end| [(0, (0, end))].into_iter().collect())
     }
 
     fn reader(&self, index: usize, peers: usize) -> Result<Box<dyn SourceReader>, SourceError> {

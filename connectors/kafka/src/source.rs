@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use projector_core::config::{KafkaSourceConfig, StartPosition};
 use projector_core::record::{LogPosition, RecordRef};
 use projector_core::sink::SourcePositions;
-use projector_core::source::{Poll, Source, SourceError, SourceReader};
+use projector_core::source::{LogBounds, Poll, Source, SourceError, SourceReader};
 
 use crate::client::client_config;
 
@@ -27,49 +27,13 @@ pub struct KafkaSource {
     started: Instant,
     /// Where a run from a state snapshot starts (see [`Source::start_at`]).
     skip_to: std::sync::Mutex<Option<SourcePositions>>,
-    /// The watermarks last asked for, and when: [`Source::ends`] and
-    /// [`Source::starts`], asked one after the other, share one request.
-    marks: std::sync::Mutex<Option<(Instant, Option<Watermarks>)>>,
 }
-
-/// Per partition: low and high watermark.
-type Watermarks = BTreeMap<u32, (u64, u64)>;
-
-/// How long asked watermarks are reused.
-const MARKS_REUSED: Duration = Duration::from_secs(1);
 
 impl KafkaSource {
     /// The topic of `config`, as source number `source_index`. Batches are
     /// counted from `started`, which all workers share.
     pub fn new(source_index: u16, config: KafkaSourceConfig, started: Instant) -> KafkaSource {
-        KafkaSource {
-            source_index,
-            config,
-            started,
-            skip_to: std::sync::Mutex::new(None),
-            marks: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// The topic's watermarks, within [`ENDS_TIMEOUT`] (`None`: the broker
-    /// did not answer in time).
-    fn watermarks(&self) -> Option<Watermarks> {
-        let mut asked = self.marks.lock().ok()?;
-        if let Some((at, marks)) = asked.as_ref()
-            && at.elapsed() < MARKS_REUSED
-        {
-            return marks.clone();
-        }
-        let config = &self.config;
-        let marks = match watermarks(&config.brokers, &config.properties, &config.topic, Some(ENDS_TIMEOUT)) {
-            Ok(marks) => Some(marks),
-            Err(error) => {
-                tracing::debug!(topic = %config.topic, %error, "cannot tell where the log starts and ends");
-                None
-            }
-        };
-        *asked = Some((Instant::now(), marks.clone()));
-        marks
+        KafkaSource { source_index, config, started, skip_to: std::sync::Mutex::new(None) }
     }
 }
 
@@ -77,18 +41,21 @@ fn fatal(what: &str, error: impl std::fmt::Display) -> SourceError {
     SourceError::Fatal(format!("{what}: {error}"))
 }
 
-/// How long [`Source::ends`] waits for the broker before it says it cannot
+/// How long [`Source::bounds`] waits for the broker before it says it cannot
 /// tell: a run whose broker is down at the start waits for it in its
 /// readers anyway.
 const ENDS_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Source for KafkaSource {
-    fn ends(&self) -> Option<BTreeMap<u32, u64>> {
-        self.watermarks().map(|marks| marks.into_iter().map(|(partition, (_, high))| (partition, high)).collect())
-    }
-
-    fn starts(&self) -> Option<BTreeMap<u32, u64>> {
-        self.watermarks().map(|marks| marks.into_iter().map(|(partition, (low, _))| (partition, low)).collect())
+    fn bounds(&self) -> Option<LogBounds> {
+        let config = &self.config;
+        match watermarks(&config.brokers, &config.properties, &config.topic, Some(ENDS_TIMEOUT)) {
+            Ok(marks) => Some(marks),
+            Err(error) => {
+                tracing::debug!(topic = %config.topic, %error, "cannot tell where the log starts and ends");
+                None
+            }
+        }
     }
 
     fn start_at(&self, positions: &SourcePositions) {
@@ -341,7 +308,7 @@ impl SourceReader for KafkaReader {
 }
 
 /// The end offset (high watermark) of every partition of `topic`, for
-/// `projector status` and [`Source::ends`]; each request may take
+/// `projector status`; each request may take
 /// `timeout` (`None`: the source's usual 15 s).
 pub fn end_offsets(
     brokers: &str,
@@ -360,7 +327,7 @@ pub fn watermarks(
     properties: &[(String, String)],
     topic: &str,
     timeout: Option<Duration>,
-) -> Result<Watermarks, SourceError> {
+) -> Result<LogBounds, SourceError> {
     let timeout = timeout.unwrap_or(REQUEST_TIMEOUT);
     let consumer: BaseConsumer =
         client_config(brokers, properties).create().map_err(|e| fatal("cannot create a Kafka consumer", e))?;
