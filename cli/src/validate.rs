@@ -82,6 +82,11 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
             options.view
         )));
     }
+    if options.sample_size == Some(0) {
+        return Err(CommandError::Io(
+            "--sample-size 0 checks no key; give at least 1, or leave it out to check every key".into(),
+        ));
+    }
     crate::commands::refuse_a_latest_start(plan, "validate")?;
     let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
     let held: Vec<Option<Held>> =
@@ -154,6 +159,15 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
         let sampled = options.sample_size.is_some_and(|size| size < want.len().max(held.rows.len()));
         if let Some((rankings, sink)) = &held.rankings {
             compare_rankings(sink, rankings, &checked, want, !sampled, &mut lines);
+        }
+        if sampled && held.rows.len() != want.len() {
+            // The keys that differ may not be in the sample, but the counts
+            // already say that some do.
+            lines.push(format!(
+                "row count: expected {}, found {} (validate without --sample-size to list every key that differs)",
+                want.len(),
+                held.rows.len()
+            ));
         }
         let scope = if sampled {
             format!("{} keys drawn at random (seed {})", checked.len(), options.seed)

@@ -164,3 +164,39 @@ fn validate_passes_clean_sinks_and_finds_planted_corruption() {
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no view \"nope\"; this config declares"));
 }
+
+/// A sampled check that draws none of the keys that differ still fails
+/// when the sink holds another number of rows than the log gives; a sample
+/// of no keys is refused.
+#[test]
+fn a_sample_that_misses_the_differing_keys_still_finds_a_wrong_row_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let generator = GeneratorConfig { events: 3000, seed: 5, stores: 2, ..GeneratorConfig::default() };
+    let lines: Vec<String> = Generator::new(generator).map(|r| r.line).collect();
+    std::fs::write(dir.path().join("events.jsonl"), lines.join("\n") + "\n").unwrap();
+    let text = format!(
+        "version: 1\nsources:\n  events:\n    type: file\n    path: events.jsonl\n{}\nsinks:\n  ltv_file:\n    \
+         type: file\n    view: customer_ltv\n    path: ltv.jsonl\n",
+        shipped_views_yaml()
+    );
+    commands::run_config(plan(&text, dir.path()), RunOptions { workers: 2, until_idle: true, ..RunOptions::default() })
+        .unwrap();
+    let path = dir.path().join("ltv.jsonl");
+    let rows = std::fs::read_to_string(&path).unwrap();
+    let kept: Vec<&str> = rows.lines().collect();
+    assert!(kept.len() > 100, "{} rows", kept.len());
+    // One row gone: one key in more than a hundred differs.
+    std::fs::write(&path, kept[1..].join("\n") + "\n").unwrap();
+
+    let whole = validate(&plan(&text, dir.path()), &options("customer_ltv", None)).unwrap();
+    assert_eq!(whole.differences, 1, "{}", whole.report);
+    assert!(whole.report.contains("missing; the log gives"), "{}", whole.report);
+    let sampled = validate(&plan(&text, dir.path()), &options("customer_ltv", Some(3))).unwrap();
+    let count = format!("row count: expected {}, found {}", kept.len(), kept.len() - 1);
+    assert!(sampled.report.contains(&count), "{count}\n{}", sampled.report);
+    assert!(sampled.differences >= 1, "{}", sampled.report);
+    assert!(sampled.report.contains("3 keys drawn at random"), "{}", sampled.report);
+
+    let none = validate(&plan(&text, dir.path()), &options("customer_ltv", Some(0))).unwrap_err();
+    assert!(none.to_string().contains("--sample-size 0 checks no key"), "{none}");
+}
