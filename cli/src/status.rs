@@ -1,9 +1,13 @@
 //! `projector status`: where each source partition and each sink stands.
 //!
-//! For every source partition: the committed offset (the lowest position
-//! any checkpointing sink has committed: a restart delivers everything
-//! after it), the end of the log, and the lag between them. For every
-//! sink: its generation, its checkpoint, and the age of its newest data.
+//! For every source partition: the first offset the log still holds (a
+//! Kafka partition's low watermark: retention deletes what is before it),
+//! the committed offset (the lowest position any checkpointing sink has
+//! committed: a restart delivers everything after it), the end of the log,
+//! and the lag between them. For every sink: its generation, its
+//! checkpoint, and the age of its newest data. A sink or state snapshot
+//! that stands before the first offset is named: the records between were
+//! deleted before it read them, and a run refuses to go on from it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use projector_core::config::{PipelinePlan, SinkKind, SourceKind};
 use projector_core::sink::SinkStatus;
+use projector_core::source::LogBounds;
 
 use crate::commands::CommandError;
 
@@ -62,28 +67,31 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
     let mut committed: BTreeMap<(String, u32), u64> = BTreeMap::new();
     let checkpointing: Vec<&SinkStatus> =
         sinks.iter().filter_map(|s| s.status.as_ref().ok().and_then(Option::as_ref)).collect();
+    // Per source: where its log starts and ends, when that could be read.
+    let mut bounds: BTreeMap<String, LogBounds> = BTreeMap::new();
     for source in &plan.config.sources {
-        let ends: Result<BTreeMap<u32, u64>, String> = match &source.kind {
+        let read: Result<LogBounds, String> = match &source.kind {
             SourceKind::Kafka(kafka) => {
                 let _ = writeln!(out, "source {} (kafka topic {} at {})", source.name, kafka.topic, kafka.brokers);
-                projector_source_kafka::source::end_offsets(&kafka.brokers, &kafka.properties, &kafka.topic, None)
+                projector_source_kafka::source::watermarks(&kafka.brokers, &kafka.properties, &kafka.topic, None)
                     .map_err(|e| e.to_string())
             }
             SourceKind::File(file) => {
                 let _ = writeln!(out, "source {} (file {})", source.name, file.path.display());
-                projector_source_file::end(&file.path).map(|end| [(0, end)].into_iter().collect())
+                projector_source_file::end(&file.path).map(|end| [(0, (0, end))].into_iter().collect())
             }
         };
-        let ends = match ends {
-            Ok(ends) => ends,
+        let read = match read {
+            Ok(read) => read,
             Err(error) => {
                 let _ = writeln!(out, "  cannot read the end of the log: {error}");
                 problems.push(format!("source {}: {error}", source.name));
-                BTreeMap::new()
+                LogBounds::new()
             }
         };
-        let _ = writeln!(out, "  {:>9}  {:>12}  {:>12}  {:>10}", "partition", "committed", "end", "lag");
-        for (partition, end) in &ends {
+        let _ =
+            writeln!(out, "  {:>9}  {:>12}  {:>12}  {:>12}  {:>10}", "partition", "first", "committed", "end", "lag");
+        for (partition, (first, end)) in &read {
             let lowest = checkpointing
                 .iter()
                 .map(|status| {
@@ -103,8 +111,9 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
                 Some(lowest) => (lowest.to_string(), end.saturating_sub(lowest).to_string()),
                 None => ("-".to_string(), "-".to_string()),
             };
-            let _ = writeln!(out, "  {partition:>9}  {shown:>12}  {end:>12}  {lag:>10}");
+            let _ = writeln!(out, "  {partition:>9}  {first:>12}  {shown:>12}  {end:>12}  {lag:>10}");
         }
+        bounds.insert(source.name.clone(), read);
     }
     for sink in &sinks {
         let _ = writeln!(out, "sink {} ({}, view {})", sink.name, sink.kind, sink.view);
@@ -131,6 +140,21 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
                 };
                 let newest = status.written_at_ms.map_or("never".to_string(), age);
                 let _ = writeln!(out, "  generation {generation}, checkpoint {checkpoint}, newest data {newest}");
+                if let Some((source, partition, offset, first)) =
+                    status.positions.as_ref().and_then(|at| before_the_start(at, &bounds))
+                {
+                    let _ = writeln!(
+                        out,
+                        "  before the start of the log: it stands at offset {offset} of partition {partition} of \
+                         source {source}, which now starts at {first}; the records between were deleted before it \
+                         read them, and `projector run` refuses to go on (see \"Kafka retention\" in the README)"
+                    );
+                    problems.push(format!(
+                        "sink {}: stands before the start of partition {partition} of source {source} (offset \
+                         {offset}, the log starts at {first})",
+                        sink.name
+                    ));
+                }
             }
             (Err(error), _) => {
                 let _ = writeln!(out, "  cannot read its state: {error}");
@@ -146,6 +170,13 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
                     let at = serde_json::to_string(&positions).unwrap_or_default();
                     let written = written_at_ms.map_or("never".to_string(), age);
                     let _ = writeln!(out, "  {}: at {at}, written {written}", path.display());
+                    if let Some((source, partition, offset, first)) = before_the_start(&positions, &bounds) {
+                        let _ = writeln!(
+                            out,
+                            "    before the start of the log (offset {offset} of partition {partition} of source \
+                             {source}, which now starts at {first}): a run refuses to start from it"
+                        );
+                    }
                 }
                 Ok(_) => {
                     let _ = writeln!(out, "  {}: none yet", path.display());
@@ -157,4 +188,43 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
         }
     }
     if problems.is_empty() { Ok(out) } else { Err((out, CommandError::Io(problems.join("; ")))) }
+}
+
+/// The first partition where `at` stands before the start of its log, as
+/// (source, partition, offset, first offset of the log). A partition `at`
+/// does not name stands at 0, as in a run; a source whose bounds could not
+/// be read is not judged.
+fn before_the_start(
+    at: &BTreeMap<String, BTreeMap<u32, u64>>,
+    bounds: &BTreeMap<String, LogBounds>,
+) -> Option<(String, u32, u64, u64)> {
+    bounds.iter().find_map(|(source, partitions)| {
+        partitions.iter().find_map(|(partition, (first, _))| {
+            let offset = at.get(source).and_then(|p| p.get(partition)).copied().unwrap_or(0);
+            (offset < *first).then(|| (source.clone(), *partition, offset, *first))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_before_the_first_offset_kept_is_named() {
+        let bounds: BTreeMap<String, LogBounds> =
+            [("events".to_string(), [(0, (0, 50)), (1, (40, 90))].into_iter().collect())].into_iter().collect();
+        let at = |p0: u64, p1: Option<u64>| -> BTreeMap<String, BTreeMap<u32, u64>> {
+            let mut partitions: BTreeMap<u32, u64> = [(0, p0)].into_iter().collect();
+            partitions.extend(p1.map(|offset| (1, offset)));
+            [("events".to_string(), partitions)].into_iter().collect()
+        };
+        assert_eq!(before_the_start(&at(10, Some(40)), &bounds), None);
+        assert_eq!(before_the_start(&at(50, Some(90)), &bounds), None);
+        assert_eq!(before_the_start(&at(10, Some(39)), &bounds), Some(("events".to_string(), 1, 39, 40)));
+        // A partition the position does not name stands at 0.
+        assert_eq!(before_the_start(&at(0, None), &bounds), Some(("events".to_string(), 1, 0, 40)));
+        // Another source's bounds, or none, judge nothing.
+        assert_eq!(before_the_start(&at(0, None), &BTreeMap::new()), None);
+    }
 }

@@ -202,3 +202,68 @@ fn a_timestamp_start_takes_the_offsets_the_broker_gives() {
     let rows = read_json_lines(&dir.path().join("out/order_summary.jsonl"));
     assert!(rows.is_empty(), "the mock gives the end offsets: {rows:?}");
 }
+
+/// Retention for real: the mock broker keeps at most 5 MiB per partition
+/// and deletes its oldest records beyond that, as a topic's retention
+/// would. A pipeline with Redis sinks reads a one-partition topic and
+/// stops; the topic then grows until records the sinks had not read are
+/// deleted. `status` shows the partition's first offset, names the sinks
+/// that stand before it and fails; `run` refuses to go on and writes
+/// nothing.
+#[test]
+fn records_deleted_before_the_sinks_read_them_are_shown_by_status_and_refused_by_run() {
+    use projector_tests::services::{RedisServer, available};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use redis::Commands;
+    if !available("redis-server") {
+        return;
+    }
+    let server = RedisServer::start(false);
+    let topic = kafka::create_topic("retention", 1);
+    let records = generated(2_000, 51, 0.0);
+    kafka::append(&topic, records[..2_000].iter().cloned());
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "version: 1\nsources:\n  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n    bounded: true\n{}\nsinks:\n{}",
+        kafka::brokers(),
+        projector_tests::shipped_views_yaml(),
+        projector_tests::sinks::redis_sinks_yaml(&server.url(), "retention:")
+    );
+    let plan = || check_text(&text, "retention.yaml", dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    commands::run_config(plan(), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+    let mut connection = server.connection().unwrap();
+    let state = "retention:projector:sink:order_summary_redis";
+    let checkpoint: String = connection.hget(state, "positions").unwrap();
+    assert_eq!(checkpoint, r#"{"events":{"0":2000}}"#);
+
+    // More, until the broker drops the oldest records (it keeps 5 MiB of
+    // lz4 batches), the sinks' next ones among them.
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka::brokers()).create().unwrap();
+    let mut total = 2_000;
+    let (first, end) = loop {
+        total += kafka::append(&topic, generated(10_000, 52 + total as u64, 0.0)) as i64;
+        let (first, end) = consumer.fetch_watermarks(&topic, 0, Duration::from_secs(10)).unwrap();
+        if first > 2_000 || total > 300_000 {
+            break (first, end);
+        }
+    };
+    assert_eq!(end, total);
+    assert!(first > 2_000, "the broker still holds the records from {first} on, of {total}");
+    let (report, error) = projector::status::status(&plan()).unwrap_err();
+    let row = format!("          0  {first:>12}          2000  {total:>12}  {:>10}", total - 2000);
+    assert!(report.contains(&row), "{row}\nnot in\n{report}");
+    let named = format!(
+        "before the start of the log: it stands at offset 2000 of partition 0 of source events, which now starts \
+         at {first}"
+    );
+    assert_eq!(report.matches(&named).count(), 3, "{named}\nnot three times in\n{report}");
+    assert!(error.to_string().contains("sink order_summary_redis: stands before the start"), "{error}");
+
+    let refused = commands::run_config(plan(), RunOptions { workers: 2, ..RunOptions::default() }).unwrap_err();
+    let expected =
+        format!("stands at offset 2000 of partition 0 of source \"events\", but the log there now starts at {first}");
+    assert!(refused.to_string().contains(&expected), "{refused}");
+    let after: String = connection.hget(state, "positions").unwrap();
+    assert_eq!(after, checkpoint, "the refused run wrote nothing");
+}

@@ -180,8 +180,9 @@ impl Source for Shortened {
 /// Kafka topic's retention passed it): a sink that stands before the log's
 /// start now is refused, with what to do, since the records between were
 /// never read and the views would go on without them; nothing is written.
-/// A sink at the start resumes. (The mock broker cannot delete records, so
-/// the source here only reports a later start, as a low watermark would.)
+/// A sink at the start resumes. (The source here only reports a later
+/// start, as a low watermark would; `kafka.rs` has the same refusal after
+/// the mock broker really deleted the records.)
 #[test]
 fn a_run_refuses_sinks_whose_records_were_deleted_unread() {
     let dir = tempfile::tempdir().unwrap();

@@ -307,19 +307,6 @@ impl SourceReader for KafkaReader {
     }
 }
 
-/// The end offset (high watermark) of every partition of `topic`, for
-/// `projector status`; each request may take
-/// `timeout` (`None`: the source's usual 15 s).
-pub fn end_offsets(
-    brokers: &str,
-    properties: &[(String, String)],
-    topic: &str,
-    timeout: Option<Duration>,
-) -> Result<BTreeMap<u32, u64>, SourceError> {
-    let marks = watermarks(brokers, properties, topic, timeout)?;
-    Ok(marks.into_iter().map(|(partition, (_, high))| (partition, high)).collect())
-}
-
 /// Per partition of `topic`: its low and high watermarks, the offset of
 /// its first record still kept and the offset after its last one.
 pub fn watermarks(
