@@ -485,6 +485,24 @@ impl Target {
         }
     }
 
+    /// The Redis server of a Redis target: its swaps take turns there
+    /// ([`SwapIn::each`]).
+    fn redis_server(&self) -> Option<&str> {
+        match self {
+            Target::Redis(swap, _) => Some(&swap.shadow_config().url),
+            Target::ClickHouse(_) => None,
+        }
+    }
+
+    /// The rows the replay kept for the swap (`usize::MAX` when it kept
+    /// none and the swap reads the shadow back).
+    fn kept_rows(&self) -> usize {
+        match self {
+            Target::Redis(_, built) => lock(built).rows.as_ref().map_or(usize::MAX, |rows| rows.len()),
+            Target::ClickHouse(_) => usize::MAX,
+        }
+    }
+
     fn drop_shadow(&mut self) -> Result<(), SinkError> {
         match self {
             Target::Redis(swap, _) => swap.drop_shadow(),
@@ -969,6 +987,9 @@ fn follow_and_swap(
     Ok(())
 }
 
+/// Targets swapped one after another, each with its index.
+type Lane<'a> = Vec<(usize, &'a mut (String, Target))>;
+
 /// What a swap of one sink needs besides the sink.
 struct SwapIn<'a> {
     token: &'a str,
@@ -983,30 +1004,69 @@ impl SwapIn<'_> {
     /// Swaps in each target of `picks` (its index, and the position to
     /// swap in at) at once, each on a thread of its own: one sink's swap
     /// (reading both copies of its view back and writing their
-    /// differences) does not wait for another's.
+    /// differences) does not wait for another's. Except on one Redis
+    /// server, which does one thing at a time: there the sinks take turns,
+    /// the one with the fewest rows first, so that a small view's live
+    /// writes are held for its own swap, not for a large one's beside it
+    /// (in a one-pass replay of the three views, `order_summary_redis` was
+    /// held 1.7 s, against 0.3 s when replayed alone).
     fn each(
         &self,
         targets: &mut [(String, Target)],
         picks: &[(usize, SourcePositions)],
         resumed_from: &[Option<SourcePositions>],
     ) -> Result<Vec<SwapReport>, CommandError> {
-        let swapped: Vec<Result<SwapReport, CommandError>> = std::thread::scope(|scope| {
-            let running: Vec<_> = targets
-                .iter_mut()
-                .enumerate()
-                .filter_map(|(index, (name, target))| {
-                    let (_, at) = picks.iter().find(|(pick, _)| *pick == index)?;
-                    let resumed = resumed_from.get(index).cloned().flatten();
-                    let window = &self.windows[index];
-                    Some(scope.spawn(move || self.run(name, target, at.clone(), window, resumed)))
+        // Lanes of targets swapped one after another: one per Redis
+        // server, one per other target.
+        let mut lanes: Vec<(Option<String>, Lane<'_>)> = Vec::new();
+        for (index, target) in targets.iter_mut().enumerate() {
+            if !picks.iter().any(|(pick, _)| *pick == index) {
+                continue;
+            }
+            let server = target.1.redis_server().map(str::to_string);
+            match lanes.iter_mut().find(|(lane, _)| server.is_some() && *lane == server) {
+                Some((_, lane)) => lane.push((index, target)),
+                None => lanes.push((server, vec![(index, target)])),
+            }
+        }
+        for (_, lane) in &mut lanes {
+            lane.sort_by_key(|(index, target)| (target.1.kept_rows(), *index));
+        }
+        let swapped: Vec<(usize, Result<SwapReport, CommandError>)> = std::thread::scope(|scope| {
+            let running: Vec<_> = lanes
+                .into_iter()
+                .map(|(_, lane)| {
+                    scope.spawn(move || {
+                        let mut reports = Vec::new();
+                        let mut lane = lane.into_iter();
+                        while let Some((index, (name, target))) = lane.next() {
+                            // The holds of those waiting their turn are
+                            // renewed, so none lapses while they wait.
+                            for (_, (waiting, later)) in lane.as_mut_slice() {
+                                if let Err(error) = later.pause(self.token) {
+                                    tracing::warn!(sink = %waiting, %error, "cannot renew the hold");
+                                }
+                            }
+                            let Some((_, at)) = picks.iter().find(|(pick, _)| *pick == index) else { continue };
+                            let resumed = resumed_from.get(index).cloned().flatten();
+                            let window = &self.windows[index];
+                            reports.push((index, self.run(name, target, at.clone(), window, resumed)));
+                        }
+                        reports
+                    })
                 })
                 .collect();
             running
                 .into_iter()
-                .map(|swap| swap.join().unwrap_or_else(|_| Err(CommandError::Io("a swap panicked".into()))))
+                .flat_map(|lane| {
+                    lane.join().unwrap_or_else(|_| vec![(0, Err(CommandError::Io("a swap panicked".into())))])
+                })
                 .collect()
         });
-        swapped.into_iter().collect()
+        // Reported in the order of the targets, as before.
+        let mut swapped = swapped;
+        swapped.sort_by_key(|(index, _)| *index);
+        swapped.into_iter().map(|(_, report)| report).collect()
     }
 
     /// Holds `target` (or renews the hold), swaps its shadow in at `at`,
