@@ -209,7 +209,7 @@ fn a_timestamp_start_takes_the_offsets_the_broker_gives() {
 /// stops; the topic then grows until records the sinks had not read are
 /// deleted. `status` shows the partition's first offset, names the sinks
 /// that stand before it and fails; `run` refuses to go on and writes
-/// nothing.
+/// nothing; `validate` says that the log lacks the deleted records.
 #[test]
 fn records_deleted_before_the_sinks_read_them_are_shown_by_status_and_refused_by_run() {
     use projector_tests::services::{RedisServer, available};
@@ -266,4 +266,12 @@ fn records_deleted_before_the_sinks_read_them_are_shown_by_status_and_refused_by
     assert!(refused.to_string().contains(&expected), "{refused}");
     let after: String = connection.hget(state, "positions").unwrap();
     assert_eq!(after, checkpoint, "the refused run wrote nothing");
+
+    // `validate` says why the log cannot give the sinks' rows any more.
+    let options = projector::validate::ValidateOptions { view: "order_summary".into(), sample_size: None, seed: 1 };
+    let validation = projector::validate::validate(&plan(), &options).unwrap();
+    let note =
+        format!("note: partition 0 of source \"events\" now starts at offset {first}, not at 0 where the config");
+    assert!(validation.report.starts_with(&note), "{note}\nnot first in\n{}", validation.report);
+    assert!(validation.differences > 0, "{}", validation.report);
 }
