@@ -121,6 +121,7 @@ fn replay_once(plan: &PipelinePlan, views: &[&str], day: Option<i32>) -> f64 {
         ack_wait: Duration::ZERO,
         progress_bar: false,
         checkpoint_every: None,
+        accept_deleted_records: false,
     };
     let started = Instant::now();
     let cpu_before = cpu_seconds();

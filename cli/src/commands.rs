@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use projector_core::config::{self, ConfigErrors, PipelinePlan};
+use projector_core::config::{self, ConfigErrors, PipelinePlan, SourceKind, StartPosition};
 use projector_dataflows::runner::{RunError, RunOptions, RunSummary, run};
 use projector_datagen::{Generator, GeneratorConfig};
 use projector_source_file::FileSource;
@@ -105,6 +105,58 @@ pub fn refuse_a_latest_start(plan: &PipelinePlan, what: &str) -> Result<(), Comm
     }
 }
 
+/// A Kafka partition whose log now starts after the offset the config
+/// starts reading it at: retention deleted the records between, and what
+/// is computed from the log now lacks their events. (Whether a run ever
+/// read them, nothing kept can say: the topic may have lost them before
+/// the pipeline's first run.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeletedFront {
+    /// The source's name.
+    pub source: String,
+    /// The partition.
+    pub partition: u32,
+    /// Where the config starts reading the partition.
+    pub from: u64,
+    /// The first offset the partition still holds (its low watermark).
+    pub first: u64,
+}
+
+impl std::fmt::Display for DeletedFront {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "partition {} of source {:?} now starts at offset {}, not at {} where the config starts reading it",
+            self.partition, self.source, self.first, self.from
+        )
+    }
+}
+
+/// Every [`DeletedFront`] of the config's Kafka sources (a source whose
+/// bounds cannot be read, or that starts at a time, is not judged).
+pub fn deleted_fronts(plan: &PipelinePlan) -> Vec<DeletedFront> {
+    let mut fronts = Vec::new();
+    for (config, (name, source)) in plan.config.sources.iter().zip(components::sources(plan)) {
+        let SourceKind::Kafka(kafka) = &config.kind else { continue };
+        let configured = |partition: u32| match &kafka.start {
+            StartPosition::Earliest => Some(0),
+            StartPosition::Offsets(offsets) => Some(
+                offsets.iter().find(|(p, _)| u32::try_from(*p) == Ok(partition)).map_or(0, |(_, o)| (*o).max(0) as u64),
+            ),
+            // `latest` is refused where it matters; a time names no offset.
+            StartPosition::Latest | StartPosition::Timestamp(_) => None,
+        };
+        for (partition, (first, _)) in source.bounds().unwrap_or_default() {
+            if let Some(from) = configured(partition)
+                && first > from
+            {
+                fronts.push(DeletedFront { source: name.clone(), partition, from, first });
+            }
+        }
+    }
+    fronts
+}
+
 /// `projector export --view NAME --out FILE.parquet`: computes the view
 /// from the config's sources as they stand (each read from its configured
 /// start to where it ends when the export starts) and writes its rows to
@@ -126,6 +178,12 @@ pub fn export(plan: PipelinePlan, view: &str, out: &Path, options: RunOptions) -
             "--out {}: export writes Parquet; name a file ending in .parquet",
             out.display()
         )));
+    }
+    for front in deleted_fronts(&plan) {
+        tracing::warn!(
+            "{front}: the records between were deleted (the topic's retention), and the exported view lacks \
+             their events"
+        );
     }
     let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
     let mut view_sinks: Vec<Vec<(String, Box<dyn projector_core::sink::ViewSink>)>> =

@@ -146,6 +146,12 @@ enum Command {
         /// Also how often a Redis shadow is written (without it, every 10 s).
         #[arg(long, value_name = "MS")]
         checkpoint_ms: Option<u64>,
+        /// Rebuild from what the log still holds even though retention
+        /// deleted the first records of a partition (otherwise refused: the
+        /// rebuilt view would lack their events). For a topic that lost them
+        /// before the pipeline's first run.
+        #[arg(long)]
+        accept_deleted_records: bool,
     },
     /// Delete everything one sink holds: a Redis sink's rows, rankings and
     /// checkpoint; a ClickHouse sink's tables; a file or Parquet sink's
@@ -356,7 +362,7 @@ fn execute(command: Command) -> Result<(), CommandError> {
                 )));
             }
         }
-        Command::Replay { config, views, from, to, workers, ack_wait, checkpoint_ms } => {
+        Command::Replay { config, views, from, to, workers, ack_wait, checkpoint_ms, accept_deleted_records } => {
             let plan = commands::load(&config)?;
             stop_on_signal(Arc::clone(&stop));
             let options = projector::replay::ReplayOptions {
@@ -366,6 +372,7 @@ fn execute(command: Command) -> Result<(), CommandError> {
                 ack_wait: Duration::from_secs(ack_wait),
                 progress_bar: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 checkpoint_every: checkpoint_ms.map(Duration::from_millis),
+                accept_deleted_records,
             };
             let run_options = RunOptions { workers, stop, ..RunOptions::default() };
             let summary = projector::replay::replay(&plan, &options, run_options)?;

@@ -73,6 +73,10 @@ pub struct ReplayOptions {
     /// [`checkpoint_path`]); `None`: only the shadows' writes resume. Also
     /// how often a Redis shadow is written (`None`: every 10 s).
     pub checkpoint_every: Option<Duration>,
+    /// Rebuild from what the log still holds when retention deleted the
+    /// first records of a partition (otherwise refused: see
+    /// [`crate::commands::deleted_fronts`]).
+    pub accept_deleted_records: bool,
 }
 
 /// Where a replay keeps the snapshots of its dataflow's state: next to the
@@ -730,6 +734,23 @@ pub fn replay(
     // Rebuilt from the end of the topic, the view would hold nothing, and
     // the swap would delete every live row.
     crate::commands::refuse_a_latest_start(plan, "replay")?;
+    // Rebuilt from what the topic still holds, the view would lack the
+    // deleted events, and the swap would take them out of the live rows.
+    let fronts = crate::commands::deleted_fronts(plan);
+    if let Some(front) = fronts.first() {
+        if !options.accept_deleted_records {
+            return Err(CommandError::Io(format!(
+                "{front}{}: the records between were deleted (the topic's retention). A view rebuilt from what \
+                 the topic holds lacks their events, and swapping it in would take them out of the live view (a \
+                 customer's lifetime value would shrink). If no run ever read them (the topic had lost them \
+                 before the pipeline's first run), replay with --accept-deleted-records",
+                if fronts.len() > 1 { format!(" (and {} more partitions)", fronts.len() - 1) } else { String::new() }
+            )));
+        }
+        for front in &fronts {
+            tracing::warn!("{front}: rebuilding from what the log holds (--accept-deleted-records)");
+        }
+    }
     let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
     let every = options.checkpoint_every.unwrap_or(WRITE_SHADOW_EVERY);
 
@@ -761,6 +782,24 @@ pub fn replay(
         // database and tables, where the shadow's checkpoint is kept.
         live_at.push(target.live_position().map_err(failed(name))?);
         resumed_from.push(target.shadow_position().map_err(failed(name))?);
+    }
+    // A live sink that stands before the start of the log cannot be
+    // caught up with: the records after it are gone (a run refuses it too).
+    for ((name, _), at) in targets.iter().zip(&live_at) {
+        let Some(at) = at else { continue };
+        for front in &fronts {
+            let index = source_names.iter().position(|source| *source == front.source).unwrap_or_default() as u16;
+            let offset = at.get(index, front.partition);
+            if offset < front.first {
+                return Err(CommandError::Io(format!(
+                    "sink {name:?} stands at offset {offset} of partition {} of source {:?}, before the start of \
+                     the log ({}): the records between were deleted before it read them, and no replay can bring \
+                     it to where it stands. `projector drop -c {} --sink {name}` and a run rebuild it from what \
+                     the log holds",
+                    front.partition, front.source, front.first, plan.config.file
+                )));
+            }
+        }
     }
     // With no live checkpoint at all, nothing runs into these sinks: build
     // up to where the log ends now and swap at the end. Otherwise trail the

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rand::seq::IteratorRandom;
 use rand::{SeedableRng, rngs::ChaCha8Rng};
 
-use projector_core::config::{PipelinePlan, SinkConfig, SinkKind, SourceKind, StartPosition};
+use projector_core::config::{PipelinePlan, SinkConfig, SinkKind};
 use projector_core::recompute::Recomputation;
 use projector_core::sink::{Selection, SourcePositions, ViewReader, positions_from_json, positions_to_json};
 use projector_core::source::Poll;
@@ -103,8 +103,13 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
     });
     let log = read_log(plan, furthest.as_ref(), &source_names)?;
     let mut report = String::new();
-    for note in deleted_fronts(plan) {
-        let _ = writeln!(report, "{note}");
+    for front in crate::commands::deleted_fronts(plan) {
+        let _ = writeln!(
+            report,
+            "note: {front}: the records between were deleted (the topic's retention), and the recomputation \
+             lacks their events. If a run read them, the rows of the orders they belong to differ for that \
+             reason alone"
+        );
     }
     let fields = view.output_fields();
     // Recomputations by the position they reach (`None`: the whole log).
@@ -395,38 +400,6 @@ fn from_json(json: &serde_json::Value, ty: FieldType) -> Option<Value> {
         (Json::Bool(b), FieldType::Bool) => Value::Bool(*b),
         _ => return None,
     })
-}
-
-/// A line for each Kafka partition whose log now starts after the offset
-/// the config starts it at: retention deleted the records between, and
-/// the recomputation lacks them. (Whether a run read them, nothing kept
-/// can say: a topic may have lost them before the first run started.)
-fn deleted_fronts(plan: &PipelinePlan) -> Vec<String> {
-    let mut notes = Vec::new();
-    for (config, (name, source)) in plan.config.sources.iter().zip(components::sources(plan)) {
-        let SourceKind::Kafka(kafka) = &config.kind else { continue };
-        let configured = |partition: u32| match &kafka.start {
-            StartPosition::Earliest => Some(0),
-            StartPosition::Offsets(offsets) => Some(
-                offsets.iter().find(|(p, _)| u32::try_from(*p) == Ok(partition)).map_or(0, |(_, o)| (*o).max(0) as u64),
-            ),
-            // `latest` is refused; a time names no offset to compare.
-            StartPosition::Latest | StartPosition::Timestamp(_) => None,
-        };
-        for (partition, (first, _)) in source.bounds().unwrap_or_default() {
-            if let Some(from) = configured(partition)
-                && first > from
-            {
-                notes.push(format!(
-                    "note: partition {partition} of source {name:?} now starts at offset {first}, not at {from} where \
-                     the config starts reading it: the records between were deleted (the topic's retention), and the \
-                     recomputation lacks their events. If a run read them, the rows of the orders they belong to \
-                     differ for that reason alone"
-                ));
-            }
-        }
-    }
-    notes
 }
 
 /// The log read from each source's configured start up to `target` (every

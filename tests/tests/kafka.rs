@@ -209,7 +209,10 @@ fn a_timestamp_start_takes_the_offsets_the_broker_gives() {
 /// stops; the topic then grows until records the sinks had not read are
 /// deleted. `status` shows the partition's first offset, names the sinks
 /// that stand before it and fails; `run` refuses to go on and writes
-/// nothing; `validate` says that the log lacks the deleted records.
+/// nothing; `validate` says that the log lacks the deleted records;
+/// `replay` refuses to rebuild from what is left unless told the records
+/// were never read, and refuses sinks that stand before the start anyway.
+/// Dropped and rebuilt by a run, the sinks then replay and validate clean.
 #[test]
 fn records_deleted_before_the_sinks_read_them_are_shown_by_status_and_refused_by_run() {
     use projector_tests::services::{RedisServer, available};
@@ -274,4 +277,47 @@ fn records_deleted_before_the_sinks_read_them_are_shown_by_status_and_refused_by
         format!("note: partition 0 of source \"events\" now starts at offset {first}, not at 0 where the config");
     assert!(validation.report.starts_with(&note), "{note}\nnot first in\n{}", validation.report);
     assert!(validation.differences > 0, "{}", validation.report);
+
+    // `replay` refuses: the view rebuilt from what the topic holds would
+    // lack the deleted events. Told they were never read, it still refuses
+    // sinks that stand before the start of the log.
+    let replay = |accept_deleted_records: bool| {
+        let options = projector::replay::ReplayOptions {
+            views: vec!["order_summary".into()],
+            from: None,
+            to: None,
+            ack_wait: Duration::ZERO,
+            progress_bar: false,
+            checkpoint_every: None,
+            accept_deleted_records,
+        };
+        projector::replay::replay(&plan(), &options, RunOptions { workers: 2, ..RunOptions::default() })
+    };
+    let refused = replay(false).map(|_| ()).unwrap_err().to_string();
+    let front = format!("partition 0 of source \"events\" now starts at offset {first}, not at 0 where the config");
+    assert!(refused.contains(&front) && refused.contains("--accept-deleted-records"), "{refused}");
+    let refused = replay(true).map(|_| ()).unwrap_err().to_string();
+    let before = format!(
+        "sink \"order_summary_redis\" stands at offset 2000 of partition 0 of source \"events\", before the start of \
+         the log ({first})"
+    );
+    assert!(refused.contains(&before), "{refused}");
+
+    // The way out: drop the sinks and run again, from what the log holds.
+    // Then a replay told the deleted records were never read rebuilds the
+    // view from the same records, and changes nothing.
+    for view in ["order_summary", "product_sales", "customer_ltv"] {
+        commands::drop_sink(&plan(), &format!("{view}_redis")).unwrap();
+    }
+    commands::run_config(plan(), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+    let rebuilt: String = connection.hget(state, "positions").unwrap();
+    assert_eq!(rebuilt, format!(r#"{{"events":{{"0":{total}}}}}"#));
+    assert!(replay(false).is_err());
+    let replayed = replay(true).unwrap();
+    assert_eq!(replayed.swaps.len(), 1);
+    assert!(replayed.swaps[0].rows > 0);
+    assert_eq!((replayed.swaps[0].rewritten, replayed.swaps[0].deleted), (0, 0));
+    let validation = projector::validate::validate(&plan(), &options).unwrap();
+    assert!(validation.report.starts_with(&note), "{}", validation.report);
+    assert_eq!(validation.differences, 0, "{}", validation.report);
 }

@@ -432,6 +432,7 @@ fn a_latest_start_resumes_from_its_snapshot_and_is_refused_without_one() {
         ack_wait: Duration::ZERO,
         progress_bar: false,
         checkpoint_every: None,
+        accept_deleted_records: false,
     };
     let refused = projector::replay::replay(&plan(&with_state, dir.path()), &options, RunOptions::default());
     let refused = refused.map(|_| ()).unwrap_err();
