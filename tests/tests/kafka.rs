@@ -1,7 +1,8 @@
 //! Kafka end to end: generated logs appended to a topic flow into the views
 //! and equal the plain recomputation; bad records reach the dead-letter
 //! topic; a restart rebuilds and loses nothing; a stop finishes and
-//! flushes; partitions spread over workers; start positions.
+//! flushes; partitions spread over workers; start positions; records that
+//! retention deleted before the sinks read them.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::Path;
@@ -214,7 +215,7 @@ fn a_timestamp_start_takes_the_offsets_the_broker_gives() {
 /// were never read, and refuses sinks that stand before the start anyway.
 /// Dropped and rebuilt by a run, the sinks then replay and validate clean.
 #[test]
-fn records_deleted_before_the_sinks_read_them_are_shown_by_status_and_refused_by_run() {
+fn records_deleted_before_the_sinks_read_them_are_named_by_status_and_refused_by_run_and_replay() {
     use projector_tests::services::{RedisServer, available};
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use redis::Commands;
