@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use projector_core::config::{self, ConfigErrors, PipelinePlan, SourceKind, StartPosition};
+use projector_core::source::LogBounds;
 use projector_dataflows::runner::{RunError, RunOptions, RunSummary, run};
 use projector_datagen::{Generator, GeneratorConfig};
 use projector_source_file::FileSource;
@@ -132,11 +133,18 @@ impl std::fmt::Display for DeletedFront {
     }
 }
 
-/// Every [`DeletedFront`] of the config's Kafka sources (a source whose
-/// bounds cannot be read, or that starts at a time, is not judged).
-pub fn deleted_fronts(plan: &PipelinePlan) -> Vec<DeletedFront> {
+/// Where each source's log starts and ends now, by source index (`None`:
+/// it cannot tell).
+pub fn log_bounds(plan: &PipelinePlan) -> Vec<Option<LogBounds>> {
+    components::sources(plan).iter().map(|(_, source)| source.bounds()).collect()
+}
+
+/// Every [`DeletedFront`] of the config's Kafka sources, by their `bounds`
+/// (a source whose bounds are not known, or that starts at a time, is not
+/// judged).
+pub fn deleted_fronts(plan: &PipelinePlan, bounds: &[Option<LogBounds>]) -> Vec<DeletedFront> {
     let mut fronts = Vec::new();
-    for (config, (name, source)) in plan.config.sources.iter().zip(components::sources(plan)) {
+    for (config, bounds) in plan.config.sources.iter().zip(bounds) {
         let SourceKind::Kafka(kafka) = &config.kind else { continue };
         let configured = |partition: u32| match &kafka.start {
             StartPosition::Earliest => Some(0),
@@ -146,11 +154,11 @@ pub fn deleted_fronts(plan: &PipelinePlan) -> Vec<DeletedFront> {
             // `latest` is refused where it matters; a time names no offset.
             StartPosition::Latest | StartPosition::Timestamp(_) => None,
         };
-        for (partition, (first, _)) in source.bounds().unwrap_or_default() {
+        for (&partition, &(first, _)) in bounds.iter().flatten() {
             if let Some(from) = configured(partition)
                 && first > from
             {
-                fronts.push(DeletedFront { source: name.clone(), partition, from, first });
+                fronts.push(DeletedFront { source: config.name.clone(), partition, from, first });
             }
         }
     }
@@ -179,7 +187,7 @@ pub fn export(plan: PipelinePlan, view: &str, out: &Path, options: RunOptions) -
             out.display()
         )));
     }
-    for front in deleted_fronts(&plan) {
+    for front in deleted_fronts(&plan, &log_bounds(&plan)) {
         tracing::warn!(
             "{front}: the records between were deleted (the topic's retention), and the exported view lacks \
              their events"

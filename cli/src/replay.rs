@@ -37,7 +37,7 @@ use projector_core::sink::{
 use projector_core::source::{Bound, BoundedSource, Source};
 use projector_core::value::{FieldType, Row, Timestamp, Value, format_date};
 use projector_core::view::ViewPlan;
-use projector_dataflows::runner::{Outputs, RunError, RunOptions, RunSummary, run};
+use projector_dataflows::runner::{Outputs, RunError, RunOptions, RunSummary, before_the_start, past_the_end, run};
 use projector_sink_clickhouse::ClickHouseSwap;
 use projector_sink_file::FileViewSink;
 use projector_sink_parquet::ParquetViewSink;
@@ -736,7 +736,8 @@ pub fn replay(
     crate::commands::refuse_a_latest_start(plan, "replay")?;
     // Rebuilt from what the topic still holds, the view would lack the
     // deleted events, and the swap would take them out of the live rows.
-    let fronts = crate::commands::deleted_fronts(plan);
+    let bounds = crate::commands::log_bounds(plan);
+    let fronts = crate::commands::deleted_fronts(plan, &bounds);
     if let Some(front) = fronts.first() {
         if !options.accept_deleted_records {
             return Err(CommandError::Io(format!(
@@ -783,22 +784,32 @@ pub fn replay(
         live_at.push(target.live_position().map_err(failed(name))?);
         resumed_from.push(target.shadow_position().map_err(failed(name))?);
     }
-    // A live sink that stands before the start of the log cannot be
-    // caught up with: the records after it are gone (a run refuses it too).
+    // A live sink that stands past the end of the log, or before its
+    // start, cannot be caught up with (a run refuses it too): the shadow
+    // would wait for records that will never come, or that are gone.
+    let source = |index: u16| source_names.get(usize::from(index)).map_or("?", String::as_str);
     for ((name, _), at) in targets.iter().zip(&live_at) {
         let Some(at) = at else { continue };
-        for front in &fronts {
-            let index = source_names.iter().position(|source| *source == front.source).unwrap_or_default() as u16;
-            let offset = at.get(index, front.partition);
-            if offset < front.first {
-                return Err(CommandError::Io(format!(
-                    "sink {name:?} stands at offset {offset} of partition {} of source {:?}, before the start of \
-                     the log ({}): the records between were deleted before it read them, and no replay can bring \
-                     it to where it stands. `projector drop -c {} --sink {name}` and a run rebuild it from what \
-                     the log holds",
-                    front.partition, front.source, front.first, plan.config.file
-                )));
-            }
+        if let Some(((index, partition), offset, end)) = past_the_end(at, &bounds) {
+            return Err(CommandError::Io(format!(
+                "sink {name:?} stands at offset {offset} of partition {partition} of source {:?}, past the end of \
+                 the log there ({end}): the log was truncated, or its topic deleted and created anew, so the \
+                 sink's rows come from records that are gone, and no replay can reach where it stands. `projector \
+                 drop -c {} --sink {name}` and a run rebuild it from the log as it is now; if the config names the \
+                 wrong log, correct it",
+                source(index),
+                plan.config.file
+            )));
+        }
+        if let Some(((index, partition), offset, first)) = before_the_start(at, &bounds) {
+            return Err(CommandError::Io(format!(
+                "sink {name:?} stands at offset {offset} of partition {partition} of source {:?}, before the start \
+                 of the log ({first}): the records between were deleted before it read them, and no replay can \
+                 bring it to where it stands. `projector drop -c {} --sink {name}` and a run rebuild it from what \
+                 the log holds",
+                source(index),
+                plan.config.file
+            )));
         }
     }
     // With no live checkpoint at all, nothing runs into these sinks: build

@@ -103,7 +103,7 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
     });
     let log = read_log(plan, furthest.as_ref(), &source_names)?;
     let mut report = String::new();
-    for front in crate::commands::deleted_fronts(plan) {
+    for front in crate::commands::deleted_fronts(plan, &crate::commands::log_bounds(plan)) {
         let _ = writeln!(
             report,
             "note: {front}: the records between were deleted (the topic's retention), and the recomputation \

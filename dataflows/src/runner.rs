@@ -732,7 +732,7 @@ fn latest_cannot_resume(plan: &PipelinePlan) -> Option<String> {
 /// end: `((source index, partition), offset, end)`. A partition the source
 /// no longer has ends at 0; a source that cannot tell where it ends is not
 /// judged.
-fn past_the_end(at: &SourcePositions, bounds: &[Option<LogBounds>]) -> Option<((u16, u32), u64, u64)> {
+pub fn past_the_end(at: &SourcePositions, bounds: &[Option<LogBounds>]) -> Option<((u16, u32), u64, u64)> {
     at.0.iter().find_map(|(&(source, partition), &offset)| {
         let bounds = bounds.get(usize::from(source))?.as_ref()?;
         let end = bounds.get(&partition).map_or(0, |(_, end)| *end);
@@ -744,7 +744,7 @@ fn past_the_end(at: &SourcePositions, bounds: &[Option<LogBounds>]) -> Option<((
 /// that start: `((source index, partition), offset, start)`. A partition
 /// `at` does not name stands at 0; a source that cannot tell where its log
 /// starts is not judged.
-fn before_the_start(at: &SourcePositions, bounds: &[Option<LogBounds>]) -> Option<((u16, u32), u64, u64)> {
+pub fn before_the_start(at: &SourcePositions, bounds: &[Option<LogBounds>]) -> Option<((u16, u32), u64, u64)> {
     bounds.iter().enumerate().find_map(|(source, bounds)| {
         let source = u16::try_from(source).ok()?;
         bounds.as_ref()?.iter().find_map(|(&partition, &(start, _))| {

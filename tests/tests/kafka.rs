@@ -322,3 +322,53 @@ fn records_deleted_before_the_sinks_read_them_are_named_by_status_and_refused_by
     assert!(validation.report.starts_with(&note), "{}", validation.report);
     assert_eq!(validation.differences, 0, "{}", validation.report);
 }
+
+/// A replay whose live sinks stand past the end of the topic (the topic was
+/// deleted and created anew, or the config names another one) is refused
+/// at once, as a run is. Before, the replay read what the topic held and
+/// then waited for its shadow to reach the sinks' offsets, forever.
+#[test]
+fn a_replay_refuses_sinks_past_the_end_of_the_topic() {
+    use projector_tests::services::{RedisServer, available};
+    if !available("redis-server") {
+        return;
+    }
+    let server = RedisServer::start(false);
+    let (first, second) = (kafka::create_topic("old-log", 1), kafka::create_topic("new-log", 1));
+    let old = kafka::append(&first, generated(2_000, 61, 0.0));
+    let new = kafka::append(&second, generated(100, 62, 0.0));
+    let dir = tempfile::tempdir().unwrap();
+    let text = |topic: &str, bounded: bool| {
+        format!(
+            "version: 1\nsources:\n  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n    bounded: {bounded}\n{}\nsinks:\n{}",
+            kafka::brokers(),
+            projector_tests::shipped_views_yaml(),
+            projector_tests::sinks::redis_sinks_yaml(&server.url(), "moved:")
+        )
+    };
+    let plan = |text: &str| check_text(text, "moved.yaml", dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    commands::run_config(plan(&text(&first, true)), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+
+    let options = projector::replay::ReplayOptions {
+        views: vec!["customer_ltv".into()],
+        from: None,
+        to: None,
+        ack_wait: Duration::ZERO,
+        progress_bar: false,
+        checkpoint_every: None,
+        accept_deleted_records: false,
+    };
+    // The live config: the topic is followed, not read to its end.
+    let moved = plan(&text(&second, false));
+    let (done, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let replayed = projector::replay::replay(&moved, &options, RunOptions { workers: 2, ..RunOptions::default() });
+        let _ = done.send(replayed.map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let refused = answer.recv_timeout(Duration::from_secs(60)).expect("the replay did not end").unwrap_err();
+    let expected = format!(
+        "sink \"customer_ltv_redis\" stands at offset {old} of partition 0 of source \"events\", past the end of the \
+         log there ({new})"
+    );
+    assert!(refused.contains(&expected), "{refused}");
+}

@@ -598,7 +598,7 @@ fn a_replay_stopped_by_a_signal_writes_its_shadow_first() {
 
 /// A log that ends before the positions its sinks stand at (a file
 /// replaced by a shorter one, a topic deleted and created anew) is refused
-/// with what to do, and nothing is written; once the sinks are dropped, a
+/// by a run and by a replay with what to do, and nothing is written; once the sinks are dropped, a
 /// run rebuilds them from the log as it is, and does not start from the
 /// state snapshot of the old log either.
 #[test]
@@ -634,6 +634,20 @@ fn a_run_refuses_sinks_past_the_end_of_the_log_until_they_are_dropped() {
         "{error}"
     );
     assert!(error.contains("projector drop -c"), "{error}");
+    assert_redis_holds(&redis, &lines, "t:");
+    // So does a replay, before it builds anything (it used to read the
+    // whole log and then find that the shadow could not reach the sink).
+    let replayed = replay(&config, &["--view", "order_summary"]);
+    assert!(!replayed.status.success());
+    let stderr = String::from_utf8_lossy(&replayed.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "sink \"order_summary_redis\" stands at offset {} of partition 0 of source \"events\", past the end of \
+             the log there (101)",
+            lines.len() + 1
+        )),
+        "{stderr}"
+    );
     assert_redis_holds(&redis, &lines, "t:");
     // validate says so too, rather than listing every row as wrong.
     let options = ValidateOptions { view: "customer_ltv".to_string(), sample_size: None, seed: 1 };
