@@ -516,8 +516,14 @@ impl Target {
 }
 
 /// A sink's error as the command's.
+/// (A replay tries nothing again by itself: a retryable error is said
+/// without the sink's "(will retry)".)
 fn failed(sink: &str) -> impl Fn(SinkError) -> CommandError + '_ {
-    move |error| CommandError::Io(format!("sink {sink:?}: {error}"))
+    move |error| match error {
+        SinkError::Retryable(message) | SinkError::Fatal(message) | SinkError::Lost(message) => {
+            CommandError::Io(format!("sink {sink:?}: {message}"))
+        }
+    }
 }
 
 /// The views a replay names, in the order named: each must be declared,
@@ -736,8 +742,7 @@ pub fn replay(
     crate::commands::refuse_a_latest_start(plan, "replay")?;
     // Rebuilt from what the topic still holds, the view would lack the
     // deleted events, and the swap would take them out of the live rows.
-    let bounds = crate::commands::log_bounds(plan);
-    let fronts = crate::commands::deleted_fronts(plan, &bounds);
+    let fronts = crate::commands::deleted_fronts(plan, &crate::commands::log_bounds(plan));
     if let Some(front) = fronts.first() {
         if !options.accept_deleted_records {
             return Err(CommandError::Io(format!(
@@ -786,7 +791,11 @@ pub fn replay(
     }
     // A live sink that stands past the end of the log, or before its
     // start, cannot be caught up with (a run refuses it too): the shadow
-    // would wait for records that will never come, or that are gone.
+    // would wait for records that will never come, or that are gone. (The
+    // log is asked where it ends after the sinks said where they stand:
+    // a live pipeline may have read records appended since the check
+    // above.)
+    let bounds = crate::commands::log_bounds(plan);
     let source = |index: u16| source_names.get(usize::from(index)).map_or("?", String::as_str);
     for ((name, _), at) in targets.iter().zip(&live_at) {
         let Some(at) = at else { continue };
@@ -869,8 +878,10 @@ pub fn replay(
     bound.close();
     let summary = runner.join().map_err(|_| CommandError::Io("the replay's dataflow panicked".into()))?;
     bar.finish_and_clear();
-    outcome?;
+    // A dataflow that failed is why the shadows did not get where the
+    // coordinator waited for them: its error says what happened.
     let summary = summary?;
+    outcome?;
     if stop.load(Ordering::Relaxed) {
         return Err(stopped());
     }

@@ -250,10 +250,17 @@ impl RedisSwap {
             |swap: &mut RedisSwap| swap.live.with_connection("cannot unwatch", |c| redis::cmd("UNWATCH").exec(c));
         if holder.as_deref() != Some(token) {
             unwatch(self)?;
-            return Err(SinkError::Retryable(format!(
-                "the hold on Redis sink {:?} expired before the swap; try again",
-                self.name
-            )));
+            return Err(match holder {
+                Some(other) => SinkError::Fatal(format!(
+                    "Redis sink {:?} is held by another replay ({other}), which swaps its own rebuilt view in; run \
+                     one replay of a sink at a time",
+                    self.name
+                )),
+                None => SinkError::Retryable(format!(
+                    "the hold on Redis sink {:?} expired before the swap; try again",
+                    self.name
+                )),
+            });
         }
         match live_at {
             Ok(Some(live_at)) if live_at != *at => {
