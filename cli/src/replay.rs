@@ -742,7 +742,8 @@ pub fn replay(
     crate::commands::refuse_a_latest_start(plan, "replay")?;
     // Rebuilt from what the topic still holds, the view would lack the
     // deleted events, and the swap would take them out of the live rows.
-    let fronts = crate::commands::deleted_fronts(plan, &crate::commands::log_bounds(plan));
+    let log = crate::commands::log_bounds(plan);
+    let fronts = crate::commands::deleted_fronts(plan, &log);
     if let Some(front) = fronts.first() {
         if !options.accept_deleted_records {
             return Err(CommandError::Io(format!(
@@ -850,7 +851,10 @@ pub fn replay(
     let runner: JoinHandle<Result<RunSummary, RunError>> =
         std::thread::spawn(move || run(plan_for_run, sources, outputs, run_options));
 
-    let bar = progress_bar(options.progress_bar, bound.limit().map(|b| b.total() as u64));
+    // The bar's length: where the replay stops, the live sinks' position;
+    // with no live sink, the end of the log.
+    let length = bound.limit().map(|b| b.total() as u64).or_else(|| records_in(&log));
+    let bar = progress_bar(options.progress_bar, length);
     let watch = Watch { runner: &runner, bar: &bar, progress: &progress, stop: &stop };
     let mut swaps = Vec::new();
     let outcome = if following {
@@ -866,6 +870,7 @@ pub fn replay(
             &mut swaps,
         )
     } else {
+        watch.until_finished();
         Ok(())
     };
     if outcome.is_err() {
@@ -903,6 +908,13 @@ pub fn replay(
         }
     }
     Ok(ReplaySummary { run: summary, swaps, rewritten_files, skipped_files })
+}
+
+/// How many records the logs hold now (`None` when a source cannot tell).
+fn records_in(bounds: &[Option<projector_core::source::LogBounds>]) -> Option<u64> {
+    bounds.iter().try_fold(0, |total, bounds| {
+        Some(total + bounds.as_ref()?.values().map(|(start, end)| end.saturating_sub(*start)).sum::<u64>())
+    })
 }
 
 /// The pipeline a replay runs: `views` alone, its Kafka sources catching
@@ -948,6 +960,14 @@ struct Watch<'a> {
 }
 
 impl Watch<'_> {
+    /// Moves the bar along until the dataflow has ended.
+    fn until_finished(&self) {
+        while !self.runner.is_finished() {
+            self.bar.set_position(self.progress.records.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until every shadow is at `at`.
     fn until_shadows_at(&self, targets: &mut [(String, Target)], at: &SourcePositions) -> Result<(), CommandError> {
         loop {
@@ -1168,9 +1188,13 @@ fn progress_bar(shown: bool, length: Option<u64>) -> ProgressBar {
         None => ProgressBar::new_spinner(),
     };
     let style = ProgressStyle::with_template(
-        "{spinner} replaying [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events {per_sec} ETA {eta}",
+        "{spinner} replaying [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events {rate} ETA {eta}",
     )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    // Whole events per second ({per_sec} shows four decimals).
+    .with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = write!(w, "{}/s", indicatif::HumanCount(state.per_sec() as u64));
+    });
     bar.set_style(style);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
@@ -1237,6 +1261,17 @@ mod tests {
         rows.sort();
         // Row 2's retraction was of values it did not hold: it stays.
         assert_eq!(rows, vec![(row(&[1]), row(&[11])), (row(&[2]), row(&[20])), (row(&[3]), row(&[30]))]);
+    }
+
+    /// The bar of a replay that follows no live sink is as long as the
+    /// logs hold records; a source that cannot tell leaves it a spinner.
+    #[test]
+    fn a_replay_bar_is_as_long_as_the_logs() {
+        let two: projector_core::source::LogBounds = [(0, (0, 10)), (1, (4, 9))].into_iter().collect();
+        let one: projector_core::source::LogBounds = [(0, (0, 7))].into_iter().collect();
+        assert_eq!(records_in(&[Some(two.clone()), Some(one)]), Some(22));
+        assert_eq!(records_in(&[Some(two), None]), None);
+        assert_eq!(records_in(&[]), Some(0));
     }
 
     /// A replay runs its one view, and its Kafka sources catch up in
