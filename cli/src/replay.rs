@@ -966,6 +966,7 @@ impl Watch<'_> {
             self.bar.set_position(self.progress.records.load(Ordering::Relaxed));
             std::thread::sleep(Duration::from_millis(100));
         }
+        self.bar.set_position(self.progress.records.load(Ordering::Relaxed));
     }
 
     /// Waits until every shadow is at `at`.
@@ -1272,6 +1273,26 @@ mod tests {
         assert_eq!(records_in(&[Some(two.clone()), Some(one)]), Some(22));
         assert_eq!(records_in(&[Some(two), None]), None);
         assert_eq!(records_in(&[]), Some(0));
+    }
+
+    /// While the dataflow runs, the bar follows the records it has read.
+    #[test]
+    fn the_bar_follows_the_records_read_until_the_dataflow_ends() {
+        let progress = Arc::new(projector_dataflows::runner::RunProgress::default());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let counting = Arc::clone(&progress);
+        let runner: JoinHandle<Result<RunSummary, RunError>> = std::thread::spawn(move || {
+            for _ in 0..5 {
+                counting.records.fetch_add(1000, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(60));
+            }
+            Err(RunError::Failed("only counting".into()))
+        });
+        let bar = ProgressBar::hidden();
+        let watch = Watch { runner: &runner, bar: &bar, progress: &progress, stop: &stop };
+        watch.until_finished();
+        assert!(runner.is_finished());
+        assert_eq!(bar.position(), 5000);
     }
 
     /// A replay runs its one view, and its Kafka sources catch up in
