@@ -515,6 +515,138 @@ impl Target {
     }
 }
 
+/// How long a replay's claim on a sink lasts unless renewed: a replay that
+/// died lets go after this.
+const CLAIM_LEASE: Duration = Duration::from_secs(60);
+/// How often the claims are renewed.
+const RENEW_CLAIMS_EVERY: Duration = Duration::from_secs(10);
+
+/// A replay's claim on one live sink.
+enum Claim {
+    Redis(Box<projector_sink_redis::ReplayClaim>),
+    ClickHouse(Box<projector_sink_clickhouse::ReplayClaim>),
+}
+
+impl Claim {
+    fn renew(&mut self) -> Result<(), SinkError> {
+        match self {
+            Claim::Redis(claim) => claim.renew(),
+            Claim::ClickHouse(claim) => claim.renew(),
+        }
+    }
+
+    fn release(&mut self) -> Result<(), SinkError> {
+        match self {
+            Claim::Redis(claim) => claim.release(),
+            Claim::ClickHouse(claim) => claim.release(),
+        }
+    }
+}
+
+/// The claims of a replay on the Redis and ClickHouse sinks of its views,
+/// so that a second replay of one of them is refused at once instead of
+/// taking over the shadows (the first then stopped, fenced). A thread
+/// renews them until they are dropped, and then releases them.
+struct Claims {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    renewing: Option<JoinHandle<()>>,
+}
+
+impl Claims {
+    fn take(
+        plan: &PipelinePlan,
+        views: &[Arc<ViewPlan>],
+        source_names: &[String],
+        token: &str,
+    ) -> Result<Claims, CommandError> {
+        let mut taken: Vec<(String, Claim)> = Vec::new();
+        let sinks = plan.config.sinks.iter().filter(|sink| views.iter().any(|view| view.name == sink.view.value));
+        for sink in sinks {
+            let Some(view) = plan.view(&sink.view.value) else { continue };
+            let names = source_names.to_vec();
+            let claim = match &sink.kind {
+                SinkKind::Redis(config) => projector_sink_redis::ReplayClaim::take(
+                    &sink.name,
+                    Arc::clone(view),
+                    config,
+                    names,
+                    (token, CLAIM_LEASE),
+                    &gone,
+                )
+                .map(|claim| Claim::Redis(Box::new(claim))),
+                SinkKind::ClickHouse(config) => projector_sink_clickhouse::ReplayClaim::take(
+                    &sink.name,
+                    Arc::clone(view),
+                    config,
+                    names,
+                    (token, CLAIM_LEASE),
+                    &gone,
+                )
+                .map(|claim| Claim::ClickHouse(Box::new(claim))),
+                SinkKind::File(_) | SinkKind::Parquet(_) => continue,
+            };
+            match claim {
+                Ok(claim) => taken.push((sink.name.clone(), claim)),
+                Err(error) => {
+                    for (_, claim) in &mut taken {
+                        let _ = claim.release();
+                    }
+                    return Err(failed(&sink.name)(error));
+                }
+            }
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let renewing = std::thread::spawn(move || {
+            let mut renewed = Instant::now();
+            while !stopped.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                if renewed.elapsed() >= RENEW_CLAIMS_EVERY {
+                    renewed = Instant::now();
+                    for (name, claim) in &mut taken {
+                        if let Err(error) = claim.renew() {
+                            tracing::warn!(sink = %name, %error, "cannot renew the replay's claim");
+                        }
+                    }
+                }
+            }
+            for (name, claim) in &mut taken {
+                if let Err(error) = claim.release() {
+                    tracing::warn!(sink = %name, %error, "cannot release the replay's claim (it lapses by itself)");
+                }
+            }
+        });
+        Ok(Claims { stop, renewing: Some(renewing) })
+    }
+}
+
+impl Drop for Claims {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(renewing) = self.renewing.take() {
+            let _ = renewing.join();
+        }
+    }
+}
+
+/// This machine's name, in a replay's token (`replay-<host>-<pid>-<nanos>`).
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "unknown".to_string(), |h| h.trim().to_string())
+}
+
+/// Whether the replay with `token` is known to be gone: it ran on this
+/// machine, and its process is no more (a replay killed with SIGKILL
+/// leaves its claims until they lapse; its resumption need not wait).
+fn gone(token: &str) -> bool {
+    let mut parts = token.rsplitn(3, '-');
+    let (Some(_nanos), Some(pid), Some(rest)) = (parts.next(), parts.next(), parts.next()) else { return false };
+    let Some(holder_host) = rest.strip_prefix("replay-") else { return false };
+    holder_host == host()
+        && pid.parse::<u32>().is_ok_and(|pid| pid != std::process::id())
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// A sink's error as the command's.
 /// (A replay tries nothing again by itself: a retryable error is said
 /// without the sink's "(will retry)".)
@@ -767,6 +899,9 @@ pub fn replay(
         window_name = rebuilt.add_view(plan, view, options, &source_names, every, &run_options.stop)?;
     }
     let Rebuilt { mut targets, windows, view_sinks, rewritten_files, skipped_files } = rebuilt;
+    let token = format!("replay-{}-{}-{}", host(), std::process::id(), now_nanos());
+    // One replay of a sink at a time: held until this function returns.
+    let _claims = Claims::take(plan, &views, &source_names, &token)?;
 
     // A sink whose rows another definition of its view computed: the
     // rebuilt rows would be updated by that definition again by a pipeline
@@ -827,7 +962,6 @@ pub fn replay(
     // slowest live sink.
     let following = live_at.iter().any(Option::is_some);
     let bound = Arc::new(Bound::new(lowest(live_at.iter().flatten().cloned())));
-    let token = format!("replay-{}-{}", std::process::id(), now_nanos());
 
     let replay_plan = replay_plan(plan, &views, every);
     let sources: Vec<(String, Arc<dyn Source>)> = components::sources(&replay_plan)
@@ -1273,6 +1407,21 @@ mod tests {
         assert_eq!(records_in(&[Some(two.clone()), Some(one)]), Some(22));
         assert_eq!(records_in(&[Some(two), None]), None);
         assert_eq!(records_in(&[]), Some(0));
+    }
+
+    /// A replay on this machine whose process ended is gone; one still
+    /// running, this one, or one of another machine is not known to be.
+    #[test]
+    fn a_replay_is_gone_when_its_process_on_this_machine_ended() {
+        let mut ended = std::process::Command::new("true").spawn().unwrap();
+        let pid = ended.id();
+        ended.wait().unwrap();
+        let here = host();
+        assert!(gone(&format!("replay-{here}-{pid}-17")));
+        assert!(!gone(&format!("replay-{here}-{}-17", std::process::id())));
+        assert!(!gone(&format!("replay-elsewhere-{pid}-17")));
+        assert!(!gone("replay-elsewhere"));
+        assert!(!gone("replay-other"));
     }
 
     /// While the dataflow runs, the bar follows the records it has read.

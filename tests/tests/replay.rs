@@ -908,3 +908,79 @@ fn a_window_replay_of_a_view_kept_only_in_files_says_why_it_rebuilds_nothing() {
     let (found, report) = differences(&text, dir.path(), "order_summary");
     assert_eq!(found, 0, "{report}");
 }
+
+/// One replay of a sink at a time: a replay whose sink another replay has
+/// claimed (in Redis, or in ClickHouse's `projector_pauses`) is refused
+/// before it builds anything, naming the other, and lets go of the claims
+/// it took meanwhile; a claim that lapsed, or was released, or whose
+/// replay ran on this machine and its process ended, is no bar; a replay
+/// releases its own claims when it ends. (Before, both replays
+/// built into the same shadows, and the first stopped, fenced.)
+#[test]
+fn a_replay_is_refused_while_another_replay_claims_its_sink() {
+    if !available("redis-server") || !available("clickhouse-server") {
+        return;
+    }
+    let (redis, clickhouse) = (RedisServer::start(false), ClickHouseServer::start());
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = keyed(2000, 10).into_iter().map(|(_, line)| line).collect();
+    let (_, text) = both_sinks_on_file(dir.path(), &lines, (&redis, "claim:"), (&clickhouse, "claim", 200));
+    let config = dir.path().join("claim.yaml");
+    std::fs::write(&config, &text).unwrap();
+    commands::run_config(plan(&text, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+    let mut connection = redis.connection().unwrap();
+    let key = "claim:projector:replaying:order_summary_redis";
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let clickhouse_claim = |token: &str, until: u64| {
+        clickhouse
+            .query(&format!(
+                "INSERT INTO claim.projector_pauses (sink, token, kind, at, until) VALUES \
+                 ('order_summary_ch', '{token}', 'replay', {}, {until})",
+                now()
+            ))
+            .unwrap();
+    };
+    let refused = |sink: &str, store: &str| {
+        let replayed = replay(&config, &["--view", "order_summary", "--ack-wait", "0"]);
+        let stderr = String::from_utf8_lossy(&replayed.stderr).into_owned();
+        assert!(!replayed.status.success(), "{stderr}");
+        let expected = format!("another replay (replay-elsewhere) is rebuilding {store} sink \"{sink}\"");
+        assert!(stderr.contains(&expected), "{expected}\nnot in\n{stderr}");
+    };
+
+    let _: () =
+        redis::cmd("SET").arg(key).arg("replay-elsewhere").arg("PX").arg(60_000).query(&mut connection).unwrap();
+    refused("order_summary_redis", "Redis");
+    let _: () = connection.del(key).unwrap();
+    clickhouse_claim("replay-elsewhere", now() + 60_000);
+    refused("order_summary_ch", "ClickHouse");
+    let left: Option<String> = connection.get(key).unwrap();
+    assert_eq!(left, None, "the refused replay let go of the Redis claim it had taken");
+    clickhouse_claim("replay-elsewhere", 0);
+
+    // Claims of a replay of this machine whose process ended (killed with
+    // SIGKILL, say) are taken over at once.
+    let mut ended = Command::new("true").spawn().unwrap();
+    let dead =
+        format!("replay-{}-{}-1", std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), ended.id());
+    ended.wait().unwrap();
+    let _: () = redis::cmd("SET").arg(key).arg(&dead).arg("PX").arg(60_000).query(&mut connection).unwrap();
+    clickhouse_claim(&dead, now() + 60_000);
+    let replayed = replay(&config, &["--view", "order_summary", "--ack-wait", "0"]);
+    assert!(replayed.status.success(), "{}", String::from_utf8_lossy(&replayed.stderr));
+
+    // Released in ClickHouse, lapsing in Redis: no bar.
+    let _: () = redis::cmd("SET").arg(key).arg("replay-elsewhere").arg("PX").arg(300).query(&mut connection).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let replayed = replay(&config, &["--view", "order_summary", "--ack-wait", "0"]);
+    assert!(replayed.status.success(), "{}", String::from_utf8_lossy(&replayed.stderr));
+    let left: Option<String> = connection.get(key).unwrap();
+    assert_eq!(left, None, "the replay released its claim");
+    let claims = clickhouse
+        .query(
+            "SELECT count() FROM (SELECT token, argMax(until, at) AS lapses FROM claim.projector_pauses \
+             WHERE kind = 'replay' GROUP BY token) WHERE lapses > 0",
+        )
+        .unwrap();
+    assert_eq!(claims.trim(), "0", "no claim is left in ClickHouse");
+}

@@ -41,7 +41,7 @@ use projector_core::value::{FieldType, Row, Value};
 use projector_core::view::ViewPlan;
 
 pub use reader::{ClickHouseViewReader, Differences};
-pub use swap::{ClickHouseSwap, SwapCounts};
+pub use swap::{ClickHouseSwap, ReplayClaim, SwapCounts};
 
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -607,7 +607,8 @@ impl ClickHouseViewSink {
         let text = self.select(
             "cannot read the sink's holds",
             &format!(
-                "SELECT token, until FROM {} WHERE sink = {} AND kind != 'ack' ORDER BY at DESC LIMIT 1",
+                "SELECT token, until FROM {} WHERE sink = {} AND kind IN ('pause', 'release') ORDER BY at DESC \
+                 LIMIT 1",
                 self.pauses_table(),
                 quote(&self.name)
             ),

@@ -13,6 +13,9 @@
 //! part: readers with `FINAL` see all of it or none) as the next version of
 //! the live run's generation, then that commit's checkpoint, then a
 //! `release` row. The live sink takes up that checkpoint and goes on.
+//!
+//! While a replay rebuilds the sink, it claims it with `replay` rows in the
+//! same table (see [`ReplayClaim`]), so that a second replay is refused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -210,5 +213,82 @@ fn position(sink: &ClickHouseViewSink, source_names: &[String]) -> Result<Option
             Ok(Some(positions_from_json(&positions, source_names).map_err(SinkError::Fatal)?))
         }
         _ => Ok(None),
+    }
+}
+
+/// A replay's claim on a live sink, so that two replays never rebuild one
+/// sink at once: `replay` rows in `projector_pauses`, each with the time
+/// the claim lapses unless renewed (the newest row of a token counts;
+/// released, it lapses at 0). Of the claims that have not lapsed, the
+/// earliest holds; a replay that finds another's first takes its own back
+/// and is refused. (ClickHouse has no "insert if absent"; two replays
+/// that claim at once both see the same earliest claim.)
+pub struct ReplayClaim {
+    sink: ClickHouseViewSink,
+    token: String,
+    lease: Duration,
+}
+
+impl ReplayClaim {
+    /// Claims sink `name` (as `config` declares it) for the replay with
+    /// `token`, for `lease`; refused, naming the holder, when another
+    /// replay has it, unless `gone` says that replay is known to be gone
+    /// (its process ended): then its claim is released and this one's
+    /// counts.
+    pub fn take(
+        name: &str,
+        plan: Arc<ViewPlan>,
+        config: &ClickHouseSinkConfig,
+        source_names: Vec<String>,
+        (token, lease): (&str, Duration),
+        gone: &dyn Fn(&str) -> bool,
+    ) -> Result<ReplayClaim, SinkError> {
+        let sink = ClickHouseViewSink::new(name, plan, config, source_names)?;
+        sink.create_bookkeeping_tables()?;
+        let mut claim = ReplayClaim { sink, token: token.to_string(), lease };
+        claim.renew()?;
+        let mut holder = claim.holder()?;
+        // Claims of replays that are gone, earliest first, are let go.
+        while let Some(dead) = holder.as_ref().filter(|holder| **holder != claim.token && gone(holder)) {
+            claim.sink.write_hold(dead, "replay", 0)?;
+            holder = claim.holder()?;
+        }
+        match holder {
+            Some(holder) if holder != claim.token => {
+                let refused = SinkError::Fatal(format!(
+                    "another replay ({holder}) is rebuilding ClickHouse sink {name:?}; run one replay of a sink at \
+                     a time (the claim of a replay that died lapses within {} s)",
+                    lease.as_secs()
+                ));
+                claim.release()?;
+                Err(refused)
+            }
+            _ => Ok(claim),
+        }
+    }
+
+    /// The replay whose claim holds: the earliest that has not lapsed.
+    fn holder(&self) -> Result<Option<String>, SinkError> {
+        let text = self.sink.select(
+            "cannot read the sink's claims",
+            &format!(
+                "SELECT token FROM (SELECT token, argMax(until, at) AS lapses, min(at) AS since FROM {} \
+                 WHERE sink = {} AND kind = 'replay' GROUP BY token) WHERE lapses > {} ORDER BY since, token LIMIT 1",
+                self.sink.pauses_table(),
+                quote(&self.sink.name),
+                now_millis()
+            ),
+        )?;
+        Ok(text.lines().next().map(str::to_string))
+    }
+
+    /// Extends the claim by its lease from now.
+    pub fn renew(&mut self) -> Result<(), SinkError> {
+        self.sink.write_hold(&self.token, "replay", now_millis() + self.lease.as_millis() as u64)
+    }
+
+    /// Lets go of the claim.
+    pub fn release(&mut self) -> Result<(), SinkError> {
+        self.sink.write_hold(&self.token, "replay", 0)
     }
 }

@@ -6,6 +6,8 @@
 //!   fields, measures, labels) as plain text; a null field is absent.
 //! - `<ranking key template>`: a sorted set per ranking, member from the
 //!   member template, score from the ranking's numeric field.
+//! - `projector:replaying:<sink name>`: while a replay rebuilds the sink,
+//!   its token (it lapses unless renewed, see [`ReplayClaim`]).
 //! - `projector:sink:<sink name>`: the sink's state, a hash with
 //!   `generation` (the run that owns the sink), `upper` (the last batch it
 //!   took in that run), `positions` (the source offsets its content
@@ -41,7 +43,7 @@ use projector_core::value::{Row, Value};
 use projector_core::view::ViewPlan;
 
 pub use reader::RedisViewReader;
-pub use swap::{Kept, RedisSwap, SwapCounts};
+pub use swap::{Kept, RedisSwap, ReplayClaim, SwapCounts};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a paused sink looks whether the replay released it.
@@ -127,6 +129,12 @@ pub fn state_key(prefix: &str, sink_name: &str) -> String {
 /// sink's writes wait while it exists (it expires if the replay dies).
 pub fn pause_key(prefix: &str, sink_name: &str) -> String {
     format!("{prefix}projector:pause:{sink_name}")
+}
+
+/// The key by which a replay claims a sink while it rebuilds it (see
+/// [`ReplayClaim`]).
+pub fn replay_key(prefix: &str, sink_name: &str) -> String {
+    format!("{prefix}projector:replaying:{sink_name}")
 }
 
 impl RedisViewSink {

@@ -26,7 +26,7 @@ use projector_core::value::{Row, Timestamp};
 use projector_core::view::ViewPlan;
 
 use crate::reader::LiveDifferences;
-use crate::{RedisViewReader, RedisViewSink, SCAN_COUNT, glob_escape, now_ms, pause_key, state_key};
+use crate::{RedisViewReader, RedisViewSink, SCAN_COUNT, glob_escape, now_ms, pause_key, replay_key, state_key};
 
 /// What a swap changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -385,5 +385,89 @@ impl RedisSwap {
             self.live.with_connection("cannot delete the shadow", |c| c.unlink::<_, ()>(chunk))?;
         }
         Ok(())
+    }
+}
+
+/// A replay's claim on a live sink, so that two replays never rebuild one
+/// sink at once: a key holding the replay's token that lapses after the
+/// lease unless renewed (a replay that died lets go by itself).
+pub struct ReplayClaim {
+    sink: RedisViewSink,
+    key: String,
+    token: String,
+    lease: std::time::Duration,
+}
+
+/// Sets the claim when nobody holds it, this replay does (a renewal), or
+/// the replay named by `ARGV[3]` (known to be gone) does; answers `{1}`,
+/// or `{0, holder}`.
+const CLAIM_SCRIPT: &str = "local held = redis.call('GET', KEYS[1]) \
+     if held == false or held == ARGV[1] or held == ARGV[3] then \
+       redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return {1} \
+     end \
+     return {0, held}";
+
+impl ReplayClaim {
+    /// Claims sink `name` (as `config` declares it) for the replay with
+    /// `token`, for `lease`; refused, naming the holder, when another
+    /// replay has it, unless `gone` says that replay is known to be gone
+    /// (its process ended): then this one takes the claim over.
+    pub fn take(
+        name: &str,
+        plan: Arc<ViewPlan>,
+        config: &RedisSinkConfig,
+        source_names: Vec<String>,
+        (token, lease): (&str, std::time::Duration),
+        gone: &dyn Fn(&str) -> bool,
+    ) -> Result<ReplayClaim, SinkError> {
+        let mut claim = ReplayClaim {
+            sink: RedisViewSink::new(name, plan, config, source_names)?,
+            key: replay_key(&config.prefix, name),
+            token: token.to_string(),
+            lease,
+        };
+        if let Some(holder) = claim.set(None)?
+            && (!gone(&holder) || claim.set(Some(&holder))?.is_some())
+        {
+            return Err(SinkError::Fatal(format!(
+                "another replay ({holder}) is rebuilding Redis sink {name:?}; run one replay of a sink at a time \
+                 (the claim of a replay that died lapses within {} s)",
+                lease.as_secs()
+            )));
+        }
+        Ok(claim)
+    }
+
+    /// Extends the claim by its lease from now.
+    pub fn renew(&mut self) -> Result<(), SinkError> {
+        match self.set(None)? {
+            None => Ok(()),
+            Some(holder) => {
+                Err(SinkError::Fatal(format!("the claim on Redis sink {:?} lapsed; {holder} holds it", self.sink.name)))
+            }
+        }
+    }
+
+    /// Sets the claim (over `replacing`'s, if that holds it): `Some` with
+    /// the holder when another replay holds it.
+    fn set(&mut self, replacing: Option<&str>) -> Result<Option<String>, SinkError> {
+        let millis = self.lease.as_millis() as u64;
+        let (key, token) = (&self.key, &self.token);
+        let answer: Vec<String> = self.sink.with_connection("cannot claim the sink for the replay", |c| {
+            redis::Script::new(CLAIM_SCRIPT).key(key).arg(token).arg(millis).arg(replacing.unwrap_or("")).invoke(c)
+        })?;
+        Ok(answer.get(1).cloned())
+    }
+
+    /// Lets go of the claim (if this replay still holds it).
+    pub fn release(&mut self) -> Result<(), SinkError> {
+        let (key, token) = (&self.key, &self.token);
+        self.sink.with_connection("cannot release the sink's claim", |c| {
+            redis::Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1")
+                .key(key)
+                .arg(token)
+                .invoke::<i64>(c)
+                .map(|_| ())
+        })
     }
 }
