@@ -620,12 +620,17 @@ impl ClickHouseViewSink {
 
     /// Adds a row to the holds table.
     fn write_hold(&self, token: &str, kind: &str, until: u64) -> Result<(), SinkError> {
+        self.write_hold_at(token, kind, now_millis(), until)
+    }
+
+    /// Adds a row to the holds table, written at `at` (ms).
+    fn write_hold_at(&self, token: &str, kind: &str, at: u64, until: u64) -> Result<(), SinkError> {
         let mut line = String::new();
         for value in [
             Value::Text(self.name.as_str().into()),
             Value::Text(token.into()),
             Value::Text(kind.into()),
-            Value::UInt(now_millis()),
+            Value::UInt(at),
             Value::UInt(until),
         ] {
             if !line.is_empty() {

@@ -227,6 +227,9 @@ pub struct ReplayClaim {
     sink: ClickHouseViewSink,
     token: String,
     lease: Duration,
+    /// When the claim was last written (ms): each row of it is written
+    /// later than the one before, so that its newest row is never a tie.
+    written_at: u64,
 }
 
 impl ReplayClaim {
@@ -245,7 +248,7 @@ impl ReplayClaim {
     ) -> Result<ReplayClaim, SinkError> {
         let sink = ClickHouseViewSink::new(name, plan, config, source_names)?;
         sink.create_bookkeeping_tables()?;
-        let mut claim = ReplayClaim { sink, token: token.to_string(), lease };
+        let mut claim = ReplayClaim { sink, token: token.to_string(), lease, written_at: 0 };
         claim.renew()?;
         let mut holder = claim.holder()?;
         // Claims of replays that are gone, earliest first, are let go.
@@ -284,11 +287,13 @@ impl ReplayClaim {
 
     /// Extends the claim by its lease from now.
     pub fn renew(&mut self) -> Result<(), SinkError> {
-        self.sink.write_hold(&self.token, "replay", now_millis() + self.lease.as_millis() as u64)
+        self.written_at = now_millis().max(self.written_at + 1);
+        self.sink.write_hold_at(&self.token, "replay", self.written_at, self.written_at + self.lease.as_millis() as u64)
     }
 
     /// Lets go of the claim.
     pub fn release(&mut self) -> Result<(), SinkError> {
-        self.sink.write_hold(&self.token, "replay", 0)
+        self.written_at = now_millis().max(self.written_at + 1);
+        self.sink.write_hold_at(&self.token, "replay", self.written_at, 0)
     }
 }
