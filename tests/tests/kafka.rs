@@ -213,7 +213,9 @@ fn a_timestamp_start_takes_the_offsets_the_broker_gives() {
 /// nothing; `validate` says that the log lacks the deleted records;
 /// `replay` refuses to rebuild from what is left unless told the records
 /// were never read, and refuses sinks that stand before the start anyway.
-/// Dropped and rebuilt by a run, the sinks then replay and validate clean.
+/// The state snapshot that stands before the start is marked by `status`
+/// and refused by `run` until deleted. Dropped and rebuilt by a run, the
+/// sinks then replay and validate clean.
 #[test]
 fn records_deleted_before_the_sinks_read_them_are_named_by_status_and_refused_by_run_and_replay() {
     use projector_tests::services::{RedisServer, available};
@@ -227,11 +229,13 @@ fn records_deleted_before_the_sinks_read_them_are_named_by_status_and_refused_by
     let records = generated(2_000, 51, 0.0);
     kafka::append(&topic, records[..2_000].iter().cloned());
     let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("state.parquet");
     let text = format!(
-        "version: 1\nsources:\n  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n    bounded: true\n{}\nsinks:\n{}",
+        "version: 1\nsources:\n  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n    bounded: true\n{}\nsinks:\n{}state:\n  path: {}\n  every_ms: 600000\n",
         kafka::brokers(),
         projector_tests::shipped_views_yaml(),
-        projector_tests::sinks::redis_sinks_yaml(&server.url(), "retention:")
+        projector_tests::sinks::redis_sinks_yaml(&server.url(), "retention:"),
+        snapshot.display()
     );
     let plan = || check_text(&text, "retention.yaml", dir.path()).unwrap_or_else(|e| panic!("{e}"));
     commands::run_config(plan(), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
@@ -262,6 +266,13 @@ fn records_deleted_before_the_sinks_read_them_are_named_by_status_and_refused_by
          at {first}"
     );
     assert_eq!(report.matches(&named).count(), 3, "{named}\nnot three times in\n{report}");
+    let marked = format!("{}: at {{\"events\":{{\"0\":2000}}}}, written", snapshot.display());
+    assert!(report.contains(&marked), "{marked}\nnot in\n{report}");
+    let snapshot_before = format!(
+        "before the start of the log (offset 2000 of partition 0 of source events, which now starts at {first}): a \
+         run refuses to start from it"
+    );
+    assert!(report.contains(&snapshot_before), "{snapshot_before}\nnot in\n{report}");
     assert!(error.to_string().contains("sink order_summary_redis: stands before the start"), "{error}");
 
     let refused = commands::run_config(plan(), RunOptions { workers: 2, ..RunOptions::default() }).unwrap_err();
@@ -310,6 +321,17 @@ fn records_deleted_before_the_sinks_read_them_are_named_by_status_and_refused_by
     for view in ["order_summary", "product_sales", "customer_ltv"] {
         commands::drop_sink(&plan(), &format!("{view}_redis")).unwrap();
     }
+    // The state snapshot stands before the start too: the run refuses it
+    // until it is deleted, as the README says.
+    let refused = commands::run_config(plan(), RunOptions { workers: 2, ..RunOptions::default() }).unwrap_err();
+    let expected = format!(
+        "the state snapshot {} stands at offset 2000 of partition 0 of source \"events\", but the log there now \
+         starts at {first}",
+        snapshot.display()
+    );
+    assert!(refused.to_string().contains(&expected), "{expected}\nnot in\n{refused}");
+    std::fs::remove_file(&snapshot).unwrap();
+    let _ = std::fs::remove_file(projector_sink_parquet::previous_path(&snapshot));
     commands::run_config(plan(), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
     let rebuilt: String = connection.hget(state, "positions").unwrap();
     assert_eq!(rebuilt, format!(r#"{{"events":{{"0":{total}}}}}"#));
