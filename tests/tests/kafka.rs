@@ -210,7 +210,8 @@ fn a_timestamp_start_takes_the_offsets_the_broker_gives() {
 /// stops; the topic then grows until records the sinks had not read are
 /// deleted. `status` shows the partition's first offset, names the sinks
 /// that stand before it and fails; `run` refuses to go on and writes
-/// nothing; `validate` says that the log lacks the deleted records;
+/// nothing; `validate` says that the log lacks the deleted records, and
+/// `export` warns of it;
 /// `replay` refuses to rebuild from what is left unless told the records
 /// were never read, and refuses sinks that stand before the start anyway.
 /// The state snapshot that stands before the start is marked by `status`
@@ -289,6 +290,21 @@ fn records_deleted_before_the_sinks_read_them_are_named_by_status_and_refused_by
         format!("note: partition 0 of source \"events\" now starts at offset {first}, not at 0 where the config");
     assert!(validation.report.starts_with(&note), "{note}\nnot first in\n{}", validation.report);
     assert!(validation.differences > 0, "{}", validation.report);
+    // `export` warns that its view lacks them.
+    let config = dir.path().join("retention.yaml");
+    std::fs::write(&config, &text).unwrap();
+    let exported = std::process::Command::new(projector_tests::services::projector_binary())
+        .args(["export", "-c", config.to_str().unwrap(), "--view", "order_summary", "--out"])
+        .arg(dir.path().join("order_summary.parquet"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&exported.stderr);
+    assert!(exported.status.success(), "{stderr}");
+    let warned = format!(
+        "partition 0 of source \"events\" now starts at offset {first}, not at 0 where the config starts reading \
+         it: the records between were deleted"
+    );
+    assert!(stderr.contains(&warned), "{warned}\nnot in\n{stderr}");
 
     // `replay` refuses: the view rebuilt from what the topic holds would
     // lack the deleted events. Told they were never read, it still refuses
