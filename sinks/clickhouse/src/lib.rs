@@ -735,6 +735,33 @@ impl ClickHouseViewSink {
         )
     }
 
+    /// Waits until no `INSERT` into the rows table is under way. The server
+    /// finishes an `INSERT` it has received even when its client is gone:
+    /// a run killed right after it sent one would otherwise have its rows
+    /// land after the next run looked for uncommitted versions, and stay
+    /// (a tombstone there hides a committed row from `FINAL` until its key
+    /// is written again). The likely cause of one crash-test run on
+    /// 2026-11-28 that found a `product_sales` row missing in ClickHouse.
+    fn wait_for_inserts_under_way(&self) -> Result<(), SinkError> {
+        let running = format!(
+            "SELECT count() FROM system.processes WHERE position(query, {}) = 1",
+            quote(&format!("INSERT INTO {} ", self.rows_table()))
+        );
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if self.select("cannot list the inserts under way", &running)?.trim() == "0" {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(SinkError::Retryable(format!(
+                    "an INSERT into {} sent before this run is still under way",
+                    self.rows_table()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Deletes rows with versions in `(above, below)` and waits until the
     /// mutation is done.
     fn delete_versions(&self, above: u64, below: u64) -> Result<(), SinkError> {
@@ -927,8 +954,10 @@ impl ViewSink for ClickHouseViewSink {
         self.seq = 0;
         let (committed, positions) = last.clone().unwrap_or((0, String::new()));
         // Claim the sink, then drop what older runs wrote after their last
-        // commit (they died before committing it, or were fenced).
+        // commit (they died before committing it, or were fenced), once
+        // what they sent has landed.
         self.write_checkpoint(0, committed, &positions, 0)?;
+        self.wait_for_inserts_under_way()?;
         self.delete_versions(committed, self.generation << 32)?;
         self.committed = committed;
         info!(sink = %self.name, generation = self.generation, "took a new generation of the ClickHouse sink");
