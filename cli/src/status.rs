@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use projector_core::config::{PipelinePlan, SinkKind, SourceKind};
-use projector_core::sink::SinkStatus;
+use projector_core::sink::{SinkStatus, SourcePositions};
 use projector_core::source::LogBounds;
 
 use crate::commands::CommandError;
@@ -67,8 +67,10 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
     let mut committed: BTreeMap<(String, u32), u64> = BTreeMap::new();
     let checkpointing: Vec<&SinkStatus> =
         sinks.iter().filter_map(|s| s.status.as_ref().ok().and_then(Option::as_ref)).collect();
-    // Per source: where its log starts and ends, when that could be read.
-    let mut bounds: BTreeMap<String, LogBounds> = BTreeMap::new();
+    // Per source, in order: where its log starts and ends (`None`: that
+    // could not be read).
+    let mut bounds: Vec<Option<LogBounds>> = Vec::new();
+    let source_names: Vec<String> = plan.config.sources.iter().map(|s| s.name.clone()).collect();
     for source in &plan.config.sources {
         let read: Result<LogBounds, String> = match &source.kind {
             SourceKind::Kafka(kafka) => {
@@ -82,16 +84,16 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
             }
         };
         let read = match read {
-            Ok(read) => read,
+            Ok(read) => Some(read),
             Err(error) => {
                 let _ = writeln!(out, "  cannot read the end of the log: {error}");
                 problems.push(format!("source {}: {error}", source.name));
-                LogBounds::new()
+                None
             }
         };
         let _ =
             writeln!(out, "  {:>9}  {:>12}  {:>12}  {:>12}  {:>10}", "partition", "first", "committed", "end", "lag");
-        for (partition, (first, end)) in &read {
+        for (partition, (first, end)) in read.iter().flatten() {
             let lowest = checkpointing
                 .iter()
                 .map(|status| {
@@ -113,7 +115,7 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
             };
             let _ = writeln!(out, "  {partition:>9}  {first:>12}  {shown:>12}  {end:>12}  {lag:>10}");
         }
-        bounds.insert(source.name.clone(), read);
+        bounds.push(read);
     }
     for sink in &sinks {
         let _ = writeln!(out, "sink {} ({}, view {})", sink.name, sink.kind, sink.view);
@@ -141,7 +143,7 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
                 let newest = status.written_at_ms.map_or("never".to_string(), age);
                 let _ = writeln!(out, "  generation {generation}, checkpoint {checkpoint}, newest data {newest}");
                 if let Some((source, partition, offset, first)) =
-                    status.positions.as_ref().and_then(|at| before_the_start(at, &bounds))
+                    status.positions.as_ref().and_then(|at| before_the_start(at, &source_names, &bounds))
                 {
                     let _ = writeln!(
                         out,
@@ -170,7 +172,9 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
                     let at = serde_json::to_string(&positions).unwrap_or_default();
                     let written = written_at_ms.map_or("never".to_string(), age);
                     let _ = writeln!(out, "  {}: at {at}, written {written}", path.display());
-                    if let Some((source, partition, offset, first)) = before_the_start(&positions, &bounds) {
+                    if let Some((source, partition, offset, first)) =
+                        before_the_start(&positions, &source_names, &bounds)
+                    {
                         let _ = writeln!(
                             out,
                             "    before the start of the log (offset {offset} of partition {partition} of source \
@@ -190,20 +194,22 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
     if problems.is_empty() { Ok(out) } else { Err((out, CommandError::Io(problems.join("; ")))) }
 }
 
-/// The first partition where `at` stands before the start of its log, as
-/// (source, partition, offset, first offset of the log). A partition `at`
-/// does not name stands at 0, as in a run; a source whose bounds could not
-/// be read is not judged.
+/// The first partition where `at` (positions by source name) stands
+/// before the start of its log, judged as a run judges it
+/// ([`projector_dataflows::runner::before_the_start`]), as (source,
+/// partition, offset, first offset of the log). `bounds` are by source
+/// index, named by `source_names`.
 fn before_the_start(
     at: &BTreeMap<String, BTreeMap<u32, u64>>,
-    bounds: &BTreeMap<String, LogBounds>,
+    source_names: &[String],
+    bounds: &[Option<LogBounds>],
 ) -> Option<(String, u32, u64, u64)> {
-    bounds.iter().find_map(|(source, partitions)| {
-        partitions.iter().find_map(|(partition, (first, _))| {
-            let offset = at.get(source).and_then(|p| p.get(partition)).copied().unwrap_or(0);
-            (offset < *first).then(|| (source.clone(), *partition, offset, *first))
-        })
-    })
+    let by_index = source_names.iter().enumerate().flat_map(|(index, name)| {
+        at.get(name).into_iter().flatten().map(move |(partition, offset)| ((index as u16, *partition), *offset))
+    });
+    let ((index, partition), offset, first) =
+        projector_dataflows::runner::before_the_start(&SourcePositions(by_index.collect()), bounds)?;
+    Some((source_names.get(usize::from(index))?.clone(), partition, offset, first))
 }
 
 #[cfg(test)]
@@ -212,19 +218,19 @@ mod tests {
 
     #[test]
     fn a_position_before_the_first_offset_kept_is_named() {
-        let bounds: BTreeMap<String, LogBounds> =
-            [("events".to_string(), [(0, (0, 50)), (1, (40, 90))].into_iter().collect())].into_iter().collect();
+        let names = ["events".to_string()];
+        let bounds = [Some([(0, (0, 50)), (1, (40, 90))].into_iter().collect())];
         let at = |p0: u64, p1: Option<u64>| -> BTreeMap<String, BTreeMap<u32, u64>> {
             let mut partitions: BTreeMap<u32, u64> = [(0, p0)].into_iter().collect();
             partitions.extend(p1.map(|offset| (1, offset)));
             [("events".to_string(), partitions)].into_iter().collect()
         };
-        assert_eq!(before_the_start(&at(10, Some(40)), &bounds), None);
-        assert_eq!(before_the_start(&at(50, Some(90)), &bounds), None);
-        assert_eq!(before_the_start(&at(10, Some(39)), &bounds), Some(("events".to_string(), 1, 39, 40)));
+        assert_eq!(before_the_start(&at(10, Some(40)), &names, &bounds), None);
+        assert_eq!(before_the_start(&at(50, Some(90)), &names, &bounds), None);
+        assert_eq!(before_the_start(&at(10, Some(39)), &names, &bounds), Some(("events".to_string(), 1, 39, 40)));
         // A partition the position does not name stands at 0.
-        assert_eq!(before_the_start(&at(0, None), &bounds), Some(("events".to_string(), 1, 0, 40)));
+        assert_eq!(before_the_start(&at(0, None), &names, &bounds), Some(("events".to_string(), 1, 0, 40)));
         // Another source's bounds, or none, judge nothing.
-        assert_eq!(before_the_start(&at(0, None), &BTreeMap::new()), None);
+        assert_eq!(before_the_start(&at(0, None), &names, &[]), None);
     }
 }

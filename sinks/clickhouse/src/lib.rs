@@ -271,7 +271,7 @@ impl ClickHouseViewSink {
         self.create_bookkeeping_tables()?;
         self.generation = self.newest_generation()? + 1;
         self.write_checkpoint(0, 0, "", 0)?;
-        let table = format!("{}.{}", self.database, self.table);
+        let table = self.reader_view();
         self.execute("cannot drop the reader view", &format!("DROP TABLE IF EXISTS {table}"))?;
         self.execute("cannot drop the rows table", &format!("DROP TABLE IF EXISTS {}", self.rows_table()))
     }
@@ -280,6 +280,11 @@ impl ClickHouseViewSink {
     /// from: what the sink's committed data reflects.
     pub fn checkpoint(&self) -> Option<&SourcePositions> {
         self.checkpoint_positions.as_ref()
+    }
+
+    /// The reader view: the rows as they stand, under the sink's `table`.
+    fn reader_view(&self) -> String {
+        format!("{}.{}", self.database, self.table)
     }
 
     fn rows_table(&self) -> String {
@@ -472,7 +477,7 @@ impl ClickHouseViewSink {
                 wanted.join(", ")
             )));
         }
-        let reader_view = format!("{}.{}", self.database, self.table);
+        let reader_view = self.reader_view();
         let filter = format!("database = {} AND table = {}", quote(&self.database), quote(&self.table));
         let found = self.select(
             "cannot read the reader view's columns",
@@ -524,7 +529,7 @@ impl ClickHouseViewSink {
     /// yet). Then the old ones are dropped.
     fn rename_new_tables_in(&self, rows: &str) -> Result<(), SinkError> {
         let (live_rows, old_rows) = (self.rows_table(), format!("{}__old", self.rows_table()));
-        let reader_view = format!("{}.{}", self.database, self.table);
+        let reader_view = self.reader_view();
         let (next_view, old_view) = (format!("{reader_view}__next"), format!("{reader_view}__old"));
         for name in [&old_rows, &next_view, &old_view] {
             self.execute("cannot drop a leftover table", &format!("DROP TABLE IF EXISTS {name}"))?;

@@ -28,6 +28,9 @@ use projector_core::view::ViewPlan;
 use crate::reader::LiveDifferences;
 use crate::{RedisViewReader, RedisViewSink, SCAN_COUNT, glob_escape, now_ms, pause_key, replay_key, state_key};
 
+/// Deletes a hold or a claim (`KEYS[1]`) if the replay `ARGV[1]` holds it.
+const DELETE_IF_HELD: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1";
+
 /// What a swap changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SwapCounts {
@@ -140,11 +143,7 @@ impl RedisSwap {
     pub fn release(&mut self, token: &str) -> Result<(), SinkError> {
         let key = pause_key(&self.live_config.prefix, &self.name);
         self.live.with_connection("cannot release the live sink", |c| {
-            redis::Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1")
-                .key(&key)
-                .arg(token)
-                .invoke::<i64>(c)
-                .map(|_| ())
+            redis::Script::new(DELETE_IF_HELD).key(&key).arg(token).invoke::<i64>(c).map(|_| ())
         })
     }
 
@@ -463,11 +462,7 @@ impl ReplayClaim {
     pub fn release(&mut self) -> Result<(), SinkError> {
         let (key, token) = (&self.key, &self.token);
         self.sink.with_connection("cannot release the sink's claim", |c| {
-            redis::Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1")
-                .key(key)
-                .arg(token)
-                .invoke::<i64>(c)
-                .map(|_| ())
+            redis::Script::new(DELETE_IF_HELD).key(key).arg(token).invoke::<i64>(c).map(|_| ())
         })
     }
 }
