@@ -40,6 +40,8 @@ pub fn run_file(
     batch_records: u64,
     options: RunOptions,
 ) -> Result<RunSummary, CommandError> {
+    // It ends once the file is read.
+    crate::keep_freed_memory();
     if !input.is_file() {
         return Err(CommandError::Io(format!("--input {}: no such file", input.display())));
     }

@@ -865,6 +865,8 @@ pub fn replay(
     options: &ReplayOptions,
     run_options: RunOptions,
 ) -> Result<ReplaySummary, CommandError> {
+    // A replay ends once its swaps are done.
+    crate::keep_freed_memory();
     let views = chosen_views(plan, &options.views)?;
     if plan.config.sources.is_empty() {
         return Err(CommandError::Io(format!("{}: no sources are declared to replay from", plan.config.file)));
