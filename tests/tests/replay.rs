@@ -782,8 +782,10 @@ fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_rep
     run(&text);
     let redis_rows =
         |connection: &mut redis::Connection| connection.keys::<_, Vec<String>>("keep:order_summary:*").map(|k| k.len());
-    let count = "SELECT count() FROM keep.order_summary";
-    let clickhouse_rows = |port: u16| clickhouse_query(port, count).ok().and_then(|c| c.trim().parse::<usize>().ok());
+    // Every column, so that a reader view reading a table without one of
+    // its columns fails.
+    let every_column = "SELECT * FROM keep.order_summary";
+    let clickhouse_rows = |port: u16| clickhouse_query(port, every_column).ok().map(|rows| rows.lines().count());
     let mut connection = redis.connection().unwrap();
     let before = (redis_rows(&mut connection).unwrap(), clickhouse_rows(clickhouse.http_port).unwrap());
     assert!(before.0 > 50 && before.0 == before.1, "{before:?}");
@@ -830,8 +832,29 @@ fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_rep
     run_while_read(&widened, after);
     let largest = clickhouse.query("SELECT count() FROM keep.order_summary WHERE largest_order_cents > 0").unwrap();
     assert_eq!(largest.trim().parse::<usize>().unwrap(), after.1, "every row has the new measure");
-    let tables = clickhouse.query("SELECT name FROM system.tables WHERE database = 'keep' ORDER BY name").unwrap();
-    assert!(!tables.contains("__old") && !tables.contains("__next"), "{tables}");
+    let tables = || clickhouse.query("SELECT name FROM system.tables WHERE database = 'keep' ORDER BY name").unwrap();
+    assert!(!tables().contains("__old") && !tables().contains("__next"), "{}", tables());
+
+    // The measure's type changed: the old rows table cannot be given the
+    // new column, so the tables are renamed one after the other.
+    let largest = "largest_order_cents: { max: total_cents }";
+    let retyped = widened.replace(largest, "largest_order_cents: { max: created_at }");
+    assert_ne!(retyped, widened);
+    run(&retyped);
+    let retyped_column = "SELECT type FROM system.columns WHERE database = 'keep' AND table = 'order_summary' \
+                          AND name = 'largest_order_cents'";
+    assert!(clickhouse.query(retyped_column).unwrap().contains("DateTime"), "{}", tables());
+    let (found, report) = differences(&retyped, dir.path(), "order_summary");
+    assert_eq!(found, 0, "{report}");
+    assert!(!tables().contains("__old") && !tables().contains("__next"), "{}", tables());
+
+    // The measure removed again: the new tables lack a column the old
+    // reader view reads, so it must never read them (before, the two
+    // renames let it, and its readers failed for that moment).
+    run_while_read(&changed, after);
+    let columns = clickhouse.query("SELECT name FROM system.columns WHERE database = 'keep'").unwrap();
+    assert!(!columns.contains("largest_order_cents"), "{columns}");
+    assert!(!tables().contains("__old") && !tables().contains("__next"), "{}", tables());
 }
 
 #[test]

@@ -522,11 +522,18 @@ impl ClickHouseViewSink {
 
     /// Puts `rows` (a rows table with this view's columns, filled) in
     /// place of the rows table, and a reader view over it in place of the
-    /// reader view: each by one `RENAME`, which ClickHouse does under its
-    /// global lock, so a query finds the old table or the new one. Between
-    /// the two, the old reader view reads the new table (a column the view
-    /// lost fails those queries for that moment; an added one is not seen
-    /// yet). Then the old ones are dropped.
+    /// reader view, then drops the old ones. A reader view cannot be made
+    /// for columns its table does not have (yet), so the columns the view
+    /// gained are first added to the old rows table (a change of its
+    /// metadata only; the old reader view does not read them), the new
+    /// reader view is made over it, and then one `RENAME` puts both tables
+    /// in place: ClickHouse does it under its global lock, so a query finds
+    /// the old table and view or the new ones, never the old view over the
+    /// new table (which fails for a column the view lost).
+    ///
+    /// A column whose type changed cannot be added to the old table, so
+    /// then the rows table and the reader view are renamed one after the
+    /// other, and for that moment the old view reads the new table.
     fn rename_new_tables_in(&self, rows: &str) -> Result<(), SinkError> {
         let (live_rows, old_rows) = (self.rows_table(), format!("{}__old", self.rows_table()));
         let reader_view = self.reader_view();
@@ -534,28 +541,84 @@ impl ClickHouseViewSink {
         for name in [&old_rows, &next_view, &old_view] {
             self.execute("cannot drop a leftover table", &format!("DROP TABLE IF EXISTS {name}"))?;
         }
-        let rename = |what: &str, table: &str, old: &str, new: &str| {
-            let exists = self.select(
-                "cannot look for a table",
-                &format!(
-                    "SELECT count() FROM system.tables WHERE database = {} AND name = {}",
-                    quote(&self.database),
-                    quote(table.rsplit('.').next().unwrap_or(table))
-                ),
-            )?;
-            let sql = match exists.trim() {
-                "0" => format!("RENAME TABLE {new} TO {table}"),
-                _ => format!("RENAME TABLE {table} TO {old}, {new} TO {table}"),
-            };
-            self.execute(what, &sql)
+        let view_exists = self.table_exists(&reader_view)?;
+        // `a TO b` of each pair, or just `new TO a` where there is no `a`.
+        let renames = |pairs: &[(&str, &str, &str, bool)]| {
+            let sql: Vec<String> = pairs
+                .iter()
+                .flat_map(|(table, old, new, exists)| {
+                    let moved_aside = exists.then(|| format!("{table} TO {old}"));
+                    moved_aside.into_iter().chain([format!("{new} TO {table}")])
+                })
+                .collect();
+            format!("RENAME TABLE {}", sql.join(", "))
         };
-        rename("cannot put the new rows table in place", &live_rows, &old_rows, rows)?;
-        self.create_reader_view(&next_view)?;
-        rename("cannot put the new reader view in place", &reader_view, &old_view, &next_view)?;
+        match self.columns_to_add()? {
+            Some(added) => {
+                if !added.is_empty() {
+                    let clauses: Vec<String> = added.iter().map(|column| format!("ADD COLUMN {column}")).collect();
+                    self.execute(
+                        "cannot add the new columns to the old rows table",
+                        &format!("ALTER TABLE {live_rows} {}", clauses.join(", ")),
+                    )?;
+                }
+                self.create_reader_view(&next_view)?;
+                self.execute(
+                    "cannot put the new tables in place",
+                    &renames(&[
+                        (&live_rows, &old_rows, rows, true),
+                        (&reader_view, &old_view, &next_view, view_exists),
+                    ]),
+                )?;
+            }
+            None => {
+                let rows_exist = self.table_exists(&live_rows)?;
+                self.execute(
+                    "cannot put the new rows table in place",
+                    &renames(&[(&live_rows, &old_rows, rows, rows_exist)]),
+                )?;
+                self.create_reader_view(&next_view)?;
+                self.execute(
+                    "cannot put the new reader view in place",
+                    &renames(&[(&reader_view, &old_view, &next_view, view_exists)]),
+                )?;
+            }
+        }
         for name in [&old_rows, &old_view] {
             self.execute("cannot drop the old tables", &format!("DROP TABLE IF EXISTS {name}"))?;
         }
         Ok(())
+    }
+
+    /// Whether `table` (`database.name`) exists.
+    fn table_exists(&self, table: &str) -> Result<bool, SinkError> {
+        let found = self.select(
+            "cannot look for a table",
+            &format!(
+                "SELECT count() FROM system.tables WHERE database = {} AND name = {}",
+                quote(&self.database),
+                quote(table.rsplit('.').next().unwrap_or(table))
+            ),
+        )?;
+        Ok(found.trim() != "0")
+    }
+
+    /// The columns (`name type`) this view has and the rows table lacks:
+    /// `None` when there is no rows table, or one of its columns has
+    /// another type than the view's column of that name.
+    fn columns_to_add(&self) -> Result<Option<Vec<String>>, SinkError> {
+        let Some(found) = self.rows_table_columns()? else { return Ok(None) };
+        let name = |column: &str| column.split(' ').next().unwrap_or_default().to_string();
+        let found: HashMap<String, &String> = found.iter().map(|column| (name(column), column)).collect();
+        let mut added = Vec::new();
+        for column in self.wanted_columns() {
+            match found.get(&name(&column)) {
+                Some(held) if **held == column => {}
+                Some(_) => return Ok(None),
+                None => added.push(column),
+            }
+        }
+        Ok(Some(added))
     }
 
     /// The rows table's columns as `name type` (`None`: there is no
