@@ -840,7 +840,7 @@ fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_rep
     let largest = "largest_order_cents: { max: total_cents }";
     let retyped = widened.replace(largest, "largest_order_cents: { max: created_at }");
     assert_ne!(retyped, widened);
-    run(&retyped);
+    run_while_read(&retyped, after);
     let retyped_column = "SELECT type FROM system.columns WHERE database = 'keep' AND table = 'order_summary' \
                           AND name = 'largest_order_cents'";
     assert!(clickhouse.query(retyped_column).unwrap().contains("DateTime"), "{}", tables());
