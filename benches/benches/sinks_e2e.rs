@@ -89,17 +89,21 @@ fn main() {
     }
 }
 
-/// The shipped views with Redis and ClickHouse sinks for each, reading
-/// `sources`.
+/// `BENCH_SINKS`: both (default), redis or clickhouse.
+fn chosen_sinks() -> String {
+    knob("BENCH_SINKS", "both".to_string())
+}
+
+/// The shipped views with Redis and ClickHouse sinks for each (`which`:
+/// both, redis or clickhouse), reading `sources`.
 fn plan(
     sources: &str,
     redis: &RedisServer,
     prefix: &str,
     clickhouse: &ClickHouseServer,
     database: &str,
+    which: &str,
 ) -> PipelinePlan {
-    // `BENCH_SINKS`: both (default), redis or clickhouse.
-    let which: String = knob("BENCH_SINKS", "both".to_string());
     let redis_yaml = if which == "clickhouse" { String::new() } else { redis_sinks_yaml(&redis.url(), prefix) };
     let clickhouse_yaml =
         if which == "redis" { String::new() } else { clickhouse_sinks_yaml(&clickhouse.url(), database, 1000) };
@@ -216,12 +220,13 @@ fn view_rows(
     clickhouse: &ClickHouseServer,
     database: &str,
     events: u64,
+    which: &str,
 ) -> (PipelinePlan, Vec<ViewRows>, SourcePositions) {
     let dir = tempfile::tempdir().expect("temporary folder");
     let path = dir.path().join("events.jsonl");
     std::fs::write(&path, generated_lines(events, 42).join("\n") + "\n").expect("events file");
     let files = format!("  events:\n    type: file\n    path: {}\n", path.display());
-    let plan = plan(&files, redis, prefix, clickhouse, database);
+    let plan = plan(&files, redis, prefix, clickhouse, database, which);
     let captured: Vec<Arc<Mutex<ViewRows>>> = plan.views.iter().map(|_| Arc::default()).collect();
     let view_sinks =
         captured.iter().map(|rows| vec![("capture".to_string(), Box::new(Capture(Arc::clone(rows))) as _)]).collect();
@@ -239,7 +244,8 @@ fn view_rows(
 }
 
 fn sink_throughput(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u64) {
-    let (plan, captured, positions) = view_rows(redis, "throughput:", clickhouse, "throughput", events);
+    let (plan, captured, positions) =
+        view_rows(redis, "throughput:", clickhouse, "throughput", events, &chosen_sinks());
     let source_names = vec!["events".to_string()];
     let kinds: Vec<&str> = ["redis", "clickhouse"]
         .into_iter()
@@ -291,7 +297,7 @@ fn ingest(brokers: &str, redis: &RedisServer, clickhouse: &ClickHouseServer, eve
     let records =
         Generator::new(GeneratorConfig { events, seed: 42, ..GeneratorConfig::default() }).map(|r| (r.key, r.line));
     let appended = projector_source_kafka::produce::append_all(brokers, &topic, records).expect("append");
-    let plan = plan(&kafka_sources(brokers, &topic), redis, "ingest:", clickhouse, "ingest");
+    let plan = plan(&kafka_sources(brokers, &topic), redis, "ingest:", clickhouse, "ingest", &chosen_sinks());
     let outputs = sinks(&plan, "", &Completions::default(), &Completions::default());
     let started = Instant::now();
     let options = RunOptions { workers: 2, ..RunOptions::default() };
@@ -305,7 +311,7 @@ fn ingest(brokers: &str, redis: &RedisServer, clickhouse: &ClickHouseServer, eve
     }
     println!(
         "ingest with {} sinks on every view: {} events in {seconds:.2} s = {:.0} events/s (2 workers)",
-        knob("BENCH_SINKS", "both".to_string()),
+        chosen_sinks(),
         summary.records,
         summary.records as f64 / seconds
     );
@@ -316,7 +322,7 @@ fn latency(brokers: &str, redis: &RedisServer, clickhouse: &ClickHouseServer, ra
     let warm =
         Generator::new(GeneratorConfig { events: 1, seed: 1, ..GeneratorConfig::default() }).map(|r| (r.key, r.line));
     projector_source_kafka::produce::append_all(brokers, &topic, warm).expect("topic");
-    let plan = plan(&kafka_sources(brokers, &topic), redis, "latency:", clickhouse, "latency");
+    let plan = plan(&kafka_sources(brokers, &topic), redis, "latency:", clickhouse, "latency", &chosen_sinks());
     let (redis_done, clickhouse_done) = (Completions::default(), Completions::default());
     let outputs = sinks(&plan, "product_sales", &redis_done, &clickhouse_done);
     let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
@@ -332,7 +338,7 @@ fn latency(brokers: &str, redis: &RedisServer, clickhouse: &ClickHouseServer, ra
         let latencies = latencies(&acks, &done.lock().expect("completions"));
         println!(
             "event-to-sink latency, {name}, product_sales, {sent} events at {achieved:.0}/s with {} sinks on: {} of them, {}",
-            knob("BENCH_SINKS", "both".to_string()),
+            chosen_sinks(),
             latencies.len(),
             summary(&latencies)
         );
@@ -340,7 +346,9 @@ fn latency(brokers: &str, redis: &RedisServer, clickhouse: &ClickHouseServer, ra
 }
 
 fn swap(redis: &RedisServer, clickhouse: &ClickHouseServer, events: u64, swaps: usize, planted: usize) {
-    let (plan, rows, positions) = view_rows(redis, "swap:", clickhouse, "swap", events);
+    // Both stores whatever `BENCH_SINKS` says: the part swaps into each
+    // alone and into both at once.
+    let (plan, rows, positions) = view_rows(redis, "swap:", clickhouse, "swap", events, "both");
     let source_names = vec!["events".to_string()];
     let index = plan.views.iter().position(|v| v.name == "product_sales").expect("product_sales");
     let view = &plan.views[index];
