@@ -764,7 +764,10 @@ fn reading_until(
 /// until the rebuilt view replaces them in one write: readers polling
 /// Redis and ClickHouse all through the restart never find fewer rows than
 /// the old view had (a changed `where` keeps the columns; every store's day
-/// keeps its row), and then with a new measure (new ClickHouse columns).
+/// keeps its row), and then with a new measure (new ClickHouse columns),
+/// with that measure's type changed, and with it removed. The ClickHouse
+/// readers select every column, so a reader view over a table that lacks
+/// one of its columns fails them.
 /// Before, both sinks were emptied when the run started, and their readers
 /// found nothing (in ClickHouse, no table) until the run had caught up.
 #[test]
@@ -843,9 +846,8 @@ fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_rep
     run_while_read(&retyped, after);
     let retyped_column = "SELECT type FROM system.columns WHERE database = 'keep' AND table = 'order_summary' \
                           AND name = 'largest_order_cents'";
-    assert!(clickhouse.query(retyped_column).unwrap().contains("DateTime"), "{}", tables());
-    let (found, report) = differences(&retyped, dir.path(), "order_summary");
-    assert_eq!(found, 0, "{report}");
+    let column_type = clickhouse.query(retyped_column).unwrap();
+    assert!(column_type.contains("DateTime"), "{column_type}");
     assert!(!tables().contains("__old") && !tables().contains("__next"), "{}", tables());
 
     // The measure removed again: the new tables lack a column the old
