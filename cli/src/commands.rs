@@ -173,6 +173,8 @@ pub fn deleted_fronts(plan: &PipelinePlan, bounds: &[Option<LogBounds>]) -> Vec<
 /// one Parquet file, with the positions they reflect in its metadata. The
 /// config's sinks and dead-letter destinations are not touched.
 pub fn export(plan: PipelinePlan, view: &str, out: &Path, options: RunOptions) -> Result<RunSummary, CommandError> {
+    // It ends once the log is read.
+    crate::keep_freed_memory();
     let Some(index) = plan.views.iter().position(|v| v.name == view) else {
         let names: Vec<&str> = plan.views.iter().map(|v| v.name.as_str()).collect();
         return Err(CommandError::Io(format!("no view {view:?}; this config declares: {}", names.join(", "))));

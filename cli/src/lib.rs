@@ -13,7 +13,7 @@ pub type Allocator = mimalloc::MiMalloc;
 
 /// Tells the allocator to keep the memory freed from now on for this
 /// process rather than give it back to the kernel: for a command that
-/// reads a whole log and ends (`replay`, `run --input`). mimalloc hands
+/// reads a whole log and ends (`replay`, `run --input`, `export`). mimalloc hands
 /// pages that stayed free for a second back to the kernel (`MADV_DONTNEED`
 /// by default), and each of them, used again, faults and is zeroed anew.
 /// A replay frees and reuses its batches all the time: in `perf` samples
