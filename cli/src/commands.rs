@@ -40,8 +40,7 @@ pub fn run_file(
     batch_records: u64,
     options: RunOptions,
 ) -> Result<RunSummary, CommandError> {
-    // It ends once the file is read.
-    crate::keep_freed_memory();
+    crate::keep_freed_memory(crate::KeepFreed::UntilExit);
     if !input.is_file() {
         return Err(CommandError::Io(format!("--input {}: no such file", input.display())));
     }
@@ -57,6 +56,7 @@ pub fn run_file(
 /// `projector run -c FILE`: the config's sources into its sinks, and its
 /// HTTP API (with the command side) when it declares one.
 pub fn run_config(plan: PipelinePlan, options: RunOptions) -> Result<RunSummary, CommandError> {
+    crate::keep_freed_memory(crate::RUN_KEEPS_FREED);
     if plan.config.sources.is_empty() {
         return Err(CommandError::Io(format!(
             "{}: no sources are declared; add one under `sources:` or pass --input EVENTS.jsonl --output-dir DIR",
@@ -173,8 +173,7 @@ pub fn deleted_fronts(plan: &PipelinePlan, bounds: &[Option<LogBounds>]) -> Vec<
 /// one Parquet file, with the positions they reflect in its metadata. The
 /// config's sinks and dead-letter destinations are not touched.
 pub fn export(plan: PipelinePlan, view: &str, out: &Path, options: RunOptions) -> Result<RunSummary, CommandError> {
-    // It ends once the log is read.
-    crate::keep_freed_memory();
+    crate::keep_freed_memory(crate::KeepFreed::UntilExit);
     let Some(index) = plan.views.iter().position(|v| v.name == view) else {
         let names: Vec<&str> = plan.views.iter().map(|v| v.name.as_str()).collect();
         return Err(CommandError::Io(format!("no view {view:?}; this config declares: {}", names.join(", "))));

@@ -865,8 +865,7 @@ pub fn replay(
     options: &ReplayOptions,
     run_options: RunOptions,
 ) -> Result<ReplaySummary, CommandError> {
-    // A replay ends once its swaps are done.
-    crate::keep_freed_memory();
+    crate::keep_freed_memory(crate::KeepFreed::UntilExit);
     let views = chosen_views(plan, &options.views)?;
     if plan.config.sources.is_empty() {
         return Err(CommandError::Io(format!("{}: no sources are declared to replay from", plan.config.file)));
