@@ -43,6 +43,8 @@ use projector_datagen::{Generator, GeneratorConfig};
 static ALLOCATOR: projector::Allocator = mimalloc::MiMalloc;
 
 fn main() {
+    // As `projector run` does: these runs call the runner directly.
+    projector::keep_freed_memory(projector::RUN_KEEPS_FREED);
     let benchmarking = std::env::args().any(|a| a == "--bench");
     let size = |bench: u64, test: u64| if benchmarking { bench } else { test };
     // The mock broker keeps at most 5 MiB per partition: the 1M-event log

@@ -53,6 +53,8 @@ use projector_tests::sinks::{clickhouse_sinks_yaml, redis_sinks_yaml};
 static ALLOCATOR: projector::Allocator = mimalloc::MiMalloc;
 
 fn main() {
+    // As `projector run` does: these runs call the runner directly.
+    projector::keep_freed_memory(projector::RUN_KEEPS_FREED);
     let benchmarking = std::env::args().any(|a| a == "--bench");
     let size = |bench: u64, test: u64| if benchmarking { bench } else { test };
     if !available("redis-server") || !available("clickhouse-server") {
