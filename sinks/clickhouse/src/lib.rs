@@ -553,7 +553,8 @@ impl ClickHouseViewSink {
                 .collect();
             format!("RENAME TABLE {}", sql.join(", "))
         };
-        match self.columns_to_add()? {
+        let live_columns = self.rows_table_columns()?;
+        match live_columns.as_deref().and_then(|found| self.columns_to_add(found)) {
             Some(added) => {
                 if !added.is_empty() {
                     let clauses: Vec<String> = added.iter().map(|column| format!("ADD COLUMN {column}")).collect();
@@ -572,10 +573,9 @@ impl ClickHouseViewSink {
                 )?;
             }
             None => {
-                let rows_exist = self.table_exists(&live_rows)?;
                 self.execute(
                     "cannot put the new rows table in place",
-                    &renames(&[(&live_rows, &old_rows, rows, rows_exist)]),
+                    &renames(&[(&live_rows, &old_rows, rows, live_columns.is_some())]),
                 )?;
                 self.create_reader_view(&next_view)?;
                 self.execute(
@@ -603,22 +603,21 @@ impl ClickHouseViewSink {
         Ok(found.trim() != "0")
     }
 
-    /// The columns (`name type`) this view has and the rows table lacks:
-    /// `None` when there is no rows table, or one of its columns has
-    /// another type than the view's column of that name.
-    fn columns_to_add(&self) -> Result<Option<Vec<String>>, SinkError> {
-        let Some(found) = self.rows_table_columns()? else { return Ok(None) };
+    /// The columns (`name type`) this view has and a rows table with
+    /// columns `found` lacks: `None` when one of its columns has another
+    /// type than the view's column of that name.
+    fn columns_to_add(&self, found: &[String]) -> Option<Vec<String>> {
         let name = |column: &str| column.split(' ').next().unwrap_or_default().to_string();
         let found: HashMap<String, &String> = found.iter().map(|column| (name(column), column)).collect();
         let mut added = Vec::new();
         for column in self.wanted_columns() {
             match found.get(&name(&column)) {
                 Some(held) if **held == column => {}
-                Some(_) => return Ok(None),
+                Some(_) => return None,
                 None => added.push(column),
             }
         }
-        Ok(Some(added))
+        Some(added)
     }
 
     /// The rows table's columns as `name type` (`None`: there is no
