@@ -160,6 +160,43 @@ fn partitions_spread_over_the_workers() {
     assert_eq!(owned(1), [1, 3]);
 }
 
+/// While the readers of a topic catch up, the records of both workers go
+/// to one batch, though the readers started apart and time passes: else
+/// each view would be computed and written once over one worker's records,
+/// then again over all.
+#[test]
+fn readers_catching_up_on_two_workers_share_one_batch() {
+    let topic = kafka::fresh_topic("one-batch");
+    let appended = kafka::append(&topic, generated(4_000, 71, 0.0));
+    let config =
+        KafkaSourceConfig { batch_ms: 1, catch_up_batch_ms: 600_000, ..source_config(&topic, StartPosition::Earliest) };
+    let source = projector_source_kafka::KafkaSource::new(0, config, Instant::now());
+    let mut readers = vec![source.reader(0, 2).unwrap()];
+    // The second worker starts some batches later.
+    std::thread::sleep(Duration::from_millis(30));
+    readers.push(source.reader(1, 2).unwrap());
+    let (mut epochs, mut records, mut finished) = (std::collections::BTreeSet::new(), 0u64, [false, false]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while finished != [true, true] {
+        assert!(Instant::now() < deadline, "the readers did not reach the end of the topic");
+        for (worker, reader) in readers.iter_mut().enumerate() {
+            if finished[worker] {
+                continue;
+            }
+            match reader.poll(100, &mut |_| records += 1).unwrap() {
+                projector_core::source::Poll::Records { epoch } => {
+                    epochs.insert(epoch);
+                }
+                projector_core::source::Poll::Idle { .. } => {}
+                projector_core::source::Poll::Finished => finished[worker] = true,
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    assert_eq!(records, appended);
+    assert_eq!(epochs.len(), 1, "the records went to batches {epochs:?}");
+}
+
 #[test]
 fn start_positions_choose_what_is_read() {
     let topic = kafka::fresh_topic("start");

@@ -1,6 +1,7 @@
 //! Reading a topic, one worker's share of its partitions at a time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -25,6 +26,8 @@ pub struct KafkaSource {
     source_index: u16,
     config: KafkaSourceConfig,
     started: Instant,
+    /// The batch its readers put records in.
+    batches: Arc<Mutex<Batches>>,
     /// Where a run from a state snapshot starts (see [`Source::start_at`]).
     skip_to: std::sync::Mutex<Option<SourcePositions>>,
 }
@@ -33,7 +36,59 @@ impl KafkaSource {
     /// The topic of `config`, as source number `source_index`. Batches are
     /// counted from `started`, which all workers share.
     pub fn new(source_index: u16, config: KafkaSourceConfig, started: Instant) -> KafkaSource {
-        KafkaSource { source_index, config, started, skip_to: std::sync::Mutex::new(None) }
+        KafkaSource {
+            source_index,
+            config,
+            started,
+            batches: Arc::new(Mutex::new(Batches::new())),
+            skip_to: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// The batch the readers of one source put the records they read in, a
+/// new one every `batch_ms` except while some reader is behind the topic:
+/// then one batch collects for up to `catch_up_batch_ms`.
+///
+/// The readers share it. A record's batch is its time in the dataflow,
+/// and a batch's views are computed and written once all readers are past
+/// it: readers on two workers that each held a batch of their own while
+/// catching up (one a batch later than the other, as they started a
+/// moment apart) had every view computed and written twice, once over one
+/// worker's records and again over all (a replay of `product_sales` wrote
+/// 210,304 rows, then 357,535 changes, for 272,881 rows).
+#[derive(Debug)]
+struct Batches {
+    /// The current batch, and when it began.
+    epoch: u64,
+    began: Instant,
+    /// The readers (by worker) that are behind the topic.
+    behind: BTreeSet<usize>,
+}
+
+impl Batches {
+    fn new() -> Batches {
+        Batches { epoch: 0, began: Instant::now(), behind: BTreeSet::new() }
+    }
+
+    /// Notes whether the reader of `worker` is behind the topic.
+    fn note(&mut self, worker: usize, behind: bool) {
+        if behind {
+            self.behind.insert(worker);
+        } else {
+            self.behind.remove(&worker);
+        }
+    }
+
+    /// The batch for records read now, `by_time` batches of `batch_ms`
+    /// after the run started.
+    fn current(&mut self, by_time: u64, catch_up_batch: Duration) -> u64 {
+        let hold = !self.behind.is_empty() && self.began.elapsed() < catch_up_batch;
+        if !hold && by_time > self.epoch {
+            self.epoch = by_time;
+            self.began = Instant::now();
+        }
+        self.epoch
     }
 }
 
@@ -139,9 +194,9 @@ impl Source for KafkaSource {
             batch_millis: config.batch_ms.max(1),
             catch_up_batch: Duration::from_millis(config.catch_up_batch_ms),
             started: self.started,
-            epoch: 0,
-            epoch_started: Instant::now(),
-            behind: false,
+            worker: index,
+            batches: Arc::clone(&self.batches),
+            delivered_at: Instant::now(),
         }))
     }
 }
@@ -205,6 +260,11 @@ fn offsets_at(
         .collect())
 }
 
+/// A pause in deliveries shorter than this, while a reader is short of
+/// where the topic ended at its start, is taken for a slow fetch, not for
+/// the end of the backlog.
+const FETCH_PAUSE: Duration = Duration::from_millis(250);
+
 struct KafkaReader {
     source_index: u16,
     consumer: BaseConsumer,
@@ -216,28 +276,28 @@ struct KafkaReader {
     /// Where each partition ended when the reader started.
     start_ends: BTreeMap<i32, i64>,
     batch_millis: u64,
-    /// How long a batch may collect while the reader is behind.
+    /// How long a batch may collect while a reader is behind.
     catch_up_batch: Duration,
     started: Instant,
-    /// The batch the last records went to, and when it began.
-    epoch: u64,
-    epoch_started: Instant,
-    /// Whether the last poll took all it could: the topic is ahead.
-    behind: bool,
+    /// The worker this reader reads for.
+    worker: usize,
+    /// The batch, shared with the source's other readers.
+    batches: Arc<Mutex<Batches>>,
+    /// When this reader last delivered a record.
+    delivered_at: Instant,
 }
 
 impl KafkaReader {
-    /// The batch for records read now: a new one every `batch_ms`, except
-    /// that while the topic is ahead of the reader, one batch collects for
-    /// up to `catch_up_batch_ms`.
+    /// The batch for records read now ([`Batches`]).
     fn current_epoch(&mut self) -> u64 {
         let by_time = self.started.elapsed().as_millis() as u64 / self.batch_millis;
-        let hold = self.behind && self.epoch_started.elapsed() < self.catch_up_batch;
-        if !hold && by_time > self.epoch {
-            self.epoch = by_time;
-            self.epoch_started = Instant::now();
-        }
-        self.epoch
+        self.batches.lock().unwrap_or_else(PoisonError::into_inner).current(by_time, self.catch_up_batch)
+    }
+
+    /// Notes whether this reader is behind the topic, at once: another
+    /// reader about to begin a batch holds it instead.
+    fn note_behind(&mut self, behind: bool) {
+        self.batches.lock().unwrap_or_else(PoisonError::into_inner).note(self.worker, behind);
     }
 
     fn at_end(&self) -> bool {
@@ -255,6 +315,8 @@ impl SourceReader for KafkaReader {
 
     fn poll(&mut self, max: usize, deliver: &mut dyn FnMut(RecordRef<'_>)) -> Result<Poll, SourceError> {
         if self.at_end() {
+            // Done: no batch waits for this reader.
+            self.note_behind(false);
             info!(topic = %self.topic, next = ?self.next, ends = ?self.ends, "reached the end of a bounded source");
             return Ok(Poll::Finished);
         }
@@ -294,16 +356,35 @@ impl SourceReader for KafkaReader {
                 }
             }
         }
+        if delivered > 0 {
+            self.delivered_at = Instant::now();
+        }
         // A poll that asked for nothing (a bounded reader holding all it
-        // may) says nothing of whether the topic is ahead.
+        // may) says nothing of whether the topic is ahead. One that took
+        // all it could says it is. So does one that took less while the
+        // reader is short of where the topic ended at its start and records
+        // came a moment ago: the consumer's fetches fall behind the
+        // workers now and then (right at the start, after the first poll,
+        // nearly always), and a batch closed there has the views computed
+        // and written over that poll's records first. Records that stop
+        // coming for a while end the catch-up all the same (the last
+        // offsets may be transaction markers, never delivered).
         if max > 0 {
-            self.behind = delivered >= max;
+            let catching_up = !self.caught_up() && self.delivered_at.elapsed() < FETCH_PAUSE;
+            self.note_behind(delivered >= max || catching_up);
         }
         Ok(if delivered > 0 { Poll::Records { epoch } } else { Poll::Idle { epoch } })
     }
 
     fn positions(&self) -> SourcePositions {
         SourcePositions(self.next.iter().map(|(p, next)| ((self.source_index, *p as u32), *next as u64)).collect())
+    }
+}
+
+impl Drop for KafkaReader {
+    fn drop(&mut self) {
+        // A reader that is gone holds no batch back.
+        self.note_behind(false);
     }
 }
 
@@ -326,4 +407,49 @@ pub fn watermarks(
         marks.insert(partition as u32, (low.max(0) as u64, high.max(0) as u64));
     }
     Ok(marks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CATCH_UP: Duration = Duration::from_secs(60);
+
+    /// The batch for the reader of `worker`, `behind` or not, `by_time`
+    /// batches into the run.
+    fn read(batches: &mut Batches, worker: usize, behind: bool, by_time: u64, catch_up: Duration) -> u64 {
+        batches.note(worker, behind);
+        batches.current(by_time, catch_up)
+    }
+
+    /// While one reader catches up, the others put their records in the
+    /// same batch, however much time passes: the batch's views are
+    /// computed once, over all of them.
+    #[test]
+    fn readers_share_the_batch_while_one_catches_up() {
+        let mut batches = Batches::new();
+        // Idle, a few batches into the run.
+        assert_eq!(read(&mut batches, 0, false, 3, CATCH_UP), 3);
+        // Worker 0 found a backlog: its batch holds.
+        assert_eq!(read(&mut batches, 0, true, 4, CATCH_UP), 3);
+        // Worker 1, idle or behind, joins that batch as time passes.
+        assert_eq!(read(&mut batches, 1, false, 5, CATCH_UP), 3);
+        assert_eq!(read(&mut batches, 1, true, 9, CATCH_UP), 3);
+        // Worker 0 caught up; worker 1 still holds the batch.
+        assert_eq!(read(&mut batches, 0, false, 12, CATCH_UP), 3);
+        // Both caught up: the next batch begins, the same for both.
+        assert_eq!(read(&mut batches, 1, false, 13, CATCH_UP), 13);
+        assert_eq!(read(&mut batches, 0, false, 13, CATCH_UP), 13);
+        assert_eq!(read(&mut batches, 0, false, 15, CATCH_UP), 15);
+    }
+
+    /// A batch held for a backlog closes after `catch_up_batch_ms` all the
+    /// same, and batches never go back.
+    #[test]
+    fn a_held_batch_closes_after_the_catch_up_time() {
+        let mut batches = Batches::new();
+        assert_eq!(read(&mut batches, 0, true, 2, Duration::ZERO), 2);
+        assert_eq!(read(&mut batches, 1, true, 3, Duration::ZERO), 3);
+        assert_eq!(read(&mut batches, 0, true, 1, Duration::ZERO), 3);
+    }
 }
