@@ -788,7 +788,13 @@ fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_rep
     // Every column, so that a reader view reading a table without one of
     // its columns fails.
     let every_column = "SELECT * FROM keep.order_summary";
-    let clickhouse_rows = |port: u16| clickhouse_query(port, every_column).ok().map(|rows| rows.lines().count());
+    let clickhouse_rows = |port: u16| match clickhouse_query(port, every_column) {
+        Ok(rows) => Some(rows.lines().count()),
+        Err(error) => {
+            eprintln!("a ClickHouse reader failed: {error}");
+            None
+        }
+    };
     let mut connection = redis.connection().unwrap();
     let before = (redis_rows(&mut connection).unwrap(), clickhouse_rows(clickhouse.http_port).unwrap());
     assert!(before.0 > 50 && before.0 == before.1, "{before:?}");
@@ -800,7 +806,7 @@ fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_rep
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     // Runs `text` with readers polling both stores; each must always find
     // at least `before` rows.
-    let run_while_read = |text: &str, before: (usize, usize)| {
+    let run_while_read = |step: &str, text: &str, before: (usize, usize)| {
         let stop = Arc::new(AtomicBool::new(false));
         let mut connection = redis.connection().unwrap();
         let redis_reader = reading_until(&stop, move || redis_rows(&mut connection).ok());
@@ -810,11 +816,15 @@ fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_rep
         stop.store(true, Ordering::Relaxed);
         let (redis_reads, redis_fewest) = redis_reader.join().unwrap();
         let (clickhouse_reads, clickhouse_fewest) = clickhouse_reader.join().unwrap();
-        assert!(redis_reads > 20 && clickhouse_reads > 5, "{redis_reads} and {clickhouse_reads} reads");
-        assert!(redis_fewest >= Some(before.0), "a Redis reader found {redis_fewest:?} rows, fewer than {}", before.0);
+        assert!(redis_reads > 20 && clickhouse_reads > 5, "{step}: {redis_reads} and {clickhouse_reads} reads");
+        assert!(
+            redis_fewest >= Some(before.0),
+            "{step}: a Redis reader found {redis_fewest:?} rows, fewer than {}",
+            before.0
+        );
         assert!(
             clickhouse_fewest >= Some(before.1),
-            "a ClickHouse reader found {clickhouse_fewest:?} rows (None: no table), fewer than {}",
+            "{step}: a ClickHouse reader found {clickhouse_fewest:?} rows (None: no table), fewer than {}",
             before.1
         );
         let options = ValidateOptions { view: "order_summary".into(), sample_size: None, seed: 1 };
@@ -822,7 +832,7 @@ fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_rep
         assert_eq!(summary.differences, 0, "{}", summary.report);
         assert!(summary.report.matches(": ok\n").count() >= 2, "{}", summary.report);
     };
-    run_while_read(&changed, before);
+    run_while_read("a changed filter", &changed, before);
 
     // A new measure: the ClickHouse sink's rows go into a rows table made
     // with the new columns, which is then renamed in place with a new
@@ -832,7 +842,7 @@ fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_rep
     assert!(changed.contains(cancellations), "{changed}");
     let widened =
         changed.replace(cancellations, &format!("{cancellations}\n      largest_order_cents: {{ max: total_cents }}"));
-    run_while_read(&widened, after);
+    run_while_read("a new measure", &widened, after);
     let largest = clickhouse.query("SELECT count() FROM keep.order_summary WHERE largest_order_cents > 0").unwrap();
     assert_eq!(largest.trim().parse::<usize>().unwrap(), after.1, "every row has the new measure");
     let tables = || clickhouse.query("SELECT name FROM system.tables WHERE database = 'keep' ORDER BY name").unwrap();
@@ -843,7 +853,7 @@ fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_rep
     let largest = "largest_order_cents: { max: total_cents }";
     let retyped = widened.replace(largest, "largest_order_cents: { max: created_at }");
     assert_ne!(retyped, widened);
-    run_while_read(&retyped, after);
+    run_while_read("a measure of another type", &retyped, after);
     let retyped_column = "SELECT type FROM system.columns WHERE database = 'keep' AND table = 'order_summary' \
                           AND name = 'largest_order_cents'";
     let column_type = clickhouse.query(retyped_column).unwrap();
@@ -853,7 +863,7 @@ fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_rep
     // The measure removed again: the new tables lack a column the old
     // reader view reads, so it must never read them (before, the two
     // renames let it, and its readers failed for that moment).
-    run_while_read(&changed, after);
+    run_while_read("the measure removed", &changed, after);
     let columns = clickhouse.query("SELECT name FROM system.columns WHERE database = 'keep'").unwrap();
     assert!(!columns.contains("largest_order_cents"), "{columns}");
     assert!(!tables().contains("__old") && !tables().contains("__next"), "{}", tables());
