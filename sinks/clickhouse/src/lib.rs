@@ -565,20 +565,18 @@ impl ClickHouseViewSink {
         match live_columns.as_deref().and_then(|found| self.columns_to_add(found)) {
             Some(added) => {
                 lost = self.columns_lost()?;
-                if !lost.is_empty() {
-                    let clauses: Vec<String> = lost.iter().map(|column| format!("ADD COLUMN {column}")).collect();
-                    self.execute(
-                        "cannot give the new rows table the columns the old reader view reads",
-                        &format!("ALTER TABLE {rows} {}", clauses.join(", ")),
-                    )?;
-                }
-                if !added.is_empty() {
-                    let clauses: Vec<String> = added.iter().map(|column| format!("ADD COLUMN {column}")).collect();
-                    self.execute(
-                        "cannot add the new columns to the old rows table",
-                        &format!("ALTER TABLE {live_rows} {}", clauses.join(", ")),
-                    )?;
-                }
+                self.alter_columns(
+                    "cannot give the new rows table the columns the old reader view reads",
+                    rows,
+                    "ADD COLUMN",
+                    &lost,
+                )?;
+                self.alter_columns(
+                    "cannot add the new columns to the old rows table",
+                    &live_rows,
+                    "ADD COLUMN",
+                    &added,
+                )?;
                 self.create_reader_view(&next_view)?;
                 self.execute(
                     "cannot put the new tables in place",
@@ -603,19 +601,20 @@ impl ClickHouseViewSink {
         for name in [&old_rows, &old_view] {
             self.execute("cannot drop the old tables", &format!("DROP TABLE IF EXISTS {name}"))?;
         }
-        if !lost.is_empty() {
-            // A run that dies before this finds the old definition
-            // recorded, and rebuilds once more.
-            let clauses: Vec<String> = lost
-                .iter()
-                .map(|column| format!("DROP COLUMN {}", column.split(' ').next().unwrap_or_default()))
-                .collect();
-            self.execute(
-                "cannot drop the columns the view lost",
-                &format!("ALTER TABLE {live_rows} {}", clauses.join(", ")),
-            )?;
+        // A run that dies before this finds the old definition recorded,
+        // and rebuilds once more.
+        let lost: Vec<String> = lost.iter().map(|column| column.split(' ').next().unwrap_or_default().into()).collect();
+        self.alter_columns("cannot drop the columns the view lost", &live_rows, "DROP COLUMN", &lost)
+    }
+
+    /// One `ALTER TABLE table` of `change` (`ADD COLUMN`, `DROP COLUMN`)
+    /// for each of `columns`; none for none.
+    fn alter_columns(&self, what: &str, table: &str, change: &str, columns: &[String]) -> Result<(), SinkError> {
+        if columns.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let clauses: Vec<String> = columns.iter().map(|column| format!("{change} {column}")).collect();
+        self.execute(what, &format!("ALTER TABLE {table} {}", clauses.join(", ")))
     }
 
     /// Whether `table` (`database.name`) exists.
