@@ -478,13 +478,9 @@ impl ClickHouseViewSink {
             )));
         }
         let reader_view = self.reader_view();
-        let filter = format!("database = {} AND table = {}", quote(&self.database), quote(&self.table));
-        let found = self.select(
-            "cannot read the reader view's columns",
-            &format!("SELECT name FROM system.columns WHERE {filter}"),
-        )?;
+        let found = self.columns_of(&self.table, "cannot read the reader view's columns")?;
         let names: Vec<&str> = self.column_list().iter().map(|c| c.name.as_str()).collect();
-        if !found.is_empty() && found.lines().ne(names.iter().copied()) {
+        if !found.is_empty() && found.iter().map(|column| column_name(column)).ne(names.iter().copied()) {
             self.execute("cannot drop the reader view", &format!("DROP TABLE IF EXISTS {reader_view}"))?;
         }
         self.create_reader_view(&reader_view)
@@ -603,7 +599,7 @@ impl ClickHouseViewSink {
         }
         // A run that dies before this finds the old definition recorded,
         // and rebuilds once more.
-        let lost: Vec<String> = lost.iter().map(|column| column.split(' ').next().unwrap_or_default().into()).collect();
+        let lost: Vec<String> = lost.iter().map(|column| column_name(column).to_string()).collect();
         self.alter_columns("cannot drop the columns the view lost", &live_rows, "DROP COLUMN", &lost)
     }
 
@@ -634,11 +630,10 @@ impl ClickHouseViewSink {
     /// columns `found` lacks: `None` when one of its columns has another
     /// type than the view's column of that name.
     fn columns_to_add(&self, found: &[String]) -> Option<Vec<String>> {
-        let name = |column: &str| column.split(' ').next().unwrap_or_default().to_string();
-        let found: HashMap<String, &String> = found.iter().map(|column| (name(column), column)).collect();
+        let found: HashMap<&str, &String> = found.iter().map(|column| (column_name(column), column)).collect();
         let mut added = Vec::new();
         for column in self.wanted_columns() {
-            match found.get(&name(&column)) {
+            match found.get(column_name(&column)) {
                 Some(held) if **held == column => {}
                 Some(_) => return None,
                 None => added.push(column),
@@ -650,27 +645,23 @@ impl ClickHouseViewSink {
     /// The columns (`name type`) the reader view reads that this view
     /// lacks.
     fn columns_lost(&self) -> Result<Vec<String>, SinkError> {
-        let filter = format!("database = {} AND table = {}", quote(&self.database), quote(&self.table));
-        let found = self.select(
-            "cannot read the reader view's columns",
-            &format!("SELECT name, type FROM system.columns WHERE {filter}"),
-        )?;
+        let found = self.columns_of(&self.table, "cannot read the reader view's columns")?;
         let kept: Vec<&str> = self.column_list().iter().map(|c| c.name.as_str()).collect();
-        Ok(found
-            .lines()
-            .map(|line| line.replace("\\'", "'").replace('\t', " "))
-            .filter(|column| !kept.contains(&column.split(' ').next().unwrap_or_default()))
-            .collect())
+        Ok(found.into_iter().filter(|column| !kept.contains(&column_name(column))).collect())
+    }
+
+    /// The columns of table (or view) `name` of the sink's database, as
+    /// `name type`, in order (none: no such table).
+    fn columns_of(&self, name: &str, what: &str) -> Result<Vec<String>, SinkError> {
+        let filter = format!("database = {} AND table = {}", quote(&self.database), quote(name));
+        let found = self.select(what, &format!("SELECT name, type FROM system.columns WHERE {filter}"))?;
+        Ok(found.lines().map(|l| l.replace("\\'", "'").replace('\t', " ")).collect())
     }
 
     /// The rows table's columns as `name type` (`None`: there is no
     /// such table).
     fn rows_table_columns(&self) -> Result<Option<Vec<String>>, SinkError> {
-        let found = self.select(
-            "cannot read the rows table's columns",
-            &format!("SELECT name, type FROM system.columns WHERE {}", self.rows_table_filter()),
-        )?;
-        let found: Vec<String> = found.lines().map(|l| l.replace("\\'", "'").replace('\t', " ")).collect();
+        let found = self.columns_of(&format!("{}_rows", self.table), "cannot read the rows table's columns")?;
         Ok((!found.is_empty()).then_some(found))
     }
 
@@ -1023,6 +1014,11 @@ impl ClickHouseViewSink {
         self.checkpoint_positions = Some(positions);
         Ok(())
     }
+}
+
+/// The name of a column given as `name type`.
+fn column_name(column: &str) -> &str {
+    column.split(' ').next().unwrap_or_default()
 }
 
 /// Whether a ClickHouse error says the database or table does not exist
