@@ -164,3 +164,109 @@ pub fn read_all(topic: &str) -> Vec<ReadRecord> {
     }
     read(topic, total)
 }
+
+/// Appends a transaction's commit marker to `partition` of `topic`, as a
+/// transactional producer's commit leaves one: a control batch that takes
+/// an offset and that consumers never receive. (No client here writes
+/// markers by itself: the mock broker does not on a commit, so this speaks
+/// the Produce request, v3, to the partition's leader.) Answers the
+/// marker's offset.
+pub fn append_commit_marker(topic: &str, partition: i32) -> i64 {
+    use std::io::{Read, Write};
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("metadata client");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).expect("metadata");
+    let leader = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions())
+        .find(|p| p.id() == partition)
+        .unwrap_or_else(|| panic!("{topic} has no partition {partition}"))
+        .leader();
+    let broker = metadata.brokers().iter().find(|b| b.id() == leader).expect("the partition's leader");
+    let mut stream = std::net::TcpStream::connect((broker.host(), broker.port() as u16)).expect("the leader");
+
+    let batch = commit_marker_batch();
+    let mut request = Vec::new();
+    request.extend(0i16.to_be_bytes()); // Produce
+    request.extend(3i16.to_be_bytes()); // version 3
+    request.extend(1i32.to_be_bytes()); // correlation id
+    request.extend((-1i16).to_be_bytes()); // no client id
+    request.extend((-1i16).to_be_bytes()); // no transactional id
+    request.extend((-1i16).to_be_bytes()); // acks: all
+    request.extend(10_000i32.to_be_bytes()); // timeout
+    request.extend(1i32.to_be_bytes()); // one topic
+    request.extend((topic.len() as i16).to_be_bytes());
+    request.extend(topic.as_bytes());
+    request.extend(1i32.to_be_bytes()); // one partition
+    request.extend(partition.to_be_bytes());
+    request.extend((batch.len() as i32).to_be_bytes());
+    request.extend(&batch);
+    stream.write_all(&(request.len() as i32).to_be_bytes()).expect("send the marker");
+    stream.write_all(&request).expect("send the marker");
+
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).expect("the Produce answer");
+    let mut answer = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut answer).expect("the Produce answer");
+    // Correlation id, one topic (name), one partition: its number, error
+    // code and base offset.
+    let at = 4 + 4 + 2 + topic.len() + 4 + 4;
+    let error = i16::from_be_bytes([answer[at], answer[at + 1]]);
+    assert_eq!(error, 0, "the broker refused the commit marker (error {error})");
+    i64::from_be_bytes(answer[at + 2..at + 10].try_into().expect("8 bytes"))
+}
+
+/// A record batch (magic 2) holding one control record: a commit marker.
+fn commit_marker_batch() -> Vec<u8> {
+    // The control record: key (version 0, type 1: commit), value (version
+    // 0, coordinator epoch 0); lengths and deltas are zigzag varints.
+    let (key, value) = ([0u8, 0, 0, 1], [0u8; 6]);
+    let mut record = vec![0u8, 0, 0]; // attributes, timestamp delta, offset delta
+    record.push(zigzag(key.len() as i64));
+    record.extend(key);
+    record.push(zigzag(value.len() as i64));
+    record.extend(value);
+    record.push(0); // no headers
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    // From the attributes on: what the CRC covers.
+    let mut covered = Vec::new();
+    covered.extend(0x30i16.to_be_bytes()); // transactional, control
+    covered.extend(0i32.to_be_bytes()); // last offset delta
+    covered.extend(now.to_be_bytes()); // first timestamp
+    covered.extend(now.to_be_bytes()); // max timestamp
+    covered.extend(4242i64.to_be_bytes()); // producer id
+    covered.extend(0i16.to_be_bytes()); // producer epoch
+    covered.extend((-1i32).to_be_bytes()); // base sequence
+    covered.extend(1i32.to_be_bytes()); // one record
+    covered.push(zigzag(record.len() as i64));
+    covered.extend(record);
+    let mut batch = Vec::new();
+    batch.extend(0i64.to_be_bytes()); // base offset (the broker sets it)
+    batch.extend((4 + 1 + 4 + covered.len() as i32).to_be_bytes()); // batch length
+    batch.extend((-1i32).to_be_bytes()); // partition leader epoch
+    batch.push(2); // magic
+    batch.extend(crc32c(&covered).to_be_bytes());
+    batch.extend(covered);
+    batch
+}
+
+/// A small number as a zigzag varint of one byte.
+fn zigzag(n: i64) -> u8 {
+    let encoded = ((n << 1) ^ (n >> 63)) as u64;
+    assert!(encoded < 0x80, "{n} does not fit one byte");
+    encoded as u8
+}
+
+/// CRC-32C (Castagnoli), bit by bit: record batches carry it.
+fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+        }
+    }
+    !crc
+}

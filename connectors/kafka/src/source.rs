@@ -300,6 +300,25 @@ impl KafkaReader {
         self.batches.lock().unwrap_or_else(PoisonError::into_inner).note(self.worker, behind);
     }
 
+    /// Moves the next offsets past what the consumer took without
+    /// delivering: a transaction's commit or abort marker (and an aborted
+    /// transaction's records) takes an offset no message has, so a
+    /// partition written by a transactional producer ends in one. Without
+    /// this a bounded read would never end there, nor a catch-up, and the
+    /// positions the sinks store would stay one short. Never past the end of
+    /// a bounded source: the records there were taken but not delivered.
+    fn step_over_undelivered(&mut self) {
+        let Ok(positions) = self.consumer.position() else { return };
+        for element in positions.elements_for_topic(&self.topic) {
+            let partition = element.partition();
+            let (Offset::Offset(position), Some(next)) = (element.offset(), self.next.get_mut(&partition)) else {
+                continue;
+            };
+            let end = self.ends.as_ref().and_then(|ends| ends.get(&partition)).copied().unwrap_or(i64::MAX);
+            *next = (*next).max(position.min(end));
+        }
+    }
+
     fn at_end(&self) -> bool {
         match &self.ends {
             Some(ends) => ends.iter().all(|(p, end)| self.next.get(p).is_some_and(|next| next >= end)),
@@ -358,6 +377,9 @@ impl SourceReader for KafkaReader {
         }
         if delivered > 0 {
             self.delivered_at = Instant::now();
+        }
+        if delivered < max {
+            self.step_over_undelivered();
         }
         // A poll that asked for nothing (a bounded reader holding all it
         // may) says nothing of whether the topic is ahead. One that took
