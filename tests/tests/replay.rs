@@ -848,24 +848,30 @@ fn a_sink_rebuilt_for_a_changed_definition_keeps_its_rows_until_the_new_ones_rep
     let tables = || clickhouse.query("SELECT name FROM system.tables WHERE database = 'keep' ORDER BY name").unwrap();
     assert!(!tables().contains("__old") && !tables().contains("__next"), "{}", tables());
 
-    // The measure's type changed: the old rows table cannot be given the
-    // new column, so the tables are renamed one after the other.
+    // The measure's type changed, and another measure went: the old rows
+    // table cannot be given the new column, so the tables are renamed one
+    // after the other, and meanwhile the old reader view, reading the new
+    // table, must find the measure that went.
     let largest = "largest_order_cents: { max: total_cents }";
-    let retyped = widened.replace(largest, "largest_order_cents: { max: created_at }");
-    assert_ne!(retyped, widened);
-    run_while_read("a measure of another type", &retyped, after);
+    let retyped = widened
+        .replace(largest, "largest_order_cents: { max: created_at }")
+        .replace(&format!("{cancellations}\n      "), "");
+    assert!(!retyped.contains("cancellation_count") && retyped.contains("max: created_at"), "{retyped}");
+    run_while_read("a measure of another type, another gone", &retyped, after);
     let retyped_column = "SELECT type FROM system.columns WHERE database = 'keep' AND table = 'order_summary' \
                           AND name = 'largest_order_cents'";
     let column_type = clickhouse.query(retyped_column).unwrap();
     assert!(column_type.contains("DateTime"), "{column_type}");
+    let columns = || clickhouse.query("SELECT name FROM system.columns WHERE database = 'keep'").unwrap();
+    assert!(!columns().contains("cancellation_count"), "{}", columns());
     assert!(!tables().contains("__old") && !tables().contains("__next"), "{}", tables());
 
-    // The measure removed again: the new tables lack a column the old
-    // reader view reads, so it must never read them (before, the two
-    // renames let it, and its readers failed for that moment).
+    // The one measure back, the other removed again: the new tables lack a
+    // column the old reader view reads, so it must never read them
+    // (before, the two renames let it, and its readers failed for that
+    // moment).
     run_while_read("the measure removed", &changed, after);
-    let columns = clickhouse.query("SELECT name FROM system.columns WHERE database = 'keep'").unwrap();
-    assert!(!columns.contains("largest_order_cents"), "{columns}");
+    assert!(!columns().contains("largest_order_cents") && columns().contains("cancellation_count"), "{}", columns());
     assert!(!tables().contains("__old") && !tables().contains("__next"), "{}", tables());
 }
 

@@ -536,7 +536,8 @@ impl ClickHouseViewSink {
     ///
     /// A column whose type changed cannot be added to the old table, so
     /// then the rows table and the reader view are renamed one after the
-    /// other, and for that moment the old view reads the new table.
+    /// other, and for that moment the old view reads the new table: there
+    /// too it finds the columns it lost.
     fn rename_new_tables_in(&self, rows: &str) -> Result<(), SinkError> {
         let (live_rows, old_rows) = (self.rows_table(), format!("{}__old", self.rows_table()));
         let reader_view = self.reader_view();
@@ -557,16 +558,15 @@ impl ClickHouseViewSink {
             format!("RENAME TABLE {}", sql.join(", "))
         };
         let live_columns = self.rows_table_columns()?;
-        let mut lost = Vec::new();
+        let lost = self.columns_lost()?;
+        self.alter_columns(
+            "cannot give the new rows table the columns the old reader view reads",
+            rows,
+            "ADD COLUMN",
+            &lost,
+        )?;
         match live_columns.as_deref().and_then(|found| self.columns_to_add(found)) {
             Some(added) => {
-                lost = self.columns_lost()?;
-                self.alter_columns(
-                    "cannot give the new rows table the columns the old reader view reads",
-                    rows,
-                    "ADD COLUMN",
-                    &lost,
-                )?;
                 self.alter_columns(
                     "cannot add the new columns to the old rows table",
                     &live_rows,
