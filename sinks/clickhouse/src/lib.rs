@@ -165,6 +165,8 @@ fn write_tsv(value: &Value, out: &mut String) {
         Value::UInt(_) | Value::Int(_) | Value::Date(_) => write_plain(value, out),
         // DateTime holds whole seconds; the text form is the Unix time.
         Value::Timestamp(t) => out.push_str(itoa::Buffer::new().format(t.0.div_euclid(1_000_000_000))),
+        // Most texts have nothing to escape: copied whole.
+        Value::Text(s) if !s.bytes().any(|b| matches!(b, b'\\' | b'\t' | b'\n')) => out.push_str(s),
         Value::Text(s) => {
             for c in s.chars() {
                 match c {
@@ -1167,4 +1169,25 @@ pub fn status(config: &ClickHouseSinkConfig, sink_name: &str) -> Result<SinkStat
         positions: positions.as_deref().and_then(SinkStatus::parse_positions),
         written_at_ms: written,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tsv(value: Value) -> String {
+        let mut out = String::new();
+        write_tsv(&value, &mut out);
+        out
+    }
+
+    /// Texts go in TabSeparated's escaped form, copied whole when they need
+    /// no escape.
+    #[test]
+    fn texts_are_escaped_for_tab_separated() {
+        assert_eq!(tsv(Value::Text("Tote bag #46".into())), "Tote bag #46");
+        assert_eq!(tsv(Value::Text("a\tb\nc\\d é".into())), "a\\tb\\nc\\\\d é");
+        assert_eq!(tsv(Value::Null), "\\N");
+        assert_eq!(tsv(Value::Timestamp(projector_core::value::Timestamp(1_700_000_000_999_999_999))), "1700000000");
+    }
 }
