@@ -378,7 +378,9 @@ impl SourceReader for KafkaReader {
         if delivered > 0 {
             self.delivered_at = Instant::now();
         }
-        if delivered < max {
+        if delivered == 0 {
+            // Drained: whatever the consumer took past the last record is
+            // behind it now.
             self.step_over_undelivered();
         }
         // A poll that asked for nothing (a bounded reader holding all it
