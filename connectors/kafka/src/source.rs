@@ -377,8 +377,7 @@ impl SourceReader for KafkaReader {
         }
         if delivered > 0 {
             self.delivered_at = Instant::now();
-        }
-        if delivered == 0 {
+        } else {
             // Drained: whatever the consumer took past the last record is
             // behind it now.
             self.step_over_undelivered();

@@ -290,12 +290,17 @@ impl ClickHouseViewSink {
     }
 
     fn rows_table(&self) -> String {
-        format!("{}.{}_rows", self.database, self.table)
+        format!("{}.{}", self.database, self.rows_table_name())
     }
 
-    /// The rows table in `system.*` tables' terms.
-    fn rows_table_filter(&self) -> String {
-        format!("database = {} AND table = {}", quote(&self.database), quote(&format!("{}_rows", self.table)))
+    /// The rows table's name within the sink's database.
+    fn rows_table_name(&self) -> String {
+        format!("{}_rows", self.table)
+    }
+
+    /// Table `name` of the sink's database in `system.*` tables' terms.
+    fn table_filter(&self, name: &str) -> String {
+        format!("database = {} AND table = {}", quote(&self.database), quote(name))
     }
 
     fn checkpoints_table(&self) -> String {
@@ -655,15 +660,15 @@ impl ClickHouseViewSink {
     /// The columns of table (or view) `name` of the sink's database, as
     /// `name type`, in order (none: no such table).
     fn columns_of(&self, name: &str, what: &str) -> Result<Vec<String>, SinkError> {
-        let filter = format!("database = {} AND table = {}", quote(&self.database), quote(name));
-        let found = self.select(what, &format!("SELECT name, type FROM system.columns WHERE {filter}"))?;
+        let found =
+            self.select(what, &format!("SELECT name, type FROM system.columns WHERE {}", self.table_filter(name)))?;
         Ok(found.lines().map(|l| l.replace("\\'", "'").replace('\t', " ")).collect())
     }
 
     /// The rows table's columns as `name type` (`None`: there is no
     /// such table).
     fn rows_table_columns(&self) -> Result<Option<Vec<String>>, SinkError> {
-        let found = self.columns_of(&format!("{}_rows", self.table), "cannot read the rows table's columns")?;
+        let found = self.columns_of(&self.rows_table_name(), "cannot read the rows table's columns")?;
         Ok((!found.is_empty()).then_some(found))
     }
 
@@ -886,7 +891,10 @@ impl ClickHouseViewSink {
         loop {
             let open = self.select(
                 "cannot read the mutation's progress",
-                &format!("SELECT count() FROM system.mutations WHERE {} AND is_done = 0", self.rows_table_filter()),
+                &format!(
+                    "SELECT count() FROM system.mutations WHERE {} AND is_done = 0",
+                    self.table_filter(&self.rows_table_name())
+                ),
             )?;
             if open.trim() == "0" {
                 return Ok(());
