@@ -205,21 +205,22 @@ fn readers_catching_up_on_two_workers_share_one_batch() {
 #[test]
 fn reads_end_at_a_topic_that_ends_in_transaction_markers() {
     let topic = kafka::create_topic("txn-markers", 2);
-    let appended = kafka::append(&topic, generated(1_000, 81, 0.0));
+    let records = generated(1_000, 81, 0.0);
+    let appended = kafka::append(&topic, records.clone());
     let ends: Vec<i64> = (0..2).map(|partition| kafka::append_commit_marker(&topic, partition) + 1).collect();
 
     let source =
         projector_source_kafka::KafkaSource::new(0, source_config(&topic, StartPosition::Earliest), Instant::now());
     let mut reader = source.reader(0, 1).unwrap();
-    let (mut records, deadline) = (0u64, Instant::now() + Duration::from_secs(30));
+    let (mut read, deadline) = (0u64, Instant::now() + Duration::from_secs(30));
     loop {
         assert!(Instant::now() < deadline, "the bounded read did not end; at {:?}, ends {ends:?}", reader.positions());
-        match reader.poll(500, &mut |_| records += 1).unwrap() {
+        match reader.poll(500, &mut |_| read += 1).unwrap() {
             projector_core::source::Poll::Finished => break,
             _ => std::thread::sleep(Duration::from_millis(2)),
         }
     }
-    assert_eq!(records, appended);
+    assert_eq!(read, appended);
     assert!(reader.caught_up());
     let at: Vec<i64> = reader.positions().0.values().map(|next| *next as i64).collect();
     assert_eq!(at, ends, "the positions stop short of the markers");
@@ -235,7 +236,7 @@ fn reads_end_at_a_topic_that_ends_in_transaction_markers() {
         let _ = done.send(());
     });
     finished.recv_timeout(Duration::from_secs(60)).expect("the bounded run did not end at the markers");
-    assert_views_match(dir.path(), &lines(&generated(1_000, 81, 0.0)));
+    assert_views_match(dir.path(), &lines(&records));
 }
 
 #[test]
