@@ -1,6 +1,7 @@
 //! Writing and reading a pipeline state snapshot (Parquet through Arrow):
 //! what a run with `state:` does at every snapshot and at its end, and
-//! what a restart does before anything else runs, and freeing the rows
+//! what a restart does before anything else runs (reading the file, and
+//! making the restored state of its rows), and freeing the rows
 //! the state sink kept, as at the end of a run.
 //!
 //! The rows are a real snapshot's: the shipped views over 1,000,000
@@ -49,6 +50,15 @@ fn snapshot(c: &mut Criterion) {
     });
     group.bench_function(format!("read {} rows", rows.len()), |b| {
         b.iter(|| read_rows(&shape, &state).expect("read").0.len())
+    });
+    // What a restart makes of the rows read: the `event_id`s to drop
+    // later copies of, and the witnesses for the order fold.
+    group.bench_function(format!("restore {} rows", rows.len()), |b| {
+        b.iter_batched(
+            || rows.clone(),
+            |rows| projector_dataflows::state::restore(rows).expect("restore"),
+            criterion::BatchSize::PerIteration,
+        )
     });
     // What the state sink keeps (the rows as read, in a `SnapshotRows`),
     // freed as at the end of a run.
