@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use projector_core::event::EventId;
 use projector_core::order::{OrderChange, OrderState};
 use projector_core::packed::PackedRow;
+use projector_core::record::LogPosition;
 use projector_core::relation::ValueRef;
+use projector_core::sink::SourcePositions;
 
 use crate::EventPosition;
 use crate::decode::KeyedEvent;
@@ -73,16 +75,18 @@ pub struct OrderGraph<'scope> {
     pub states: VecCollection<'scope, u64, OrderState>,
     /// For state snapshots: the first copy of every `event_id`.
     pub first_copies: Option<VecCollection<'scope, u64, (EventId, EventPosition)>>,
-    /// For state snapshots: each order's witnesses ([`order_witnesses`]).
+    /// For state snapshots: each order's witnesses ([`order_witnesses`]),
+    /// less the restored ones.
     pub witnesses: Option<VecCollection<'scope, u64, (Arc<str>, OrderInput)>>,
 }
 
-/// Events (and `restored`, the witnesses of a state snapshot) to order
-/// states; with `snapshots`, also what a state snapshot keeps. The
-/// reductions of one key share its arrangement.
+/// Events (and `restored`, the witnesses of a state snapshot taken at
+/// `restored_at`) to order states; with `snapshots`, also what a state
+/// snapshot keeps. The reductions of one key share its arrangement.
 pub fn order_graph<'scope>(
     events: VecCollection<'scope, u64, KeyedEvent>,
     restored: VecCollection<'scope, u64, (Arc<str>, OrderInput)>,
+    restored_at: Option<Arc<SourcePositions>>,
     snapshots: bool,
 ) -> OrderGraph<'scope> {
     let deduped = dedup(events.clone(), snapshots);
@@ -103,7 +107,8 @@ pub fn order_graph<'scope>(
         .concat(ignored)
         .concat(restored.map(|(order_id, input)| (OrderKey::new(&order_id), input)))
         .arrange_by_key_named("Arrange: OrderInputs");
-    let witnesses = snapshots.then(|| order_witnesses(inputs.clone()).map(|(key, input)| (key.order_id(), input)));
+    let witnesses =
+        snapshots.then(|| order_witnesses(inputs.clone(), restored_at).map(|(key, input)| (key.order_id(), input)));
     OrderGraph { states: order_states(inputs), first_copies, witnesses }
 }
 
@@ -137,10 +142,22 @@ fn order_states<'scope>(inputs: ByKey<'scope, OrderKey, OrderInput>) -> VecColle
 /// element on each count, so folding these with any later events gives
 /// the same state as folding every event: a state snapshot keeps only
 /// them.
+///
+/// After a restart from a snapshot taken at `restored_at`, the inputs
+/// before it are the snapshot's witnesses, whose rows the next snapshot
+/// takes as they were read. The witnesses of an order are their own
+/// witnesses, so an order with no event since has nothing to output; for
+/// the others the output is what changed: a new witness added, a restored
+/// one no longer a witness taken away (count -1).
 pub fn order_witnesses<'scope>(
     inputs: ByKey<'scope, OrderKey, OrderInput>,
+    restored_at: Option<Arc<SourcePositions>>,
 ) -> VecCollection<'scope, u64, (OrderKey, OrderInput)> {
-    reduce_shared(inputs, "OrderWitnesses", |_key: &OrderKey, inputs: &[(&OrderInput, isize)], output| {
+    let restored = move |position: &EventPosition| {
+        let (source, LogPosition { partition, offset }) = *position;
+        restored_at.as_ref().is_some_and(|at| offset < at.get(source, partition))
+    };
+    reduce_shared(inputs, "OrderWitnesses", move |_key: &OrderKey, inputs: &[(&OrderInput, isize)], output| {
         let events = counted_events(inputs);
         let header = events
             .iter()
@@ -158,8 +175,19 @@ pub fn order_witnesses<'scope>(
             [header, content, cancel].into_iter().flatten().collect();
         kept.sort_by_key(|(_, position, _, _)| *position);
         kept.dedup_by_key(|(_, position, _, _)| *position);
-        for (sequence, position, event_id, change) in kept {
-            output.push((OrderInput::Event(*sequence, *position, (*event_id).clone(), (*change).clone()), 1));
+        for (sequence, position, event_id, change) in &kept {
+            if !restored(position) {
+                output.push((OrderInput::Event(*sequence, *position, (*event_id).clone(), (*change).clone()), 1));
+            }
+        }
+        for (input, count) in inputs {
+            if let OrderInput::Event(_, position, _, _) = input
+                && *count > 0
+                && restored(position)
+                && !kept.iter().any(|(_, kept_at, _, _)| kept_at == position)
+            {
+                output.push(((*input).clone(), -1));
+            }
         }
     })
 }

@@ -103,10 +103,10 @@ pub struct OutputState {
     pub delivered: Mutex<BTreeMap<usize, u64>>,
     /// The threads that write to view sinks; the run waits for them.
     pub sink_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    /// Rows, by view index, that the view's first batch adds besides what
-    /// the dataflow computes: the `event_id` rows of a restored state,
-    /// which go into the next snapshot as they are (sorted by key; no row
-    /// of the dataflow has one of their keys).
+    /// Rows, by view index, that the view's first batch adds to what the
+    /// dataflow computes: the rows of a restored state, which go into the
+    /// next snapshot as they are (sorted by key). The dataflow's changes
+    /// take away those that no longer hold.
     pub first_rows: Mutex<BTreeMap<usize, Vec<(Row, Row)>>>,
     /// Where the workers' shares of each view's batches meet, by view
     /// index. The workers' operators own it: when the dataflow goes (the
@@ -605,19 +605,25 @@ pub fn batch_changes(updates: Vec<((PackedRow, Row), u64, isize)>) -> Vec<ViewCh
 }
 
 /// `changes` (sorted by key, then values) with `rows` added, keeping the
-/// order; `rows` share no key with `changes`. They come sorted by key from
-/// a snapshot the runner wrote, which the (stable) sort finds in one pass.
+/// order; a change that removes one of `rows` cancels it. They come sorted
+/// by key from a snapshot the runner wrote, which the (stable) sort finds
+/// in one pass.
 fn with_rows(changes: Vec<ViewChange>, mut rows: Vec<(Row, Row)>) -> Vec<ViewChange> {
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     let mut merged = Vec::with_capacity(changes.len() + rows.len());
-    let mut rows = rows.into_iter().peekable();
-    for change in changes {
-        while let Some((key, values)) = rows.next_if(|(key, _)| *key < change.key) {
-            merged.push(ViewChange { key, values, diff: 1 });
+    let mut rows = rows.into_iter().map(|(key, values)| ViewChange { key, values, diff: 1 }).peekable();
+    for mut change in changes {
+        while let Some(row) = rows.next_if(|row| (&row.key, &row.values) < (&change.key, &change.values)) {
+            merged.push(row);
         }
-        merged.push(change);
+        if let Some(row) = rows.next_if(|row| row.key == change.key && row.values == change.values) {
+            change.diff += row.diff;
+        }
+        if change.diff != 0 {
+            merged.push(change);
+        }
     }
-    merged.extend(rows.map(|(key, values)| ViewChange { key, values, diff: 1 }));
+    merged.extend(rows);
     merged
 }
 
@@ -868,7 +874,7 @@ mod tests {
     }
 
     #[test]
-    fn a_first_batch_takes_the_restored_rows_in_key_order() {
+    fn a_first_batch_takes_the_restored_rows_in_key_order_less_those_it_removes() {
         use projector_core::value::Value;
         let row = |key: u64, value: i64| (Row::from(vec![Value::UInt(key)]), Row::from(vec![Value::Int(value)]));
         let changes = vec![change(2, 20, -1), change(2, 21, 1), change(5, 50, 1)];
@@ -892,6 +898,13 @@ mod tests {
         }
         assert_eq!(with_rows(Vec::new(), vec![row(1, 10)]), [change(1, 10, 1)]);
         assert_eq!(with_rows(changes.clone(), Vec::new()), changes);
+        // A change that removes a restored row cancels it; one of other
+        // values for its key does not.
+        let changes = vec![change(3, 30, -1), change(4, 41, -1), change(6, 60, 1)];
+        assert_eq!(
+            with_rows(changes, vec![row(3, 30), row(4, 40), row(9, 90)]),
+            [change(4, 40, 1), change(4, 41, -1), change(6, 60, 1), change(9, 90, 1)]
+        );
     }
 
     #[test]

@@ -394,10 +394,10 @@ pub fn run(
     let restored = restored.unwrap_or_default();
     let restored_ids = Arc::new(restored.event_ids);
     if snapshots
-        && !restored.event_rows.is_empty()
+        && !restored.rows.is_empty()
         && let Ok(mut first) = state.first_rows.lock()
     {
-        first.insert(state_index, restored.event_rows);
+        first.insert(state_index, restored.rows);
     }
     let restored = Arc::new(Mutex::new(Some(restored.witnesses)));
     if let Some((_, at)) = &restored_from {
@@ -405,7 +405,7 @@ pub fn run(
             source.start_at(at);
         }
     }
-    let skip_below = restored_from.as_ref().map(|(_, at)| at.clone());
+    let skip_below = restored_from.as_ref().map(|(_, at)| Arc::new(at.clone()));
     let barriers = Arc::new(barriers);
     let phases = barriers.len() as u64;
     let outputs = Arc::new(Mutex::new(Some((view_sinks, outputs.dead_letter_sinks))));
@@ -444,7 +444,8 @@ pub fn run(
         let probe = worker.dataflow::<u64, _, _>(|scope| {
             let events = events_input.to_collection(scope);
             let dead_letters = dead_letters_input.to_stream(scope);
-            let graph = orders::order_graph(events, restored_input.to_collection(scope), snapshots);
+            let restored = restored_input.to_collection(scope);
+            let graph = orders::order_graph(events, restored, skip_below.clone(), snapshots);
             let states = graph.states;
             let probe = timely::dataflow::ProbeHandle::new();
             if let (Some(first_copies), Some(witnesses)) = (graph.first_copies, graph.witnesses) {

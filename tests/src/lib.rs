@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use projector::commands;
 use projector_core::config;
+use projector_core::value::Row;
 use projector_dataflows::runner::{RunOptions, RunSummary};
 
 /// The shipped config.
@@ -77,6 +78,38 @@ pub fn first_difference(got: &[serde_json::Value], want: &[serde_json::Value]) -
         ));
     }
     None
+}
+
+/// Where two state snapshots differ (the rows of one only, or with other
+/// values), at most a few of them named; `None` when they hold the same
+/// rows.
+pub fn state_difference(one: &Path, other: &Path) -> Option<String> {
+    let (one_rows, other_rows) = (state_rows(one), state_rows(other));
+    let differ: Vec<_> = one_rows
+        .iter()
+        .filter(|(key, values)| other_rows.get(*key) != Some(values))
+        .map(|(key, values)| format!("{key:?}: {values:?} in {} only", one.display()))
+        .chain(
+            other_rows
+                .iter()
+                .filter(|(key, values)| one_rows.get(*key) != Some(values))
+                .map(|(key, values)| format!("{key:?}: {values:?} in {} only", other.display())),
+        )
+        .collect();
+    (!differ.is_empty())
+        .then(|| format!("{} state rows differ, as: {}", differ.len(), differ[..differ.len().min(3)].join("; ")))
+}
+
+/// The rows of a state snapshot, by key (each key once).
+fn state_rows(path: &Path) -> BTreeMap<Row, Row> {
+    use projector_dataflows::state::{STATE_KEY_LEN, STATE_NAME, state_fields};
+    let shape =
+        projector_sink_parquet::Shape { name: STATE_NAME.to_string(), fields: state_fields(), key_len: STATE_KEY_LEN };
+    let (rows, _) = projector_sink_parquet::read_rows(&shape, path).unwrap();
+    let count = rows.len();
+    let rows: BTreeMap<Row, Row> = rows.into_iter().collect();
+    assert_eq!(rows.len(), count, "a key twice in {}", path.display());
+    rows
 }
 
 /// Parses a JSON Lines file.

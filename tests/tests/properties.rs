@@ -5,10 +5,12 @@
 //! with one or many batches (so retractions flow through the dataflow).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use std::path::Path;
+
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use projector_tests::{first_difference, reference, run_lines, shipped_config_text};
+use projector_tests::{first_difference, reference, run_lines, shipped_config_text, state_difference};
 
 /// The shipped views plus a fourth declared only in YAML.
 fn config_with_fourth_view() -> String {
@@ -229,7 +231,8 @@ proptest! {
 
 /// Runs the test config's views over `lines[..cut]` with state snapshots,
 /// then over all of `lines` from the snapshot: the views equal the
-/// recomputation of all of them.
+/// recomputation of all of them, and the snapshot it leaves is that of a
+/// run over all of them from the start.
 fn check_restart_from_snapshot(lines: &[String], cut: usize) -> Result<(), TestCaseError> {
     let text = config_with_fourth_view();
     let views = &text[text.find("\nviews:").unwrap()..text.find("\nsinks:").unwrap()];
@@ -241,18 +244,22 @@ fn check_restart_from_snapshot(lines: &[String], cut: usize) -> Result<(), TestC
     let config = format!(
         "version: 1\nsources:\n  events:\n    type: file\n    path: events.jsonl\n    batch_records: 3\n{views}\nsinks:\n{sinks}state:\n  path: state.parquet\n  every_ms: 1\n"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let run = |lines: &[String]| {
+    let (dir, fresh) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let run = |lines: &[String], dir: &Path| {
         // The log only grows: the longer file starts with the shorter one.
         let body: String = lines.iter().map(|line| format!("{line}\n")).collect();
-        std::fs::write(dir.path().join("events.jsonl"), body).unwrap();
-        let plan = projector_core::config::check_text(&config, "pipelines.yaml", dir.path()).unwrap();
+        std::fs::write(dir.join("events.jsonl"), body).unwrap();
+        let plan = projector_core::config::check_text(&config, "pipelines.yaml", dir).unwrap();
         let options = projector_dataflows::runner::RunOptions { workers: 2, poll_records: 7, ..Default::default() };
         projector::commands::run_config(plan, options).unwrap()
     };
-    run(&lines[..cut]);
-    let summary = run(lines);
+    run(&lines[..cut], dir.path());
+    let summary = run(lines, dir.path());
     prop_assert!(summary.restored_from.is_some(), "the second run did not start from the snapshot");
+    run(lines, fresh.path());
+    if let Some(difference) = state_difference(&dir.path().join("state.parquet"), &fresh.path().join("state.parquet")) {
+        return Err(TestCaseError::fail(format!("the snapshot after a restart at line {cut}: {difference}")));
+    }
     let expected = reference::read(lines);
     for (name, rows) in reference_views(&expected) {
         let got = projector_tests::read_json_lines(&dir.path().join(format!("{name}.jsonl")));

@@ -14,7 +14,7 @@ use projector_dataflows::runner::{RunOptions, RunSummary};
 use projector_datagen::{Generator, GeneratorConfig};
 use projector_tests::services::{RedisServer, available};
 use projector_tests::sinks::{assert_redis_holds, redis_sinks_yaml};
-use projector_tests::{kafka, shipped_views_yaml};
+use projector_tests::{kafka, shipped_views_yaml, state_difference};
 
 fn plan(text: &str, dir: &Path) -> PipelinePlan {
     check_text(text, "snapshot.yaml", dir).unwrap_or_else(|e| panic!("{e}\n{text}"))
@@ -63,9 +63,26 @@ fn a_restart_from_a_snapshot_gives_the_views_of_the_whole_log() {
     assert!(state.exists(), "the run left a snapshot");
 
     // More events: later events of orders created before the snapshot, and
-    // copies of events from before it.
+    // copies of events from before it. Among the later events, updates of
+    // orders updated before it: each takes the place of a witness that the
+    // snapshot holds (its order's latest update), which the next snapshot
+    // must not keep.
     let mut more = rest.to_vec();
     more.extend(first.iter().step_by(97).cloned());
+    let superseding: Vec<(String, String)> = first
+        .iter()
+        .filter(|(_, line)| line.contains("\"OrderUpdated\""))
+        .step_by(3)
+        .enumerate()
+        .map(|(index, (key, line))| {
+            let mut event: serde_json::Value = serde_json::from_str(line).unwrap();
+            event["event_id"] = serde_json::Value::String(format!("update-after-the-snapshot-{index}"));
+            event["sequence"] = serde_json::Value::from(9);
+            (key.clone(), event.to_string())
+        })
+        .collect();
+    assert!(superseding.len() > 50, "{} updates", superseding.len());
+    more.extend(superseding);
     kafka::append(&topic, more.clone());
     let after = run(&text, dir.path());
     let (name, at) = after.restored_from.clone().expect("the restart started from the snapshot");
@@ -77,10 +94,17 @@ fn a_restart_from_a_snapshot_gives_the_views_of_the_whole_log() {
     lines.extend(more.iter().map(|(_, line)| line.clone()));
     assert_redis_holds(&redis, &lines, "s:");
 
-    // The same log from offset 0, without snapshots, into other keys.
-    let whole = run(&config(&topic, &redis, "p:", None), dir.path());
+    // The same log from offset 0, into other keys and another snapshot.
+    let whole_state = dir.path().join("whole.parquet");
+    let whole = run(&config(&topic, &redis, "p:", Some(&whole_state)), dir.path());
+    assert!(whole.restored_from.is_none());
     assert_eq!(whole.records, lines.len() as u64);
     assert_redis_holds(&redis, &lines, "p:");
+    // The restart's snapshot (the restored rows, less what its events
+    // took away, and what they added) is that run's, row for row.
+    if let Some(difference) = state_difference(&state, &whole_state) {
+        panic!("{difference}");
+    }
 
     // The snapshot the second run left is at the end of the log: a third
     // run starts from it and reads nothing.
