@@ -167,7 +167,8 @@ pub fn restore(rows: Vec<(Row, Row)>) -> Result<Restored, String> {
 /// Where to split `rows` so that each part is about half the work of
 /// restoring them. An order witness (its line items parsed from JSON, its
 /// parts allocated) costs about five times an `event_id`: 1.3 µs against
-/// 0.26 µs in the `restore` case of the `snapshot` bench. A snapshot holds
+/// 0.26 µs, timed by hand inside the `restore` case of the `snapshot`
+/// bench. A snapshot holds
 /// its `event` rows first, so halving the rows gave one thread nearly all
 /// the witnesses.
 fn half_the_work(rows: &[(Row, Row)]) -> usize {
