@@ -1,8 +1,8 @@
 //! State snapshots (`state:` in the YAML): a restart starts from the
 //! snapshot instead of the start of the log, reads only what came after it,
-//! and ends with the same views as a run over the whole log, also when
-//! orders created before the snapshot change after it and events from
-//! before it are delivered again after it. A snapshot ahead of a sink's
+//! and ends with the same views (and leaves the same snapshot) as a run
+//! over the whole log, also when orders created before the snapshot change
+//! after it and events from before it are delivered again after it. A snapshot ahead of a sink's
 //! checkpoint, or one that cannot be read, is passed over.
 #![allow(clippy::unwrap_used, missing_docs)]
 
