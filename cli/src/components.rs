@@ -124,7 +124,9 @@ fn state_snapshots(plan: &PipelinePlan, source_names: &[String]) -> (NamedSinks,
 /// The sink that keeps state snapshots at `path` (and the one before),
 /// replaced at most `every`, and both as candidates to start from.
 pub fn state_snapshots_at(path: &Path, every: Duration, source_names: &[String]) -> (NamedSinks, Vec<Restore>) {
-    let sink = ParquetViewSink::of_shape(state_shape(), path, Some(every), source_names.to_vec()).keeping_previous();
+    let sink = ParquetViewSink::of_shape(state_shape(), path, Some(every), source_names.to_vec())
+        .keeping_previous()
+        .first_write_after_an_interval();
     let mut restore = Vec::new();
     for path in [path.to_path_buf(), projector_sink_parquet::previous_path(path)] {
         let positions = match projector_sink_parquet::positions_of(&path) {

@@ -332,6 +332,12 @@ impl SnapshotRows {
         self.write_every.is_some_and(|every| self.dirty && self.last_write.is_none_or(|at| at.elapsed() >= every))
     }
 
+    /// Counts the first interval from now, so that the first batch does
+    /// not make the file due at once.
+    pub fn first_interval_from_now(&mut self) {
+        self.last_write = Some(std::time::Instant::now());
+    }
+
     /// Whether the file needs a rewrite at the end (`exists`: it is there).
     pub fn due_at_end(&self, exists: bool) -> bool {
         self.dirty || !exists
@@ -409,5 +415,12 @@ mod tests {
         assert!(snapshot.rows.is_empty());
         snapshot.apply(&[change(6, 60, 1)], false);
         assert_eq!(rows(&snapshot), [(6, 60)]);
+
+        // Counting the first interval from its start, a first batch is
+        // not due at once, only at the end.
+        let mut snapshot = SnapshotRows::new(Some(std::time::Duration::from_secs(3600)));
+        snapshot.first_interval_from_now();
+        assert!(!snapshot.apply(&first, true), "not due before the interval");
+        assert!(snapshot.due_at_end(true));
     }
 }
