@@ -11,9 +11,11 @@
 //!    writes the snapshot, then a restart from it, then the same restart
 //!    without a snapshot (from offset 0); then, with a tenth more events
 //!    appended (`BENCH_MORE_EVENTS`), a restart from the snapshot that
-//!    reads them. Each run ends once it has caught
-//!    up with the log (a bounded source), so its wall time is the time to
-//!    be current again.
+//!    reads them. Each run ends once it has caught up with the log (a
+//!    bounded source), so its wall time is the time to be current again,
+//!    plus the end of a run (a new snapshot written when the run read
+//!    something, its state freed), which a running pipeline does not wait
+//!    for.
 //!
 //! Run: `cargo bench -p projector-benches --bench replay_restart`. Under
 //! `cargo test` it runs small. Knobs: `BENCH_EVENTS`, `BENCH_PARTITIONS`,
