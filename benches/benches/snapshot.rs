@@ -17,8 +17,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use projector_core::sink::{SnapshotRows, ViewChange};
 use projector_dataflows::runner::RunOptions;
-use projector_dataflows::state::{STATE_KEY_LEN, STATE_NAME, state_fields};
-use projector_sink_parquet::{Shape, read_rows, write_parquet};
+use projector_sink_parquet::{read_rows, write_parquet};
 
 fn snapshot(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("scratch folder");
@@ -35,7 +34,7 @@ fn snapshot(c: &mut Criterion) {
     let plan = projector_core::config::check_text(&text, "snapshot.yaml", dir.path()).expect("config");
     projector::commands::run_config(plan, RunOptions { workers: 2, ..RunOptions::default() }).expect("run");
 
-    let shape = Shape { name: STATE_NAME.to_string(), fields: state_fields(), key_len: STATE_KEY_LEN };
+    let shape = projector::components::state_shape();
     let (rows, positions) = read_rows(&shape, &state).expect("the snapshot");
     let out = dir.path().join("again.parquet");
 

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::record::DeadLetter;
+use crate::record::{DeadLetter, LogPosition};
 use crate::value::{Row, Timestamp, Value};
 
 /// For each source partition, the next offset to read: everything before it
@@ -49,6 +49,12 @@ impl SourcePositions {
     /// The next offset of one partition (0 when it is not listed).
     pub fn get(&self, source: u16, partition: u32) -> u64 {
         self.0.get(&(source, partition)).copied().unwrap_or(0)
+    }
+
+    /// Whether the record at `position` of source `source` is before these
+    /// positions (what they reflect).
+    pub fn before(&self, source: u16, position: LogPosition) -> bool {
+        position.offset < self.get(source, position.partition)
     }
 
     /// The sum of all offsets: a total order consistent with [`Self::le`].

@@ -185,7 +185,7 @@ struct BoundedReader {
 
 impl BoundedReader {
     fn below(&self, limit: Option<&SourcePositions>, position: crate::record::LogPosition) -> bool {
-        limit.is_none_or(|limit| position.offset < limit.get(self.source_index, position.partition))
+        limit.is_none_or(|limit| limit.before(self.source_index, position))
     }
 }
 
@@ -222,9 +222,7 @@ impl SourceReader for BoundedReader {
             let held = &mut self.held;
             let poll = self.inner.poll(if room { max } else { 0 }, &mut |record| {
                 let wanted = held.iter().all(|(p, _, _)| p.partition != record.position.partition)
-                    && limit
-                        .as_ref()
-                        .is_none_or(|l| record.position.offset < l.get(source_index, record.position.partition));
+                    && limit.as_ref().is_none_or(|l| l.before(source_index, record.position));
                 if wanted {
                     delivered += 1;
                     deliver(record);

@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 use projector_core::event::EventId;
 use projector_core::order::{OrderChange, OrderState};
 use projector_core::packed::PackedRow;
-use projector_core::record::LogPosition;
 use projector_core::relation::ValueRef;
 use projector_core::sink::SourcePositions;
 
@@ -153,10 +152,8 @@ pub fn order_witnesses<'scope>(
     inputs: ByKey<'scope, OrderKey, OrderInput>,
     restored_at: Option<Arc<SourcePositions>>,
 ) -> VecCollection<'scope, u64, (OrderKey, OrderInput)> {
-    let restored = move |position: &EventPosition| {
-        let (source, LogPosition { partition, offset }) = *position;
-        restored_at.as_ref().is_some_and(|at| offset < at.get(source, partition))
-    };
+    let restored =
+        move |(source, position): &EventPosition| restored_at.as_ref().is_some_and(|at| at.before(*source, *position));
     reduce_shared(inputs, "OrderWitnesses", move |_key: &OrderKey, inputs: &[(&OrderInput, isize)], output| {
         let events = counted_events(inputs);
         let header = events

@@ -240,7 +240,7 @@ fn send(
 
 /// Whether a record at `position` of `source` belongs after `barrier`.
 fn beyond(barrier: Option<&SourcePositions>, source: u16, position: LogPosition) -> bool {
-    barrier.is_some_and(|b| position.offset >= b.get(source, position.partition))
+    barrier.is_some_and(|b| !b.before(source, position))
 }
 
 /// Puts a decoded record with the events or with the dead letters, and
@@ -444,8 +444,8 @@ pub fn run(
         let probe = worker.dataflow::<u64, _, _>(|scope| {
             let events = events_input.to_collection(scope);
             let dead_letters = dead_letters_input.to_stream(scope);
-            let restored = restored_input.to_collection(scope);
-            let graph = orders::order_graph(events, restored, skip_below.clone(), snapshots);
+            let witnesses = restored_input.to_collection(scope);
+            let graph = orders::order_graph(events, witnesses, skip_below.clone(), snapshots);
             let states = graph.states;
             let probe = timely::dataflow::ProbeHandle::new();
             if let (Some(first_copies), Some(witnesses)) = (graph.first_copies, graph.witnesses) {
@@ -553,7 +553,7 @@ pub fn run(
                     let mut dropped = 0usize;
                     let poll = reader.poll(options.poll_records, &mut |record| {
                         let position = record.position;
-                        if skip.is_some_and(|at| position.offset < at.get(source, position.partition)) {
+                        if skip.is_some_and(|at| at.before(source, position)) {
                             // In the snapshot the run started from.
                             return;
                         }

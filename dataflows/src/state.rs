@@ -61,6 +61,11 @@ pub fn state_fields() -> Vec<(String, FieldType)> {
     .collect()
 }
 
+/// The `record` of a state row that holds an `event_id`'s first copy.
+const EVENT_RECORD: &str = "event";
+/// The `record` of a state row that holds an order witness.
+const ORDER_RECORD: &str = "order";
+
 fn key(record: &str, id: String, position: EventPosition) -> PackedRow {
     let (source, LogPosition { partition, offset }) = position;
     PackedRow::from(
@@ -83,7 +88,8 @@ pub fn first_copy_rows<'scope>(
     // million `event_id`s are a million allocations fewer to make, keep
     // and free).
     let nulls = Row::from(vec![Value::Null; 9]);
-    first_copies.map(move |(event_id, position)| (key("event", event_id.to_string(), position), Row::clone(&nulls)))
+    first_copies
+        .map(move |(event_id, position)| (key(EVENT_RECORD, event_id.to_string(), position), Row::clone(&nulls)))
 }
 
 /// Order witnesses as state rows.
@@ -120,7 +126,7 @@ fn witness_row(order_id: &str, input: &OrderInput) -> Option<(PackedRow, Row)> {
         ]),
         None => values.extend([Value::Null, Value::Null]),
     }
-    Some((key("order", order_id.to_string(), *position), Row::from(values)))
+    Some((key(ORDER_RECORD, order_id.to_string(), *position), Row::from(values)))
 }
 
 /// What a snapshot restores.
@@ -168,13 +174,12 @@ pub fn restore(rows: Vec<(Row, Row)>) -> Result<Restored, String> {
 /// restoring them. An order witness (its line items parsed from JSON, its
 /// parts allocated) costs about five times an `event_id`: 1.3 µs against
 /// 0.26 µs, timed by hand inside the `restore` case of the `snapshot`
-/// bench. A snapshot holds
-/// its `event` rows first, so halving the rows gave one thread nearly all
-/// the witnesses.
+/// bench. A snapshot holds its `event` rows first, so halving the rows
+/// gave one thread nearly all the witnesses.
 fn half_the_work(rows: &[(Row, Row)]) -> usize {
     const WITNESS_COST: usize = 5;
     let cost = |(key, _): &(Row, Row)| match key.first() {
-        Some(Value::Text(record)) if record.as_ref() == "order" => WITNESS_COST,
+        Some(Value::Text(record)) if record.as_ref() == ORDER_RECORD => WITNESS_COST,
         _ => 1,
     };
     let total: usize = rows.iter().map(cost).sum();
@@ -210,10 +215,10 @@ fn restore_part(rows: &[(Row, Row)], ids: usize) -> Result<(EventIds, Witnesses)
             _ => return Err(bad()),
         };
         match record.as_ref() {
-            "event" => {
+            EVENT_RECORD => {
                 event_ids.insert(EventId::new(id));
             }
-            "order" => {
+            ORDER_RECORD => {
                 let text = |index: usize| match values.get(index) {
                     Some(Value::Text(text)) => Ok(text.clone()),
                     _ => Err(bad()),

@@ -102,10 +102,7 @@ pub fn state_difference(one: &Path, other: &Path) -> Option<String> {
 
 /// The rows of a state snapshot, by key (each key once).
 fn state_rows(path: &Path) -> BTreeMap<Row, Row> {
-    use projector_dataflows::state::{STATE_KEY_LEN, STATE_NAME, state_fields};
-    let shape =
-        projector_sink_parquet::Shape { name: STATE_NAME.to_string(), fields: state_fields(), key_len: STATE_KEY_LEN };
-    let (rows, _) = projector_sink_parquet::read_rows(&shape, path).unwrap();
+    let (rows, _) = projector_sink_parquet::read_rows(&projector::components::state_shape(), path).unwrap();
     let count = rows.len();
     let rows: BTreeMap<Row, Row> = rows.into_iter().collect();
     assert_eq!(rows.len(), count, "a key twice in {}", path.display());
