@@ -35,7 +35,7 @@ pub const RUN_KEEPS_FREED: KeepFreed = KeepFreed::For(std::time::Duration::from_
 /// good, a replay of `order_summary` ran 6 to 10% faster (two pairs of runs
 /// of `BENCH_PARTS=replay` in `benches/benches/replay_restart.rs`); kept
 /// for 10 s, the runs of `BENCH_PARTS=restart` faulted a third less (the
-/// README has the figures).
+/// figures are in docs/performance.md).
 #[allow(unsafe_code)] // The one call into C outside a crate made for it.
 pub fn keep_freed_memory(how_long: KeepFreed) {
     /// `mi_option_purge_delay` of `mimalloc.h` (mimalloc v3), which
