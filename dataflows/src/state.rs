@@ -160,6 +160,10 @@ pub type Witnesses = Vec<(Arc<str>, OrderInput)>;
 pub fn restore(rows: Vec<(Row, Row)>) -> Result<Restored, String> {
     let (first, second) = rows.split_at(half_the_work(&rows));
     let (first, second) = std::thread::scope(|scope| {
+        // The first part makes room for every `event_id` of the
+        // snapshot, the second's included; the second part holds the
+        // later rows, nearly all witnesses (a snapshot's `event` rows come
+        // first), so it makes none.
         let other = scope.spawn(|| restore_part(second, 0));
         let first = restore_part(first, rows.len());
         (first, other.join().unwrap_or_else(|_| Err("a thread restoring the state panicked".to_string())))
@@ -195,8 +199,7 @@ fn half_the_work(rows: &[(Row, Row)]) -> usize {
 /// Reads `rows` back: the `event_id`s and the witnesses they hold; `ids`:
 /// how many `event_id`s to make room for.
 fn restore_part(rows: &[(Row, Row)], ids: usize) -> Result<(EventIds, Witnesses), String> {
-    // Nearly every row is an `event_id`'s.
-    let mut event_ids = HashSet::with_capacity_and_hasher(ids.max(rows.len()), RowHasher::default());
+    let mut event_ids = HashSet::with_capacity_and_hasher(ids, RowHasher::default());
     let mut witnesses = Vec::new();
     for (key, values) in rows {
         let bad = || format!("a state row that is not one: {key:?} {values:?}");
