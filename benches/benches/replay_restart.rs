@@ -6,7 +6,8 @@
 //!    three views and both sinks of every view; then `projector replay` of
 //!    each view in turn, and of the three in one pass (2 workers; no
 //!    pipeline runs meanwhile, so the sinks hold still): prints events/s and
-//!    wall time of each.
+//!    wall time of each, and the CPU seconds this process and the Redis
+//!    and ClickHouse servers used meanwhile.
 //! 2. Restart: the same log with state snapshots on (`state:`): the run that
 //!    writes the snapshot, then a restart from it, then the same restart
 //!    without a snapshot (from offset 0); then, with a tenth more events
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use projector::commands;
 use projector::replay::{ReplayOptions, replay};
-use projector_benches::{bench_topic, cpu_seconds, knob, mock_broker};
+use projector_benches::{bench_topic, cpu_seconds, cpu_seconds_of, knob, mock_broker};
 use projector_core::config::{PipelinePlan, check_text};
 use projector_core::value::parse_date;
 use projector_dataflows::runner::{RunOptions, RunSummary};
@@ -93,9 +94,10 @@ fn replay_views(source: &str, appended: u64) {
     let views: Vec<&str> = chosen.split(',').map(str::trim).filter(|v| VIEWS.contains(v)).collect();
     let day: String = knob("BENCH_DAY", String::new());
     let day = (!day.is_empty()).then(|| parse_date(&day).expect("BENCH_DAY is a date, YYYY-MM-DD"));
+    let servers = [("redis-server", redis.pid()), ("clickhouse-server", clickhouse.pid())];
     let mut total = 0.0;
     for &view in &views {
-        total += replay_once(&plan(&text, dir.path()), &[view], day);
+        total += replay_once(&plan(&text, dir.path()), &[view], day, &servers);
     }
     println!(
         "replay of {} views one by one: {:.2} s, {:.0} events/s per view on average",
@@ -104,7 +106,7 @@ fn replay_views(source: &str, appended: u64) {
         views.len() as f64 * appended as f64 / total
     );
     if views.len() > 1 {
-        let together = replay_once(&plan(&text, dir.path()), &views, day);
+        let together = replay_once(&plan(&text, dir.path()), &views, day, &servers);
         println!(
             "replay of {} views in one pass: {together:.2} s, {:.0} events/s, {:.0} events/s per view",
             views.len(),
@@ -115,8 +117,11 @@ fn replay_views(source: &str, appended: u64) {
 }
 
 /// One `projector replay` of `views` (of `day` alone, for those with a
-/// date key), printed; answers its wall time in seconds.
-fn replay_once(plan: &PipelinePlan, views: &[&str], day: Option<i32>) -> f64 {
+/// date key), printed with the CPU seconds this process and each of
+/// `servers` (name, process id) used meanwhile: on 2 cores shared by all
+/// of them, their sum is what the replay costs; answers its wall time in
+/// seconds.
+fn replay_once(plan: &PipelinePlan, views: &[&str], day: Option<i32>, servers: &[(&str, Option<u32>)]) -> f64 {
     let dated = views.iter().all(|view| {
         plan.view(view).is_some_and(|v| v.keys.iter().any(|k| k.ty == projector_core::value::FieldType::Date))
     });
@@ -133,18 +138,25 @@ fn replay_once(plan: &PipelinePlan, views: &[&str], day: Option<i32>) -> f64 {
     };
     let started = Instant::now();
     let cpu_before = cpu_seconds();
+    let servers_before: Vec<f64> = servers.iter().map(|(_, pid)| cpu_seconds_of(*pid)).collect();
     let replayed = replay(plan, &options, RunOptions { workers: 2, ..RunOptions::default() }).expect("replay");
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
+    let servers_cpu: Vec<String> = servers
+        .iter()
+        .zip(servers_before)
+        .map(|((name, pid), before)| format!("{name} {:.2}", cpu_seconds_of(*pid) - before))
+        .collect();
     let dataflow = replayed.run.elapsed.as_secs_f64();
     let rows: Vec<String> =
         replayed.swaps.iter().map(|s| format!("{} {} rows, held {} ms", s.sink, s.rows, s.held.as_millis())).collect();
     println!(
-        "replay {}: {} events in {seconds:.2} s = {:.0} events/s end to end (dataflow into the shadows {dataflow:.2} s = {:.0} events/s; {cpu:.2} CPU s in this process); {}",
+        "replay {}: {} events in {seconds:.2} s = {:.0} events/s end to end (dataflow into the shadows {dataflow:.2} s = {:.0} events/s; {cpu:.2} CPU s in this process, {}); {}",
         views.join("+"),
         replayed.run.records,
         replayed.run.records as f64 / seconds,
         replayed.run.records as f64 / dataflow,
+        servers_cpu.join(", "),
         rows.join(", ")
     );
     seconds

@@ -27,7 +27,17 @@ use projector_source_kafka::client::producer_config;
 /// threads together, from `/proc/self/stat` (in ticks of 1/100 s, Linux's
 /// `USER_HZ`); NaN where there is no such file.
 pub fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
+    cpu_seconds_in("/proc/self/stat")
+}
+
+/// [`cpu_seconds`] of another process (a server the benchmark started);
+/// NaN where there is none.
+pub fn cpu_seconds_of(pid: Option<u32>) -> f64 {
+    pid.map_or(f64::NAN, |pid| cpu_seconds_in(&format!("/proc/{pid}/stat")))
+}
+
+fn cpu_seconds_in(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else { return f64::NAN };
     // The fields after the command's name, which is in parentheses: the
     // 12th and 13th of them are utime and stime.
     let fields: Vec<&str> =
