@@ -847,9 +847,11 @@ pub mod rfc3339 {
         serializer.serialize_str(&value.to_rfc3339())
     }
 
-    /// Reads an RFC 3339 instant.
+    /// Reads an RFC 3339 instant, from the record's own text where it has
+    /// no escapes (serde's `Cow<str>` would copy it into a `String`: an
+    /// allocation for every event).
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
-        let text: Cow<'de, str> = Cow::deserialize(deserializer)?;
+        let WireStr(text) = WireStr::deserialize(deserializer)?;
         Timestamp::parse_rfc3339(&text).ok_or_else(|| {
             serde::de::Error::custom(format_args!(
                 "expected an RFC 3339 timestamp between years 1678 and 2261 such as \"2024-03-01T12:00:00Z\", got {:?}",
@@ -1089,6 +1091,25 @@ mod tests {
     fn accepts_escaped_event_type() {
         let escaped = CREATED.replace(r#""event_type":"OrderCreated""#, r#""event_type":"Order\u0043reated""#);
         assert_eq!(decode_event(escaped.as_bytes()).unwrap().payload.event_type(), "OrderCreated");
+    }
+
+    #[test]
+    fn reads_timestamps_with_escapes_as_without() {
+        // Borrowed from the record when it can be, copied when an escape
+        // must be decoded: the same instant either way.
+        let plain = decode_event(CREATED.as_bytes()).unwrap();
+        let escaped = CREATED
+            .replace(r#""occurred_at":"2024-03-01T12:00:00Z""#, r#""occurred_at":"2024-03-01T12:00:00\u005A""#)
+            .replace(r#""created_at":"2024-03-01T12:00:00Z""#, r#""created_at":"2024\u002d03-01T12:00:00Z""#);
+        assert!(escaped.contains(r"\u005A") && escaped.contains(r"\u002d"));
+        let escaped = decode_event(escaped.as_bytes()).unwrap();
+        assert_eq!(escaped.occurred_at, plain.occurred_at);
+        assert_eq!(escaped.payload, plain.payload);
+        let bad = CREATED.replace(r#""occurred_at":"2024-03-01T12:00:00Z""#, r#""occurred_at":"2024-03-01\u0020""#);
+        assert_eq!(
+            decode_event(bad.as_bytes()).unwrap_err().reason,
+            "occurred_at: expected an RFC 3339 timestamp between years 1678 and 2261 such as \"2024-03-01T12:00:00Z\", got \"2024-03-01 \""
+        );
     }
 
     proptest::proptest! {
