@@ -13,10 +13,11 @@
 //!    without a snapshot (from offset 0); then, with a tenth more events
 //!    appended (`BENCH_MORE_EVENTS`), a restart from the snapshot that
 //!    reads them. Each run ends once it has caught up with the log (a
-//!    bounded source), so its wall time is the time to be current again,
-//!    plus the end of a run (a new snapshot written when the run read
-//!    something, its state freed), which a running pipeline does not wait
-//!    for.
+//!    bounded source); its wall time is the time to be current again plus
+//!    the end of a run (a new snapshot written when the run read something,
+//!    its state freed), which a running pipeline does not wait for, and
+//!    each restart also prints when its views were current
+//!    (`RunSummary::caught_up_after`).
 //!
 //! Run: `cargo bench -p projector-benches --bench replay_restart`. Under
 //! `cargo test` it runs small. Knobs: `BENCH_EVENTS`, `BENCH_PARTITIONS`,
@@ -186,7 +187,9 @@ fn restart(source: &str, appended: u64, append: &dyn Fn(u64) -> u64) {
     let (full, from_zero) = run(plan(&without, dir.path()));
     assert_eq!(full.records, appended);
     println!(
-        "restart after {appended} events: from the snapshot {with_snapshot:.2} s, from offset 0 {from_zero:.2} s ({:.1}x)",
+        "restart after {appended} events: from the snapshot {with_snapshot:.2} s ({}), from offset 0 {from_zero:.2} s ({}; {:.1}x)",
+        current_after(&restored),
+        current_after(&full),
         from_zero / with_snapshot
     );
     // A restart as it mostly is: the log went on after the snapshot.
@@ -194,5 +197,11 @@ fn restart(source: &str, appended: u64, append: &dyn Fn(u64) -> u64) {
     let (later, seconds) = run(plan(&with_state, dir.path()));
     assert!(later.restored_from.is_some(), "the restart did not start from the snapshot");
     assert_eq!(later.records, added);
-    println!("restart from the snapshot with {added} events after it: {seconds:.2} s");
+    println!("restart from the snapshot with {added} events after it: {seconds:.2} s ({})", current_after(&later));
+}
+
+/// When a run's views were current again, as the bench prints it.
+fn current_after(summary: &RunSummary) -> String {
+    let after = summary.caught_up_after.expect("a bounded run catches up");
+    format!("current after {:.2} s", after.as_secs_f64())
 }

@@ -428,6 +428,9 @@ fn report(summary: &RunSummary) {
     if let Some((snapshot, at)) = &summary.restored_from {
         eprintln!("  started from the state snapshot {snapshot} ({} records of the log in it)", at.total());
     }
+    if let Some(after) = summary.caught_up_after {
+        eprintln!("  the views reflected all the logs held at the start after {:.2} s", after.as_secs_f64());
+    }
     for (kind, count) in &summary.dead_letters {
         eprintln!("  dead letters {kind}: {count}");
     }

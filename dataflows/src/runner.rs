@@ -82,6 +82,9 @@ pub struct RunProgress {
     /// The batch after which the output reflects all of that: one past the
     /// latest batch those workers had sent records to.
     caught_up_upper: AtomicU64,
+    /// Nanoseconds from the run's start until its output got past that
+    /// batch (0: not yet).
+    caught_up_nanos: AtomicU64,
     /// Dead letters so far.
     pub dead_letters: AtomicU64,
     /// Writes to each sink, by sink name.
@@ -132,6 +135,17 @@ impl RunProgress {
         (workers > 0 && self.caught_up_workers.load(Ordering::Acquire) >= workers)
             .then(|| self.caught_up_upper.load(Ordering::Acquire))
     }
+
+    /// How long after its start the run's views first reflected all that
+    /// its logs held when it started (their batch computed and handed to
+    /// the sinks, which may still be writing it): for a restart, the time
+    /// to be current again. `None` until then.
+    pub fn caught_up_after(&self) -> Option<Duration> {
+        match self.caught_up_nanos.load(Ordering::Acquire) {
+            0 => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
+    }
 }
 
 /// The name the orders output is delivered under.
@@ -178,6 +192,9 @@ pub struct RunSummary {
     pub view_rows: Vec<(String, i64)>,
     /// Wall time.
     pub elapsed: Duration,
+    /// When the views first reflected all that the logs held at the start
+    /// ([`RunProgress::caught_up_after`]).
+    pub caught_up_after: Option<Duration>,
     /// The snapshot the run started from, and the positions it reflects.
     pub restored_from: Option<(String, SourcePositions)>,
 }
@@ -415,6 +432,7 @@ pub fn run(
     // data) catches up anew: its batches count from 0 again.
     records_read.caught_up_workers.store(0, Ordering::Release);
     records_read.caught_up_upper.store(0, Ordering::Release);
+    records_read.caught_up_nanos.store(0, Ordering::Release);
     let config = if workers == 1 { timely::Config::thread() } else { timely::Config::process(workers) };
 
     let worker_state = Arc::clone(&state);
@@ -509,6 +527,9 @@ pub fn run(
         // readers have all caught up (told once).
         let mut latest_time = 0u64;
         let mut caught_up = false;
+        // Whether the output got past the batch that caught up (told once,
+        // by worker 0).
+        let mut current_again = false;
         let mut decoded: Vec<KeyedEvent> = Vec::with_capacity(options.poll_records);
         let mut bad: Vec<DeadLetter> = Vec::new();
         let mut input = Some((events_input, dead_letters_input));
@@ -647,6 +668,16 @@ pub fn run(
                     }
                 }
             }
+            if index == 0
+                && !current_again
+                && let Some(upper) = worker_records.caught_up_upper()
+                && !probe.less_than(&upper)
+            {
+                current_again = true;
+                let took = started.elapsed();
+                worker_records.caught_up_nanos.store((took.as_nanos() as u64).max(1), Ordering::Release);
+                info!(seconds = took.as_secs_f64(), "the views reflect all that the logs held at the start");
+            }
             if input.is_none() && probe.done() {
                 break;
             }
@@ -705,6 +736,7 @@ pub fn run(
         dead_letters,
         view_rows,
         elapsed: started.elapsed(),
+        caught_up_after: records_read.caught_up_after(),
         restored_from,
     })
 }

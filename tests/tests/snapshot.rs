@@ -33,7 +33,12 @@ fn config(topic: &str, redis: &RedisServer, prefix: &str, state: Option<&Path>) 
 }
 
 fn run(text: &str, dir: &Path) -> RunSummary {
-    commands::run_config(plan(text, dir), RunOptions { workers: 2, ..RunOptions::default() }).unwrap()
+    let summary = commands::run_config(plan(text, dir), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+    // Every run here catches up with its log (a bounded source), from a
+    // snapshot or not, and says when its views were current.
+    let current = summary.caught_up_after.expect("the run says when its views were current");
+    assert!(current <= summary.elapsed, "current after {current:?}, but the run took {:?}", summary.elapsed);
+    summary
 }
 
 #[test]
