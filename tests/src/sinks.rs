@@ -163,8 +163,57 @@ pub fn assert_clickhouse_holds(server: &ClickHouseServer, database: &str, lines:
         assert_eq!(text.lines().count(), got.len(), "{view}: a key appears twice");
         let missing: Vec<&String> = want.difference(&got).take(3).collect();
         let extra: Vec<&String> = got.difference(&want).take(3).collect();
-        assert!(missing.is_empty() && extra.is_empty(), "{view}: missing {missing:?}, extra {extra:?}");
+        if !missing.is_empty() || !extra.is_empty() {
+            let history = clickhouse_history(server, database, view, missing.iter().chain(&extra).copied());
+            panic!("{view}: missing {missing:?}, extra {extra:?}\n{history}");
+        }
     }
+}
+
+/// What a ClickHouse sink wrote of the keys of `lines` (rows as the reader
+/// view gives them), every version of each, and the sink's last
+/// checkpoints: the evidence a failed comparison needs.
+fn clickhouse_history<'a>(
+    server: &ClickHouseServer,
+    database: &str,
+    view: &str,
+    lines: impl Iterator<Item = &'a String>,
+) -> String {
+    let names = fields(view);
+    let keys = key_count(view);
+    let mut out = String::new();
+    for line in lines {
+        let filter: Vec<String> = names
+            .iter()
+            .zip(line.split('\t'))
+            .take(keys)
+            .map(|(name, value)| match value.bytes().all(|b| b.is_ascii_digit()) {
+                true => format!("{name} = {value}"),
+                false => format!("{name} = '{value}'"),
+            })
+            .collect();
+        let sql = format!(
+            "SELECT *, intDiv(_version, 4294967296) AS generation, _version % 4294967296 AS seq \
+             FROM {database}.{view}_rows WHERE {} ORDER BY _version",
+            filter.join(" AND ")
+        );
+        let versions = server.query(&sql).unwrap_or_else(|error| format!("(cannot read them: {error:?})\n"));
+        out.push_str(&format!("every version of ({}):\n{versions}", filter.join(", ")));
+    }
+    let sql = format!(
+        "SELECT generation, seq, committed, positions, written_at, rows FROM {database}.projector_checkpoints \
+         WHERE sink = '{view}_ch' ORDER BY generation DESC, seq DESC LIMIT 40"
+    );
+    let checkpoints = server.query(&sql).unwrap_or_else(|error| format!("(cannot read them: {error:?})\n"));
+    out.push_str(&format!(
+        "the sink's last checkpoints (generation, seq, committed, positions, written_at, rows):\n{checkpoints}"
+    ));
+    out
+}
+
+/// How many key fields a shipped view has.
+fn key_count(view: &str) -> usize {
+    KEYS.iter().find(|(name, _)| *name == view).map_or(1, |(_, keys)| keys.len())
 }
 
 /// One ClickHouse sink per shipped view (the `sinks:` entries), named

@@ -29,7 +29,9 @@ fn start(config: &std::path::Path, log: &std::path::Path) -> Child {
         .args(["run", "-c"])
         .arg(config)
         .args(["-w", "2"])
-        .env("RUST_LOG", "warn")
+        // The ClickHouse sink says which generation each run took and what
+        // it deleted: the history a failed comparison is read against.
+        .env("RUST_LOG", "warn,projector_sink_clickhouse=info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -136,7 +138,13 @@ fn sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     assert!(child.wait().unwrap().success(), "SIGTERM should exit 0");
 
     assert_redis_holds(&redis, &lines, "crash:");
-    assert_clickhouse_holds(&clickhouse, "crash", &lines);
+    let compared = std::panic::catch_unwind(|| assert_clickhouse_holds(&clickhouse, "crash", &lines));
+    if let Err(failure) = compared {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let runs: Vec<&str> = log.lines().filter(|line| line.contains("projector_sink_clickhouse")).collect();
+        report(&format!("crash test: what the ClickHouse sinks logged, run by run:\n{}", runs.join("\n")));
+        std::panic::resume_unwind(failure);
+    }
     // `projector validate` agrees: every sink equals the log read back from
     // Kafka up to its checkpoint.
     for view in ["order_summary", "product_sales", "customer_ltv"] {
