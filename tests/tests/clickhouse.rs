@@ -125,6 +125,85 @@ fn a_fenced_older_generation_writes_nothing() {
     assert_eq!(server.query("SELECT store_id FROM fence.order_summary").unwrap(), "1\n");
 }
 
+/// A run killed just after it sent an `INSERT` can have the server take
+/// it only after the next run deleted what the dead one had not committed
+/// (the server had not started it yet). Such rows are void all the same:
+/// the next run looks for them again for a while, and every later run's
+/// start deletes what any earlier run's claim declared void. Before, one
+/// such late tombstone hid a committed `product_sales` row for good (the
+/// crash test on 2026-11-28 and 2026-11-29).
+#[test]
+fn rows_a_dead_run_sent_that_land_late_are_deleted_too() {
+    if !available("clickhouse-server") {
+        return;
+    }
+    let server = ClickHouseServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config("  events:\n    type: file\n    path: none.jsonl\n", &server.url(), "late");
+    let plan = plan(&text, dir.path());
+    let sink = || components::outputs(&plan).unwrap().view_sinks.remove(0).remove(0).1;
+    let (changes, rows, positions) = one_summary_row();
+    let batch =
+        |upper| ViewBatch { changes: &changes, upper, positions: &positions, newest_event_at: None, rows: &rows };
+    let summary =
+        || server.query("SELECT store_id, date, revenue_cents FROM late.order_summary ORDER BY store_id").unwrap();
+    // A tombstone of the committed row, at a version generation 1 never
+    // committed: what a dead run's late `INSERT` of a deletion leaves.
+    let late_tombstone = || {
+        let version = (1u64 << 32) | 9;
+        server
+            .query(&format!("INSERT INTO late.order_summary_rows VALUES (1, '2022-01-08', 0, 0, 0, 0, 1, {version})"))
+            .unwrap();
+        assert_eq!(summary(), "", "the late tombstone hides the committed row");
+    };
+
+    // Generation 1 commits the row, and dies.
+    let mut first = sink();
+    assert_eq!(first.resume().unwrap(), None);
+    first.apply(batch(1)).unwrap();
+    first.finish().unwrap();
+    drop(first);
+    assert_eq!(summary(), "1\t2022-01-08\t500\n");
+
+    // Generation 2 starts; then the late tombstone lands. Its next batch
+    // deletes it.
+    let mut second = sink();
+    assert_eq!(second.resume().unwrap(), Some(positions.clone()));
+    late_tombstone();
+    std::thread::sleep(Duration::from_millis(300));
+    let nothing = ViewBatch { changes: &[], ..batch(2) };
+    second.apply(nothing).unwrap();
+    assert_eq!(summary(), "1\t2022-01-08\t500\n");
+
+    // It commits a row of its own (so the next run resumes above
+    // generation 1's versions), and dies; another late tombstone of
+    // generation 1 lands. Generation 3 deletes it when it starts: its own
+    // delete stops at generation 2's commit, but generation 2's claim
+    // declared everything of generation 1 above its commit void.
+    let key: Row = vec![Value::UInt(2), Value::Date(19_001)].into();
+    let values: Row = vec![Value::Int(1), Value::Int(700), Value::Int(700), Value::Int(0)].into();
+    let more = vec![ViewChange { key: key.clone(), values: values.clone(), diff: 1 }];
+    let mut all = rows.clone();
+    all.insert(key, values);
+    second
+        .apply(ViewBatch { changes: &more, upper: 3, positions: &positions, newest_event_at: None, rows: &all })
+        .unwrap();
+    second.finish().unwrap();
+    drop(second);
+    let both = "1\t2022-01-08\t500\n2\t2022-01-09\t700\n";
+    assert_eq!(summary(), both);
+    server
+        .query(&format!(
+            "INSERT INTO late.order_summary_rows VALUES (1, '2022-01-08', 0, 0, 0, 0, 1, {})",
+            (1u64 << 32) | 10
+        ))
+        .unwrap();
+    assert_eq!(summary(), "2\t2022-01-09\t700\n", "the late tombstone hides the committed row");
+    let mut third = sink();
+    assert_eq!(third.resume().unwrap(), Some(positions.clone()));
+    assert_eq!(summary(), both);
+}
+
 /// A write of more rows than ClickHouse cuts an `INSERT` into by default
 /// (`max_insert_block_size`, 1,048,576) is still one part, so readers see
 /// all of it or none: the sink's whole-view writes (a new view, a rebuilt

@@ -15,7 +15,12 @@
 //!
 //! A run takes a new generation when it opens the sink: it writes a claim
 //! row, then deletes rows newer than the last commit (written by a run that
-//! died before committing them) and waits for that mutation. Changes are
+//! died before committing them) and waits for that mutation. A claim says
+//! which versions are void for good (those of older generations above the
+//! commit it resumed from), so the delete covers every claim's range: an
+//! `INSERT` a run sent just before it died can land after the next run's
+//! delete, and the run that started then also looks for such rows at each
+//! batch for two minutes. Changes are
 //! gathered per key (latest state wins) and written at most every
 //! `batch_ms` or `batch_rows`, each write with version `generation << 32 |
 //! seq`; the checkpoint row goes in after the data it covers. Before and
@@ -50,6 +55,10 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(10);
 /// An idle sink looks whether a replay holds it at most this often.
 const PAUSE_CHECK: Duration = Duration::from_millis(250);
+/// For this long after a run took its generation, it looks at each batch
+/// for rows that older runs sent before they died and that the server
+/// took only after the run's delete (see [`ClickHouseViewSink::resume`]).
+const LATE_INSERTS: Duration = Duration::from_secs(120);
 
 /// A column of the rows table.
 #[derive(Clone, Debug)]
@@ -89,6 +98,10 @@ pub struct ClickHouseViewSink {
     seq: u64,
     /// The version of the newest committed data.
     committed: u64,
+    /// Above which version, until when, and when last, rows of older
+    /// generations are looked for again (an `INSERT` of a run that died
+    /// may land late).
+    late_inserts: Option<(u64, Instant, Instant)>,
     /// Per key its latest state since the last write (`None`: deleted).
     pending: HashMap<Row, Option<Row>, RowHasher>,
     pending_since: Option<Instant>,
@@ -228,6 +241,7 @@ impl ClickHouseViewSink {
             generation: 0,
             seq: 0,
             committed: 0,
+            late_inserts: None,
             pending: HashMap::default(),
             pending_since: None,
             taken_upper: 0,
@@ -870,14 +884,68 @@ impl ClickHouseViewSink {
         }
     }
 
+    /// The versions each earlier run's claim declared void: what the runs
+    /// before it wrote above the commit it resumed from, `(committed,
+    /// generation << 32)`.
+    fn void_ranges(&self) -> Result<Vec<(u64, u64)>, SinkError> {
+        let text = self.select(
+            "cannot read the sink's claims",
+            &format!(
+                "SELECT generation, committed FROM {} WHERE sink = {} AND seq = 0 AND generation < {}",
+                self.checkpoints_table(),
+                quote(&self.name),
+                self.generation
+            ),
+        )?;
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let (generation, committed) = line.split_once('\t')?;
+                Some((committed.parse().ok()?, generation.parse::<u64>().ok()? << 32))
+            })
+            .collect())
+    }
+
+    /// For a while after [`Self::resume`], deletes again what older runs
+    /// wrote above the commit this run resumed from: rows that a run sent
+    /// just before it died, which the server took after the delete.
+    fn drop_late_inserts(&mut self) -> Result<(), SinkError> {
+        let Some((above, until, checked)) = self.late_inserts else { return Ok(()) };
+        if Instant::now() >= until {
+            self.late_inserts = None;
+            return Ok(());
+        }
+        if checked.elapsed() < PAUSE_CHECK {
+            return Ok(());
+        }
+        self.delete_versions(above, self.generation << 32)?;
+        self.late_inserts = Some((above, until, Instant::now()));
+        Ok(())
+    }
+
     /// Deletes rows with versions in `(above, below)` and waits until the
     /// mutation is done.
     fn delete_versions(&self, above: u64, below: u64) -> Result<(), SinkError> {
+        self.delete_versions_in(&[(above, below)])
+    }
+
+    /// Deletes rows with versions in any of the open ranges `ranges` and
+    /// waits until the mutation is done.
+    fn delete_versions_in(&self, ranges: &[(u64, u64)]) -> Result<(), SinkError> {
+        let ranges: Vec<String> = ranges
+            .iter()
+            .filter(|(above, below)| above.saturating_add(1) < *below)
+            .map(|(above, below)| format!("(_version > {above} AND _version < {below})"))
+            .collect();
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let condition = ranges.join(" OR ");
         // A mutation rewrites the table's parts: only when there is
         // something to delete.
         let found = self.select(
             "cannot count uncommitted rows",
-            &format!("SELECT count() FROM {} WHERE _version > {above} AND _version < {below}", self.rows_table()),
+            &format!("SELECT count() FROM {} WHERE {condition}", self.rows_table()),
         )?;
         if found.trim() == "0" {
             return Ok(());
@@ -885,7 +953,7 @@ impl ClickHouseViewSink {
         info!(sink = %self.name, rows = found.trim(), "deleting rows written after the last checkpoint");
         self.execute(
             "cannot delete uncommitted rows",
-            &format!("ALTER TABLE {} DELETE WHERE _version > {above} AND _version < {below}", self.rows_table()),
+            &format!("ALTER TABLE {} DELETE WHERE {condition}", self.rows_table()),
         )?;
         let deadline = Instant::now() + TIMEOUT;
         loop {
@@ -1026,6 +1094,22 @@ impl ClickHouseViewSink {
     }
 }
 
+/// `ranges` of versions (open at both ends) with the overlapping ones
+/// joined, in order.
+fn merged(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut joined: Vec<(u64, u64)> = Vec::new();
+    for (above, below) in ranges {
+        match joined.last_mut() {
+            // Versions are whole numbers: (a, b) and (c, d) leave none
+            // between them when c < b.
+            Some(last) if above < last.1 => last.1 = last.1.max(below),
+            _ => joined.push((above, below)),
+        }
+    }
+    joined
+}
+
 /// The name of a column given as `name type`.
 fn column_name(column: &str) -> &str {
     column.split(' ').next().unwrap_or_default()
@@ -1074,7 +1158,15 @@ impl ViewSink for ClickHouseViewSink {
         // what they sent has landed.
         self.write_checkpoint(0, committed, &positions, 0)?;
         self.wait_for_inserts_under_way()?;
-        self.delete_versions(committed, self.generation << 32)?;
+        // Every run's claim said the same of the runs before it: what they
+        // wrote above the commit it resumed from is void. An `INSERT` that
+        // a run sent just before it died can still land after the next
+        // run's delete (the server had not started it yet), so all of
+        // those ranges go again, not only this run's.
+        let mut void = self.void_ranges()?;
+        void.push((committed, self.generation << 32));
+        self.delete_versions_in(&merged(void))?;
+        self.late_inserts = Some((committed, Instant::now() + LATE_INSERTS, Instant::now()));
         self.committed = committed;
         info!(sink = %self.name, generation = self.generation, "took a new generation of the ClickHouse sink");
         if positions.is_empty() {
@@ -1106,6 +1198,7 @@ impl ViewSink for ClickHouseViewSink {
     }
 
     fn apply(&mut self, batch: ViewBatch<'_>) -> Result<(), SinkError> {
+        self.drop_late_inserts()?;
         // A retried batch was taken already; only the write is left.
         if batch.upper > self.taken_upper {
             for (index, change) in batch.changes.iter().enumerate() {
@@ -1182,6 +1275,18 @@ pub fn status(config: &ClickHouseSinkConfig, sink_name: &str) -> Result<SinkStat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn void_ranges_join_where_no_version_lies_between() {
+        assert_eq!(merged(vec![]), vec![]);
+        // Claims of generations 2, 3 and 5: (commit resumed from, gen << 32).
+        let ranges = vec![(4 << 32 | 2, 5 << 32), (1 << 32 | 3, 2 << 32), (1 << 32 | 3, 3 << 32)];
+        assert_eq!(merged(ranges), vec![(1 << 32 | 3, 3 << 32), (4 << 32 | 2, 5 << 32)]);
+        // (1, 4) ends at 3, (3, 6) starts at 4: nothing between them.
+        assert_eq!(merged(vec![(3, 6), (1, 4)]), vec![(1, 6)]);
+        // (1, 4) and (4, 6) both leave out 4.
+        assert_eq!(merged(vec![(4, 6), (1, 4)]), vec![(1, 4), (4, 6)]);
+    }
 
     fn tsv(value: Value) -> String {
         let mut out = String::new();
