@@ -120,6 +120,11 @@ pub fn assert_redis_holds(server: &RedisServer, lines: &[String], prefix: &str) 
 
 /// The output fields of each shipped view, in order.
 fn fields(view: &str) -> Vec<String> {
+    fields_and_keys(view).0
+}
+
+/// [`fields`], and how many of them (the first) are the view's key.
+fn fields_and_keys(view: &str) -> (Vec<String>, usize) {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "version: 1\nsources:\n  events:\n    type: file\n    path: none.jsonl\n{}",
@@ -127,7 +132,7 @@ fn fields(view: &str) -> Vec<String> {
     );
     let plan = projector_core::config::check_text(&text, "fields.yaml", dir.path()).unwrap();
     let view = plan.views.iter().find(|v| v.name == view).unwrap();
-    view.output_fields().into_iter().map(|(name, _)| name).collect()
+    (view.output_fields().into_iter().map(|(name, _)| name).collect(), view.keys.len())
 }
 
 /// A reference row as the TabSeparated line ClickHouse gives back.
@@ -179,18 +184,15 @@ fn clickhouse_history<'a>(
     view: &str,
     lines: impl Iterator<Item = &'a String>,
 ) -> String {
-    let names = fields(view);
-    let keys = key_count(view);
+    let (names, keys) = fields_and_keys(view);
     let mut out = String::new();
     for line in lines {
+        // Compared as text, as the reader view gives each value back.
         let filter: Vec<String> = names
             .iter()
             .zip(line.split('\t'))
             .take(keys)
-            .map(|(name, value)| match value.bytes().all(|b| b.is_ascii_digit()) {
-                true => format!("{name} = {value}"),
-                false => format!("{name} = '{value}'"),
-            })
+            .map(|(name, value)| format!("toString({name}) = '{value}'"))
             .collect();
         let sql = format!(
             "SELECT *, intDiv(_version, 4294967296) AS generation, _version % 4294967296 AS seq \
@@ -209,11 +211,6 @@ fn clickhouse_history<'a>(
         "the sink's last checkpoints (generation, seq, committed, positions, written_at, rows):\n{checkpoints}"
     ));
     out
-}
-
-/// How many key fields a shipped view has.
-fn key_count(view: &str) -> usize {
-    KEYS.iter().find(|(name, _)| *name == view).map_or(1, |(_, keys)| keys.len())
 }
 
 /// One ClickHouse sink per shipped view (the `sinks:` entries), named

@@ -20,12 +20,12 @@
 //! commit it resumed from), so the delete covers every claim's range: an
 //! `INSERT` a run sent just before it died can land after the next run's
 //! delete, and the run that started then also looks for such rows at each
-//! batch for two minutes. Changes are
-//! gathered per key (latest state wins) and written at most every
-//! `batch_ms` or `batch_rows`, each write with version `generation << 32 |
-//! seq`; the checkpoint row goes in after the data it covers. Before and
-//! after each data insert the sink checks that no newer generation claimed
-//! the sink; if one did, it deletes what it just wrote and stops (fencing).
+//! batch for two minutes. Changes are gathered per key (latest state wins)
+//! and written at most every `batch_ms` or `batch_rows`, each write with
+//! version `generation << 32 | seq`; the checkpoint row goes in after the
+//! data it covers. Before and after each data insert the sink checks that
+//! no newer generation claimed the sink; if one did, it deletes what it
+//! just wrote and stops (fencing).
 //! ClickHouse down: every step is retried with backoff, nothing is dropped.
 
 mod reader;
