@@ -45,6 +45,17 @@ fn first_sink(plan: &PipelinePlan) -> Box<dyn ViewSink> {
     components::outputs(plan).unwrap().view_sinks.remove(0).remove(0).1
 }
 
+/// What the runner does with a sink that claims no position: resets it
+/// and hands it the whole view (`rows`, at `positions`) in its first batch.
+fn rewrite_whole_view(sink: &mut dyn ViewSink, rows: &ViewRows, positions: &SourcePositions) {
+    let mut changes: Vec<ViewChange> =
+        rows.iter().map(|(key, values)| ViewChange { key: key.clone(), values: values.clone(), diff: 1 }).collect();
+    changes.sort();
+    sink.reset().unwrap();
+    sink.apply(ViewBatch { changes: &changes, upper: 1, positions, newest_event_at: None, rows }).unwrap();
+    sink.finish().unwrap();
+}
+
 fn generation(server: &ClickHouseServer, database: &str, sink: &str) -> u64 {
     let sql = format!("SELECT max(generation) FROM {database}.projector_checkpoints WHERE sink = '{sink}'");
     server.query(&sql).unwrap().trim().parse().unwrap()
@@ -116,8 +127,8 @@ fn a_fenced_older_generation_writes_nothing() {
     assert_eq!(row, "1\t2022-01-08\t500\n");
 
     // A run that died between its rows and its checkpoint left a row behind
-    // (generation 2, batch 7, never committed): the next run deletes it
-    // when it opens the sink.
+    // (generation 2, batch 7, never committed): the next run claims no
+    // position, rewrites the whole view above it, and then deletes it.
     let uncommitted = (2u64 << 32) | 7;
     server
         .query(&format!(
@@ -126,20 +137,25 @@ fn a_fenced_older_generation_writes_nothing() {
         .unwrap();
     assert_eq!(server.query("SELECT count() FROM fence.order_summary").unwrap().trim(), "2");
     let mut next = first_sink(&plan);
-    assert_eq!(next.resume().unwrap(), Some(positions.clone()));
+    assert_eq!(next.resume().unwrap(), None);
+    rewrite_whole_view(next.as_mut(), &rows, &positions);
     assert_eq!(server.query("SELECT store_id FROM fence.order_summary").unwrap(), "1\n");
+    let left = format!("SELECT count() FROM fence.order_summary_rows WHERE _version = {uncommitted}");
+    assert_eq!(server.query(&left).unwrap().trim(), "0");
+    // So the run after it resumes from its checkpoint.
+    assert_eq!(first_sink(&plan).resume().unwrap(), Some(positions));
 }
 
 /// A run killed just after it sent an `INSERT` can have the server take
-/// it only after the next run deleted what the dead one had not committed
-/// (the server had not started it yet). Such rows are void all the same:
-/// the next run looks for them again for a while, and every later run's
-/// start deletes what any earlier run's claim declared void. Before, such
-/// a late tombstone hid a committed row for good: the likely cause (not
-/// confirmed) of the `product_sales` row the crash test found missing on
-/// 2026-11-28 and 2026-11-29.
+/// it only after the next run started (the server had not started it
+/// yet). Such rows are void all the same, but a merge may already have put
+/// them in place of committed rows (see the test below), so they cannot
+/// just be deleted: the run that finds them starts over, and the next one
+/// rewrites the whole view above them before it deletes them. Every run's
+/// start looks at what any earlier run's claim declared void. Before, such
+/// a late tombstone hid a committed row for good.
 #[test]
-fn rows_a_dead_run_sent_that_land_late_are_deleted_too() {
+fn rows_a_dead_run_sent_that_land_late_make_the_view_rewritten() {
     if !available("clickhouse-server") {
         return;
     }
@@ -161,6 +177,7 @@ fn rows_a_dead_run_sent_that_land_late_are_deleted_too() {
             .query(&format!("INSERT INTO late.order_summary_rows VALUES (1, '2022-01-08', 0, 0, 0, 0, 1, {version})"))
             .unwrap();
     };
+    let pause = || std::thread::sleep(Duration::from_millis(300));
 
     // Generation 1 commits the row, and dies.
     let mut first = first_sink(&plan);
@@ -171,38 +188,112 @@ fn rows_a_dead_run_sent_that_land_late_are_deleted_too() {
     assert_eq!(summary(), "1\t2022-01-08\t500\n");
 
     // Generation 2 starts; then the late tombstone lands. Its next batch
-    // deletes it.
+    // finds it, and the run starts over.
     let mut second = first_sink(&plan);
     assert_eq!(second.resume().unwrap(), Some(positions.clone()));
     late_tombstone(9);
     assert_eq!(summary(), "", "the late tombstone hides the committed row");
-    std::thread::sleep(Duration::from_millis(300));
-    let nothing = ViewBatch { changes: &[], ..batch(2) };
-    second.apply(nothing).unwrap();
-    assert_eq!(summary(), "1\t2022-01-08\t500\n");
+    pause();
+    match second.apply(ViewBatch { changes: &[], ..batch(2) }) {
+        Err(SinkError::Lost(message)) => assert!(message.contains("never committed"), "{message}"),
+        other => panic!("the run should start over, got {other:?}"),
+    }
+    drop(second);
 
-    // It commits a row of its own (so the next run resumes above
-    // generation 1's versions), and dies; another late tombstone of
-    // generation 1 lands. Generation 3 deletes it when it starts: its own
-    // delete stops at generation 2's commit, but generation 2's claim
-    // declared everything of generation 1 above its commit void.
+    // Generation 3 rewrites the view above it, and deletes it.
+    let mut third = first_sink(&plan);
+    assert_eq!(third.resume().unwrap(), None);
     let key: Row = vec![Value::UInt(2), Value::Date(19_001)].into();
     let values: Row = vec![Value::Int(1), Value::Int(700), Value::Int(700), Value::Int(0)].into();
-    let more = vec![ViewChange { key: key.clone(), values: values.clone(), diff: 1 }];
-    let mut all = rows.clone();
-    all.insert(key, values);
-    second
-        .apply(ViewBatch { changes: &more, upper: 3, positions: &positions, newest_event_at: None, rows: &all })
+    let mut both_rows = rows.clone();
+    both_rows.insert(key, values);
+    third.reset().unwrap();
+    let mut all: Vec<ViewChange> = both_rows
+        .iter()
+        .map(|(key, values)| ViewChange { key: key.clone(), values: values.clone(), diff: 1 })
+        .collect();
+    all.sort();
+    third
+        .apply(ViewBatch { changes: &all, upper: 1, positions: &positions, newest_event_at: None, rows: &both_rows })
         .unwrap();
-    second.finish().unwrap();
-    drop(second);
+    third.finish().unwrap();
     let both = "1\t2022-01-08\t500\n2\t2022-01-09\t700\n";
     assert_eq!(summary(), both);
+    // Above generation 1's commit (batch 1) and below generation 3: void.
+    let void = format!(
+        "SELECT count() FROM late.order_summary_rows WHERE _version > {} AND _version < {}",
+        (1u64 << 32) | 1,
+        3u64 << 32
+    );
+    assert_eq!(server.query(&void).unwrap().trim(), "0");
+
+    // Once it has rewritten the view, a late row it finds is harmless (its
+    // version is below the rewrite's) and deleted.
     late_tombstone(10);
-    assert_eq!(summary(), "2\t2022-01-09\t700\n", "the late tombstone hides the committed row");
-    let mut third = first_sink(&plan);
-    assert_eq!(third.resume().unwrap(), Some(positions.clone()));
     assert_eq!(summary(), both);
+    pause();
+    third
+        .apply(ViewBatch { changes: &[], upper: 2, positions: &positions, newest_event_at: None, rows: &both_rows })
+        .unwrap();
+    assert_eq!(server.query(&void).unwrap().trim(), "0");
+    drop(third);
+
+    // Generation 3 dies; a last late tombstone of generation 1 lands. The
+    // next run's start finds it (generation 2's claim declared it void) and
+    // rewrites the view again.
+    late_tombstone(11);
+    let mut fourth = first_sink(&plan);
+    assert_eq!(fourth.resume().unwrap(), None);
+    rewrite_whole_view(fourth.as_mut(), &both_rows, &positions);
+    assert_eq!(summary(), both);
+    assert_eq!(server.query(&void).unwrap().trim(), "0");
+    assert_eq!(first_sink(&plan).resume().unwrap(), Some(positions));
+}
+
+/// `ReplacingMergeTree` keeps only the highest version of a key when it
+/// merges parts, so a merge of the part holding a committed row with the
+/// part of an uncommitted change of the same key (a run that died between
+/// the two) drops the committed row. Deleting the uncommitted one then
+/// left the key with no row at all: the committed `product_sales` row the
+/// crash test found missing in ClickHouse on 2026-11-28 and 2026-11-29.
+/// The next run must find such rows and rewrite every key above them.
+#[test]
+fn a_committed_row_a_merge_dropped_for_an_uncommitted_change_comes_back() {
+    if !available("clickhouse-server") {
+        return;
+    }
+    let server = ClickHouseServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config("  events:\n    type: file\n    path: none.jsonl\n", &server.url(), "merged");
+    let plan = plan(&text, dir.path());
+    let (changes, rows, positions) = one_summary_row();
+    let summary = || server.query("SELECT store_id, date, revenue_cents FROM merged.order_summary").unwrap();
+
+    // Generation 1 commits the row; then it sends a change of it (batch 9)
+    // and dies before the checkpoint.
+    let mut first = first_sink(&plan);
+    assert_eq!(first.resume().unwrap(), None);
+    first
+        .apply(ViewBatch { changes: &changes, upper: 1, positions: &positions, newest_event_at: None, rows: &rows })
+        .unwrap();
+    first.finish().unwrap();
+    drop(first);
+    let uncommitted = (1u64 << 32) | 9;
+    server
+        .query(&format!(
+            "INSERT INTO merged.order_summary_rows VALUES (1, '2022-01-08', 1, 999, 999, 0, 0, {uncommitted})"
+        ))
+        .unwrap();
+    // A merge before the next run starts keeps the uncommitted version only.
+    server.query("OPTIMIZE TABLE merged.order_summary_rows FINAL").unwrap();
+    assert_eq!(server.query("SELECT count() FROM merged.order_summary_rows").unwrap().trim(), "1");
+
+    // The next run finds the uncommitted row, claims no position, and
+    // rewrites the view above it.
+    let mut next = first_sink(&plan);
+    assert_eq!(next.resume().unwrap(), None);
+    rewrite_whole_view(next.as_mut(), &rows, &positions);
+    assert_eq!(summary(), "1\t2022-01-08\t500\n");
 }
 
 /// A write of more rows than ClickHouse cuts an `INSERT` into by default

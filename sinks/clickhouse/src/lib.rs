@@ -14,18 +14,20 @@
 //!   reflects, JSON) and `written_at`.
 //!
 //! A run takes a new generation when it opens the sink: it writes a claim
-//! row, then deletes rows newer than the last commit (written by a run that
-//! died before committing them) and waits for that mutation. A claim says
-//! which versions are void for good (those of older generations above the
-//! commit it resumed from), so the delete covers every claim's range: an
+//! row, then looks for rows newer than the last commit (written by a run
+//! that died before committing them, or was fenced). A claim says which
+//! versions are void for good (those of older generations above the
+//! commit it resumed from), so the look covers every claim's range: an
 //! `INSERT` a run sent just before it died can land after the next run's
-//! delete, and the run that started then also looks for such rows at each
-//! batch for two minutes. Changes are gathered per key (latest state wins)
-//! and written at most every `batch_ms` or `batch_rows`, each write with
-//! version `generation << 32 | seq`; the checkpoint row goes in after the
-//! data it covers. Before and after each data insert the sink checks that
-//! no newer generation claimed the sink; if one did, it deletes what it
-//! just wrote and stops (fencing).
+//! start, and the run that started then also looks for such rows at each
+//! batch for two minutes. Void rows are not simply deleted, since a merge
+//! may have put them in place of committed rows: the view is rewritten
+//! above them first ([`Uncommitted`]). Changes are gathered per key
+//! (latest state wins) and written at most every `batch_ms` or
+//! `batch_rows`, each write with version `generation << 32 | seq`; the
+//! checkpoint row goes in after the data it covers. Before and after each
+//! data insert the sink checks that no newer generation claimed the sink;
+//! if one did, it stops (fencing), and what it wrote is void.
 //! ClickHouse down: every step is retried with backoff, nothing is dropped.
 
 mod reader;
@@ -82,6 +84,27 @@ impl Column {
     }
 }
 
+/// Rows that older runs wrote above the commit this run resumed from and
+/// never committed (they died first, or were fenced). They cannot simply be
+/// deleted: when ClickHouse merges the rows table's parts it keeps only the
+/// highest version of each key, so such a row may have taken the place of
+/// the key's committed row, and deleting it then leaves the key with no
+/// row at all. So every key is first rewritten above them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Uncommitted {
+    /// None were there when the run started. One that lands later (an
+    /// `INSERT` the server took only after the run's start) makes the run
+    /// start over, and the next one rewrites the view.
+    NoneFound,
+    /// Some were there, with versions in these ranges: the run claims no
+    /// position, and its first write replaces every row the sink holds and
+    /// every key they name; then they are deleted.
+    Rewriting(Vec<(u64, u64)>),
+    /// Every key the sink held, or they named, was rewritten above them:
+    /// any found now is deleted.
+    Rewritten,
+}
+
 /// A view materialized in ClickHouse.
 pub struct ClickHouseViewSink {
     name: String,
@@ -102,6 +125,8 @@ pub struct ClickHouseViewSink {
     /// generations are looked for again (an `INSERT` of a run that died
     /// may land late).
     late_inserts: Option<(u64, Instant, Instant)>,
+    /// What this run found and did of the rows older runs never committed.
+    uncommitted: Uncommitted,
     /// Per key its latest state since the last write (`None`: deleted).
     pending: HashMap<Row, Option<Row>, RowHasher>,
     pending_since: Option<Instant>,
@@ -242,6 +267,7 @@ impl ClickHouseViewSink {
             seq: 0,
             committed: 0,
             late_inserts: None,
+            uncommitted: Uncommitted::NoneFound,
             pending: HashMap::default(),
             pending_since: None,
             taken_upper: 0,
@@ -695,14 +721,16 @@ impl ClickHouseViewSink {
         wanted
     }
 
-    /// The keys of every row the sink holds now, as the TabSeparated lines
-    /// ClickHouse writes them (and reads them back).
-    fn held_keys(&self) -> Result<String, SinkError> {
-        let keys: Vec<&str> = self.keys.iter().map(|c| c.name.as_str()).collect();
-        self.select(
-            "cannot read the keys the sink holds",
-            &format!("SELECT {} FROM {} FINAL WHERE _deleted = 0", keys.join(", "), self.rows_table()),
-        )
+    /// The keys of every row the sink holds now, and of every row with a
+    /// version in `uncommitted` (a key may come twice), as the TabSeparated
+    /// lines ClickHouse writes them (and reads them back).
+    fn held_keys(&self, uncommitted: &[(u64, u64)]) -> Result<String, SinkError> {
+        let keys = self.keys.iter().map(|c| c.name.as_str()).collect::<Vec<&str>>().join(", ");
+        let mut sql = format!("SELECT {keys} FROM {} FINAL WHERE _deleted = 0", self.rows_table());
+        if let Some(condition) = versions_in(uncommitted) {
+            sql.push_str(&format!(" UNION ALL SELECT {keys} FROM {} WHERE {condition}", self.rows_table()));
+        }
+        self.select("cannot read the keys the sink holds", &sql)
     }
 
     /// Tombstones at `version` for the keys in `held` ([`Self::held_keys`]).
@@ -860,10 +888,8 @@ impl ClickHouseViewSink {
     /// Waits until no `INSERT` into the rows table is under way. The server
     /// finishes an `INSERT` it has received even when its client is gone:
     /// a run killed right after it sent one would otherwise have its rows
-    /// land after the next run looked for uncommitted versions, and stay
-    /// (a tombstone there hides a committed row from `FINAL` until its key
-    /// is written again). The likely cause of one crash-test run on
-    /// 2026-11-28 that found a `product_sales` row missing in ClickHouse.
+    /// land after the next run looked for uncommitted versions (which then
+    /// has to start over, see [`Self::drop_late_inserts`]).
     fn wait_for_inserts_under_way(&self) -> Result<(), SinkError> {
         let running = format!(
             "SELECT count() FROM system.processes WHERE position(query, {}) = 1",
@@ -906,9 +932,11 @@ impl ClickHouseViewSink {
             .collect())
     }
 
-    /// For a while after [`Self::resume`], deletes again what older runs
+    /// For a while after [`Self::resume`], looks again for what older runs
     /// wrote above the commit this run resumed from: rows that a run sent
-    /// just before it died, which the server took after the delete.
+    /// just before it died, which the server took after this run's start.
+    /// Once this run has rewritten every key above them they are deleted;
+    /// before, they make the run start over ([`Uncommitted::NoneFound`]).
     fn drop_late_inserts(&mut self) -> Result<(), SinkError> {
         let Some((above, until, checked)) = self.late_inserts else { return Ok(()) };
         if Instant::now() >= until {
@@ -918,39 +946,54 @@ impl ClickHouseViewSink {
         if checked.elapsed() < PAUSE_CHECK {
             return Ok(());
         }
-        self.delete_versions(above, self.generation << 32)?;
+        let late = [(above, self.generation << 32)];
+        match self.uncommitted {
+            // Its first write takes care of them.
+            Uncommitted::Rewriting(_) => {}
+            Uncommitted::Rewritten => self.delete_versions_in(&late)?,
+            Uncommitted::NoneFound => {
+                let found = self.count_versions_in(&late)?;
+                if found > 0 {
+                    warn!(
+                        sink = %self.name,
+                        rows = found,
+                        "rows an older run wrote and never committed landed after this run started; the run \
+                         starts over to rewrite the view above them"
+                    );
+                    return Err(SinkError::Lost(format!(
+                        "{found} rows an older run of ClickHouse sink {:?} never committed landed after this run \
+                         started; a merge may have put them in place of committed rows",
+                        self.name
+                    )));
+                }
+            }
+        }
         self.late_inserts = Some((above, until, Instant::now()));
         Ok(())
     }
 
-    /// Deletes rows with versions in `(above, below)` and waits until the
-    /// mutation is done.
-    fn delete_versions(&self, above: u64, below: u64) -> Result<(), SinkError> {
-        self.delete_versions_in(&[(above, below)])
-    }
-
-    /// Deletes rows with versions in any of the open ranges `ranges` and
-    /// waits until the mutation is done.
-    fn delete_versions_in(&self, ranges: &[(u64, u64)]) -> Result<(), SinkError> {
-        let ranges: Vec<String> = ranges
-            .iter()
-            .filter(|(above, below)| above.saturating_add(1) < *below)
-            .map(|(above, below)| format!("(_version > {above} AND _version < {below})"))
-            .collect();
-        if ranges.is_empty() {
-            return Ok(());
-        }
-        let condition = ranges.join(" OR ");
-        // A mutation rewrites the table's parts: only when there is
-        // something to delete.
+    /// How many rows have versions in any of the open ranges `ranges`.
+    fn count_versions_in(&self, ranges: &[(u64, u64)]) -> Result<u64, SinkError> {
+        let Some(condition) = versions_in(ranges) else { return Ok(0) };
         let found = self.select(
             "cannot count uncommitted rows",
             &format!("SELECT count() FROM {} WHERE {condition}", self.rows_table()),
         )?;
-        if found.trim() == "0" {
+        Ok(found.trim().parse().unwrap_or(0))
+    }
+
+    /// Deletes rows with versions in any of the open ranges `ranges` and
+    /// waits until the mutation is done. Only rows no committed row can be
+    /// hidden under (see [`Uncommitted`]).
+    fn delete_versions_in(&self, ranges: &[(u64, u64)]) -> Result<(), SinkError> {
+        let Some(condition) = versions_in(ranges) else { return Ok(()) };
+        // A mutation rewrites the table's parts: only when there is
+        // something to delete.
+        let found = self.count_versions_in(ranges)?;
+        if found == 0 {
             return Ok(());
         }
-        info!(sink = %self.name, rows = found.trim(), "deleting rows written after the last checkpoint");
+        info!(sink = %self.name, rows = found, "deleting rows older runs wrote and never committed");
         self.execute(
             "cannot delete uncommitted rows",
             &format!("ALTER TABLE {} DELETE WHERE {condition}", self.rows_table()),
@@ -1054,7 +1097,11 @@ impl ClickHouseViewSink {
             self.execute("cannot drop a leftover table", &format!("DROP TABLE IF EXISTS {new_rows}"))?;
             self.create_rows_table(new_rows)?;
         } else if self.replace_held {
-            let held = self.held_keys()?;
+            let uncommitted = match &self.uncommitted {
+                Uncommitted::Rewriting(ranges) => ranges.as_slice(),
+                _ => &[],
+            };
+            let held = self.held_keys(uncommitted)?;
             replaced = held.lines().count();
             self.tombstones_body(&held, (self.generation << 32) | seq, &mut body);
             seq += 1;
@@ -1064,13 +1111,10 @@ impl ClickHouseViewSink {
         if rows > 0 {
             body.push_str(&self.rows_body(self.pending.iter().map(|(key, values)| (key, values.as_ref())), version));
             self.insert_rows_into(new_rows.as_deref().unwrap_or(&self.rows_table()), body)?;
-            if let Err(error) = self.fenced() {
-                // A newer run took over while this one wrote: take it back.
-                if new_rows.is_none() {
-                    let _ = self.delete_versions((self.generation << 32) | self.seq, version + 1);
-                }
-                return Err(error);
-            }
+            // A newer run took over while this one wrote: what it wrote
+            // is void, and the newer run, which may find a committed row
+            // merged away under it, takes care of it (see `Uncommitted`).
+            self.fenced()?;
         }
         if let Some(new_rows) = &new_rows {
             self.fenced()?;
@@ -1087,11 +1131,29 @@ impl ClickHouseViewSink {
         self.pending_since = None;
         if std::mem::take(&mut self.replace_held) {
             info!(sink = %self.name, rows = replaced, "the rebuilt view replaced the rows the sink held");
+            if let Uncommitted::Rewriting(ranges) = std::mem::replace(&mut self.uncommitted, Uncommitted::Rewritten) {
+                // Every key they name is above them now. Should this fail,
+                // the next run finds them and rewrites the view again.
+                if let Err(error) = self.delete_versions_in(&ranges) {
+                    warn!(sink = %self.name, %error, "cannot delete rows older runs never committed");
+                }
+            }
         }
         self.checkpoint_at = Instant::now();
         self.checkpoint_positions = Some(positions);
         Ok(())
     }
+}
+
+/// The condition on `_version` of the open `ranges` (`None`: no version is
+/// in any).
+fn versions_in(ranges: &[(u64, u64)]) -> Option<String> {
+    let ranges: Vec<String> = ranges
+        .iter()
+        .filter(|(above, below)| above.saturating_add(1) < *below)
+        .map(|(above, below)| format!("(_version > {above} AND _version < {below})"))
+        .collect();
+    (!ranges.is_empty()).then(|| ranges.join(" OR "))
 }
 
 /// `ranges` of versions (open at both ends) with the overlapping ones
@@ -1153,22 +1215,40 @@ impl ViewSink for ClickHouseViewSink {
         self.generation = self.newest_generation()? + 1;
         self.seq = 0;
         let (committed, positions) = last.clone().unwrap_or((0, String::new()));
-        // Claim the sink, then drop what older runs wrote after their last
-        // commit (they died before committing it, or were fenced), once
-        // what they sent has landed.
+        // Claim the sink, then look for what older runs wrote after their
+        // last commit (they died before committing it, or were fenced),
+        // once what they sent has landed.
         self.write_checkpoint(0, committed, &positions, 0)?;
         self.wait_for_inserts_under_way()?;
         // Every run's claim said the same of the runs before it: what they
         // wrote above the commit it resumed from is void. An `INSERT` that
         // a run sent just before it died can still land after the next
-        // run's delete (the server had not started it yet), so all of
-        // those ranges go again, not only this run's.
+        // run's start (the server had not started it yet), so all of those
+        // ranges are looked at, not only this run's.
         let mut void = self.void_ranges()?;
         void.push((committed, self.generation << 32));
-        self.delete_versions_in(&merged(void))?;
+        let void = merged(void);
         self.late_inserts = Some((committed, Instant::now() + LATE_INSERTS, Instant::now()));
         self.committed = committed;
         info!(sink = %self.name, generation = self.generation, "took a new generation of the ClickHouse sink");
+        let found = self.count_versions_in(&void)?;
+        if found > 0 {
+            // A merge may have dropped committed rows for some of them: the
+            // sink claims no position (a second checkpoint row says so, and
+            // a run that dies before the rewrite leaves the next one to do
+            // it), so the runner resets it and hands it the whole view.
+            warn!(
+                sink = %self.name,
+                rows = found,
+                "rows older runs wrote and never committed are in the table; the sink rewrites the whole view \
+                 above them"
+            );
+            self.seq = 1;
+            self.write_checkpoint(1, committed, "", 0)?;
+            self.uncommitted = Uncommitted::Rewriting(void);
+            return Ok(None);
+        }
+        self.uncommitted = Uncommitted::NoneFound;
         if positions.is_empty() {
             return Ok(None);
         }
@@ -1189,6 +1269,7 @@ impl ViewSink for ClickHouseViewSink {
             return Ok(());
         }
         self.execute("cannot empty the rows table", &format!("TRUNCATE TABLE {}", self.rows_table()))?;
+        self.uncommitted = Uncommitted::Rewritten;
         self.seq += 1;
         self.committed = 0;
         self.write_checkpoint(self.seq, 0, "", 0)?;
@@ -1286,6 +1367,17 @@ mod tests {
         assert_eq!(merged(vec![(3, 6), (1, 4)]), vec![(1, 6)]);
         // (1, 4) and (4, 6) both leave out 4.
         assert_eq!(merged(vec![(4, 6), (1, 4)]), vec![(1, 4), (4, 6)]);
+    }
+
+    #[test]
+    fn ranges_without_a_version_in_them_ask_for_nothing() {
+        assert_eq!(versions_in(&[]), None);
+        // (7, 8) holds no whole number; (9, 9) is empty.
+        assert_eq!(versions_in(&[(7, 8), (9, 9)]), None);
+        assert_eq!(
+            versions_in(&[(7, 8), (1, 4), (10, 12)]).as_deref(),
+            Some("(_version > 1 AND _version < 4) OR (_version > 10 AND _version < 12)")
+        );
     }
 
     fn tsv(value: Value) -> String {
