@@ -207,16 +207,7 @@ fn rows_a_dead_run_sent_that_land_late_make_the_view_rewritten() {
     let values: Row = vec![Value::Int(1), Value::Int(700), Value::Int(700), Value::Int(0)].into();
     let mut both_rows = rows.clone();
     both_rows.insert(key, values);
-    third.reset().unwrap();
-    let mut all: Vec<ViewChange> = both_rows
-        .iter()
-        .map(|(key, values)| ViewChange { key: key.clone(), values: values.clone(), diff: 1 })
-        .collect();
-    all.sort();
-    third
-        .apply(ViewBatch { changes: &all, upper: 1, positions: &positions, newest_event_at: None, rows: &both_rows })
-        .unwrap();
-    third.finish().unwrap();
+    rewrite_whole_view(third.as_mut(), &both_rows, &positions);
     let both = "1\t2022-01-08\t500\n2\t2022-01-09\t700\n";
     assert_eq!(summary(), both);
     // Above generation 1's commit (batch 1) and below generation 3: void.
