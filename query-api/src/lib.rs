@@ -134,7 +134,7 @@ fn commands(state: &ApiState) -> Result<&Arc<CommandService>, Response> {
 }
 
 fn store_id(text: &str) -> Result<u64, Response> {
-    text.parse().map_err(|_| error(400, format!("store id {text:?} is not a whole number")))
+    text.parse().map_err(|_| error(400, format!("store id {text:?} is not a whole number from 0 to {}", u64::MAX)))
 }
 
 /// The `Idempotency-Key` header, if any: printable ASCII, 1 to 255 bytes.

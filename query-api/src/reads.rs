@@ -130,7 +130,8 @@ fn dated_key(view: &ServingView, date: usize) -> Result<(), Response> {
 }
 
 fn store_id(text: &str) -> Result<u64, Response> {
-    text.parse().map_err(|_| error(400, format!("store id {text:?} in the path is not a whole number")))
+    text.parse()
+        .map_err(|_| error(400, format!("store id {text:?} in the path is not a whole number from 0 to {}", u64::MAX)))
 }
 
 /// A field of a row (keys first, then values).
@@ -493,9 +494,9 @@ pub async fn customer(
 ) -> Result<Response, Response> {
     let (_, store_id) = store_reader(&state, &headers, &store)?;
     let store_reads = reads(&state)?;
-    let customer_id: u64 = customer
-        .parse()
-        .map_err(|_| error(400, format!("customer id {customer:?} in the path is not a whole number")))?;
+    let customer_id: u64 = customer.parse().map_err(|_| {
+        error(400, format!("customer id {customer:?} in the path is not a whole number from 0 to {}", u64::MAX))
+    })?;
     Params::parse(&uri, &[])?;
     let (view, _) = seed_view(store_reads, "customer_ltv", &["customer_id"])?;
     if view.key_len != 2 || view.fields[1].0 != "customer_id" {
