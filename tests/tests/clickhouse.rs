@@ -287,6 +287,73 @@ fn a_committed_row_a_merge_dropped_for_an_uncommitted_change_comes_back() {
     assert_eq!(summary(), "1\t2022-01-08\t500\n");
 }
 
+/// End to end, in a running pipeline: a row an older run never committed
+/// that lands after the run started (planted here: a tombstone of a
+/// committed `order_summary` row, at a version of generation 1 above its
+/// last commit) makes the run start over in the same process, and the
+/// next run rewrites that view above it. The sinks end equal to the
+/// recomputation.
+#[test]
+fn a_late_uncommitted_row_makes_a_running_pipeline_rewrite_the_view() {
+    if !available("clickhouse-server") {
+        return;
+    }
+    let server = ClickHouseServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = kafka::fresh_topic("clickhouse-late");
+    let generator = GeneratorConfig { events: 6000, seed: 35, bad_ratio: 0.0, ..GeneratorConfig::default() };
+    let keyed: Vec<(String, String)> = Generator::new(generator).map(|r| (r.key, r.line)).collect();
+    let lines: Vec<String> = keyed.iter().map(|(_, line)| line.clone()).collect();
+    kafka::append(&topic, keyed[..2000].to_vec());
+    let sources = format!(
+        "  events:\n    type: kafka\n    brokers: {}\n    topic: {topic}\n    batch_ms: 50\n",
+        kafka::brokers()
+    );
+    let text = config(&sources, &server.url(), "latelive");
+    // Generation 1 writes the first records, and stops.
+    let bounded = config(&format!("{sources}    bounded: true\n"), &server.url(), "latelive");
+    commands::run_config(plan(&bounded, dir.path()), RunOptions { workers: 2, ..RunOptions::default() }).unwrap();
+    assert_clickhouse_holds(&server, "latelive", &lines[..2000]);
+
+    // Generation 2 runs on; the late row of generation 1 lands.
+    kafka::append(&topic, keyed[2000..3000].to_vec());
+    let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
+    let stop: Arc<AtomicBool> = Arc::clone(&options.stop);
+    let run_plan = plan(&text, dir.path());
+    let pipeline = std::thread::spawn(move || commands::run_config(run_plan, options).unwrap());
+    let covered = || clickhouse_covered(&server, "latelive");
+    let wait_for = |count: u64| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while covered() < count {
+            assert!(Instant::now() < deadline, "the sinks cover {} of {count} records", covered());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for(3000);
+    assert_eq!(generation(&server, "latelive", "order_summary_ch"), 2);
+    let row =
+        server.query("SELECT store_id, date FROM latelive.order_summary ORDER BY store_id, date LIMIT 1").unwrap();
+    let (store, date) = row.trim().split_once('\t').unwrap();
+    let late = (1u64 << 32) | 999_999;
+    server
+        .query(&format!("INSERT INTO latelive.order_summary_rows VALUES ({store}, '{date}', 0, 0, 0, 0, 1, {late})"))
+        .unwrap();
+
+    // It starts over (generation 3) and rewrites the view.
+    kafka::append(&topic, keyed[3000..].to_vec());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while generation(&server, "latelive", "order_summary_ch") < 3 {
+        assert!(Instant::now() < deadline, "the run did not start over");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_for(lines.len() as u64);
+    stop.store(true, Ordering::Relaxed);
+    pipeline.join().unwrap();
+    assert_clickhouse_holds(&server, "latelive", &lines);
+    let left = format!("SELECT count() FROM latelive.order_summary_rows WHERE _version = {late}");
+    assert_eq!(server.query(&left).unwrap().trim(), "0");
+}
+
 /// A write of more rows than ClickHouse cuts an `INSERT` into by default
 /// (`max_insert_block_size`, 1,048,576) is still one part, so readers see
 /// all of it or none: the sink's whole-view writes (a new view, a rebuilt

@@ -1131,9 +1131,11 @@ impl ClickHouseViewSink {
         self.pending_since = None;
         if std::mem::take(&mut self.replace_held) {
             info!(sink = %self.name, rows = replaced, "the rebuilt view replaced the rows the sink held");
+            // Every key the sink held, or void rows named, is above every
+            // void version now, whatever made the sink replace its rows.
             if let Uncommitted::Rewriting(ranges) = std::mem::replace(&mut self.uncommitted, Uncommitted::Rewritten) {
-                // Every key they name is above them now. Should this fail,
-                // the next run finds them and rewrites the view again.
+                // Should this fail, the next run finds them and rewrites
+                // the view again.
                 if let Err(error) = self.delete_versions_in(&ranges) {
                     warn!(sink = %self.name, %error, "cannot delete rows older runs never committed");
                 }
