@@ -3,7 +3,9 @@
 //! view (`FINAL`) equal to the recomputation; a restart resumes from the
 //! sink's checkpoint; ClickHouse down for 30 s while events flow, then up:
 //! the pipeline waits and converges; a fenced older generation writes
-//! nothing.
+//! nothing; rows a dead run never committed (found at the start, or landing
+//! later) make the view rewritten above them, so that no committed row a
+//! merge put them in place of is lost.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::Path;
