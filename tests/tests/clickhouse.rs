@@ -34,6 +34,12 @@ fn config(sources: &str, url: &str, database: &str) -> String {
     )
 }
 
+/// [`config`] for tests that drive a sink by hand: the source is a
+/// placeholder no run reads.
+fn sinks_alone(server: &ClickHouseServer, database: &str) -> String {
+    config("  events:\n    type: file\n    path: none.jsonl\n", &server.url(), database)
+}
+
 fn plan(text: &str, dir: &Path) -> PipelinePlan {
     check_text(text, "clickhouse.yaml", dir).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
@@ -107,8 +113,7 @@ fn a_fenced_older_generation_writes_nothing() {
     }
     let server = ClickHouseServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let text = config("  events:\n    type: file\n    path: none.jsonl\n", &server.url(), "fence");
-    let plan = plan(&text, dir.path());
+    let plan = plan(&sinks_alone(&server, "fence"), dir.path());
     let mut older = first_sink(&plan);
     let mut newer = first_sink(&plan);
     assert_eq!(older.resume().unwrap(), None);
@@ -163,8 +168,7 @@ fn rows_a_dead_run_sent_that_land_late_make_the_view_rewritten() {
     }
     let server = ClickHouseServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let text = config("  events:\n    type: file\n    path: none.jsonl\n", &server.url(), "late");
-    let plan = plan(&text, dir.path());
+    let plan = plan(&sinks_alone(&server, "late"), dir.path());
     let (changes, rows, positions) = one_summary_row();
     let batch =
         |upper| ViewBatch { changes: &changes, upper, positions: &positions, newest_event_at: None, rows: &rows };
@@ -257,8 +261,7 @@ fn a_committed_row_a_merge_dropped_for_an_uncommitted_change_comes_back() {
     }
     let server = ClickHouseServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let text = config("  events:\n    type: file\n    path: none.jsonl\n", &server.url(), "merged");
-    let plan = plan(&text, dir.path());
+    let plan = plan(&sinks_alone(&server, "merged"), dir.path());
     let (changes, rows, positions) = one_summary_row();
     let summary = || server.query("SELECT store_id, date, revenue_cents FROM merged.order_summary").unwrap();
 
@@ -367,8 +370,7 @@ fn a_write_larger_than_the_default_insert_block_is_one_part() {
     }
     let server = ClickHouseServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let text = config("  events:\n    type: file\n    path: none.jsonl\n", &server.url(), "large");
-    let plan = plan(&text, dir.path());
+    let plan = plan(&sinks_alone(&server, "large"), dir.path());
     let mut sink = first_sink(&plan);
     assert_eq!(sink.resume().unwrap(), None);
     let values: Row = vec![Value::Int(1), Value::Int(500), Value::Int(500), Value::Int(0)].into();
@@ -402,7 +404,7 @@ fn a_run_that_dies_before_it_rebuilt_a_view_with_new_columns_leaves_the_next_one
     }
     let server = ClickHouseServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let text = config("  events:\n    type: file\n    path: none.jsonl\n", &server.url(), "widen");
+    let text = sinks_alone(&server, "widen");
     let sink_of = |text: &str| first_sink(&plan(text, dir.path()));
     let mut sink = sink_of(&text);
     assert_eq!(sink.resume().unwrap(), None);

@@ -90,7 +90,7 @@ impl Column {
 /// highest version of each key, so such a row may have taken the place of
 /// the key's committed row, and deleting it then leaves the key with no
 /// row at all. So every key is first rewritten above them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Uncommitted {
     /// None were there when the run started. One that lands later (an
     /// `INSERT` the server took only after the run's start) makes the run
