@@ -127,17 +127,36 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
             differences += 1;
             continue;
         };
-        let claimed = held.positions.as_ref().map(|p| positions_to_json(p, &source_names));
-        let (want, records) = expected.entry(claimed.clone()).or_insert_with(|| {
-            let target = held.positions.as_ref();
-            (log.view_of(view, &log.orders_at(target)), log.records_at(target))
-        });
         let kind = match sink.kind {
             SinkKind::File(_) => "file",
             SinkKind::Parquet(_) => "parquet",
             SinkKind::Redis(_) => "redis",
             SinkKind::ClickHouse(_) => "clickhouse",
         };
+        if matches!(sink.kind, SinkKind::ClickHouse(_))
+            && held.positions.as_ref().is_some_and(|p| p.0.is_empty())
+            && !held.rows.is_empty()
+        {
+            // A ClickHouse sink whose run found rows a dead run had written
+            // and never committed: it claims no position until it has
+            // rewritten the whole view above them, so its rows are no
+            // prefix of the log to compare with.
+            let _ = writeln!(
+                report,
+                "sink {:?} ({kind}): {} rows but no checkpoint: a run is rewriting the view in it (it found rows \
+                 that a run which died had written and never committed) and has not committed it yet; validate again \
+                 once it has (`projector status` then shows a checkpoint for the sink)",
+                sink.name,
+                held.rows.len()
+            );
+            differences += 1;
+            continue;
+        }
+        let claimed = held.positions.as_ref().map(|p| positions_to_json(p, &source_names));
+        let (want, records) = expected.entry(claimed.clone()).or_insert_with(|| {
+            let target = held.positions.as_ref();
+            (log.view_of(view, &log.orders_at(target)), log.records_at(target))
+        });
         let at = match &held.positions {
             None => "the end of the log (a file sink keeps no checkpoint)",
             Some(positions) if positions.0.is_empty() => "no checkpoint (nothing written yet)",

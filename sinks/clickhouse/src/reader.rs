@@ -145,7 +145,10 @@ impl ClickHouseViewReader {
             self.checkpoints_table,
             quote(&self.name)
         ))?;
-        match text.lines().next() {
+        // No checkpoint, or one that claims no position (a run's claim
+        // before its first commit, a reset, a rewrite after rows a dead
+        // run never committed): no position.
+        match text.lines().next().filter(|line| !line.is_empty()) {
             Some(line) => positions_from_json(&unescape(line), &self.source_names).map_err(ReadError::Unavailable),
             None => Ok(Default::default()),
         }
