@@ -138,6 +138,9 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
                 let generation = status.generation.map_or("-".to_string(), |g| g.to_string());
                 let checkpoint = match &status.positions {
                     Some(positions) => serde_json::to_string(positions).unwrap_or_default(),
+                    None if status.rebuilding => "none (a run is rebuilding the view in it: until it commits, the \
+                                                   rows it holds are not a view of the log)"
+                        .to_string(),
                     None => "none (holds nothing yet)".to_string(),
                 };
                 let newest = status.written_at_ms.map_or("never".to_string(), age);

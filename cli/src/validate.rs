@@ -138,14 +138,15 @@ pub fn validate(plan: &PipelinePlan, options: &ValidateOptions) -> Result<Valida
             && !held.rows.is_empty()
         {
             // A ClickHouse sink whose run found rows a dead run had written
-            // and never committed: it claims no position until it has
-            // rewritten the whole view above them, so its rows are no
-            // prefix of the log to compare with.
+            // and never committed (or whose view's definition changed): it
+            // claims no position until it has rewritten the whole view, so
+            // its rows are no prefix of the log to compare with.
             let _ = writeln!(
                 report,
-                "sink {:?} ({kind}): {} rows but no checkpoint: a run is rewriting the view in it (it found rows \
-                 that a run which died had written and never committed) and has not committed it yet; validate again \
-                 once it has (`projector status` then shows a checkpoint for the sink)",
+                "sink {:?} ({kind}): {} rows but no checkpoint: a run is rebuilding the view in it (it found rows \
+                 that a run which died had written and never committed, or the view's definition changed) and has \
+                 not committed it yet; validate again once it has (`projector status` then shows a checkpoint for \
+                 the sink)",
                 sink.name,
                 held.rows.len()
             );

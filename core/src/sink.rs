@@ -200,6 +200,11 @@ pub struct SinkStatus {
     pub positions: Option<BTreeMap<String, BTreeMap<u32, u64>>>,
     /// When its newest data was written (Unix milliseconds).
     pub written_at_ms: Option<i64>,
+    /// It holds rows it claims no position for: a run is rebuilding the
+    /// view in it and has not committed yet (a ClickHouse sink that found
+    /// rows a dead run never committed, or whose view's definition
+    /// changed, keeps its rows until the rebuilt view replaces them).
+    pub rebuilding: bool,
 }
 
 impl SinkStatus {

@@ -307,9 +307,13 @@ fn a_committed_row_a_merge_dropped_for_an_uncommitted_change_comes_back() {
     let found = validate(&plan, &options).unwrap();
     assert_eq!(found.differences, 1, "{}", found.report);
     assert_eq!(reader.select(&Selection::default()).unwrap().rows.len(), 1);
-    assert!(found.report.contains("1 rows but no checkpoint: a run is rewriting the view"), "{}", found.report);
+    let status = projector::status::status(&plan).unwrap();
+    assert!(status.contains("checkpoint none (a run is rebuilding the view in it"), "{status}");
+    assert!(found.report.contains("1 rows but no checkpoint: a run is rebuilding the view"), "{}", found.report);
     rewrite_whole_view(next.as_mut(), &rows, &positions);
     assert_eq!(summary(), "1\t2022-01-08\t500\n");
+    let status = projector::status::status(&plan).unwrap();
+    assert!(!status.contains("rebuilding"), "{status}");
 }
 
 /// End to end, in a running pipeline: a row an older run never committed

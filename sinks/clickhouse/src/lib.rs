@@ -1328,7 +1328,8 @@ pub fn status(config: &ClickHouseSinkConfig, sink_name: &str) -> Result<SinkStat
     let client = client(config);
     let sql = format!(
         "SELECT max(generation), argMax(positions, generation * 4294967296 + seq), \
-         maxIf(toUnixTimestamp(written_at), rows > 0) FROM {}.projector_checkpoints WHERE sink = {} HAVING count() > 0",
+         maxIf(toUnixTimestamp(written_at), rows > 0), argMax(committed, generation * 4294967296 + seq) \
+         FROM {}.projector_checkpoints WHERE sink = {} HAVING count() > 0",
         config.database,
         quote(sink_name)
     );
@@ -1348,8 +1349,12 @@ pub fn status(config: &ClickHouseSinkConfig, sink_name: &str) -> Result<SinkStat
     let generation = fields.next().and_then(|g| g.parse().ok());
     let positions = fields.next().map(|p| p.replace("\\\\", "\\")).filter(|p| !p.is_empty());
     let written = fields.next().and_then(|w| w.parse::<i64>().ok()).filter(|s| *s > 0).map(|s| s * 1000);
+    let committed: u64 = fields.next().and_then(|c| c.parse().ok()).unwrap_or(0);
     Ok(SinkStatus {
         generation,
+        // A last checkpoint that claims no position but keeps the version
+        // of a commit: the rows of that commit are still in the table.
+        rebuilding: positions.is_none() && committed > 0,
         positions: positions.as_deref().and_then(SinkStatus::parse_positions),
         written_at_ms: written,
     })

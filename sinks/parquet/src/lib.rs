@@ -569,7 +569,7 @@ pub fn status(path: &Path) -> Result<projector_core::sink::SinkStatus, String> {
         .and_then(|pairs| pairs.iter().find(|kv| kv.key == "projector.positions"))
         .and_then(|kv| kv.value.as_deref())
         .and_then(projector_core::sink::SinkStatus::parse_positions);
-    Ok(projector_core::sink::SinkStatus { generation: None, positions, written_at_ms })
+    Ok(projector_core::sink::SinkStatus { generation: None, positions, written_at_ms, rebuilding: false })
 }
 
 #[cfg(test)]

@@ -762,5 +762,6 @@ pub fn status(config: &RedisSinkConfig, sink_name: &str) -> Result<SinkStatus, S
         generation,
         positions: positions.as_deref().and_then(SinkStatus::parse_positions),
         written_at_ms: written,
+        rebuilding: false,
     })
 }
