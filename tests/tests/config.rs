@@ -224,6 +224,7 @@ sinks:
   hot:
     type: redis
     view: sales
+    url: 127.0.0.1:6379
     key: "sales:{store_id}"
     rankings:
       top:
@@ -238,7 +239,13 @@ sinks:
     type: clickhouse
     view: sales
     database: Analytics
+    url: https://ch.example:8443
     batch_ms: 0
+  tls:
+    type: redis
+    view: sales
+    url: rediss://cache.example:6380
+    key: "tls:{store_id}:{product_id}"
 "#;
 
 #[test]
@@ -270,6 +277,18 @@ fn reports_bad_redis_and_clickhouse_sinks() {
             at(BAD_SINKS, "Analytics")
         ),
         format!("{}: sink \"cold\": 'batch_ms' must be a whole number of at least 1 (got 0)", at(BAD_SINKS, "0\n")),
+        format!(
+            "{}: sink \"hot\": 'url' \"127.0.0.1:6379\" is not a URL this sink can use; write it as redis://HOST:PORT (it may start with redis://, valkey://, unix://, redis+unix://, valkey+unix://)",
+            at(BAD_SINKS, "127.0.0.1:6379")
+        ),
+        format!(
+            "{}: sink \"cold\": 'url' \"https://ch.example:8443\": this build of Projector makes no TLS connections; use http://HOST:8123 (through a TLS proxy if the server needs one)",
+            at(BAD_SINKS, "https://")
+        ),
+        format!(
+            "{}: sink \"tls\": 'url' \"rediss://cache.example:6380\": this build of Projector makes no TLS connections; use redis://HOST:PORT (through a TLS proxy if the server needs one)",
+            at(BAD_SINKS, "rediss://")
+        ),
     ];
     for line in &expected {
         assert!(found.contains(line), "missing error:\n  {line}\nfound:\n  {}", found.join("\n  "));

@@ -649,6 +649,8 @@ fn sink(name: &str, pos: Pos, node: &Node, base_dir: &Path, diags: &mut Diagnost
                 None => Some(Vec::new()),
             };
             fields.finish(&["type", "view", "url", "key", "prefix", "rankings"], diags);
+            let schemes = (&["redis", "valkey", "unix", "redis+unix", "valkey+unix"][..], &["rediss", "valkeys"][..]);
+            check_url(url.as_ref(), &component, schemes, "redis://HOST:PORT", diags);
             SinkKind::Redis(RedisSinkConfig {
                 url: url.map_or_else(|| "redis://127.0.0.1:6379".to_string(), |u| u.value),
                 key: key?,
@@ -670,6 +672,7 @@ fn sink(name: &str, pos: Pos, node: &Node, base_dir: &Path, diags: &mut Diagnost
             };
             let allowed = ["type", "view", "url", "database", "table", "user", "password", "batch_rows", "batch_ms"];
             fields.finish(&allowed, diags);
+            check_url(url.as_ref(), &component, (&["http"], &["https"]), "http://HOST:8123", diags);
             for (key, value) in [("database", &database), ("table", &table)] {
                 if let Some(value) = value
                     && !is_identifier(&value.value)
@@ -835,6 +838,38 @@ pub(crate) fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Checks that a sink's `url` starts with one of `schemes` (`redis` for
+/// `redis://`) and names something after it; `example` shows the form.
+/// `tls` are the schemes of TLS connections, which this build's clients
+/// cannot make.
+fn check_url(
+    url: Option<&Spanned<String>>,
+    component: &str,
+    (schemes, tls): (&[&str], &[&str]),
+    example: &str,
+    diags: &mut Diagnostics,
+) {
+    let Some(url) = url else { return };
+    let scheme = url.value.split_once("://").filter(|(_, rest)| !rest.is_empty()).map(|(s, _)| s.to_ascii_lowercase());
+    let message = match scheme.as_deref() {
+        Some(scheme) if schemes.contains(&scheme) => return,
+        Some(scheme) if tls.contains(&scheme) => format!(
+            "{:?}: this build of Projector makes no TLS connections; use {example} (through a TLS proxy if the \
+             server needs one)",
+            url.value
+        ),
+        _ => {
+            let allowed: Vec<String> = schemes.iter().map(|scheme| format!("{scheme}://")).collect();
+            format!(
+                "{:?} is not a URL this sink can use; write it as {example} (it may start with {})",
+                url.value,
+                allowed.join(", ")
+            )
+        }
+    };
+    diags.push(url.pos, component, "url", message);
 }
 
 fn required<'n>(fields: &mut Fields<'n>, key: &str, diags: &mut Diagnostics) -> Option<&'n Node> {
