@@ -80,6 +80,7 @@ impl Payload {
 
 /// Payload of `OrderCreated`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct OrderCreated {
     /// The order; equal to the envelope's `aggregate_id`.
     pub order_id: String,
@@ -96,8 +97,11 @@ pub struct OrderCreated {
     pub total_cents: i64,
 }
 
+crate::objects_only!(serialize OrderCreated);
+
 /// Payload of `OrderUpdated`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct OrderUpdated {
     /// The order; equal to the envelope's `aggregate_id`.
     pub order_id: String,
@@ -107,8 +111,11 @@ pub struct OrderUpdated {
     pub total_cents: i64,
 }
 
+crate::objects_only!(serialize OrderUpdated);
+
 /// Payload of `OrderCancelled`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct OrderCancelled {
     /// The order; equal to the envelope's `aggregate_id`.
     pub order_id: String,
@@ -116,8 +123,11 @@ pub struct OrderCancelled {
     pub reason: String,
 }
 
+crate::objects_only!(serialize OrderCancelled);
+
 /// Payload of `InventoryReserved`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct InventoryReserved {
     /// The order the stock is reserved for.
     pub order_id: String,
@@ -127,8 +137,11 @@ pub struct InventoryReserved {
     pub items: Vec<ReservedItem>,
 }
 
+crate::objects_only!(serialize InventoryReserved);
+
 /// One reserved SKU.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct ReservedItem {
     /// Stock keeping unit.
     pub sku: String,
@@ -136,8 +149,11 @@ pub struct ReservedItem {
     pub quantity: i64,
 }
 
+crate::objects_only!(serialize ReservedItem);
+
 /// Payload of `PaymentInitiated`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct PaymentInitiated {
     /// The order being paid.
     pub order_id: String,
@@ -148,6 +164,8 @@ pub struct PaymentInitiated {
     /// The gateway's transaction id.
     pub transaction_id: String,
 }
+
+crate::objects_only!(serialize PaymentInitiated);
 
 /// An event id, kept compact for deduplication: a UUID written the
 /// canonical way (lowercase, hyphenated) is held as 16 bytes, any other id
@@ -277,6 +295,7 @@ impl BadRecord {
 /// The envelope as it is on the wire; the payload is decoded once the
 /// event type is known. Strings borrow from the record where they can.
 #[derive(Deserialize)]
+#[serde(remote = "Self")]
 struct WireEnvelope<'a> {
     #[serde(borrow)]
     event_id: WireStr<'a>,
@@ -296,6 +315,8 @@ struct WireEnvelope<'a> {
     #[serde(borrow)]
     payload: &'a RawValue,
 }
+
+crate::objects_only!(WireEnvelope<'a>);
 
 /// An event's envelope, decoded in one pass with its payload when
 /// `event_type` comes before `payload` (as this project's writers put
@@ -434,6 +455,7 @@ impl WireStr<'_> {
 /// `InventoryReserved` as read for validation only (the views do not use
 /// it): same fields and errors, borrowed strings.
 #[derive(Deserialize)]
+#[serde(remote = "Self")]
 struct WireReserved<'a> {
     #[serde(borrow)]
     order_id: WireStr<'a>,
@@ -443,15 +465,21 @@ struct WireReserved<'a> {
     items: Vec<WireReservedItem<'a>>,
 }
 
+crate::objects_only!(WireReserved<'a>);
+
 #[derive(Deserialize)]
+#[serde(remote = "Self")]
 struct WireReservedItem<'a> {
     #[serde(borrow)]
     sku: WireStr<'a>,
     quantity: i64,
 }
 
+crate::objects_only!(WireReservedItem<'a>);
+
 /// `PaymentInitiated` as read for validation only.
 #[derive(Deserialize)]
+#[serde(remote = "Self")]
 struct WirePayment<'a> {
     #[serde(borrow)]
     order_id: WireStr<'a>,
@@ -461,6 +489,8 @@ struct WirePayment<'a> {
     #[serde(borrow)]
     transaction_id: WireStr<'a>,
 }
+
+crate::objects_only!(WirePayment<'a>);
 
 /// A decoded payload before it becomes a [`Payload`].
 enum WirePayload<'a> {

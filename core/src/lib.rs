@@ -1,6 +1,7 @@
 //! Types every Projector crate shares.
 //!
 //! - [`event`]: the domain events of the log and their validation;
+//!   [`objects`]: their parts read from JSON objects only;
 //! - [`record`]: positions of records in sources, and dead letters;
 //! - [`order`]: what an order's events add up to;
 //! - [`relation`]: the relations views read (`orders`, `order_lines`);
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod event;
+pub mod objects;
 pub mod order;
 pub mod packed;
 pub mod recompute;

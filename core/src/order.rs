@@ -13,6 +13,7 @@ use crate::value::Timestamp;
 
 /// One line item of an order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct LineItem {
     /// The product.
     pub product_id: u64,
@@ -25,6 +26,8 @@ pub struct LineItem {
     /// Price of one unit in cents, at least 0.
     pub unit_price_cents: i64,
 }
+
+crate::objects_only!(serialize LineItem);
 
 impl LineItem {
     /// `quantity * unit_price_cents`, saturating instead of overflowing.

@@ -82,6 +82,35 @@ fn wrong_type() {
     assert_dead_letter("[1,2,3]", "invalid type", "invalid_field");
 }
 
+/// Serde would read a struct from an array of its fields in order; the
+/// contract's events and their parts are objects.
+#[test]
+fn parts_given_as_arrays() {
+    assert_dead_letter(
+        &changed(
+            r#"{"product_id":9001,"sku":"TSHIRT-M","title":"T-shirt","quantity":2,"unit_price_cents":1999}"#,
+            r#"[9001,"TSHIRT-M","T-shirt",2,1999]"#,
+        ),
+        "payload.line_items[0]: invalid type: sequence, expected a JSON object",
+        "invalid_field",
+    );
+    let payload = &GOOD_CREATE[GOOD_CREATE.find("{\"order_id\"").unwrap()..GOOD_CREATE.len() - 1];
+    assert_dead_letter(
+        &changed(payload, r#"["o-2",501,"USD","2024-03-01T12:00:00Z",[[9001,"TSHIRT-M","T-shirt",2,1999]],3998]"#),
+        "payload: invalid type: sequence, expected a JSON object",
+        "invalid_field",
+    );
+    let envelope = r#"["e2","OrderCreated",1,"o-2",1,7,"2024-03-01T12:00:00Z","c-1",null,{"order_id":"o-2","customer_id":501,"currency":"USD","created_at":"2024-03-01T12:00:00Z","line_items":[{"product_id":9001,"sku":"TSHIRT-M","title":"T-shirt","quantity":2,"unit_price_cents":1999}],"total_cents":3998}]"#;
+    assert_dead_letter(envelope, "event: invalid type: sequence, expected a JSON object", "invalid_field");
+    let reserved = changed("OrderCreated", "InventoryReserved");
+    let reserved = reserved.replacen(
+        &reserved[reserved.find("\"payload\":").unwrap()..reserved.len() - 1],
+        r#""payload":{"order_id":"o-2","reservation_id":"r-1","items":[["TSHIRT-M",2]]}"#,
+        1,
+    );
+    assert_dead_letter(&reserved, "payload.items[0]: invalid type: sequence, expected a JSON object", "invalid_field");
+}
+
 #[test]
 fn unknown_event_type() {
     assert_dead_letter(
