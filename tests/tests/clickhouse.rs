@@ -20,9 +20,9 @@ use projector::{commands, components};
 use projector_core::config::SinkKind;
 use projector_core::config::{PipelinePlan, check_text};
 use projector_core::sink::{
-    Selection, SinkError, SourcePositions, ViewBatch, ViewChange, ViewReader, ViewRows, ViewSink,
+    Selection, SinkError, SourcePositions, ViewBatch, ViewChange, ViewReader, ViewRows, ViewSink, positions_to_json,
 };
-use projector_core::value::{Row, Value};
+use projector_core::value::{Row, Timestamp, Value};
 use projector_dataflows::runner::RunOptions;
 use projector_datagen::{Generator, GeneratorConfig};
 use projector_sink_clickhouse::ClickHouseViewReader;
@@ -432,6 +432,48 @@ fn a_replay_of_a_view_a_run_died_rewriting_swaps_the_whole_view_in() {
     assert_clickhouse_holds(&server, "rewriting", &lines);
     let left = format!("SELECT count() FROM rewriting.order_summary_rows WHERE _version = {void}");
     assert_eq!(server.query(&left).unwrap().trim(), "0");
+}
+
+/// The checkpoints table of a build before `newest_event_at`: a reader
+/// still reads its positions, and the next run adds the column, after
+/// which answers carry the time of the newest event.
+#[test]
+fn a_checkpoints_table_of_an_older_build_gets_the_newest_event_column() {
+    if !available("clickhouse-server") {
+        return;
+    }
+    let server = ClickHouseServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(&sinks_alone(&server, "older"), dir.path());
+    let (changes, rows, positions) = one_summary_row();
+    let at = positions_to_json(&positions, &["events".to_string()]);
+    server.query("CREATE DATABASE older").unwrap();
+    server
+        .query(
+            "CREATE TABLE older.projector_checkpoints (sink String, generation UInt64, seq UInt64, committed UInt64, \
+             positions String, written_at DateTime('UTC'), rows UInt64) ENGINE = MergeTree ORDER BY (sink, generation, seq)",
+        )
+        .unwrap();
+    server
+        .query(&format!(
+            "INSERT INTO older.projector_checkpoints VALUES ('order_summary_ch', 1, 1, 0, '{at}', now(), 0)"
+        ))
+        .unwrap();
+    let SinkKind::ClickHouse(sink_config) = &plan.config.sinks[0].kind else { panic!("a ClickHouse sink") };
+    let view = plan.view("order_summary").unwrap();
+    let reader = ClickHouseViewReader::new("order_summary_ch", view, sink_config, vec!["events".into()]).unwrap();
+    let read = reader.select(&Selection::default()).unwrap();
+    assert_eq!((read.positions, read.newest_event_at), (positions.clone(), None));
+
+    let mut sink = first_sink(&plan);
+    assert_eq!(sink.resume().unwrap(), Some(positions.clone()));
+    let newest = Some(Timestamp::parse_rfc3339("2022-01-08T10:00:00Z").unwrap());
+    let later = SourcePositions([((0, 0), 11)].into_iter().collect());
+    sink.apply(ViewBatch { changes: &changes, upper: 2, positions: &later, newest_event_at: newest, rows: &rows })
+        .unwrap();
+    sink.finish().unwrap();
+    let read = reader.select(&Selection::default()).unwrap();
+    assert_eq!((read.rows.len(), read.positions, read.newest_event_at), (1, later, newest));
 }
 
 /// A write of more rows than ClickHouse cuts an `INSERT` into by default

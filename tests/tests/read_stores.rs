@@ -141,6 +141,11 @@ fn reads_from_redis_and_clickhouse_answer_what_memory_answers() {
                     got.body["freshness"]["positions"], want.body["freshness"]["positions"],
                     "{name} {path}: the sink's checkpoint reflects the whole log"
                 );
+                // Every answer says how old its newest event is, from
+                // either sink as from memory.
+                let newest = &got.body["freshness"]["newest_event_at"];
+                assert!(newest.is_string(), "{name} {path}: {:?}", got.body);
+                assert_eq!(newest, &want.body["freshness"]["newest_event_at"], "{name} {path}");
                 compared += 1;
             }
         }

@@ -11,7 +11,8 @@
 //! - `projector_checkpoints`: one row per commit of every ClickHouse sink in
 //!   the database: `sink`, `generation`, `seq`, `committed` (the version of
 //!   the data it covers), `positions` (the source offsets that data
-//!   reflects, JSON) and `written_at`.
+//!   reflects, JSON), `written_at` and `newest_event_at` (the latest
+//!   `occurred_at` of the events those offsets cover, for readers).
 //!
 //! A run takes a new generation when it opens the sink: it writes a claim
 //! row, then looks for rows newer than the last commit (written by a run
@@ -44,7 +45,7 @@ use projector_core::sink::{
     RowHasher, SinkError, SinkStatus, SourcePositions, ViewBatch, ViewSink, positions_from_json, positions_to_json,
 };
 use projector_core::template::write_plain;
-use projector_core::value::{FieldType, Row, Value};
+use projector_core::value::{FieldType, Row, Timestamp, Value};
 use projector_core::view::ViewPlan;
 
 pub use reader::{ClickHouseViewReader, Differences};
@@ -105,6 +106,17 @@ enum Uncommitted {
     Rewritten,
 }
 
+/// A sink's last checkpoint row.
+#[derive(Debug, Default)]
+struct Checkpoint {
+    /// The version of the newest committed rows.
+    committed: u64,
+    /// The positions they reflect (`""`: none).
+    positions: String,
+    /// The latest `occurred_at` of the events they reflect.
+    newest: Option<Timestamp>,
+}
+
 /// A view materialized in ClickHouse.
 pub struct ClickHouseViewSink {
     name: String,
@@ -133,6 +145,9 @@ pub struct ClickHouseViewSink {
     /// The last batch taken, and the positions it brought the view to.
     taken_upper: u64,
     taken_positions: Option<SourcePositions>,
+    /// The latest `occurred_at` of the events the taken batches reflect
+    /// (readers report it with the positions).
+    taken_newest: Option<Timestamp>,
     /// When the last checkpoint was written, and what it said.
     checkpoint_at: Instant,
     checkpoint_positions: Option<SourcePositions>,
@@ -272,6 +287,7 @@ impl ClickHouseViewSink {
             pending_since: None,
             taken_upper: 0,
             taken_positions: None,
+            taken_newest: None,
             checkpoint_at: Instant::now(),
             checkpoint_positions: None,
             idle_checkpoint: IDLE_CHECKPOINT,
@@ -312,7 +328,7 @@ impl ClickHouseViewSink {
         // not stop the drop.
         self.create_bookkeeping_tables()?;
         self.generation = self.newest_generation()? + 1;
-        self.write_checkpoint(0, 0, "", 0)?;
+        self.write_checkpoint(0, 0, "", None, 0)?;
         let table = self.reader_view();
         self.execute("cannot drop the reader view", &format!("DROP TABLE IF EXISTS {table}"))?;
         self.execute("cannot drop the rows table", &format!("DROP TABLE IF EXISTS {}", self.rows_table()))
@@ -411,9 +427,9 @@ impl ClickHouseViewSink {
                     // (in tables made anew if its columns changed), but
                     // from now on it claims no position.
                     self.new_tables = self.rows_table_columns()?.is_some_and(|found| found != self.wanted_columns());
-                    let (committed, _) = self.last_checkpoint()?.unwrap_or_default();
+                    let committed = self.last_checkpoint()?.map_or(0, |last| last.committed);
                     self.generation = self.newest_generation()? + 1;
-                    self.write_checkpoint(0, committed, "", 0)?;
+                    self.write_checkpoint(0, committed, "", None, 0)?;
                 } else {
                     self.drop_all()?;
                 }
@@ -477,11 +493,28 @@ impl ClickHouseViewSink {
             "cannot create the checkpoints table",
             &format!(
                 "CREATE TABLE IF NOT EXISTS {} (sink String, generation UInt64, seq UInt64, committed UInt64, \
-                 positions String, written_at DateTime('UTC'), rows UInt64) \
+                 positions String, written_at DateTime('UTC'), rows UInt64, newest_event_at String DEFAULT '') \
                  ENGINE = MergeTree ORDER BY (sink, generation, seq)",
                 self.checkpoints_table()
             ),
         )?;
+        // A table of a build before `newest_event_at` gets the column (its
+        // rows read as ''; ClickHouse 18.16 has no `ADD COLUMN IF NOT
+        // EXISTS`).
+        let found = self.select(
+            "cannot read the checkpoints table's columns",
+            &format!(
+                "SELECT count() FROM system.columns WHERE database = {} AND table = 'projector_checkpoints' \
+                 AND name = 'newest_event_at'",
+                quote(&self.database)
+            ),
+        )?;
+        if found.trim() == "0" {
+            self.execute(
+                "cannot add newest_event_at to the checkpoints table",
+                &format!("ALTER TABLE {} ADD COLUMN newest_event_at String DEFAULT ''", self.checkpoints_table()),
+            )?;
+        }
         self.execute(
             "cannot create the holds table",
             &format!(
@@ -811,7 +844,7 @@ impl ClickHouseViewSink {
         let text = self.select(
             "cannot read the sink's checkpoint",
             &format!(
-                "SELECT seq, committed, positions FROM {} WHERE sink = {} AND generation = {} \
+                "SELECT seq, committed, positions, newest_event_at FROM {} WHERE sink = {} AND generation = {} \
                  ORDER BY seq DESC LIMIT 1",
                 self.checkpoints_table(),
                 quote(&self.name),
@@ -819,10 +852,13 @@ impl ClickHouseViewSink {
             ),
         )?;
         if let Some(line) = text.lines().next() {
-            let mut fields = line.splitn(3, '\t');
+            let mut fields = line.splitn(4, '\t');
             let seq = fields.next().and_then(|f| f.parse().ok()).unwrap_or(self.seq);
             let committed = fields.next().and_then(|f| f.parse().ok()).unwrap_or(self.committed);
             let positions = fields.next().unwrap_or("").replace("\\\\", "\\");
+            // The swap's view reflects the events up to its newest.
+            let newest = fields.next().and_then(Timestamp::parse_rfc3339);
+            self.taken_newest = self.taken_newest.max(newest);
             self.seq = self.seq.max(seq);
             self.committed = self.committed.max(committed);
             if !positions.is_empty() {
@@ -844,21 +880,35 @@ impl ClickHouseViewSink {
     }
 
     /// The last checkpoint: (committed version, positions text).
-    fn last_checkpoint(&self) -> Result<Option<(u64, String)>, SinkError> {
+    fn last_checkpoint(&self) -> Result<Option<Checkpoint>, SinkError> {
         let text = self.select(
             "cannot read the sink's checkpoint",
             &format!(
-                "SELECT committed, positions FROM {} WHERE sink = {} ORDER BY generation DESC, seq DESC LIMIT 1",
+                "SELECT committed, positions, newest_event_at FROM {} WHERE sink = {} \
+                 ORDER BY generation DESC, seq DESC LIMIT 1",
                 self.checkpoints_table(),
                 quote(&self.name)
             ),
         )?;
         let Some(line) = text.lines().next() else { return Ok(None) };
-        let (committed, positions) = line.split_once('\t').unwrap_or((line, ""));
-        Ok(Some((committed.parse().unwrap_or(0), positions.replace("\\\\", "\\"))))
+        let mut fields = line.split('\t');
+        let committed = fields.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+        let positions = fields.next().unwrap_or("").replace("\\\\", "\\");
+        let newest = fields.next().and_then(Timestamp::parse_rfc3339);
+        Ok(Some(Checkpoint { committed, positions, newest }))
     }
 
-    fn write_checkpoint(&self, seq: u64, committed: u64, positions: &str, rows: usize) -> Result<(), SinkError> {
+    /// Writes a checkpoint row: the rows up to version `committed` reflect
+    /// the log up to `positions` (none: `""`), whose latest `occurred_at`
+    /// is `newest`.
+    fn write_checkpoint(
+        &self,
+        seq: u64,
+        committed: u64,
+        positions: &str,
+        newest: Option<Timestamp>,
+        rows: usize,
+    ) -> Result<(), SinkError> {
         let mut line = String::new();
         for value in [
             Value::Text(self.name.as_str().into()),
@@ -868,6 +918,7 @@ impl ClickHouseViewSink {
             Value::Text(positions.into()),
             Value::UInt(now_secs()),
             Value::UInt(rows as u64),
+            Value::Text(newest.filter(|_| !positions.is_empty()).map(Timestamp::to_rfc3339).unwrap_or_default().into()),
         ] {
             if !line.is_empty() {
                 line.push('\t');
@@ -878,7 +929,8 @@ impl ClickHouseViewSink {
         self.insert(
             "cannot write the checkpoint",
             &format!(
-                "INSERT INTO {} (sink, generation, seq, committed, positions, written_at, rows) FORMAT TabSeparated",
+                "INSERT INTO {} (sink, generation, seq, committed, positions, written_at, rows, newest_event_at) \
+                 FORMAT TabSeparated",
                 self.checkpoints_table()
             ),
             line,
@@ -1124,7 +1176,8 @@ impl ClickHouseViewSink {
             info!(sink = %self.name, rows, "the rebuilt view replaced the sink's tables (its columns changed)");
         }
         let committed = if rows > 0 { version } else { self.committed };
-        self.write_checkpoint(seq, committed, &positions_to_json(&positions, &self.source_names), rows)?;
+        let at = positions_to_json(&positions, &self.source_names);
+        self.write_checkpoint(seq, committed, &at, self.taken_newest, rows)?;
         self.seq = seq;
         self.committed = committed;
         self.pending.clear();
@@ -1216,11 +1269,11 @@ impl ViewSink for ClickHouseViewSink {
         let last = self.last_checkpoint()?;
         self.generation = self.newest_generation()? + 1;
         self.seq = 0;
-        let (committed, positions) = last.clone().unwrap_or((0, String::new()));
+        let Checkpoint { committed, positions, newest } = last.unwrap_or_default();
         // Claim the sink, then look for what older runs wrote after their
         // last commit (they died before committing it, or were fenced),
         // once what they sent has landed.
-        self.write_checkpoint(0, committed, &positions, 0)?;
+        self.write_checkpoint(0, committed, &positions, newest, 0)?;
         self.wait_for_inserts_under_way()?;
         // Every run's claim said the same of the runs before it: what they
         // wrote above the commit it resumed from is void. An `INSERT` that
@@ -1246,7 +1299,7 @@ impl ViewSink for ClickHouseViewSink {
                  above them"
             );
             self.seq = 1;
-            self.write_checkpoint(1, committed, "", 0)?;
+            self.write_checkpoint(1, committed, "", None, 0)?;
             self.uncommitted = Uncommitted::Rewriting(void);
             return Ok(None);
         }
@@ -1257,6 +1310,7 @@ impl ViewSink for ClickHouseViewSink {
         let positions = positions_from_json(&positions, &self.source_names).map_err(SinkError::Fatal)?;
         self.checkpoint_positions = Some(positions.clone());
         self.taken_positions = Some(positions.clone());
+        self.taken_newest = newest;
         Ok(Some(positions))
     }
 
@@ -1274,7 +1328,7 @@ impl ViewSink for ClickHouseViewSink {
         self.uncommitted = Uncommitted::Rewritten;
         self.seq += 1;
         self.committed = 0;
-        self.write_checkpoint(self.seq, 0, "", 0)?;
+        self.write_checkpoint(self.seq, 0, "", None, 0)?;
         self.checkpoint_positions = None;
         self.taken_positions = None;
         Ok(())
@@ -1299,6 +1353,7 @@ impl ViewSink for ClickHouseViewSink {
             }
             self.taken_upper = batch.upper;
             self.taken_positions = Some(batch.positions.clone());
+            self.taken_newest = batch.newest_event_at.or(self.taken_newest);
         }
         let due = self.pending.len() >= self.batch_rows
             || self.pending_since.is_some_and(|since| since.elapsed() >= self.batch_every)

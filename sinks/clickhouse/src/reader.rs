@@ -7,8 +7,8 @@
 //! is one insert into the table, so the rows are those of one flush: the
 //! checkpoint's, or one the sink is committing right then. The answer
 //! reports the checkpoint's positions, the conservative of the two.
-//! ClickHouse does not keep the time of the newest event, so answers from
-//! it carry positions but no `newest_event_at`.
+//! The checkpoint also carries the latest `occurred_at` of the events its
+//! positions reflect, which answers report as `newest_event_at`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -74,7 +74,16 @@ impl ClickHouseViewReader {
 
     /// Runs a query; its TabSeparated answer.
     fn query(&self, sql: &str) -> Result<String, ReadError> {
-        let cursor = self.client.query(sql).fetch_bytes("TabSeparated");
+        self.query_as(sql, "TabSeparated")
+    }
+
+    /// [`Self::query`] with a first line of the columns' names.
+    fn query_with_names(&self, sql: &str) -> Result<String, ReadError> {
+        self.query_as(sql, "TabSeparatedWithNames")
+    }
+
+    fn query_as(&self, sql: &str, format: &str) -> Result<String, ReadError> {
+        let cursor = self.client.query(sql).fetch_bytes(format);
         let run = async {
             tokio::time::timeout(TIMEOUT, async move {
                 let mut cursor = cursor?;
@@ -139,17 +148,28 @@ impl ClickHouseViewReader {
             .join(", ")
     }
 
-    fn checkpoint(&self) -> Result<projector_core::sink::SourcePositions, ReadError> {
-        let text = self.query(&format!(
-            "SELECT positions FROM {} WHERE sink = {} ORDER BY generation DESC, seq DESC LIMIT 1",
+    /// The positions of the sink's last checkpoint and the latest
+    /// `occurred_at` of the events they reflect.
+    fn checkpoint(&self) -> Result<(SourcePositions, Option<Timestamp>), ReadError> {
+        // `*`, by name: a table that no run of a build with
+        // `newest_event_at` has opened yet lacks that column.
+        let text = self.query_with_names(&format!(
+            "SELECT * FROM {} WHERE sink = {} ORDER BY generation DESC, seq DESC LIMIT 1",
             self.checkpoints_table,
             quote(&self.name)
         ))?;
+        let mut lines = text.lines();
+        let names: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
+        let fields: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
+        let field = |name: &str| names.iter().position(|n| *n == name).and_then(|i| fields.get(i)).copied();
+        let newest = field("newest_event_at").and_then(Timestamp::parse_rfc3339);
         // No checkpoint, or one that claims no position (a run's claim
         // before its first commit, a reset, a rewrite after rows a dead
         // run never committed): no position.
-        match text.lines().next().filter(|line| !line.is_empty()) {
-            Some(line) => positions_from_json(&unescape(line), &self.source_names).map_err(ReadError::Unavailable),
+        match field("positions").filter(|text| !text.is_empty()) {
+            Some(text) => {
+                Ok((positions_from_json(&unescape(text), &self.source_names).map_err(ReadError::Unavailable)?, newest))
+            }
             None => Ok(Default::default()),
         }
     }
@@ -158,8 +178,8 @@ impl ClickHouseViewReader {
     /// `other`'s, a copy in the same server (a replay's shadow and the live
     /// sink): found by ClickHouse, so only the differences travel.
     pub fn differences(&self, other: &ClickHouseViewReader, selection: &Selection) -> Result<Differences, ReadError> {
-        let positions = self.checkpoint()?;
-        let other_positions = other.checkpoint()?;
+        let (positions, _) = self.checkpoint()?;
+        let (other_positions, _) = other.checkpoint()?;
         // Each column as (is it null, its value): NULL matches NULL in `IN`
         // (18.16 has no `transform_null_in`).
         let compared: Vec<String> =
@@ -232,7 +252,7 @@ impl ViewReader for ClickHouseViewReader {
     }
 
     fn select(&self, selection: &Selection) -> Result<Selected, ReadError> {
-        let positions = self.checkpoint()?;
+        let (positions, newest_event_at) = self.checkpoint()?;
         let keys: Vec<&str> = self.fields[..self.key_len].iter().map(|(name, _)| name.as_str()).collect();
         let mut sql = format!(
             "SELECT {} FROM {} FINAL WHERE {} ORDER BY {}",
@@ -246,7 +266,7 @@ impl ViewReader for ClickHouseViewReader {
         }
         let text = self.query(&sql)?;
         let rows = text.lines().filter_map(|line| self.parse_row(line)).collect();
-        Ok(Selected { rows, positions, newest_event_at: None })
+        Ok(Selected { rows, positions, newest_event_at })
     }
 
     fn latest(&self, equal: &[(usize, Value)], field: usize) -> Result<Option<Value>, ReadError> {

@@ -185,7 +185,11 @@ impl ClickHouseSwap {
             self.live.insert_rows(body)?;
         }
         let committed = if counts.rewritten + counts.deleted > 0 { version } else { committed };
-        self.live.write_checkpoint(seq, committed, &positions_to_json(at, &self.source_names), counts.rewritten)?;
+        // The swapped view reflects the newest event of either copy.
+        let newest = |sink: &ClickHouseViewSink| sink.last_checkpoint().map(|last| last.and_then(|last| last.newest));
+        let newest = newest(&self.shadow)?.max(newest(&self.live)?);
+        let positions = positions_to_json(at, &self.source_names);
+        self.live.write_checkpoint(seq, committed, &positions, newest, counts.rewritten)?;
         if *window == Selection::default() {
             // All rows are now the rebuilt view's, of the definition the
             // replay ran with (a window's rows alone do not make it so).
@@ -209,7 +213,7 @@ impl ClickHouseSwap {
 /// A sink's last checkpoint.
 fn position(sink: &ClickHouseViewSink, source_names: &[String]) -> Result<Option<SourcePositions>, SinkError> {
     match sink.last_checkpoint()? {
-        Some((_, positions)) if !positions.is_empty() => {
+        Some(crate::Checkpoint { positions, .. }) if !positions.is_empty() => {
             Ok(Some(positions_from_json(&positions, source_names).map_err(SinkError::Fatal)?))
         }
         _ => Ok(None),
