@@ -246,6 +246,7 @@ sinks:
     view: sales
     url: rediss://cache.example:6380
     key: "tls:{store_id}:{product_id}"
+  lost: { type: redis, view: sale }
 "#;
 
 #[test]
@@ -288,6 +289,12 @@ fn reports_bad_redis_and_clickhouse_sinks() {
         format!(
             "{}: sink \"tls\": 'url' \"rediss://cache.example:6380\": this build of Projector makes no TLS connections; use redis://HOST:PORT (through a TLS proxy if the server needs one)",
             at(BAD_SINKS, "rediss://")
+        ),
+        // A sink with an error of its own still has its view checked.
+        format!("{}: sink \"lost\": 'key' is required but missing", at(BAD_SINKS, "{ type: redis, view: sale }")),
+        format!(
+            "{}: sink \"lost\": 'view' names \"sale\", which is not a declared view; declared views: sales",
+            at(BAD_SINKS, "sale }")
         ),
     ];
     for line in &expected {

@@ -64,8 +64,9 @@ pub(super) fn pipeline(root: Option<&Node>, file: &str, base_dir: &Path, diags: 
     if let Some(node) = top.take("sinks")
         && let Some(entries) = named_entries(node, component, "sinks", diags)
     {
+        let declared: Vec<&str> = config.views.iter().map(|view| view.name.as_str()).collect();
         for (name, key, value) in entries {
-            if let Some(sink) = sink(name, key.pos, value, base_dir, diags) {
+            if let Some(sink) = sink(name, key.pos, value, base_dir, &declared, diags) {
                 config.sinks.push(sink);
             }
         }
@@ -617,10 +618,30 @@ fn label(name: &str, key: &Node, node: &Node, component: &str, diags: &mut Diagn
     Some(LabelConfig { name: spanned_key(key, name), rules })
 }
 
-fn sink(name: &str, pos: Pos, node: &Node, base_dir: &Path, diags: &mut Diagnostics) -> Option<SinkConfig> {
+/// A sink; `declared`: the names of the views, which its `view` must be
+/// one of.
+fn sink(
+    name: &str,
+    pos: Pos,
+    node: &Node,
+    base_dir: &Path,
+    declared: &[&str],
+    diags: &mut Diagnostics,
+) -> Option<SinkConfig> {
     let component = format!("sink {name:?}");
     let mut fields = Fields::new(node, &component, "", diags)?;
     let view = required(&mut fields, "view", diags).and_then(|n| text(n, &component, "view", diags));
+    if let Some(view) = &view
+        && !declared.contains(&view.value.as_str())
+    {
+        let list = if declared.is_empty() { "none".to_string() } else { declared.join(", ") };
+        diags.push(
+            view.pos,
+            &component,
+            "view",
+            format!("names {:?}, which is not a declared view; declared views: {list}", view.value),
+        );
+    }
     let kind = match component_type(&mut fields, &component, &["file", "redis", "clickhouse", "parquet"], diags)?
         .as_str()
     {

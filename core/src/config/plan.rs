@@ -23,7 +23,6 @@ pub(super) fn plan(config: PipelineConfig, diags: &mut Diagnostics) -> PipelineP
             views.push(Arc::new(plan));
         }
     }
-    let declared: Vec<&str> = config.views.iter().map(|v| v.name.as_str()).collect();
     let mut outputs: BTreeMap<std::path::PathBuf, String> = BTreeMap::new();
     let mut tables: BTreeMap<(String, String), String> = BTreeMap::new();
     for source in &config.sources {
@@ -35,15 +34,8 @@ pub(super) fn plan(config: PipelineConfig, diags: &mut Diagnostics) -> PipelineP
     }
     for sink in &config.sinks {
         let component = format!("sink {:?}", sink.name);
-        if !declared.contains(&sink.view.value.as_str()) {
-            let list = if declared.is_empty() { "none".to_string() } else { declared.join(", ") };
-            diags.push(
-                sink.view.pos,
-                &component,
-                "view",
-                format!("names {:?}, which is not a declared view; declared views: {list}", sink.view.value),
-            );
-        }
+        // That `view` names a declared view is checked as the sink is read
+        // (`decode::sink`), also when the rest of the sink has errors.
         let view = views.iter().find(|v| v.name == sink.view.value);
         match &sink.kind {
             SinkKind::File(FileSinkConfig { path }) | SinkKind::Parquet(ParquetSinkConfig { path, .. }) => {
