@@ -500,20 +500,23 @@ impl ClickHouseViewSink {
         )?;
         // A table of a build before `newest_event_at` gets the column (its
         // rows read as ''; ClickHouse 18.16 has no `ADD COLUMN IF NOT
-        // EXISTS`).
-        let found = self.select(
-            "cannot read the checkpoints table's columns",
-            &format!(
+        // EXISTS`). The sinks of one database open at once: another may
+        // add it first.
+        let has_column = || {
+            let sql = format!(
                 "SELECT count() FROM system.columns WHERE database = {} AND table = 'projector_checkpoints' \
                  AND name = 'newest_event_at'",
                 quote(&self.database)
-            ),
-        )?;
-        if found.trim() == "0" {
-            self.execute(
-                "cannot add newest_event_at to the checkpoints table",
-                &format!("ALTER TABLE {} ADD COLUMN newest_event_at String DEFAULT ''", self.checkpoints_table()),
-            )?;
+            );
+            self.select("cannot read the checkpoints table's columns", &sql).map(|found| found.trim() != "0")
+        };
+        if !has_column()? {
+            let add = format!("ALTER TABLE {} ADD COLUMN newest_event_at String DEFAULT ''", self.checkpoints_table());
+            if let Err(error) = self.execute("cannot add newest_event_at to the checkpoints table", &add)
+                && !has_column()?
+            {
+                return Err(error);
+            }
         }
         self.execute(
             "cannot create the holds table",
@@ -879,7 +882,7 @@ impl ClickHouseViewSink {
         Ok(text.trim().parse().unwrap_or(0))
     }
 
-    /// The last checkpoint: (committed version, positions text).
+    /// The sink's last checkpoint row, if any.
     fn last_checkpoint(&self) -> Result<Option<Checkpoint>, SinkError> {
         let text = self.select(
             "cannot read the sink's checkpoint",
@@ -1322,6 +1325,7 @@ impl ViewSink for ClickHouseViewSink {
             self.replace_held = true;
             self.checkpoint_positions = None;
             self.taken_positions = None;
+            self.taken_newest = None;
             return Ok(());
         }
         self.execute("cannot empty the rows table", &format!("TRUNCATE TABLE {}", self.rows_table()))?;
@@ -1331,6 +1335,7 @@ impl ViewSink for ClickHouseViewSink {
         self.write_checkpoint(self.seq, 0, "", None, 0)?;
         self.checkpoint_positions = None;
         self.taken_positions = None;
+        self.taken_newest = None;
         Ok(())
     }
 
