@@ -244,7 +244,7 @@ sinks:
   tls:
     type: redis
     view: sales
-    url: rediss://cache.example:6380
+    url: rediss://:secret@cache.example:6380
     key: "tls:{store_id}:{product_id}"
   lost: { type: redis, view: sale }
 "#;
@@ -287,7 +287,7 @@ fn reports_bad_redis_and_clickhouse_sinks() {
             at(BAD_SINKS, "https://")
         ),
         format!(
-            "{}: sink \"tls\": 'url' \"rediss://cache.example:6380\": this build of Projector makes no TLS connections; use redis://HOST:PORT (through a TLS proxy if the server needs one)",
+            "{}: sink \"tls\": 'url' \"rediss://…@cache.example:6380\": this build of Projector makes no TLS connections; use redis://HOST:PORT (through a TLS proxy if the server needs one)",
             at(BAD_SINKS, "rediss://")
         ),
         // A sink with an error of its own still has its view checked.

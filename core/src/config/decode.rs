@@ -874,18 +874,22 @@ fn check_url(
 ) {
     let Some(url) = url else { return };
     let scheme = url.value.split_once("://").filter(|(_, rest)| !rest.is_empty()).map(|(s, _)| s.to_ascii_lowercase());
+    // A password in the URL stays out of the message.
+    let shown = match (url.value.split_once("://"), url.value.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
+        (None, Some((_, host))) => format!("…@{host}"),
+        _ => url.value.clone(),
+    };
     let message = match scheme.as_deref() {
         Some(scheme) if schemes.contains(&scheme) => return,
         Some(scheme) if tls.contains(&scheme) => format!(
-            "{:?}: this build of Projector makes no TLS connections; use {example} (through a TLS proxy if the \
-             server needs one)",
-            url.value
+            "{shown:?}: this build of Projector makes no TLS connections; use {example} (through a TLS proxy if \
+             the server needs one)"
         ),
         _ => {
             let allowed: Vec<String> = schemes.iter().map(|scheme| format!("{scheme}://")).collect();
             format!(
-                "{:?} is not a URL this sink can use; write it as {example} (it may start with {})",
-                url.value,
+                "{shown:?} is not a URL this sink can use; write it as {example} (it may start with {})",
                 allowed.join(", ")
             )
         }
