@@ -6,7 +6,8 @@
 //! nothing; rows a dead run never committed (found at the start, or landing
 //! later) make the view rewritten above them, so that no committed row a
 //! merge put them in place of is lost; a replay of a view whose rewrite is
-//! pending swaps the whole view in.
+//! pending swaps the whole view in; a checkpoints table of an older build
+//! gets the `newest_event_at` column reads report.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::Path;
@@ -67,6 +68,13 @@ fn rewrite_whole_view(sink: &mut dyn ViewSink, rows: &ViewRows, positions: &Sour
     sink.reset().unwrap();
     sink.apply(ViewBatch { changes: &changes, upper: 1, positions, newest_event_at: None, rows }).unwrap();
     sink.finish().unwrap();
+}
+
+/// A reader of the first sink (`order_summary_ch`), as the read API makes it.
+fn summary_reader(plan: &PipelinePlan) -> ClickHouseViewReader {
+    let SinkKind::ClickHouse(sink_config) = &plan.config.sinks[0].kind else { panic!("a ClickHouse sink") };
+    let view = plan.view("order_summary").unwrap();
+    ClickHouseViewReader::new("order_summary_ch", view, sink_config, vec!["events".into()]).unwrap()
 }
 
 fn generation(server: &ClickHouseServer, database: &str, sink: &str) -> u64 {
@@ -272,9 +280,7 @@ fn a_committed_row_a_merge_dropped_for_an_uncommitted_change_comes_back() {
 
     // Generation 1 commits the row; then it sends a change of it (batch 9)
     // and dies before the checkpoint.
-    let SinkKind::ClickHouse(sink_config) = &plan.config.sinks[0].kind else { panic!("a ClickHouse sink") };
-    let view = plan.view("order_summary").unwrap();
-    let reader = ClickHouseViewReader::new("order_summary_ch", view, sink_config, vec!["events".into()]).unwrap();
+    let reader = summary_reader(&plan);
     let mut first = first_sink(&plan);
     assert_eq!(first.resume().unwrap(), None);
     // The run's claim says no position yet: the read API answers with
@@ -300,15 +306,16 @@ fn a_committed_row_a_merge_dropped_for_an_uncommitted_change_comes_back() {
     // rewrites the view above it.
     let mut next = first_sink(&plan);
     assert_eq!(next.resume().unwrap(), None);
-    // Until the rewrite commits, `validate` says the view is being
-    // rewritten instead of comparing rows that are no prefix of the log.
+    // Until the rewrite commits, readers find the rows with no position,
+    // `status` says the view is being rebuilt, and `validate` says so
+    // instead of comparing rows that are no prefix of the log.
+    assert_eq!(reader.select(&Selection::default()).unwrap().rows.len(), 1);
     std::fs::write(dir.path().join("none.jsonl"), "").unwrap();
+    let status = projector::status::status(&plan).unwrap();
+    assert!(status.contains("checkpoint none (a run is rebuilding the view in it"), "{status}");
     let options = ValidateOptions { view: "order_summary".into(), sample_size: None, seed: 1 };
     let found = validate(&plan, &options).unwrap();
     assert_eq!(found.differences, 1, "{}", found.report);
-    assert_eq!(reader.select(&Selection::default()).unwrap().rows.len(), 1);
-    let status = projector::status::status(&plan).unwrap();
-    assert!(status.contains("checkpoint none (a run is rebuilding the view in it"), "{status}");
     assert!(found.report.contains("1 rows but no checkpoint: a run is rebuilding the view"), "{}", found.report);
     rewrite_whole_view(next.as_mut(), &rows, &positions);
     assert_eq!(summary(), "1\t2022-01-08\t500\n");
@@ -459,9 +466,7 @@ fn a_checkpoints_table_of_an_older_build_gets_the_newest_event_column() {
             "INSERT INTO older.projector_checkpoints VALUES ('order_summary_ch', 1, 1, 0, '{at}', now(), 0)"
         ))
         .unwrap();
-    let SinkKind::ClickHouse(sink_config) = &plan.config.sinks[0].kind else { panic!("a ClickHouse sink") };
-    let view = plan.view("order_summary").unwrap();
-    let reader = ClickHouseViewReader::new("order_summary_ch", view, sink_config, vec!["events".into()]).unwrap();
+    let reader = summary_reader(&plan);
     let read = reader.select(&Selection::default()).unwrap();
     assert_eq!((read.positions, read.newest_event_at), (positions.clone(), None));
 
