@@ -902,8 +902,8 @@ impl ClickHouseViewSink {
     }
 
     /// Writes a checkpoint row: the rows up to version `committed` reflect
-    /// the log up to `positions` (none: `""`), whose latest `occurred_at`
-    /// is `newest`.
+    /// the log up to `positions` (none: `""`, and then no `newest`), whose
+    /// latest `occurred_at` is `newest`.
     fn write_checkpoint(
         &self,
         seq: u64,
@@ -921,7 +921,7 @@ impl ClickHouseViewSink {
             Value::Text(positions.into()),
             Value::UInt(now_secs()),
             Value::UInt(rows as u64),
-            Value::Text(newest.filter(|_| !positions.is_empty()).map(Timestamp::to_rfc3339).unwrap_or_default().into()),
+            Value::Text(newest.map(Timestamp::to_rfc3339).unwrap_or_default().into()),
         ] {
             if !line.is_empty() {
                 line.push('\t');
