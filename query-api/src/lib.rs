@@ -203,7 +203,7 @@ async fn set_stock(
     let store_id = store_id(&store)?;
     caller.check_store(store_id)?;
     let service = commands(&state)?;
-    if sku.is_empty() || sku.len() > 255 {
+    if sku.is_empty() || sku.chars().count() > 255 {
         return Err(error(400, "the SKU in the path must be 1 to 255 characters"));
     }
     let key = idempotency_key(&headers)?;

@@ -166,6 +166,14 @@ fn every_validation_error_has_its_status_and_fields() {
         assert!(body["error"].as_str().unwrap().contains("larger than"));
         let (status, body) = send(&client, "PUT", "/v1/stores/7/inventory/A", None, r#"{"available": "lots"}"#).await;
         assert_eq!(status, 422, "{body}");
+        // A SKU in the path is 1 to 255 characters (not bytes), as the
+        // OpenAPI document says.
+        let sku = |chars: usize| format!("/v1/stores/7/inventory/{}", "%C3%A9".repeat(chars));
+        let (status, body) = send(&client, "PUT", &sku(255), None, r#"{"available": 1}"#).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["sku"].as_str().unwrap().chars().count(), 255);
+        let (status, body) = send(&client, "PUT", &sku(256), None, r#"{"available": 1}"#).await;
+        assert_eq!(status, 400, "{body}");
 
         let (status, _) = send(&client, "POST", "/v1/orders/no-such-order/cancel", None, "").await;
         assert_eq!(status, 404);
