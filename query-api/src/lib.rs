@@ -31,6 +31,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub mod auth;
 pub mod metrics;
+pub mod openapi;
 pub mod reads;
 pub mod serving;
 
@@ -98,12 +99,10 @@ async fn dashboard() -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")], DASHBOARD).into_response()
 }
 
-/// The shapes of every route, OpenAPI 3.0.
-pub const OPENAPI: &str = include_str!("../api/openapi.json");
-
-/// `GET /v1/openapi.json` (no token needed).
-async fn openapi() -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+/// `GET /v1/openapi.json` (no token needed): the routes, with a path of
+/// its own for each view this server serves.
+async fn openapi(State(state): State<ApiState>) -> Response {
+    axum::Json(openapi::document(state.reads.as_deref())).into_response()
 }
 
 /// `GET /readyz`: `200` once every view reflects the log up to where it
@@ -281,7 +280,7 @@ mod tests {
 
     #[test]
     fn the_openapi_document_describes_every_route_and_only_those() {
-        let document: Value = serde_json::from_str(OPENAPI).expect("the OpenAPI document is JSON");
+        let document: Value = serde_json::from_str(openapi::OPENAPI).expect("the OpenAPI document is JSON");
         assert_eq!(document["openapi"], "3.0.3");
         let paths = document["paths"].as_object().expect("paths");
         for (path, method) in ROUTES {

@@ -327,6 +327,30 @@ fn a_token_reads_only_its_stores_and_needs_the_read_right() {
     let openapi = served.get("/v1/openapi.json");
     assert_eq!(openapi.status, 200);
     assert_eq!(openapi.body["openapi"], "3.0.3");
+    // Each declared view has a path of its own, its key fields typed
+    // query parameters and its rows typed objects.
+    let paths = &openapi.body["paths"];
+    assert!(paths.get("/v1/views/{view}").is_none() && paths.get("/v1/views/{view}/changes").is_none());
+    let product_sales = &paths["/v1/views/product_sales"]["get"];
+    let query: Vec<&str> = product_sales["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["in"] == "query")
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(query, ["store_id", "product_id", "date", "limit", "after"]);
+    assert_eq!(product_sales["parameters"][2]["schema"], json!({"type": "string", "format": "date"}));
+    let row =
+        &product_sales["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["rows"]["items"];
+    assert_eq!(
+        row["required"],
+        json!(["store_id", "product_id", "date", "units_sold", "revenue_cents", "order_count"])
+    );
+    assert_eq!(row["properties"]["store_id"]["maximum"], json!(u64::MAX));
+    let changes = &paths["/v1/views/customer_ltv/changes"]["get"]["parameters"];
+    assert_eq!(changes[0]["name"], "store_id");
+    assert_eq!(changes[1]["name"], "customer_id");
     // Unauthenticated callers learn nothing, not even about bad paths.
     assert_eq!(served.get("/v1/stores/x/orders/summary").status, 401);
 
