@@ -130,9 +130,15 @@ pub struct Timestamp(pub i64);
 impl Timestamp {
     /// Parses an RFC 3339 instant with any offset; `None` if it is not one or
     /// is out of range.
+    ///
+    /// A leap second (`23:59:60.5Z`) is read as the last instant of the
+    /// second before it (`23:59:59.999999999Z`): it stays on its own UTC day
+    /// and after every earlier instant, where counting its nanoseconds on
+    /// would carry it into the next day.
     pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
         let parsed = DateTime::parse_from_rfc3339(text).ok()?;
-        parsed.timestamp_nanos_opt().map(Timestamp)
+        let nanos = i64::from(parsed.timestamp_subsec_nanos().min(999_999_999));
+        parsed.timestamp().checked_mul(1_000_000_000)?.checked_add(nanos).map(Timestamp)
     }
 
     /// The instant in RFC 3339, UTC, with `Z`, and with a fraction only when
@@ -252,6 +258,21 @@ mod tests {
         assert_eq!(t.to_rfc3339_at_offset(-300), "2024-03-01T23:30:00-05:00");
         let frac = Timestamp::parse_rfc3339("2024-03-01T12:00:00.250Z").unwrap();
         assert_eq!(frac.to_rfc3339(), "2024-03-01T12:00:00.250Z");
+    }
+
+    #[test]
+    fn a_leap_second_stays_on_its_day() {
+        let leap = Timestamp::parse_rfc3339("2016-12-31T23:59:60Z").unwrap();
+        assert_eq!(format_date(leap.utc_day()), "2016-12-31");
+        assert_eq!(leap.to_rfc3339(), "2016-12-31T23:59:59.999999999Z");
+        let offset = Timestamp::parse_rfc3339("2016-12-31T18:59:60.5-05:00").unwrap();
+        assert_eq!(offset, leap);
+        assert!(Timestamp::parse_rfc3339("2016-12-31T23:59:59.5Z").unwrap() < leap);
+        assert!(leap < Timestamp::parse_rfc3339("2017-01-01T00:00:00Z").unwrap());
+        // The range is still checked.
+        assert_eq!(Timestamp::parse_rfc3339("2262-04-12T00:00:00Z"), None);
+        assert!(Timestamp::parse_rfc3339("2262-04-11T23:47:16Z").is_some());
+        assert_eq!(Timestamp::parse_rfc3339("1677-09-21T00:12:43Z"), None);
     }
 
     #[test]
