@@ -37,6 +37,7 @@ views:
       titles: { sum: currency }
   lines:
     from: order_items
+    filter: status = = 'x'
 sinks:
   out:
     type: file
@@ -79,6 +80,11 @@ fn reports_every_error_with_its_position() {
         format!(
             "{}: view \"lines\": 'from' names \"order_items\", which is not a relation; relations: orders, order_lines",
             at(BROKEN, "order_items")
+        ),
+        // With no relation the fields cannot be checked, the syntax can.
+        format!(
+            "{}: view \"lines\": 'filter' expected a field name, a number or a 'text' literal, found '='",
+            at(BROKEN, "= 'x'")
         ),
         format!(
             "{}: sink \"out\": 'view' names \"sumary\", which is not a declared view; declared views: summary, lines",

@@ -555,6 +555,23 @@ impl Ty {
 /// Parses `text` and checks it against `scope`; returns the expression and
 /// its type (a lone literal gets the literal's natural type).
 pub fn compile(text: &str, scope: &Scope) -> Result<(Expr, FieldType), ExprError> {
+    let (expr, ty) = check(&parse(text)?, scope)?;
+    let ty = match ty {
+        Ty::Known(t) => t,
+        Ty::IntLiteral => FieldType::Int,
+        Ty::TextLiteral => FieldType::Text,
+        Ty::Null => return error(0, "the expression is always null"),
+    };
+    Ok((expr, ty))
+}
+
+/// Parses `text` without checking its fields: for a view whose relation
+/// is unknown, so that its syntax errors are still reported with the rest.
+pub fn check_syntax(text: &str) -> Result<(), ExprError> {
+    parse(text).map(drop)
+}
+
+fn parse(text: &str) -> Result<Ast, ExprError> {
     if text.trim().is_empty() {
         return error(0, "the expression is empty");
     }
@@ -566,14 +583,7 @@ pub fn compile(text: &str, scope: &Scope) -> Result<(Expr, FieldType), ExprError
             format!("unexpected {} here; combine conditions with 'and' / 'or'", parser.peek()),
         );
     }
-    let (expr, ty) = check(&ast, scope)?;
-    let ty = match ty {
-        Ty::Known(t) => t,
-        Ty::IntLiteral => FieldType::Int,
-        Ty::TextLiteral => FieldType::Text,
-        Ty::Null => return error(0, "the expression is always null"),
-    };
-    Ok((expr, ty))
+    Ok(ast)
 }
 
 /// As [`compile`], and requires a boolean result.

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::expr::{Scope, compile, compile_condition};
+use super::expr::{Scope, check_syntax, compile, compile_condition};
 use super::model::*;
 use super::{Diagnostics, PipelinePlan};
 use crate::relation::Relation;
@@ -201,6 +201,13 @@ fn view_plan(view: &ViewConfig, diags: &mut Diagnostics) -> Option<ViewPlan> {
             "from",
             format!("names {:?}, which is not a relation; relations: {}", view.from.value, known.join(", ")),
         );
+        // Without a relation no field can be checked, but every
+        // expression's syntax still can.
+        for (path, text) in view_expressions(view) {
+            if let Err(error) = check_syntax(&text.value) {
+                diags.push(text.pos_at(error.offset), &component, &path, error.message);
+            }
+        }
         return None;
     };
     let scope = Scope::new(
@@ -392,6 +399,30 @@ fn view_plan(view: &ViewConfig, diags: &mut Diagnostics) -> Option<ViewPlan> {
         plan.assign_slots();
         plan
     })
+}
+
+/// Every expression of `view`, with its path in the view.
+fn view_expressions(view: &ViewConfig) -> Vec<(String, &Spanned<String>)> {
+    let mut expressions = Vec::new();
+    expressions.extend(view.filter.iter().map(|text| ("filter".to_string(), text)));
+    for (index, key) in view.group_by.iter().enumerate() {
+        expressions.push((format!("group_by[{index}]"), &key.expr));
+    }
+    for measure in &view.measures {
+        let path = format!("measures.{}", measure.name.value);
+        expressions.extend(measure.filter.iter().map(|text| (format!("{path}.where"), text)));
+        if measure.function != MeasureFunction::Count {
+            expressions.push((format!("{path}.{}", measure.function.key()), &measure.input));
+        }
+    }
+    for label in &view.labels {
+        for (index, rule) in label.rules.iter().enumerate() {
+            expressions
+                .extend(rule.when.iter().map(|text| (format!("labels.{}[{index}].when", label.name.value), text)));
+        }
+    }
+    expressions.extend(view.having.iter().map(|text| ("having".to_string(), text)));
+    expressions
 }
 
 fn numeric_fields(relation: Relation) -> String {
