@@ -304,7 +304,10 @@ struct WireEnvelope<'a> {
     schema_version: i64,
     #[serde(borrow)]
     aggregate_id: WireStr<'a>,
-    sequence: i64,
+    /// Wider than the `u64` it must fit, so that a negative sequence is a
+    /// rule violation that says so.
+    #[serde(deserialize_with = "whole_number")]
+    sequence: i128,
     store_id: u64,
     #[serde(with = "rfc3339")]
     occurred_at: Timestamp,
@@ -373,7 +376,7 @@ impl<'de> serde::de::Visitor<'de> for OnePassVisitor {
                 "event_type" => once(&mut event_type, "event_type", map.next_value::<WireStr<'de>>()?.0)?,
                 "schema_version" => once(&mut schema_version, "schema_version", map.next_value::<i64>()?)?,
                 "aggregate_id" => once(&mut aggregate_id, "aggregate_id", map.next_value::<WireStr<'de>>()?)?,
-                "sequence" => once(&mut sequence, "sequence", map.next_value::<i64>()?)?,
+                "sequence" => once(&mut sequence, "sequence", map.next_value::<WholeNumber>()?.0)?,
                 "store_id" => once(&mut store_id, "store_id", map.next_value::<u64>()?)?,
                 "occurred_at" => once(&mut occurred_at, "occurred_at", map.next_value::<Rfc3339>()?.0)?,
                 "correlation_id" => once(&mut correlation_id, "correlation_id", map.next_value()?)?,
@@ -450,6 +453,34 @@ impl WireStr<'_> {
     fn owned(self) -> String {
         self.0.into_owned()
     }
+}
+
+/// A JSON integer, negative (`i64`) or not (`u64`). serde_json reads a
+/// larger one, or one with a fraction or exponent, as a float, which is an
+/// invalid type here.
+struct WholeNumber(i128);
+
+impl<'de> Deserialize<'de> for WholeNumber {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = WholeNumber;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a whole number from 1 to {}", u64::MAX)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<WholeNumber, E> {
+                Ok(WholeNumber(v.into()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<WholeNumber, E> {
+                Ok(WholeNumber(v.into()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i128, D::Error> {
+    WholeNumber::deserialize(deserializer).map(|number| number.0)
 }
 
 /// `InventoryReserved` as read for validation only (the views do not use
@@ -1069,6 +1100,24 @@ mod tests {
         assert_eq!(bad(&CREATED.replace(r#""quantity":2"#, r#""quantity":0"#)).kind, BadRecordKind::RuleViolation);
         assert_eq!(bad(&CREATED.replace("3998", "-1")).reason, "payload.total_cents must not be negative (got -1)");
         assert_eq!(bad(&CREATED.replace(r#""sequence":1"#, r#""sequence":0"#)).kind, BadRecordKind::RuleViolation);
+        // A sequence is any whole number from 1 to 2^64-1.
+        let top = CREATED.replace(r#""sequence":1"#, r#""sequence":18446744073709551615"#);
+        assert_eq!(decode_event(top.as_bytes()).unwrap().sequence, u64::MAX);
+        assert_eq!(decode_order_event(top.as_bytes()).unwrap().1.unwrap().sequence, u64::MAX);
+        assert_eq!(
+            bad(&CREATED.replace(r#""sequence":1"#, r#""sequence":-3"#)).reason,
+            "sequence must be at least 1 (got -3)"
+        );
+        let over = bad(&CREATED.replace(r#""sequence":1"#, r#""sequence":18446744073709551616"#));
+        assert_eq!(over.kind, BadRecordKind::InvalidField);
+        assert_eq!(
+            over.reason,
+            "sequence: invalid type: floating point `1.8446744073709552e+19`, expected a whole number from 1 to 18446744073709551615"
+        );
+        for other in ["1.5", "1e3", "\"1\"", "true"] {
+            let record = bad(&CREATED.replace(r#""sequence":1"#, &format!(r#""sequence":{other}"#)));
+            assert_eq!(record.kind, BadRecordKind::InvalidField, "{other}: {}", record.reason);
+        }
         let items = CREATED.find(r#""line_items":"#).unwrap();
         let end = CREATED.find(r#","total_cents""#).unwrap();
         let empty = format!("{}\"line_items\":[]{}", &CREATED[..items], &CREATED[end..]);
