@@ -306,7 +306,7 @@ struct WireEnvelope<'a> {
     aggregate_id: WireStr<'a>,
     /// Wider than the `u64` it must fit, so that a negative sequence is a
     /// rule violation that says so.
-    #[serde(deserialize_with = "whole_number")]
+    #[serde(deserialize_with = "sequence_number")]
     sequence: i128,
     store_id: u64,
     #[serde(with = "rfc3339")]
@@ -376,7 +376,7 @@ impl<'de> serde::de::Visitor<'de> for OnePassVisitor {
                 "event_type" => once(&mut event_type, "event_type", map.next_value::<WireStr<'de>>()?.0)?,
                 "schema_version" => once(&mut schema_version, "schema_version", map.next_value::<i64>()?)?,
                 "aggregate_id" => once(&mut aggregate_id, "aggregate_id", map.next_value::<WireStr<'de>>()?)?,
-                "sequence" => once(&mut sequence, "sequence", map.next_value::<WholeNumber>()?.0)?,
+                "sequence" => once(&mut sequence, "sequence", map.next_value::<SequenceNumber>()?.0)?,
                 "store_id" => once(&mut store_id, "store_id", map.next_value::<u64>()?)?,
                 "occurred_at" => once(&mut occurred_at, "occurred_at", map.next_value::<Rfc3339>()?.0)?,
                 "correlation_id" => once(&mut correlation_id, "correlation_id", map.next_value()?)?,
@@ -455,32 +455,33 @@ impl WireStr<'_> {
     }
 }
 
-/// A JSON integer, negative (`i64`) or not (`u64`). serde_json reads a
-/// larger one, or one with a fraction or exponent, as a float, which is an
-/// invalid type here.
-struct WholeNumber(i128);
+/// A `sequence` as the wire has it: any JSON integer, negative (`i64`) or
+/// not (`u64`), for the rules to judge. serde_json reads a larger one, or
+/// one with a fraction or exponent, as a float, which is an invalid type
+/// here.
+struct SequenceNumber(i128);
 
-impl<'de> Deserialize<'de> for WholeNumber {
+impl<'de> Deserialize<'de> for SequenceNumber {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;
         impl serde::de::Visitor<'_> for Visitor {
-            type Value = WholeNumber;
+            type Value = SequenceNumber;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, "a whole number from 1 to {}", u64::MAX)
             }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<WholeNumber, E> {
-                Ok(WholeNumber(v.into()))
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SequenceNumber, E> {
+                Ok(SequenceNumber(v.into()))
             }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<WholeNumber, E> {
-                Ok(WholeNumber(v.into()))
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SequenceNumber, E> {
+                Ok(SequenceNumber(v.into()))
             }
         }
         deserializer.deserialize_any(Visitor)
     }
 }
 
-fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i128, D::Error> {
-    WholeNumber::deserialize(deserializer).map(|number| number.0)
+fn sequence_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i128, D::Error> {
+    SequenceNumber::deserialize(deserializer).map(|number| number.0)
 }
 
 /// `InventoryReserved` as read for validation only (the views do not use

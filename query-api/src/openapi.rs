@@ -32,7 +32,7 @@ pub fn document(reads: Option<&ServingStore>) -> Value {
     };
     for view in reads.views() {
         paths.insert(format!("/v1/views/{}", view.name), view_rows(view, &rows));
-        paths.insert(format!("/v1/views/{}/changes", view.name), view_changes(view, &changes));
+        paths.insert(format!("/v1/views/{}/changes", view.name), specialise(view, &changes));
     }
     document
 }
@@ -53,11 +53,6 @@ fn view_rows(view: &ServingView, generic: &Value) -> Value {
         ));
     }
     path
-}
-
-/// `GET /v1/views/<view>/changes`.
-fn view_changes(view: &ServingView, generic: &Value) -> Value {
-    specialise(view, generic)
 }
 
 /// `generic` with its `view` path parameter replaced by the view's key
