@@ -1,5 +1,6 @@
 //! `projector check`: every error at once, each with file:line:column, the
-//! component and field, and what is allowed.
+//! component and field, and what is allowed; and no panic, whatever the
+//! config holds.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::Path;
@@ -345,4 +346,81 @@ fn read_from_names_a_redis_or_clickhouse_sink_of_the_view() {
         assert!(found.contains(line), "missing error:\n  {line}\nfound:\n  {}", found.join("\n  "));
     }
     assert_eq!(found.len(), expected.len(), "found:\n  {}", found.join("\n  "));
+}
+
+/// What a mangled config gets spliced in: YAML's own characters, the
+/// expression language's, and text that is hard to slice or read.
+const SPLICES: &[&str] = &[
+    "",
+    "\n",
+    " ",
+    "\t",
+    ":",
+    "- ",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    "#",
+    "'",
+    "\"",
+    "&a",
+    "*a",
+    "!!str",
+    "|",
+    ">",
+    "? ",
+    "---",
+    "...",
+    "%YAML 1.2",
+    "<<: *a",
+    "${X}",
+    "${",
+    "é",
+    "😀",
+    "\u{0}",
+    "\r",
+    "=",
+    "<=",
+    " and ",
+    " or ",
+    "not ",
+    "(",
+    ")",
+    "date(",
+    "'x'",
+    "1e400",
+    "-1",
+    "18446744073709551616",
+    "null",
+    "~",
+    ".inf",
+];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+    /// Whatever a config holds, `check` answers (with errors or a plan),
+    /// never a panic: cut a stretch out of a real config and splice in
+    /// pieces of YAML and of the expression language.
+    #[test]
+    fn check_never_panics_on_a_mangled_config(
+        base in 0usize..3,
+        cut in 0usize..5000,
+        length in 0usize..60,
+        splices in proptest::collection::vec((0usize..5000, proptest::sample::select(SPLICES)), 0..4),
+    ) {
+        let bases = [projector_tests::shipped_config_text(), BROKEN.to_string(), BAD_READ_FROM.to_string()];
+        let mut text: Vec<char> = bases[base].chars().collect();
+        let start = cut % (text.len() + 1);
+        let end = (start + length).min(text.len());
+        text.drain(start..end);
+        for (at, piece) in splices {
+            let at = at % (text.len() + 1);
+            text.splice(at..at, piece.chars());
+        }
+        let text: String = text.into_iter().collect();
+        let _ = check_text(&text, "pipelines.yaml", Path::new("/cfg"));
+    }
 }
