@@ -80,6 +80,10 @@ pub fn status(plan: &PipelinePlan) -> Result<String, (String, CommandError)> {
             }
             SourceKind::File(file) => {
                 let _ = writeln!(out, "source {} (file {})", source.name, file.path.display());
+                let _ = writeln!(
+                    out,
+                    "  positions are line numbers, the next line to read: a file of N lines ends at N + 1"
+                );
                 projector_source_file::end(&file.path).map(|end| [(0, (0, end))].into_iter().collect())
             }
         };

@@ -85,6 +85,7 @@ fn redis_holds_the_views_and_resumes_after_a_restart() {
     let end = lines.len() + 1;
     let text = projector::status::status(&plan(&text, dir.path())).unwrap();
     assert!(text.contains(&format!("          0             0  {end:>12}  {end:>12}           0")), "{text}");
+    assert!(text.contains("a file of N lines ends at N + 1"), "{text}");
     for (view, _) in projector_tests::sinks::KEYS {
         let line = format!(
             "sink {view}_redis (redis, view {view})\n  generation 2, checkpoint {{\"events\":{{\"0\":{end}}}}}, newest data"
