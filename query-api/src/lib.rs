@@ -68,11 +68,14 @@ fn answer(answer: Answer) -> Response {
 
 /// The router of every route.
 pub fn router(state: ApiState) -> Router {
+    // The views a server serves are fixed when it starts, and so is its
+    // description: rendered once, not at each request.
+    let description = Bytes::from(openapi::document(state.reads.as_deref()).to_string());
     Router::new()
         .route("/", get(dashboard))
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
-        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/openapi.json", get(move || openapi(description.clone())))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/stores/{store_id}/orders", post(place_order))
         .route("/v1/orders/{order_id}/cancel", post(cancel_order))
@@ -100,9 +103,9 @@ async fn dashboard() -> Response {
 }
 
 /// `GET /v1/openapi.json` (no token needed): the routes, with a path of
-/// its own for each view this server serves.
-async fn openapi(State(state): State<ApiState>) -> Response {
-    axum::Json(openapi::document(state.reads.as_deref())).into_response()
+/// its own for each view this server serves ([`openapi::document`]).
+async fn openapi(description: Bytes) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], description).into_response()
 }
 
 /// `GET /readyz`: `200` once every view reflects the log up to where it
