@@ -24,6 +24,10 @@ impl<'a> FieldSource<'a> for RowRef<'a> {
     }
 }
 
+/// The query parameters of `GET /v1/views/<view>` that page through its
+/// rows; no key field may take one of these names.
+pub const PAGING_PARAMETERS: [&str; 2] = ["limit", "after"];
+
 /// A compiled view.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ViewPlan {

@@ -29,6 +29,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use projector_core::template::parse_plain;
 use projector_core::value::{FieldType, Row, Timestamp, Value, format_date, parse_date};
+use projector_core::view::PAGING_PARAMETERS;
 
 use crate::auth::{Caller, Right};
 use crate::serving::{Freshness, ServingStore, ServingView, ViewState, scan};
@@ -609,7 +610,7 @@ pub async fn view_rows(
     let store_reads = reads(&state)?;
     let view = declared_view(store_reads, &name)?;
     let mut allowed: Vec<&str> = view.key_names().collect();
-    allowed.extend(["limit", "after"]);
+    allowed.extend(PAGING_PARAMETERS);
     let params = Params::parse(&uri, &allowed)?;
     let limit = limit(&params, DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS)?;
     let filter = row_filter(view, &params, &caller)?;

@@ -151,6 +151,13 @@ fn duplicates_and_empty_files() {
             "pipelines.yaml:7:3: config: 'views.v' is declared twice (first on line 2)",
         ]
     );
+    let paging = "views:\n  v:\n    from: orders\n    group_by: [store_id, { after: day }]\n    measures:\n      limit: { count: \"*\" }\n";
+    assert_eq!(
+        errors(paging),
+        [
+            "pipelines.yaml:4:28: view \"v\": 'group_by[1]' key field \"after\" would clash with the paging parameter of the same name in GET /v1/views/v; key fields may not be named limit or after",
+        ]
+    );
     assert_eq!(errors(""), ["pipelines.yaml:1:1: config: the file is empty; declare at least `views:`"]);
     assert_eq!(errors("sources: {}\n"), ["pipelines.yaml:1:1: config: 'views' is missing; declare at least one view"]);
 }

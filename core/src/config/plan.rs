@@ -13,7 +13,7 @@ use super::{Diagnostics, PipelinePlan};
 use crate::relation::Relation;
 use crate::template::KeyTemplate;
 use crate::value::{FieldType, Value};
-use crate::view::{KeyPlan, LabelPlan, MeasurePlan, ViewPlan};
+use crate::view::{KeyPlan, LabelPlan, MeasurePlan, PAGING_PARAMETERS, ViewPlan};
 
 /// Checks `config` and compiles its views; problems go to `diags`.
 pub(super) fn plan(config: PipelineConfig, diags: &mut Diagnostics) -> PipelinePlan {
@@ -267,6 +267,21 @@ fn view_plan(view: &ViewConfig, diags: &mut Diagnostics) -> Option<ViewPlan> {
     for (index, key) in view.group_by.iter().enumerate() {
         let path = format!("group_by[{index}]");
         ok &= check_name(&key.name, &path, diags);
+        if PAGING_PARAMETERS.contains(&key.name.value.as_str()) {
+            diags.push(
+                key.name.pos,
+                &format!("view {:?}", view.name),
+                &path,
+                format!(
+                    "key field {:?} would clash with the paging parameter of the same name in GET /v1/views/{}; \
+                     key fields may not be named {}",
+                    key.name.value,
+                    view.name,
+                    PAGING_PARAMETERS.join(" or ")
+                ),
+            );
+            ok = false;
+        }
         match compile(&key.expr.value, &scope) {
             Ok((expr, ty)) => keys.push(KeyPlan { name: key.name.value.clone(), expr, ty }),
             Err(error) => {
