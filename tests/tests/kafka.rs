@@ -160,6 +160,23 @@ fn partitions_spread_over_the_workers() {
     assert_eq!(owned(1), [1, 3]);
 }
 
+/// A topic that does not exist is named with the broker's topics (a
+/// misspelt name shows among them) and how to create it.
+#[test]
+fn a_missing_topic_is_named_with_the_topics_there_are() {
+    let topic = kafka::fresh_topic("present");
+    kafka::append(&topic, generated(10, 52, 0.0));
+    let misspelt = format!("{topic}x");
+    let error =
+        projector_source_kafka::source::watermarks(&kafka::brokers(), &[], &misspelt, Some(Duration::from_secs(1)))
+            .unwrap_err()
+            .to_string();
+    assert!(error.contains(&format!("cannot read topic {misspelt:?}: the topic does not exist")), "{error}");
+    let known = error.split("the broker's topics: ").nth(1).and_then(|rest| rest.split(')').next()).unwrap();
+    assert!(known.split(", ").any(|name| name == topic), "{topic} is not among {known}");
+    assert!(error.contains(&format!("--create --topic {misspelt} --partitions")), "{error}");
+}
+
 /// While the readers of a topic catch up, the records of both workers go
 /// to one batch, though the readers started apart and time passes: else
 /// each view would be computed and written once over one worker's records,

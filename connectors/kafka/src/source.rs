@@ -227,12 +227,34 @@ fn partitions_within(consumer: &BaseConsumer, topic: &str, timeout: Duration) ->
         if Instant::now() >= deadline {
             let why = match metadata {
                 Err(error) => error.to_string(),
-                Ok(_) => "the topic does not exist".to_string(),
+                Ok(_) => missing_topic(consumer, topic),
             };
             return Err(SourceError::Fatal(format!("cannot read topic {topic:?}: {why}")));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Why `topic`, which the broker does not know, cannot be read, with the
+/// topics it does know (a misspelt name shows among them) and how to
+/// create it: a reader takes the partitions there are when it starts.
+fn missing_topic(consumer: &BaseConsumer, topic: &str) -> String {
+    let mut known: Vec<String> = match consumer.fetch_metadata(None, REQUEST_TIMEOUT) {
+        Ok(metadata) => metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && !t.name().starts_with("__"))
+            .map(|t| t.name().to_string())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    known.sort_unstable();
+    let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+    format!(
+        "the topic does not exist (the broker's topics: {known}); create it with the partitions it should \
+         have, e.g. `kafka-topics.sh --bootstrap-server <brokers> --create --topic {topic} --partitions 8`, \
+         then start again"
+    )
 }
 
 /// For each partition, the first offset at or after `nanos`.
