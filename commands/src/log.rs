@@ -94,7 +94,7 @@ pub fn read_facts(config: &CommandLogConfig, from: &Offsets) -> Result<(Vec<(u64
     for topic in config.topics() {
         let metadata = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(15))
-            .map_err(|e| format!("cannot read the metadata of {topic}: {e}"))?;
+            .map_err(|e| format!("cannot read the metadata of {topic} at {}: {e}", config.brokers))?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()

@@ -171,7 +171,8 @@ fn a_missing_topic_is_named_with_the_topics_there_are() {
         projector_source_kafka::source::watermarks(&kafka::brokers(), &[], &misspelt, Some(Duration::from_secs(1)))
             .unwrap_err()
             .to_string();
-    assert!(error.contains(&format!("cannot read topic {misspelt:?}: the topic does not exist")), "{error}");
+    let at = kafka::brokers();
+    assert!(error.contains(&format!("cannot read topic {misspelt:?} at {at}: the topic does not exist")), "{error}");
     let known = error.split("the broker's topics: ").nth(1).and_then(|rest| rest.split(')').next()).unwrap();
     assert!(known.split(", ").any(|name| name == topic), "{topic} is not among {known}");
     assert!(error.contains(&format!("--create --topic {misspelt} --partitions")), "{error}");

@@ -141,7 +141,7 @@ impl Source for KafkaSource {
             .set("auto.offset.reset", "earliest")
             .create()
             .map_err(|e| fatal("cannot create a Kafka consumer", e))?;
-        let partitions = partitions(&consumer, &config.topic)?;
+        let partitions = partitions_within(&consumer, &config.brokers, &config.topic, REQUEST_TIMEOUT)?;
         let skip_to = self.skip_to.lock().map(|s| s.clone()).unwrap_or(None);
         let peers = peers.max(1) as i32;
         let mine: Vec<i32> = partitions.into_iter().filter(|p| p % peers == index as i32).collect();
@@ -201,13 +201,14 @@ impl Source for KafkaSource {
     }
 }
 
-/// The partition numbers of `topic`, waiting a while for it to appear.
-fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, SourceError> {
-    partitions_within(consumer, topic, REQUEST_TIMEOUT)
-}
-
-/// [`partitions`], giving up after `timeout`.
-fn partitions_within(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Result<Vec<i32>, SourceError> {
+/// The partition numbers of `topic` at `brokers`, waiting up to `timeout`
+/// for it to appear.
+fn partitions_within(
+    consumer: &BaseConsumer,
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, SourceError> {
     let deadline = Instant::now() + timeout;
     loop {
         let metadata = consumer.fetch_metadata(Some(topic), timeout);
@@ -226,10 +227,17 @@ fn partitions_within(consumer: &BaseConsumer, topic: &str, timeout: Duration) ->
         }
         if Instant::now() >= deadline {
             let why = match metadata {
+                Err(
+                    error @ KafkaError::MetadataFetch(
+                        RDKafkaErrorCode::BrokerTransportFailure
+                        | RDKafkaErrorCode::AllBrokersDown
+                        | RDKafkaErrorCode::Resolve,
+                    ),
+                ) => format!("{error}: no broker answered there"),
                 Err(error) => error.to_string(),
                 Ok(_) => missing_topic(consumer, topic),
             };
-            return Err(SourceError::Fatal(format!("cannot read topic {topic:?}: {why}")));
+            return Err(SourceError::Fatal(format!("cannot read topic {topic:?} at {brokers}: {why}")));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -445,7 +453,7 @@ pub fn watermarks(
     let consumer: BaseConsumer =
         client_config(brokers, properties).create().map_err(|e| fatal("cannot create a Kafka consumer", e))?;
     let mut marks = BTreeMap::new();
-    for partition in partitions_within(&consumer, topic, timeout)? {
+    for partition in partitions_within(&consumer, brokers, topic, timeout)? {
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, timeout)
             .map_err(|e| fatal(&format!("cannot read the offsets of {topic}/{partition}"), e))?;
