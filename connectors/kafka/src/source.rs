@@ -235,7 +235,7 @@ fn partitions_within(
                     ),
                 ) => format!("{error}: no broker answered there"),
                 Err(error) => error.to_string(),
-                Ok(_) => missing_topic(consumer, topic),
+                Ok(_) => missing_topic(consumer, brokers, topic),
             };
             return Err(SourceError::Fatal(format!("cannot read topic {topic:?} at {brokers}: {why}")));
         }
@@ -246,7 +246,7 @@ fn partitions_within(
 /// Why `topic`, which the broker does not know, cannot be read, with the
 /// topics it does know (a misspelt name shows among them) and how to
 /// create it: a reader takes the partitions there are when it starts.
-fn missing_topic(consumer: &BaseConsumer, topic: &str) -> String {
+fn missing_topic(consumer: &BaseConsumer, brokers: &str, topic: &str) -> String {
     let mut known: Vec<String> = match consumer.fetch_metadata(None, REQUEST_TIMEOUT) {
         Ok(metadata) => metadata
             .topics()
@@ -260,7 +260,7 @@ fn missing_topic(consumer: &BaseConsumer, topic: &str) -> String {
     let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
     format!(
         "the topic does not exist (the broker's topics: {known}); create it with the partitions it should \
-         have, e.g. `kafka-topics.sh --bootstrap-server <brokers> --create --topic {topic} --partitions 8`, \
+         have, e.g. `kafka-topics.sh --bootstrap-server {brokers} --create --topic {topic} --partitions 8`, \
          then start again"
     )
 }
