@@ -70,7 +70,7 @@ pub fn run_config(plan: PipelinePlan, options: RunOptions) -> Result<RunSummary,
         None => None,
     };
     if let Some(store) = &reads {
-        components::watch_run(store, &options.progress);
+        components::watch_run(store, &options.progress, components::kafka_sources(&plan));
     }
     let api = crate::api::start(&plan, reads.clone())?;
     let plan = Arc::new(plan);

@@ -1,14 +1,15 @@
 //! Every source and sink type, built from the config.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tracing::warn;
 
 use std::time::Instant;
 
-use projector_core::config::{PipelinePlan, SinkKind, SourceKind};
+use projector_core::config::{KafkaSourceConfig, PipelinePlan, SinkKind, SourceKind};
 use projector_core::record::DeadLetter;
 use projector_core::sink::{DeadLetterSink, SinkError, ViewReader, ViewSink, positions_from_json};
 use projector_core::source::Source;
@@ -20,6 +21,7 @@ use projector_sink_file::{FileDeadLetterSink, FileViewSink};
 use projector_sink_parquet::{ParquetViewSink, Shape};
 use projector_sink_redis::{RedisViewReader, RedisViewSink};
 use projector_source_file::FileSource;
+use projector_source_kafka::source::watermarks;
 use projector_source_kafka::{KafkaDeadLetterSink, KafkaSource};
 
 /// How often a file sink of a running pipeline rewrites its file.
@@ -255,28 +257,82 @@ pub fn serve_store(plan: &PipelinePlan, store: &ServingStore, outputs: &mut Outp
     outputs.view_sinks.push(vec![("serving".to_string(), Box::new(store.orders_sink()))]);
 }
 
+/// `(source index, partition, end offset)` of the Kafka sources, as
+/// [`look_up_ends`] last found them.
+type SourceEnds = Mutex<Vec<(u16, u32, u64)>>;
+
 /// The counters of a run, for `/metrics`.
 #[derive(Debug)]
-struct RunCounters(Arc<RunProgress>);
+struct RunCounters {
+    progress: Arc<RunProgress>,
+    ends: Arc<SourceEnds>,
+}
 
 impl PipelineCounters for RunCounters {
     fn events_read(&self) -> u64 {
-        self.0.records.load(std::sync::atomic::Ordering::Relaxed)
+        self.progress.records.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn dead_letters(&self) -> u64 {
-        self.0.dead_letters.load(std::sync::atomic::Ordering::Relaxed)
+        self.progress.dead_letters.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn sink_writes(&self) -> Vec<(String, u64, f64, u64)> {
-        self.0.sink_writes().into_iter().map(|(name, w)| (name, w.writes, w.seconds, w.errors)).collect()
+        self.progress.sink_writes().into_iter().map(|(name, w)| (name, w.writes, w.seconds, w.errors)).collect()
+    }
+
+    fn source_ends(&self) -> Vec<(u16, u32, u64)> {
+        self.ends.lock().map(|ends| ends.clone()).unwrap_or_default()
     }
 }
 
-/// Connects a serving store to the run that feeds it: readiness and the
-/// run's counters.
-pub fn watch_run(store: &ServingStore, progress: &Arc<RunProgress>) {
+/// How often the end offsets of the Kafka sources are looked up for
+/// `/metrics`.
+const ENDS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Connects a serving store to the run that feeds it: readiness, the run's
+/// counters, and the end offsets of `kafka` (the Kafka sources, by source
+/// index), looked up every few seconds while the store lives.
+pub fn watch_run(store: &ServingStore, progress: &Arc<RunProgress>, kafka: Vec<(u16, KafkaSourceConfig)>) {
     let caught_up = Arc::clone(progress);
     store.set_caught_up(Box::new(move || caught_up.caught_up_upper()));
-    store.set_pipeline(Arc::new(RunCounters(Arc::clone(progress))));
+    let ends = Arc::new(Mutex::new(Vec::new()));
+    if !kafka.is_empty() {
+        let looking = Arc::downgrade(&ends);
+        std::thread::spawn(move || look_up_ends(&kafka, &looking));
+    }
+    store.set_pipeline(Arc::new(RunCounters { progress: Arc::clone(progress), ends }));
+}
+
+/// The Kafka sources of `plan`, by source index.
+pub fn kafka_sources(plan: &PipelinePlan) -> Vec<(u16, KafkaSourceConfig)> {
+    let kafka = plan.config.sources.iter().enumerate();
+    kafka
+        .filter_map(|(index, source)| match &source.kind {
+            SourceKind::Kafka(kafka) => Some((index as u16, kafka.clone())),
+            SourceKind::File(_) => None,
+        })
+        .collect()
+}
+
+/// Looks up the end offsets of `kafka` into `ends` every [`ENDS_INTERVAL`],
+/// until nobody holds `ends`. A topic that cannot be read keeps the ends it
+/// had (the run itself says why it cannot read it).
+fn look_up_ends(kafka: &[(u16, KafkaSourceConfig)], ends: &std::sync::Weak<SourceEnds>) {
+    let mut found: BTreeMap<(u16, u32), u64> = BTreeMap::new();
+    loop {
+        for (index, config) in kafka {
+            let marks = watermarks(&config.brokers, &config.properties, &config.topic, Some(ENDS_INTERVAL));
+            match marks {
+                Ok(marks) => found.extend(marks.into_iter().map(|(partition, (_, end))| ((*index, partition), end))),
+                Err(error) => tracing::debug!(topic = %config.topic, %error, "cannot look up the end offsets"),
+            }
+        }
+        let Some(ends) = ends.upgrade() else { return };
+        if let Ok(mut ends) = ends.lock() {
+            *ends = found.iter().map(|((index, partition), end)| (*index, *partition, *end)).collect();
+        }
+        drop(ends);
+        std::thread::sleep(ENDS_INTERVAL);
+    }
 }

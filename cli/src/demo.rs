@@ -152,21 +152,18 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
         api.address, api.address
     );
 
-    let source = KafkaSource::new(
-        0,
-        KafkaSourceConfig {
-            brokers,
-            topic: EVENTS_TOPIC.into(),
-            start: StartPosition::Earliest,
-            bounded: false,
-            batch_ms: 20,
-            catch_up_batch_ms: config::DEFAULT_CATCH_UP_BATCH_MS,
-            dead_letter_topic: None,
-            group_id: "projector-demo".into(),
-            properties: Vec::new(),
-        },
-        Instant::now(),
-    );
+    let source_config = KafkaSourceConfig {
+        brokers,
+        topic: EVENTS_TOPIC.into(),
+        start: StartPosition::Earliest,
+        bounded: false,
+        batch_ms: 20,
+        catch_up_batch_ms: config::DEFAULT_CATCH_UP_BATCH_MS,
+        dead_letter_topic: None,
+        group_id: "projector-demo".into(),
+        properties: Vec::new(),
+    };
+    let source = KafkaSource::new(0, source_config.clone(), Instant::now());
     let run_options = RunOptions {
         workers: options.workers,
         until_idle: false,
@@ -175,7 +172,7 @@ pub fn demo(options: DemoOptions) -> Result<RunSummary, CommandError> {
     };
     let stop = Arc::clone(&options.stop);
     let progress = Arc::clone(&run_options.progress);
-    crate::components::watch_run(&reads, &progress);
+    crate::components::watch_run(&reads, &progress, vec![(0, source_config)]);
     let sources: Vec<(String, Arc<dyn Source>)> = vec![("demo events".into(), Arc::new(source))];
     let runner = std::thread::spawn(move || run(Arc::new(plan), sources, outputs, run_options));
 

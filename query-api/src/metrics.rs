@@ -34,6 +34,9 @@ pub trait PipelineCounters: Send + Sync + std::fmt::Debug {
     /// Per sink: its name, batches written, seconds those writes took, and
     /// failed attempts.
     fn sink_writes(&self) -> Vec<(String, u64, f64, u64)>;
+    /// Per partition of each Kafka source: `(source index, partition, end
+    /// offset)`, the end of its log as last looked up (every few seconds).
+    fn source_ends(&self) -> Vec<(u16, u32, u64)>;
 }
 
 type RouteLabels = Vec<(&'static str, String)>;
@@ -108,6 +111,7 @@ impl Collector for Scraped {
         let mut freshness = Vec::new();
         let mut events = Vec::new();
         let mut rows = Vec::new();
+        let mut positions = Vec::new();
         for view in store.views().filter(|view| view.reader().is_none()) {
             let state = view.read();
             if let Some(newest) = state.newest_event_at {
@@ -115,6 +119,7 @@ impl Collector for Scraped {
             }
             events.push((view.name.clone(), state.positions.total() as i64));
             rows.push((view.name.clone(), state.rows.len() as i64));
+            positions.push(state.positions.clone());
         }
         family(
             &mut encoder,
@@ -147,6 +152,31 @@ impl Collector for Scraped {
             None,
             MetricType::Counter,
         )?)?;
+        // A partition's lag: the records after what the least advanced
+        // view reflects.
+        let source = |index: u16| store.source_names.get(usize::from(index)).cloned().unwrap_or_default();
+        let ends = pipeline.source_ends();
+        let partition_labels = |(index, partition, _): &(u16, u32, u64)| {
+            vec![("source", source(*index)), ("partition", partition.to_string())]
+        };
+        labelled_family(
+            &mut encoder,
+            "projector_source_end_offset",
+            "The offset after the last record of each Kafka partition, as last looked up",
+            ends.iter().map(|end| (partition_labels(end), ConstGauge::new(end.2 as i64))),
+        )?;
+        if !positions.is_empty() {
+            let lag = |(index, partition, end): &(u16, u32, u64)| {
+                let reflected = positions.iter().map(|at| at.get(*index, *partition)).min().unwrap_or(0);
+                end.saturating_sub(reflected) as i64
+            };
+            labelled_family(
+                &mut encoder,
+                "projector_source_lag_records",
+                "Records of each Kafka partition that not every view reflects yet (its end offset minus the least advanced view's position)",
+                ends.iter().map(|end| (partition_labels(end), ConstGauge::new(lag(end)))),
+            )?;
+        }
         let sinks = pipeline.sink_writes();
         family(
             &mut encoder,
@@ -178,12 +208,22 @@ fn family<M: EncodeMetric + TypedMetric>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    label: &str,
+    label: &'static str,
     values: impl Iterator<Item = (String, M)>,
 ) -> Result<(), std::fmt::Error> {
+    labelled_family(encoder, name, help, values.map(|(value, metric)| (vec![(label, value)], metric)))
+}
+
+/// One metric family: a value per set of labels.
+fn labelled_family<M: EncodeMetric + TypedMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl Iterator<Item = (Vec<(&'static str, String)>, M)>,
+) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, M::TYPE)?;
-    for (value, metric) in values {
-        metric.encode(family.encode_family(&[(label, value.as_str())])?)?;
+    for (labels, metric) in values {
+        metric.encode(family.encode_family(&labels)?)?;
     }
     Ok(())
 }

@@ -87,7 +87,7 @@ fn reads_from_redis_and_clickhouse_answer_what_memory_answers() {
     let (memory, store) = Api::start(&memory_plan, &mut outputs);
     let source: Arc<dyn projector_core::source::Source> = Arc::new(FileSource::new(0, &events, 400));
     let options = RunOptions { workers: 2, ..RunOptions::default() };
-    components::watch_run(&store, &options.progress);
+    components::watch_run(&store, &options.progress, Vec::new());
     run(Arc::new(memory_plan), vec![("events".into(), source)], outputs, options).unwrap();
 
     // Two more APIs read the views from the sinks.

@@ -50,7 +50,7 @@ impl Served {
         let store = components::serve_views(&plan, &mut outputs).unwrap();
         let source: Arc<dyn projector_core::source::Source> = Arc::new(FileSource::new(0, &path, 500));
         let options = RunOptions { workers: 2, ..RunOptions::default() };
-        components::watch_run(&store, &options.progress);
+        components::watch_run(&store, &options.progress, Vec::new());
         run(Arc::new(plan), vec![("events".into(), source)], outputs, options).unwrap();
         let api = api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(store), auth).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -478,7 +478,7 @@ impl KafkaServed {
         let mut outputs = Outputs { view_sinks: plan.views.iter().map(|_| Vec::new()).collect(), ..Outputs::default() };
         let store = components::serve_views(&plan, &mut outputs).unwrap();
         let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
-        components::watch_run(&store, &options.progress);
+        components::watch_run(&store, &options.progress, Vec::new());
         let api = api::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), None, Some(Arc::clone(&store)), auth).unwrap();
         let stop = Arc::clone(&options.stop);
         KafkaServed { store, api, pending: Some((plan, outputs, options)), stop, pipeline: None, _dir: dir }
