@@ -57,6 +57,13 @@ pub trait SourceReader: Send {
     fn caught_up(&self) -> bool {
         false
     }
+    /// How long the worker may sleep with nothing to read: `Some(t)` if
+    /// this reader wakes the worker's thread itself when records come and
+    /// has nothing to do before `t` (where its batch ends); `None` (the
+    /// default) if it must be polled every moment.
+    fn idle_until(&self) -> Option<std::time::Instant> {
+        None
+    }
 }
 
 /// Per partition: where a log starts and where it ends ([`Source::bounds`]).

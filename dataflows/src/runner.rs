@@ -51,7 +51,9 @@ pub struct RunOptions {
     /// Live counters others can watch while the run goes on.
     pub progress: Arc<RunProgress>,
     /// How long a worker with nothing to read sleeps before polling again
-    /// (bounds the latency an idle source adds).
+    /// (bounds the latency an idle source adds), unless every reader wakes
+    /// it when records come (`SourceReader::idle_until`, as Kafka's do):
+    /// then it sleeps until the first of their batches ends.
     pub idle_wait: Duration,
 }
 
@@ -150,6 +152,10 @@ impl RunProgress {
 
 /// The name the orders output is delivered under.
 pub const ORDERS_OUTPUT: &str = "orders";
+
+/// The longest a worker sleeps with nothing to read, even when every reader
+/// wakes it as records come.
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(100);
 
 /// Where the run's output goes; only worker 0 writes.
 #[derive(Default)]
@@ -687,7 +693,18 @@ pub fn run(
                 // Caught up: let the dataflow work, then sleep until it has
                 // more to do or `idle_wait` passes, so that a trickle of
                 // records does not spin the core the clients' threads need.
-                worker.step_or_park(Some(options.idle_wait));
+                // Readers that wake the worker when records come let it
+                // sleep until the first of their batches ends.
+                let now = Instant::now();
+                let reading = readers.iter().zip(&epochs).filter(|(_, epoch)| epoch.is_some());
+                let wait = reading
+                    .map(|((_, reader), _)| reader.idle_until().map(|until| until.saturating_duration_since(now)))
+                    .try_fold(None, |soonest: Option<Duration>, wait| {
+                        wait.map(|wait| Some(soonest.map_or(wait, |soonest| soonest.min(wait))))
+                    })
+                    .flatten()
+                    .map_or(options.idle_wait, |wait| wait.min(MAX_IDLE_WAIT));
+                worker.step_or_park(Some(wait));
             }
         }
         if !options.until_idle && input.is_none() && !options.stop.load(Ordering::Relaxed) {

@@ -146,6 +146,48 @@ fn source_config(topic: &str, start: StartPosition) -> KafkaSourceConfig {
     }
 }
 
+/// Records that come to a reader with nothing to read wake the thread it
+/// was made on (a worker, which sleeps meanwhile).
+#[test]
+fn records_wake_the_thread_of_an_idle_reader() {
+    let topic = kafka::fresh_topic("wake");
+    let appended = kafka::append(&topic, generated(50, 55, 0.0));
+    let source = projector_source_kafka::KafkaSource::new(
+        0,
+        KafkaSourceConfig { bounded: false, ..source_config(&topic, StartPosition::Earliest) },
+        Instant::now(),
+    );
+    let mut reader = source.reader(0, 1).unwrap();
+    let mut read = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read < appended {
+        assert!(Instant::now() < deadline, "read {read} of {appended}");
+        reader.poll(1000, &mut |_| read += 1).unwrap();
+    }
+    // Empty now: a poll finds nothing, and the thread may sleep.
+    reader.poll(1000, &mut |_| panic!("nothing more was appended")).unwrap();
+    let topic_again = topic.clone();
+    let appending = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        kafka::append(&topic_again, generated(5, 56, 0.0))
+    });
+    let asleep = Instant::now();
+    // Parking may return early (spuriously, or for the token of an
+    // earlier wake): sleep until records are there or a minute passed.
+    let mut more = 0;
+    while more == 0 && asleep.elapsed() < Duration::from_secs(60) {
+        std::thread::park_timeout(Duration::from_secs(60));
+        reader.poll(1000, &mut |_| more += 1).unwrap();
+    }
+    assert!(more > 0, "no records after a minute");
+    assert!(
+        asleep.elapsed() < Duration::from_secs(10),
+        "the records woke the thread only after {:?}",
+        asleep.elapsed()
+    );
+    appending.join().unwrap();
+}
+
 #[test]
 fn partitions_spread_over_the_workers() {
     let topic = kafka::fresh_topic("spread");
@@ -158,6 +200,53 @@ fn partitions_spread_over_the_workers() {
     };
     assert_eq!(owned(0), [0, 2]);
     assert_eq!(owned(1), [1, 3]);
+}
+
+/// The value of the `/metrics` line that starts with `prefix`, if any.
+fn metric(address: &str, prefix: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut text = String::new();
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    stream.read_to_string(&mut text).ok()?;
+    text.lines().find_map(|line| line.strip_prefix(prefix)?.trim().parse().ok())
+}
+
+/// An idle run's workers sleep until their batch ends, not a minute
+/// (`idle_wait`), so the batch of records that come meanwhile ends on time.
+#[test]
+fn the_batch_of_records_that_come_to_an_idle_run_ends_on_time() {
+    const BATCH: Duration = Duration::from_secs(1);
+    let topic = kafka::fresh_topic("wake");
+    let first = generated(100, 54, 0.0);
+    let mut total = kafka::append(&topic, first);
+    let dir = tempfile::tempdir().unwrap();
+    let address = format!("127.0.0.1:{}", projector_tests::services::free_port());
+    let ms = BATCH.as_millis();
+    let options = format!("    batch_ms: {ms}\n    catch_up_batch_ms: {ms}\napi:\n  listen: {address}\n");
+    let plan = check_text(&config_for(&topic, &options), "kafka.yaml", dir.path()).unwrap();
+    let options =
+        RunOptions { workers: 2, until_idle: false, idle_wait: Duration::from_secs(60), ..RunOptions::default() };
+    let stop = Arc::clone(&options.stop);
+    let running = std::thread::spawn(move || commands::run_config(plan, options));
+    let reflected = || metric(&address, "projector_view_events{view=\"order_summary\"}").unwrap_or(0);
+    let until = |what: &str, done: &dyn Fn() -> bool, within: Duration| {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < within, "{what} took over {within:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    until("the first records", &|| reflected() >= total, Duration::from_secs(30));
+    for round in 0..4 {
+        // Idle a while, then a few records.
+        std::thread::sleep(Duration::from_millis(300));
+        total += kafka::append(&topic, generated(20, 60 + round, 0.0));
+        until("the batch of appended records", &|| reflected() >= total, BATCH * 2);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let summary = running.join().unwrap().unwrap();
+    assert_eq!(summary.records, total);
 }
 
 /// The `projector_source_*` lines of `/metrics` at `address`: per

@@ -132,7 +132,7 @@ impl Source for KafkaSource {
             ("fetch.queue.backoff.ms".to_string(), "10".to_string()),
         ];
         defaults.extend(config.properties.iter().cloned());
-        let consumer: BaseConsumer = client_config(&config.brokers, &defaults)
+        let mut consumer: BaseConsumer = client_config(&config.brokers, &defaults)
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -183,6 +183,11 @@ impl Source for KafkaSource {
             ends.insert(partition, high);
         }
         consumer.assign(&assignment).map_err(|e| fatal("cannot assign partitions", e))?;
+        // The reader is made on the worker's thread, which sleeps between
+        // batches while there is nothing to read: records that come wake
+        // it (librdkafka calls this when the consumer's queue was empty).
+        let worker_thread = std::thread::current();
+        consumer.set_nonempty_callback(move || worker_thread.unpark());
         info!(topic = %config.topic, worker = index, partitions = ?mine, from = ?next, "reading");
         Ok(Box::new(KafkaReader {
             source_index: self.source_index,
@@ -431,6 +436,15 @@ impl SourceReader for KafkaReader {
 
     fn positions(&self) -> SourcePositions {
         SourcePositions(self.next.iter().map(|(p, next)| ((self.source_index, *p as u32), *next as u64)).collect())
+    }
+
+    fn idle_until(&self) -> Option<Instant> {
+        // Records wake the worker (the consumer's callback); the batch
+        // ends at the next multiple of `batch_ms` since the start.
+        let batch = Duration::from_millis(self.batch_millis);
+        let elapsed = self.started.elapsed();
+        let next = (elapsed.as_millis() as u64 / self.batch_millis).saturating_add(1);
+        Some(self.started + batch.saturating_mul(next.try_into().unwrap_or(u32::MAX)))
     }
 }
 
