@@ -441,10 +441,8 @@ impl SourceReader for KafkaReader {
     fn idle_until(&self) -> Option<Instant> {
         // Records wake the worker (the consumer's callback); the batch
         // ends at the next multiple of `batch_ms` since the start.
-        let batch = Duration::from_millis(self.batch_millis);
-        let elapsed = self.started.elapsed();
-        let next = (elapsed.as_millis() as u64 / self.batch_millis).saturating_add(1);
-        Some(self.started + batch.saturating_mul(next.try_into().unwrap_or(u32::MAX)))
+        let into_batch = self.started.elapsed().as_millis() as u64 % self.batch_millis;
+        Some(Instant::now() + Duration::from_millis(self.batch_millis - into_batch))
     }
 }
 
