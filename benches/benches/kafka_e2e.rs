@@ -21,8 +21,8 @@
 //! small, as a smoke test. Knobs: `BENCH_EVENTS` (throughput log size),
 //! `BENCH_RATE` (latency rate), `BENCH_BATCH_MS`, `BENCH_PARTITIONS`,
 //! `BENCH_LATENCY_PARTITIONS`, `BENCH_LINGER_MS` (latency producer),
-//! `BENCH_FETCH_WAIT_MS`, `BENCH_IDLE_US` (how long an idle worker sleeps),
-//! `BENCH_WORKERS` (the throughput runs' worker counts, default `1,2`).
+//! `BENCH_FETCH_WAIT_MS`, `BENCH_WORKERS` (the throughput runs' worker
+//! counts, default `1,2`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,10 +103,7 @@ fn latency(brokers: &str, plan: &PipelinePlan, rate: f64, duration: Duration) {
     let completions = Completions::default();
     let mut view_sinks: Vec<Vec<(String, Box<dyn ViewSink>)>> = plan.views.iter().map(|_| Vec::new()).collect();
     view_sinks[0].push(("latency".into(), Box::new(CompletionSink(Arc::clone(&completions)))));
-    let mut options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
-    if let Some(micros) = std::env::var("BENCH_IDLE_US").ok().and_then(|v| v.parse().ok()) {
-        options.idle_wait = Duration::from_micros(micros);
-    }
+    let options = RunOptions { workers: 2, until_idle: false, ..RunOptions::default() };
     let stop = Arc::clone(&options.stop);
     let pipeline = {
         let (plan, source) = (plan.clone(), kafka_source(brokers, &topic, false));
