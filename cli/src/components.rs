@@ -21,7 +21,7 @@ use projector_sink_file::{FileDeadLetterSink, FileViewSink};
 use projector_sink_parquet::{ParquetViewSink, Shape};
 use projector_sink_redis::{RedisViewReader, RedisViewSink};
 use projector_source_file::FileSource;
-use projector_source_kafka::source::watermarks;
+use projector_source_kafka::source::Watermarks;
 use projector_source_kafka::{KafkaDeadLetterSink, KafkaSource};
 
 /// How often a file sink of a running pipeline rewrites its file.
@@ -306,8 +306,10 @@ pub fn watch_run(store: &ServingStore, progress: &Arc<RunProgress>, kafka: Vec<(
 
 /// The Kafka sources of `plan`, by source index.
 pub fn kafka_sources(plan: &PipelinePlan) -> Vec<(u16, KafkaSourceConfig)> {
-    let kafka = plan.config.sources.iter().enumerate();
-    kafka
+    plan.config
+        .sources
+        .iter()
+        .enumerate()
         .filter_map(|(index, source)| match &source.kind {
             SourceKind::Kafka(kafka) => Some((index as u16, kafka.clone())),
             SourceKind::File(_) => None,
@@ -316,16 +318,25 @@ pub fn kafka_sources(plan: &PipelinePlan) -> Vec<(u16, KafkaSourceConfig)> {
 }
 
 /// Looks up the end offsets of `kafka` into `ends` every [`ENDS_INTERVAL`],
-/// until nobody holds `ends`. A topic that cannot be read keeps the ends it
-/// had (the run itself says why it cannot read it).
+/// over one client per source kept between lookups, until nobody holds
+/// `ends`. A topic that cannot be read keeps the ends it had (the run
+/// itself says why it cannot read it).
 fn look_up_ends(kafka: &[(u16, KafkaSourceConfig)], ends: &std::sync::Weak<SourceEnds>) {
     let mut found: BTreeMap<(u16, u32), u64> = BTreeMap::new();
+    let mut clients: Vec<Option<Watermarks>> = kafka.iter().map(|_| None).collect();
     loop {
-        for (index, config) in kafka {
-            let marks = watermarks(&config.brokers, &config.properties, &config.topic, Some(ENDS_INTERVAL));
-            match marks {
-                Ok(marks) => found.extend(marks.into_iter().map(|(partition, (_, end))| ((*index, partition), end))),
-                Err(error) => tracing::debug!(topic = %config.topic, %error, "cannot look up the end offsets"),
+        for ((index, config), client) in kafka.iter().zip(&mut clients) {
+            if client.is_none() {
+                *client = Watermarks::new(&config.brokers, &config.properties, &config.topic)
+                    .inspect_err(|error| tracing::debug!(topic = %config.topic, %error, "cannot make a Kafka client"))
+                    .ok();
+            }
+            match client.as_ref().map(|client| client.look_up(ENDS_INTERVAL)) {
+                Some(Ok(marks)) => {
+                    found.extend(marks.into_iter().map(|(partition, (_, end))| ((*index, partition), end)))
+                }
+                Some(Err(error)) => tracing::debug!(topic = %config.topic, %error, "cannot look up the end offsets"),
+                None => {}
             }
         }
         let Some(ends) = ends.upgrade() else { return };

@@ -695,15 +695,12 @@ pub fn run(
                 // records does not spin the core the clients' threads need.
                 // Readers that wake the worker when records come let it
                 // sleep until the first of their batches ends.
-                let now = Instant::now();
                 let reading = readers.iter().zip(&epochs).filter(|(_, epoch)| epoch.is_some());
-                let wait = reading
-                    .map(|((_, reader), _)| reader.idle_until().map(|until| until.saturating_duration_since(now)))
-                    .try_fold(None, |soonest: Option<Duration>, wait| {
-                        wait.map(|wait| Some(soonest.map_or(wait, |soonest| soonest.min(wait))))
-                    })
-                    .flatten()
-                    .map_or(options.idle_wait, |wait| wait.min(MAX_IDLE_WAIT));
+                let batch_ends: Option<Vec<Instant>> = reading.map(|((_, reader), _)| reader.idle_until()).collect();
+                let wait = match batch_ends.and_then(|ends| ends.into_iter().min()) {
+                    Some(first) => first.saturating_duration_since(Instant::now()).min(MAX_IDLE_WAIT),
+                    None => options.idle_wait,
+                };
                 worker.step_or_park(Some(wait));
             }
         }

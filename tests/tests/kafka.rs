@@ -204,11 +204,7 @@ fn partitions_spread_over_the_workers() {
 
 /// The value of the `/metrics` line that starts with `prefix`, if any.
 fn metric(address: &str, prefix: &str) -> Option<u64> {
-    use std::io::{Read, Write};
-    let mut text = String::new();
-    let mut stream = std::net::TcpStream::connect(address).ok()?;
-    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    stream.read_to_string(&mut text).ok()?;
+    let text = projector_tests::services::http_get(address, "/metrics")?;
     text.lines().find_map(|line| line.strip_prefix(prefix)?.trim().parse().ok())
 }
 
@@ -252,12 +248,7 @@ fn the_batch_of_records_that_come_to_an_idle_run_ends_on_time() {
 /// The `projector_source_*` lines of `/metrics` at `address`: per
 /// partition, its end offset and its lag.
 fn source_metrics(address: &str) -> (std::collections::BTreeMap<u32, u64>, std::collections::BTreeMap<u32, u64>) {
-    use std::io::{Read, Write};
-    let mut text = String::new();
-    if let Ok(mut stream) = std::net::TcpStream::connect(address) {
-        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
-        let _ = stream.read_to_string(&mut text);
-    }
+    let text = projector_tests::services::http_get(address, "/metrics").unwrap_or_default();
     let (mut ends, mut lags) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
     for line in text.lines() {
         let Some((name, rest)) = line.split_once("{source=\"events\",partition=\"") else { continue };

@@ -248,14 +248,7 @@ fn reads_answer_the_recomputation_with_freshness_and_etags() {
 
     // Metrics: request durations by route, each view's freshness and rows,
     // the run's counters.
-    let text = {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(served.api.address).unwrap();
-        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
-    };
+    let text = projector_tests::services::http_get(&served.api.address.to_string(), "/metrics").unwrap();
     assert!(text.starts_with("HTTP/1.0 200"), "{text}");
     let customers_rows = reference::customer_ltv(&log.orders).len();
     for needle in [

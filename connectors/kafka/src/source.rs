@@ -461,17 +461,37 @@ pub fn watermarks(
     topic: &str,
     timeout: Option<Duration>,
 ) -> Result<LogBounds, SourceError> {
-    let timeout = timeout.unwrap_or(REQUEST_TIMEOUT);
-    let consumer: BaseConsumer =
-        client_config(brokers, properties).create().map_err(|e| fatal("cannot create a Kafka consumer", e))?;
-    let mut marks = BTreeMap::new();
-    for partition in partitions_within(&consumer, brokers, topic, timeout)? {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, timeout)
-            .map_err(|e| fatal(&format!("cannot read the offsets of {topic}/{partition}"), e))?;
-        marks.insert(partition as u32, (low.max(0) as u64, high.max(0) as u64));
+    Watermarks::new(brokers, properties, topic)?.look_up(timeout.unwrap_or(REQUEST_TIMEOUT))
+}
+
+/// A client that looks up the watermarks of one topic's partitions
+/// ([`watermarks`]), kept for lookups over and over (`/metrics`).
+pub struct Watermarks {
+    consumer: BaseConsumer,
+    brokers: String,
+    topic: String,
+}
+
+impl Watermarks {
+    /// A client of `brokers` for `topic`; it connects at the first lookup.
+    pub fn new(brokers: &str, properties: &[(String, String)], topic: &str) -> Result<Watermarks, SourceError> {
+        let consumer =
+            client_config(brokers, properties).create().map_err(|e| fatal("cannot create a Kafka consumer", e))?;
+        Ok(Watermarks { consumer, brokers: brokers.to_string(), topic: topic.to_string() })
     }
-    Ok(marks)
+
+    /// The watermarks now, each request waiting at most `timeout`.
+    pub fn look_up(&self, timeout: Duration) -> Result<LogBounds, SourceError> {
+        let (consumer, topic) = (&self.consumer, self.topic.as_str());
+        let mut marks = BTreeMap::new();
+        for partition in partitions_within(consumer, &self.brokers, topic, timeout)? {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, timeout)
+                .map_err(|e| fatal(&format!("cannot read the offsets of {topic}/{partition}"), e))?;
+            marks.insert(partition as u32, (low.max(0) as u64, high.max(0) as u64));
+        }
+        Ok(marks)
+    }
 }
 
 #[cfg(test)]
